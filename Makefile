@@ -1,0 +1,91 @@
+# Builds every lesson, the tools and the tests into build/.
+#
+#   make               every lesson (with CUDA when nvcc is found)
+#   make NO_CUDA=1     CPU-only binaries with the same flags and output
+#   make lesson-01     build/hello_gpu          make run     build and run lesson 01
+#   make test          build and run the test suite
+#   make bench-01      median time per epoch of lesson 01 at defaults
+#   make clean
+
+CUDA_HOME ?= /usr/local/cuda
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls $(CUDA_HOME)/bin/nvcc 2>/dev/null)
+ifdef NO_CUDA
+NVCC :=
+endif
+NCCL_HEADER := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
+
+CC ?= cc
+CFLAGS ?= -O3 -march=native
+CFLAGS += -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -Icommon -MMD -MP
+LDLIBS := -lm
+
+BUILD := build
+ifneq ($(NVCC),)
+CONFIG := cuda
+# Without a GPU to ask, build for every architecture from Turing to Hopper.
+CUDA_ARCH ?= $(if $(shell nvidia-smi -L 2>/dev/null),-arch=native,$(foreach a,75 80 86 89 90,-gencode arch=compute_$(a),code=sm_$(a)))
+NVCCFLAGS := -O3 $(CUDA_ARCH) -Icommon -DHAVE_CUDA -Xcompiler -Wall,-Wextra,-Werror
+CFLAGS += -DHAVE_CUDA -I$(CUDA_HOME)/include
+LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart_static -lstdc++ -ldl -lrt -lpthread
+else
+CONFIG := cpu
+endif
+OBJ := $(BUILD)/obj-$(CONFIG)
+
+COMMON_C := $(wildcard common/*.c)
+COMMON_CU := $(if $(NVCC),$(wildcard common/*.cu))
+COMMON_OBJ := $(COMMON_C:common/%.c=$(OBJ)/common/%.o) $(COMMON_CU:common/%.cu=$(OBJ)/common/%.cu.o)
+
+LESSONS := $(BUILD)/hello_gpu
+TEST_SRC := $(wildcard tests/test_*.c)
+TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+GPU_TEST_SRC := $(if $(NVCC),$(wildcard tests/gpu/test_*.cu))
+GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
+
+.PHONY: all lesson-01 run test bench-01 clean found
+all: found $(LESSONS)
+
+# One line per optional part, so that a build says what it could use.
+found:
+	@echo "nvcc: $(if $(NVCC),found ($(NVCC)): building with CUDA,$(if $(NO_CUDA),skipped (NO_CUDA=1),not found)): CPU-only binaries)"
+	@echo "NCCL: $(if $(NCCL_HEADER),found ($(NCCL_HEADER)),not found)"
+
+lesson-01: found $(BUILD)/hello_gpu
+
+run: lesson-01
+	./$(BUILD)/hello_gpu
+
+# A stamp that changes when the configuration does, so switching relinks.
+$(BUILD)/config-$(CONFIG):
+	@mkdir -p $(BUILD) && rm -f $(BUILD)/config-* && touch $@
+
+$(OBJ)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(OBJ)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/hello_gpu: $(OBJ)/lessons/01_hello_gpu/hello_gpu.o $(COMMON_OBJ) $(BUILD)/config-$(CONFIG)
+	$(CC) $(CFLAGS) $(filter %.o,$^) -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: $(OBJ)/tests/%.o $(COMMON_OBJ) $(BUILD)/config-$(CONFIG)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(filter %.o,$^) -o $@ $(LDLIBS) -lcriterion
+
+$(BUILD)/tests/gpu/%: $(OBJ)/tests/gpu/%.cu.o $(COMMON_OBJ) $(BUILD)/config-$(CONFIG)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(filter %.o,$^) -o $@ $(LDLIBS) -lcriterion
+
+# Criterion runs each suite's tests in parallel; GPU suites share one device, so --jobs 1.
+test: all $(TESTS) $(GPU_TESTS)
+	@tests/run_tests.sh $(TESTS) -- $(GPU_TESTS)
+
+bench-01: lesson-01
+	@tools/bench_epoch.sh $(BUILD)/hello_gpu
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,98 @@
+/*
+ * device.c - device detection and selection (see device.h).
+ */
+#include "device.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#ifdef HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+int device_gpu_count(void) {
+#ifdef HAVE_CUDA
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        cudaGetLastError(); // clear the error so later calls do not report it again
+        return 0;
+    }
+    return count;
+#else
+    return 0;
+#endif
+}
+
+// The "model name" line of /proc/cpuinfo, or "unknown CPU".
+static void cpu_model_name(char* out, size_t out_len) {
+    snprintf(out, out_len, "unknown CPU");
+    FILE* f = fopen("/proc/cpuinfo", "r");
+    if (f == NULL)
+        return;
+    char line[512];
+    while (fgets(line, sizeof line, f) != NULL) {
+        char* colon = strchr(line, ':');
+        if (strncmp(line, "model name", 10) == 0 && colon != NULL) {
+            snprintf(out, out_len, "%s", colon + 2);
+            out[strcspn(out, "\n")] = '\0';
+            break;
+        }
+    }
+    fclose(f);
+}
+
+#ifdef HAVE_CUDA
+static int open_gpu(Device* d, int gpu_index, char* why, size_t why_len) {
+    struct cudaDeviceProp prop;
+    cudaError_t err = cudaSetDevice(gpu_index);
+    if (err == cudaSuccess)
+        err = cudaGetDeviceProperties(&prop, gpu_index);
+    if (err != cudaSuccess) {
+        snprintf(why, why_len, "cannot use GPU %d: %s", gpu_index, cudaGetErrorString(err));
+        return -1;
+    }
+    d->kind = DEVICE_CUDA;
+    d->gpu_index = gpu_index;
+    snprintf(d->name, sizeof d->name, "%s", prop.name);
+    d->memory_gib = (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0);
+    d->capability_major = prop.major;
+    d->capability_minor = prop.minor;
+    d->kernels = &kernels_cuda;
+    return 0;
+}
+#endif
+
+int device_open(Device* d, const char* request, int gpu_index, char* why, size_t why_len) {
+    memset(d, 0, sizeof *d);
+    int gpus = strcmp(request, "cpu") == 0 ? 0 : device_gpu_count();
+    if (strcmp(request, "cuda") == 0 && gpus == 0) {
+#ifdef HAVE_CUDA
+        snprintf(why, why_len, "--device cuda: no usable GPU was found (is the NVIDIA driver "
+                               "loaded? try nvidia-smi), use --device cpu or auto");
+#else
+        snprintf(why, why_len, "--device cuda: this build has no CUDA support (nvcc was not "
+                               "found at build time), use --device cpu or auto");
+#endif
+        return -1;
+    }
+    if (gpus > 0 && gpu_index >= gpus) {
+        snprintf(why, why_len, "GPU %d requested but only %d found", gpu_index, gpus);
+        return -1;
+    }
+#ifdef HAVE_CUDA
+    if (gpus > 0)
+        return open_gpu(d, gpu_index, why, why_len);
+#endif
+    d->kind = DEVICE_CPU;
+    cpu_model_name(d->name, sizeof d->name);
+    d->kernels = &kernels_cpu;
+    return 0;
+}
+
+void device_describe(const Device* d, char* out, size_t out_len) {
+    if (d->kind == DEVICE_CUDA)
+        snprintf(out, out_len, "cuda:%d (%s, %.1f GiB, compute capability %d.%d)", d->gpu_index,
+                 d->name, d->memory_gib, d->capability_major, d->capability_minor);
+    else
+        snprintf(out, out_len, "cpu (%s)", d->name);
+}

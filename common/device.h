@@ -1,0 +1,40 @@
+/*
+ * device.h - which device a process trains on: a GPU if asked for or found, else the CPU.
+ *
+ * "--device auto" is PyTorch's `cuda if torch.cuda.is_available() else cpu`.
+ * On a machine without a GPU driver the CUDA runtime answers the device count
+ * with an error rather than 0; any error there means "no GPU". A build without
+ * CUDA (no nvcc, or make NO_CUDA=1) knows no GPU at all.
+ *
+ * APIs: Device, device_gpu_count, device_open, device_describe.
+ */
+#ifndef DEVICE_H
+#define DEVICE_H
+
+#include <stddef.h>
+
+#include "kernels.h"
+
+typedef enum { DEVICE_CPU, DEVICE_CUDA } DeviceKind;
+
+typedef struct {
+    DeviceKind kind;
+    int gpu_index;        // the CUDA device number (DEVICE_CUDA only)
+    char name[256];       // "NVIDIA H100 80GB HBM3", or the CPU's model name
+    double memory_gib;    // GPU memory (DEVICE_CUDA only)
+    int capability_major; // compute capability (DEVICE_CUDA only)
+    int capability_minor;
+    const Kernels* kernels;
+} Device;
+
+// How many GPUs this process can use: 0 without a driver, a GPU, or CUDA in the build.
+int device_gpu_count(void);
+
+// request is "auto", "cpu" or "cuda"; gpu_index picks among several GPUs.
+// Returns 0, or -1 with a one-line reason in why (for "cuda" without a GPU).
+int device_open(Device* d, const char* request, int gpu_index, char* why, size_t why_len);
+
+// "cuda:0 (NVIDIA H100 80GB HBM3, 79.1 GiB, compute capability 9.0)" or "cpu (AMD EPYC)".
+void device_describe(const Device* d, char* out, size_t out_len);
+
+#endif

@@ -1,0 +1,235 @@
+/*
+ * kernels_cpu.c - the model's computations in plain C: the specification.
+ *
+ * Each function is the twin of a CUDA kernel in kernels_cuda.cu, which keeps
+ * these comments so that a diff of the two shows only the parallelisation.
+ * The inner loops run over contiguous memory with no reduction in the
+ * innermost loop, so that the compiler vectorises them without -ffast-math.
+ *
+ * Shapes: B batch rows, C input features, OC output features, N elements.
+ * APIs: kernels_cpu.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "kernels.h"
+
+// ----------------------------------------------------------------------------
+// memory: the CPU's memory is host memory
+
+static void* alloc_cpu(size_t bytes) {
+    // calloc so that every buffer starts at zero, as cudaMemset gives on the GPU.
+    void* ptr = calloc(1, bytes > 0 ? bytes : 1);
+    if (ptr == NULL)
+        check_report(__FILE__, __LINE__, "calloc", "out of memory");
+    return ptr;
+}
+
+static void release_cpu(void* ptr) { free(ptr); }
+
+static int copy_cpu(void* dst, const void* src, size_t bytes) {
+    memcpy(dst, src, bytes);
+    return 0;
+}
+
+static int zero_cpu(void* ptr, size_t bytes) {
+    memset(ptr, 0, bytes);
+    return 0;
+}
+
+static int synchronize_cpu(void) { return 0; }
+
+// ----------------------------------------------------------------------------
+// data
+
+static int gather_batch_cpu(float* x, float* y, const float* data_x, const float* data_y,
+                     const int* indices, int B) {
+    for (int b = 0; b < B; b++) {
+        x[b] = data_x[indices[b]];
+        y[b] = data_y[indices[b]];
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// linear layer
+
+static int linear_forward_cpu(float* restrict out, const float* restrict inp, const float* restrict w,
+                       const float* restrict bias, int B, int C, int OC) {
+    for (int b = 0; b < B; b++) {
+        float* out_row = out + (size_t)b * OC;
+        const float* inp_row = inp + (size_t)b * C;
+        for (int o = 0; o < OC; o++) {
+            const float* w_row = w + (size_t)o * C;
+            float sum = bias[o];
+            for (int i = 0; i < C; i++)
+                sum += inp_row[i] * w_row[i];
+            out_row[o] = sum;
+        }
+    }
+    return 0;
+}
+
+static int linear_backward_cpu(float* restrict dinp, float* restrict dw, float* restrict dbias,
+                        const float* restrict dout, const float* restrict inp,
+                        const float* restrict w, int B, int C, int OC) {
+    memset(dw, 0, (size_t)OC * C * sizeof(float));
+    memset(dbias, 0, (size_t)OC * sizeof(float));
+    if (dinp != NULL)
+        memset(dinp, 0, (size_t)B * C * sizeof(float));
+    for (int b = 0; b < B; b++) {
+        const float* dout_row = dout + (size_t)b * OC;
+        const float* inp_row = inp + (size_t)b * C;
+        for (int o = 0; o < OC; o++) {
+            // each output's gradient flows to its bias, its weights and its inputs
+            float d = dout_row[o];
+            float* dw_row = dw + (size_t)o * C;
+            const float* w_row = w + (size_t)o * C;
+            dbias[o] += d;
+            for (int i = 0; i < C; i++)
+                dw_row[i] += d * inp_row[i];
+            if (dinp != NULL)
+                for (int i = 0; i < C; i++)
+                    dinp[(size_t)b * C + i] += d * w_row[i];
+        }
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// ReLU
+
+static int relu_forward_cpu(float* out, const float* inp, int N) {
+    for (int i = 0; i < N; i++)
+        out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+    return 0;
+}
+
+static int relu_backward_cpu(float* dinp, const float* dout, const float* out, int N) {
+    for (int i = 0; i < N; i++)
+        dinp[i] = out[i] > 0.0f ? dout[i] : 0.0f;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// LayerNorm over the C features of each row
+
+static int layernorm_forward_cpu(float* restrict out, float* restrict mean, float* restrict rstd,
+                          const float* restrict inp, const float* restrict gamma,
+                          const float* restrict beta, int B, int C) {
+    for (int b = 0; b < B; b++) {
+        const float* x = inp + (size_t)b * C;
+        float sum = 0.0f;
+        for (int i = 0; i < C; i++)
+            sum += x[i];
+        float m = sum / C;
+        // the variance from the centred values: (x - m)^2, not x^2 - m^2, which cancels
+        float sum_sq = 0.0f;
+        for (int i = 0; i < C; i++)
+            sum_sq += (x[i] - m) * (x[i] - m);
+        float s = 1.0f / sqrtf(sum_sq / C + LAYERNORM_EPS);
+        for (int i = 0; i < C; i++)
+            out[(size_t)b * C + i] = (x[i] - m) * s * gamma[i] + beta[i];
+        mean[b] = m;
+        rstd[b] = s;
+    }
+    return 0;
+}
+
+static int layernorm_backward_cpu(float* restrict dinp, float* restrict dgamma, float* restrict dbeta,
+                           const float* restrict dout, const float* restrict inp,
+                           const float* restrict mean, const float* restrict rstd,
+                           const float* restrict gamma, int B, int C) {
+    memset(dgamma, 0, (size_t)C * sizeof(float));
+    memset(dbeta, 0, (size_t)C * sizeof(float));
+    for (int b = 0; b < B; b++) {
+        const float* x = inp + (size_t)b * C;
+        const float* d = dout + (size_t)b * C;
+        // Two row sums: of dnorm = dout * gamma, and of dnorm * norm.
+        float sum_dnorm = 0.0f, sum_dnorm_norm = 0.0f;
+        for (int i = 0; i < C; i++) {
+            float norm = (x[i] - mean[b]) * rstd[b];
+            float dnorm = d[i] * gamma[i];
+            sum_dnorm += dnorm;
+            sum_dnorm_norm += dnorm * norm;
+        }
+        float mean_dnorm = sum_dnorm / C, mean_dnorm_norm = sum_dnorm_norm / C;
+        for (int i = 0; i < C; i++) {
+            float norm = (x[i] - mean[b]) * rstd[b];
+            float dnorm = d[i] * gamma[i];
+            dgamma[i] += d[i] * norm;
+            dbeta[i] += d[i];
+            // the mean and the variance depend on every input of the row
+            dinp[(size_t)b * C + i] = (dnorm - mean_dnorm - norm * mean_dnorm_norm) * rstd[b];
+        }
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// mean squared error
+
+static int mse_forward_cpu(float* loss, const float* pred, const float* target, float scale, int B) {
+    float sum = 0.0f;
+    for (int b = 0; b < B; b++)
+        sum += (pred[b] - target[b]) * (pred[b] - target[b]);
+    *loss += scale * sum;
+    return 0;
+}
+
+static int mse_backward_cpu(float* dpred, const float* pred, const float* target, int B) {
+    for (int b = 0; b < B; b++)
+        dpred[b] = 2.0f * (pred[b] - target[b]) / B;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// optimizers
+
+static int adam_update_cpu(float* restrict params, float* restrict m, float* restrict v,
+                    const float* restrict grads, AdamSettings s, int N) {
+    // torch.optim.Adam's arithmetic: the bias corrections folded into the step size
+    float step_size = s.learning_rate / (1.0f - powf(s.beta1, (float)s.step));
+    float bias_correction2_sqrt = sqrtf(1.0f - powf(s.beta2, (float)s.step));
+    for (int i = 0; i < N; i++) {
+        m[i] = s.beta1 * m[i] + (1.0f - s.beta1) * grads[i];
+        v[i] = s.beta2 * v[i] + (1.0f - s.beta2) * grads[i] * grads[i];
+        float denom = sqrtf(v[i]) / bias_correction2_sqrt + s.eps;
+        params[i] -= step_size * m[i] / denom;
+    }
+    return 0;
+}
+
+static int sgd_update_cpu(float* restrict params, float* restrict velocity, const float* restrict grads,
+                   float learning_rate, float momentum, int N) {
+    for (int i = 0; i < N; i++) {
+        velocity[i] = momentum * velocity[i] + grads[i];
+        params[i] -= learning_rate * velocity[i];
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+
+const Kernels kernels_cpu = {
+    .name = "cpu",
+    .alloc = alloc_cpu,
+    .release = release_cpu,
+    .upload = copy_cpu,
+    .download = copy_cpu,
+    .zero = zero_cpu,
+    .synchronize = synchronize_cpu,
+    .gather_batch = gather_batch_cpu,
+    .linear_forward = linear_forward_cpu,
+    .linear_backward = linear_backward_cpu,
+    .relu_forward = relu_forward_cpu,
+    .relu_backward = relu_backward_cpu,
+    .layernorm_forward = layernorm_forward_cpu,
+    .layernorm_backward = layernorm_backward_cpu,
+    .mse_forward = mse_forward_cpu,
+    .mse_backward = mse_backward_cpu,
+    .adam_update = adam_update_cpu,
+    .sgd_update = sgd_update_cpu,
+};

@@ -1,0 +1,164 @@
+/*
+ * mlp.c - the model's passes, written once for every device (see mlp.h).
+ */
+#include "mlp.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "check.h"
+#include "rng.h"
+
+#define ADAM_BETA1 0.9f
+#define ADAM_BETA2 0.999f
+#define ADAM_EPS 1e-8f
+
+// ----------------------------------------------------------------------------
+// parameter layout
+
+int mlp_num_params(int hidden) {
+    int H = hidden;
+    return H + H + H * H + H + H + H + H + 1;
+}
+
+// Points t's tensors into the contiguous buffer base, in declaration order.
+static void mlp_tensors_view(MlpTensors* t, float* base, int H) {
+    t->w1 = base;
+    t->b1 = t->w1 + H;
+    t->w2 = t->b1 + H;
+    t->b2 = t->w2 + H * H;
+    t->ln_gamma = t->b2 + H;
+    t->ln_beta = t->ln_gamma + H;
+    t->w3 = t->ln_beta + H;
+    t->b3 = t->w3 + H;
+}
+
+// ----------------------------------------------------------------------------
+// creation
+
+static int device_alloc(const Kernels* k, float** ptr, size_t count) {
+    *ptr = k->alloc(count * sizeof(float));
+    return *ptr == NULL ? -1 : 0;
+}
+
+int mlp_create(Mlp* m, const Kernels* k, int hidden, int max_batch) {
+    *m = (Mlp){.k = k, .hidden = hidden, .max_batch = max_batch};
+    m->num_params = mlp_num_params(hidden);
+    size_t P = (size_t)m->num_params, BH = (size_t)max_batch * hidden, B = (size_t)max_batch;
+    float** per_param[] = {&m->params, &m->grads, &m->opt_m, &m->opt_v};
+    float** per_row_of_h[] = {&m->h1, &m->a1, &m->h2, &m->ln, &m->a3,
+                              &m->d_a3, &m->d_ln, &m->d_h2, &m->d_a1, &m->d_h1};
+    float** per_row[] = {&m->x, &m->y, &m->ln_mean, &m->ln_rstd, &m->out, &m->d_out};
+    for (size_t i = 0; i < sizeof per_param / sizeof *per_param; i++)
+        RETURN_IF_FAILED(device_alloc(k, per_param[i], P));
+    for (size_t i = 0; i < sizeof per_row_of_h / sizeof *per_row_of_h; i++)
+        RETURN_IF_FAILED(device_alloc(k, per_row_of_h[i], BH));
+    for (size_t i = 0; i < sizeof per_row / sizeof *per_row; i++)
+        RETURN_IF_FAILED(device_alloc(k, per_row[i], B));
+    RETURN_IF_FAILED(device_alloc(k, &m->loss, 1));
+    mlp_tensors_view(&m->p, m->params, hidden);
+    mlp_tensors_view(&m->g, m->grads, hidden);
+    return 0;
+}
+
+void mlp_free(Mlp* m) {
+    float* buffers[] = {m->params, m->grads, m->opt_m, m->opt_v, m->x, m->y, m->h1, m->a1,
+                        m->h2, m->ln, m->ln_mean, m->ln_rstd, m->a3, m->out, m->d_out,
+                        m->d_a3, m->d_ln, m->d_h2, m->d_a1, m->d_h1, m->loss};
+    for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++)
+        if (buffers[i] != NULL)
+            m->k->release(buffers[i]);
+    *m = (Mlp){0};
+}
+
+int mlp_init_params(Mlp* m, uint64_t seed) {
+    int H = m->hidden;
+    float* host = malloc((size_t)m->num_params * sizeof(float));
+    if (host == NULL) {
+        check_report(__FILE__, __LINE__, "malloc", "out of memory");
+        return -1;
+    }
+    MlpTensors t;
+    mlp_tensors_view(&t, host, H);
+    // nn.Linear: weights and biases uniform in +-1/sqrt(fan_in); nn.LayerNorm: 1 and 0.
+    float bound_in1 = 1.0f, bound_inH = 1.0f / sqrtf((float)H);
+    for (int i = 0; i < m->num_params; i++) {
+        float* p = host + i;
+        float u = (float)rng_uniform(seed, RNG_STREAM_INIT, (uint64_t)i) * 2.0f - 1.0f;
+        if (p < t.w2)
+            *p = u * bound_in1; // w1, b1: fan_in 1
+        else if (p < t.ln_gamma)
+            *p = u * bound_inH; // w2, b2: fan_in H
+        else if (p < t.ln_beta)
+            *p = 1.0f;
+        else if (p < t.w3)
+            *p = 0.0f;
+        else
+            *p = u * bound_inH; // w3, b3: fan_in H
+    }
+    int err = m->k->upload(m->params, host, (size_t)m->num_params * sizeof(float));
+    free(host);
+    return err;
+}
+
+// ----------------------------------------------------------------------------
+// the passes
+
+int mlp_load_batch(Mlp* m, const float* data_x, const float* data_y, const int* indices, int B) {
+    return m->k->gather_batch(m->x, m->y, data_x, data_y, indices, B);
+}
+
+int mlp_forward(Mlp* m, int B) {
+    const Kernels* k = m->k;
+    int H = m->hidden;
+    RETURN_IF_FAILED(k->linear_forward(m->h1, m->x, m->p.w1, m->p.b1, B, 1, H));
+    RETURN_IF_FAILED(k->relu_forward(m->a1, m->h1, B * H));
+    RETURN_IF_FAILED(k->linear_forward(m->h2, m->a1, m->p.w2, m->p.b2, B, H, H));
+    RETURN_IF_FAILED(k->layernorm_forward(m->ln, m->ln_mean, m->ln_rstd, m->h2, m->p.ln_gamma,
+                                          m->p.ln_beta, B, H));
+    RETURN_IF_FAILED(k->relu_forward(m->a3, m->ln, B * H));
+    return k->linear_forward(m->out, m->a3, m->p.w3, m->p.b3, B, H, 1);
+}
+
+int mlp_loss(Mlp* m, float scale, int B) {
+    return m->k->mse_forward(m->loss, m->out, m->y, scale, B);
+}
+
+int mlp_backward(Mlp* m, int B) {
+    // The forward pass in reverse; each step turns the gradient of a layer's
+    // output into the gradients of its parameters and of its input.
+    const Kernels* k = m->k;
+    int H = m->hidden;
+    RETURN_IF_FAILED(k->mse_backward(m->d_out, m->out, m->y, B));
+    RETURN_IF_FAILED(k->linear_backward(m->d_a3, m->g.w3, m->g.b3, m->d_out, m->a3, m->p.w3, B,
+                                        H, 1));
+    RETURN_IF_FAILED(k->relu_backward(m->d_ln, m->d_a3, m->a3, B * H));
+    RETURN_IF_FAILED(k->layernorm_backward(m->d_h2, m->g.ln_gamma, m->g.ln_beta, m->d_ln, m->h2,
+                                           m->ln_mean, m->ln_rstd, m->p.ln_gamma, B, H));
+    RETURN_IF_FAILED(k->linear_backward(m->d_a1, m->g.w2, m->g.b2, m->d_h2, m->a1, m->p.w2, B, H,
+                                        H));
+    RETURN_IF_FAILED(k->relu_backward(m->d_h1, m->d_a1, m->a1, B * H));
+    // The input needs no gradient: dinp = NULL.
+    return k->linear_backward(NULL, m->g.w1, m->g.b1, m->d_h1, m->x, m->p.w1, B, 1, H);
+}
+
+int mlp_update(Mlp* m, Optimizer* opt) {
+    opt->step++;
+    if (opt->kind == OPTIMIZER_SGD)
+        return m->k->sgd_update(m->params, m->opt_m, m->grads, opt->learning_rate, opt->momentum,
+                                m->num_params);
+    AdamSettings s = {opt->learning_rate, ADAM_BETA1, ADAM_BETA2, ADAM_EPS, opt->step};
+    return m->k->adam_update(m->params, m->opt_m, m->opt_v, m->grads, s, m->num_params);
+}
+
+// ----------------------------------------------------------------------------
+// results to the host
+
+int mlp_take_loss(Mlp* m, float* host_loss) {
+    RETURN_IF_FAILED(m->k->download(host_loss, m->loss, sizeof(float)));
+    return m->k->zero(m->loss, sizeof(float));
+}
+
+int mlp_get_params(const Mlp* m, float* host_params) {
+    return m->k->download(host_params, m->params, (size_t)m->num_params * sizeof(float));
+}

@@ -1,0 +1,193 @@
+/*
+ * hello_gpu.c - lesson 01: train a small MLP on one device, a GPU if there is one.
+ *
+ * The "hello world" of the course: 1-D regression (y = sin(x) + noise) with
+ * Linear(1,64) -> ReLU -> Linear(64,64) -> LayerNorm(64) -> ReLU -> Linear(64,1).
+ * One process, one device. Everything the model computes goes through a
+ * Kernels table (common/kernels.h): plain C on the CPU, CUDA kernels on a GPU,
+ * so this file reads the same for both.
+ *
+ * New in this lesson: device detection (common/device.h), device memory
+ * (alloc / upload / download), the training loop (load a batch, forward, loss,
+ * backward, update), evaluation, timing, and --out files (common/report.h).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "config.h"
+#include "data.h"
+#include "device.h"
+#include "mlp.h"
+#include "report.h"
+#include "timer.h"
+
+// ----------------------------------------------------------------------------
+// flags
+
+static void print_usage(void) {
+    fputs("usage: hello_gpu [flags]\n\n"
+          "Trains a 1 -> H -> H -> 1 MLP on y = sin(x) + noise on one device.\n\n"
+          "flags:\n" CONFIG_TRAINING_HELP,
+          stdout);
+}
+
+// Fills c from argv. Exits with status 0 after --help and EXIT_USAGE after a bad flag.
+static void parse_args(TrainConfig* c, int argc, char** argv) {
+    config_defaults(c);
+    for (int i = 1; i < argc; i++) {
+        char flag[64];
+        const char* value;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            print_usage();
+            exit(0);
+        }
+        if (config_split_flag(argc, argv, &i, flag, sizeof flag, &value) != 0)
+            exit(EXIT_USAGE);
+        int parsed = config_parse_training_flag(c, flag, value);
+        if (parsed == 0)
+            fprintf(stderr, "error: unknown flag %s (see --help)\n", flag);
+        if (parsed != 1)
+            exit(EXIT_USAGE);
+    }
+    if (config_check(c, 1) != 0 || (c->out_dir != NULL && report_prepare_dir(c->out_dir) != 0))
+        exit(EXIT_USAGE);
+}
+
+// ----------------------------------------------------------------------------
+// the data, moved to the device once
+
+typedef struct {
+    float* x;           // (n_train + n_eval) every sample's input, on the device
+    float* y;           // (n_train + n_eval) every sample's target
+    int* train_indices; // (num_samples) this epoch's shuffled order, uploaded each epoch
+    int* eval_indices;  // (n_eval) n_train, n_train + 1, ...: the eval samples in order
+} DeviceData;
+
+static int upload_data(DeviceData* d, const Kernels* k, const Dataset* data, const Sampler* s) {
+    int n_total = data->n_train + data->n_eval;
+    int* eval_order = malloc((size_t)data->n_eval * sizeof(int));
+    d->x = k->alloc((size_t)n_total * sizeof(float));
+    d->y = k->alloc((size_t)n_total * sizeof(float));
+    d->train_indices = k->alloc((size_t)s->num_samples * sizeof(int));
+    d->eval_indices = k->alloc((size_t)data->n_eval * sizeof(int));
+    if (eval_order == NULL || !d->x || !d->y || !d->train_indices || !d->eval_indices) {
+        free(eval_order);
+        return -1;
+    }
+    for (int i = 0; i < data->n_eval; i++)
+        eval_order[i] = data->n_train + i;
+    int err = k->upload(d->x, data->x, (size_t)n_total * sizeof(float)) ||
+              k->upload(d->y, data->y, (size_t)n_total * sizeof(float)) ||
+              k->upload(d->eval_indices, eval_order, (size_t)data->n_eval * sizeof(int));
+    free(eval_order);
+    return err ? -1 : 0;
+}
+
+// ----------------------------------------------------------------------------
+// training and evaluation
+
+// One pass over the training set; *train_loss is the mean of the batch losses.
+static int train_epoch(Mlp* m, Optimizer* opt, Sampler* s, const DeviceData* d, int epoch,
+                       int batch_size, float* train_loss) {
+    sampler_set_epoch(s, epoch);
+    RETURN_IF_FAILED(m->k->upload(d->train_indices, s->indices, s->num_samples * sizeof(int)));
+    int steps = (s->num_samples + batch_size - 1) / batch_size;
+    for (int step = 0; step < steps; step++) {
+        int first = step * batch_size;
+        int B = s->num_samples - first < batch_size ? s->num_samples - first : batch_size;
+        RETURN_IF_FAILED(mlp_load_batch(m, d->x, d->y, d->train_indices + first, B));
+        RETURN_IF_FAILED(mlp_forward(m, B));
+        // the batch's mean squared error, divided by steps: the loss sum becomes the mean
+        RETURN_IF_FAILED(mlp_loss(m, 1.0f / ((float)B * steps), B));
+        RETURN_IF_FAILED(mlp_backward(m, B));
+        RETURN_IF_FAILED(mlp_update(m, opt));
+    }
+    return mlp_take_loss(m, train_loss);
+}
+
+// The mean squared error over every eval sample, in chunks of the model's batch.
+static int evaluate(Mlp* m, const DeviceData* d, int n_eval, float* eval_loss) {
+    for (int first = 0; first < n_eval; first += m->max_batch) {
+        int B = n_eval - first < m->max_batch ? n_eval - first : m->max_batch;
+        RETURN_IF_FAILED(mlp_load_batch(m, d->x, d->y, d->eval_indices + first, B));
+        RETURN_IF_FAILED(mlp_forward(m, B));
+        RETURN_IF_FAILED(mlp_loss(m, 1.0f / n_eval, B));
+    }
+    return mlp_take_loss(m, eval_loss);
+}
+
+static int train(Mlp* m, const TrainConfig* c, const Dataset* data, const DeviceData* d,
+                 Sampler* s, EpochStats* stats) {
+    Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
+    double start = timer_seconds();
+    for (int epoch = 0; epoch < c->epochs; epoch++) {
+        double epoch_start = timer_seconds();
+        EpochStats* e = &stats[epoch];
+        RETURN_IF_FAILED(train_epoch(m, &opt, s, d, epoch, c->batch_size, &e->train_loss));
+        RETURN_IF_FAILED(evaluate(m, d, data->n_eval, &e->eval_loss));
+        e->seconds = timer_seconds() - epoch_start;
+        printf("Epoch [%d/%d] - Train Loss: %.6f, Eval Loss: %.6f\n", epoch + 1, c->epochs,
+               e->train_loss, e->eval_loss);
+    }
+    double total = timer_seconds() - start;
+    printf("Training completed in %.3f seconds\n", total);
+    printf("Average time per epoch: %.6f seconds\n", total / c->epochs);
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// output
+
+static void print_model_summary(const Mlp* m) {
+    int H = m->hidden;
+    printf("Model: Linear(1, %d) -> ReLU -> Linear(%d, %d) -> LayerNorm(%d) -> ReLU -> "
+           "Linear(%d, 1)\n",
+           H, H, H, H, H);
+    printf("Total parameters: %d\n", m->num_params);
+}
+
+static void print_device(const Device* dev, const char* requested) {
+    char description[512];
+    device_describe(dev, description, sizeof description);
+    if (dev->kind == DEVICE_CPU && strcmp(requested, "auto") == 0)
+        printf("No GPU found, using device: %s\n", description);
+    else
+        printf("Using device: %s\n", description);
+}
+
+// ----------------------------------------------------------------------------
+
+int main(int argc, char** argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0); // whole lines, even into a pipe
+    TrainConfig c;
+    parse_args(&c, argc, argv);
+
+    Device dev;
+    char why[512];
+    if (device_open(&dev, c.device, 0, why, sizeof why) != 0) {
+        fprintf(stderr, "error: %s\n", why);
+        return EXIT_USAGE;
+    }
+    print_device(&dev, c.device);
+    config_print_banner(&c);
+
+    Dataset data;
+    Sampler sampler;
+    Mlp model;
+    DeviceData d = {0};
+    EpochStats* stats = calloc((size_t)c.epochs, sizeof *stats);
+    if (stats == NULL || dataset_create(&data, c.data_size, c.seed) != 0 ||
+        sampler_create(&sampler, data.n_train, 1, 0, c.seed) != 0 ||
+        mlp_create(&model, dev.kernels, c.hidden_size, c.batch_size) != 0 ||
+        mlp_init_params(&model, c.seed) != 0 || upload_data(&d, dev.kernels, &data, &sampler) != 0)
+        return EXIT_FAILURE;
+    print_model_summary(&model);
+
+    if (train(&model, &c, &data, &d, &sampler, stats) != 0)
+        return EXIT_FAILURE;
+    if (c.out_dir != NULL && report_write(c.out_dir, stats, c.epochs) != 0)
+        return EXIT_FAILURE;
+    return EXIT_SUCCESS;
+}
