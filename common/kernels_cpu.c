@@ -3,8 +3,8 @@
  *
  * Each function is the twin of a CUDA kernel in kernels_cuda.cu, which keeps
  * these comments so that a diff of the two shows only the parallelisation.
- * The inner loops run over contiguous memory with no reduction in the
- * innermost loop, so that the compiler vectorises them without -ffast-math.
+ * The inner loops run over contiguous memory so that the compiler vectorises
+ * them (without -ffast-math); see dot_cpu and weighted_row_sum_cpu.
  *
  * Shapes: B batch rows, C input features, OC output features, N elements.
  * APIs: kernels_cpu.
@@ -56,45 +56,65 @@ static int gather_batch_cpu(float* x, float* y, const float* data_x, const float
 // ----------------------------------------------------------------------------
 // linear layer
 
-static int linear_forward_cpu(float* restrict out, const float* restrict inp, const float* restrict w,
-                       const float* restrict bias, int B, int C, int OC) {
+// sum over i < n of a[i] * b[i]
+static inline float dot_cpu(const float* restrict a, const float* restrict b, int n) {
+    float sum = 0.0f;
+    // The compiler may not reorder one running sum on its own (only -ffast-math
+    // lets it, everywhere); this pragma allows it here alone, so the loop keeps
+    // eight partial sums in one vector register (built with -fopenmp-simd).
+#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < n; i++)
+        sum += a[i] * b[i];
+    return sum;
+}
+
+// out[k] = sum over j < n of scale[j * scale_stride] * rows[j * row_stride + k], k < width:
+// n scaled rows added up, one row at a time, so the inner loop is contiguous and vectorises.
+static void weighted_row_sum_cpu(float* restrict out, const float* restrict scale,
+                                 int scale_stride, const float* restrict rows, int row_stride,
+                                 int n, int width) {
+    for (int k = 0; k < width; k++)
+        out[k] = 0.0f;
+    for (int j = 0; j < n; j++) {
+        float s = scale[(size_t)j * scale_stride];
+        const float* row = rows + (size_t)j * row_stride;
+        for (int k = 0; k < width; k++)
+            out[k] += s * row[k];
+    }
+}
+
+static int linear_forward_cpu(float* restrict out, const float* restrict inp,
+                              const float* restrict w, const float* restrict bias, int B, int C,
+                              int OC) {
     for (int b = 0; b < B; b++) {
         float* out_row = out + (size_t)b * OC;
-        const float* inp_row = inp + (size_t)b * C;
-        for (int o = 0; o < OC; o++) {
-            const float* w_row = w + (size_t)o * C;
-            float sum = bias[o];
-            for (int i = 0; i < C; i++)
-                sum += inp_row[i] * w_row[i];
-            out_row[o] = sum;
-        }
+        if (C == 1) // one input: a dot product of length 1 would waste the vector unit
+            for (int o = 0; o < OC; o++)
+                out_row[o] = bias[o] + inp[b] * w[o];
+        else
+            for (int o = 0; o < OC; o++)
+                out_row[o] = bias[o] + dot_cpu(inp + (size_t)b * C, w + (size_t)o * C, C);
     }
     return 0;
 }
 
 static int linear_backward_cpu(float* restrict dinp, float* restrict dw, float* restrict dbias,
-                        const float* restrict dout, const float* restrict inp,
-                        const float* restrict w, int B, int C, int OC) {
-    memset(dw, 0, (size_t)OC * C * sizeof(float));
-    memset(dbias, 0, (size_t)OC * sizeof(float));
-    if (dinp != NULL)
-        memset(dinp, 0, (size_t)B * C * sizeof(float));
-    for (int b = 0; b < B; b++) {
-        const float* dout_row = dout + (size_t)b * OC;
-        const float* inp_row = inp + (size_t)b * C;
-        for (int o = 0; o < OC; o++) {
-            // each output's gradient flows to its bias, its weights and its inputs
-            float d = dout_row[o];
-            float* dw_row = dw + (size_t)o * C;
-            const float* w_row = w + (size_t)o * C;
-            dbias[o] += d;
-            for (int i = 0; i < C; i++)
-                dw_row[i] += d * inp_row[i];
-            if (dinp != NULL)
-                for (int i = 0; i < C; i++)
-                    dinp[(size_t)b * C + i] += d * w_row[i];
-        }
+                               const float* restrict dout, const float* restrict inp,
+                               const float* restrict w, int B, int C, int OC) {
+    // dbias[o] = sum over b of dout[b][o]
+    for (int o = 0; o < OC; o++) {
+        float sum = 0.0f;
+        for (int b = 0; b < B; b++)
+            sum += dout[(size_t)b * OC + o];
+        dbias[o] = sum;
     }
+    // dw[o][:] = sum over b of dout[b][o] * inp[b][:]
+    for (int o = 0; o < OC; o++)
+        weighted_row_sum_cpu(dw + (size_t)o * C, dout + o, OC, inp, C, B, C);
+    // dinp[b][:] = sum over o of dout[b][o] * w[o][:]
+    if (dinp != NULL)
+        for (int b = 0; b < B; b++)
+            weighted_row_sum_cpu(dinp + (size_t)b * C, dout + (size_t)b * OC, 1, w, C, OC, C);
     return 0;
 }
 
@@ -189,15 +209,18 @@ static int mse_backward_cpu(float* dpred, const float* pred, const float* target
 // optimizers
 
 static int adam_update_cpu(float* restrict params, float* restrict m, float* restrict v,
-                    const float* restrict grads, AdamSettings s, int N) {
-    // torch.optim.Adam's arithmetic: the bias corrections folded into the step size
-    float step_size = s.learning_rate / (1.0f - powf(s.beta1, (float)s.step));
-    float bias_correction2_sqrt = sqrtf(1.0f - powf(s.beta2, (float)s.step));
+                           const float* restrict grads, AdamSettings s, int N) {
+    // torch.optim.Adam: p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), with the bias
+    // corrections bc = 1 - beta^step. Multiplying through by sqrt(bc2) leaves one
+    // square root and one division per element.
+    float bc1 = 1.0f - powf(s.beta1, (float)s.step);
+    float bc2_sqrt = sqrtf(1.0f - powf(s.beta2, (float)s.step));
+    float step_size = s.learning_rate / bc1 * bc2_sqrt;
+    float eps = s.eps * bc2_sqrt;
     for (int i = 0; i < N; i++) {
         m[i] = s.beta1 * m[i] + (1.0f - s.beta1) * grads[i];
         v[i] = s.beta2 * v[i] + (1.0f - s.beta2) * grads[i] * grads[i];
-        float denom = sqrtf(v[i]) / bias_correction2_sqrt + s.eps;
-        params[i] -= step_size * m[i] / denom;
+        params[i] -= step_size * m[i] / (sqrtf(v[i]) + eps);
     }
     return 0;
 }
