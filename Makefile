@@ -3,7 +3,8 @@
 #   make               every lesson (with CUDA when nvcc is found)
 #   make NO_CUDA=1     CPU-only binaries with the same flags and output
 #   make lesson-01     build/hello_gpu          make run     build and run lesson 01
-#   make test          build and run the test suite
+#   make lesson-02     build/multi_gpu          make diff-02 what lesson 02 adds to lesson 01
+#   make test          build and run the test suite (make tests: only build it)
 #   make bench-01      median time per epoch of lesson 01 at defaults
 #   make clean
 
@@ -12,14 +13,15 @@ NVCC ?= $(shell command -v nvcc 2>/dev/null || ls $(CUDA_HOME)/bin/nvcc 2>/dev/n
 ifdef NO_CUDA
 NVCC :=
 endif
-NCCL_HEADER := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
+NCCL_HEADER := $(if $(NVCC),$(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h)))
+NCCL_LIB := $(dir $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so /usr/lib/x86_64-linux-gnu/libnccl.so /usr/lib/aarch64-linux-gnu/libnccl.so)))
 
 CC ?= cc
 CFLAGS ?= -O3 -march=native
 # Not -ffast-math: no errno from sqrtf, fused multiply-add, and the `omp simd` pragmas (no OpenMP runtime).
 CFLAGS += -fno-math-errno -ffp-contract=fast -fopenmp-simd
 CFLAGS += -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -Icommon -MMD -MP
-LDLIBS := -lm
+LDLIBS := -Wl,--as-needed -lm
 
 BUILD := build
 ifneq ($(NVCC),)
@@ -29,6 +31,13 @@ CUDA_ARCH ?= $(if $(shell nvidia-smi -L 2>/dev/null),-arch=native,$(foreach a,75
 NVCCFLAGS := -O3 $(CUDA_ARCH) -Icommon -DHAVE_CUDA -Xcompiler -Wall,-Wextra,-Werror
 CFLAGS += -DHAVE_CUDA -I$(CUDA_HOME)/include
 LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart_static -lstdc++ -ldl -lrt -lpthread
+ifneq ($(NCCL_HEADER),)
+ifneq ($(NCCL_LIB),)
+CFLAGS += -DHAVE_NCCL
+# NCCL is a shared library: the rpath lets the programs find it without LD_LIBRARY_PATH.
+LDLIBS += -L$(NCCL_LIB) -Wl,-rpath,$(NCCL_LIB) -lnccl
+endif
+endif
 else
 CONFIG := cpu
 endif
@@ -37,22 +46,25 @@ OBJ := $(BUILD)/obj-$(CONFIG)
 COMMON_C := $(wildcard common/*.c)
 COMMON_CU := $(if $(NVCC),$(wildcard common/*.cu))
 COMMON_OBJ := $(COMMON_C:common/%.c=$(OBJ)/common/%.o) $(COMMON_CU:common/%.cu=$(OBJ)/common/%.cu.o)
+# An archive, so that each program links only the modules it uses.
+COMMON_LIB := $(OBJ)/libcommon.a
 
-LESSONS := $(BUILD)/hello_gpu
+LESSONS := $(BUILD)/hello_gpu $(BUILD)/multi_gpu
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 GPU_TEST_SRC := $(if $(NVCC),$(wildcard tests/gpu/test_*.cu))
 GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 
-.PHONY: all lesson-01 run test bench-01 clean found
+.PHONY: all lesson-01 lesson-02 run tests test bench-01 bench-02 diff-02 clean found
 all: found $(LESSONS)
 
 # One line per optional part, so that a build says what it could use.
 found:
 	@echo "nvcc: $(if $(NVCC),found ($(NVCC)): building with CUDA,$(if $(NO_CUDA),skipped (NO_CUDA=1),not found)): CPU-only binaries)"
-	@echo "NCCL: $(if $(NCCL_HEADER),found ($(NCCL_HEADER)),not found)"
+	@echo "NCCL: $(if $(NCCL_HEADER),found ($(NCCL_HEADER)),$(if $(NVCC),not found,not used without CUDA)): $(if $(NCCL_HEADER),NCCL and ring backends,ring backend only)"
 
 lesson-01: found $(BUILD)/hello_gpu
+lesson-02: found $(BUILD)/multi_gpu
 
 run: lesson-01
 	./$(BUILD)/hello_gpu
@@ -69,23 +81,35 @@ $(OBJ)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/hello_gpu: $(OBJ)/lessons/01_hello_gpu/hello_gpu.o $(COMMON_OBJ) $(BUILD)/config-$(CONFIG)
-	$(CC) $(CFLAGS) $(filter %.o,$^) -o $@ $(LDLIBS)
+$(COMMON_LIB): $(COMMON_OBJ)
+	rm -f $@ && $(AR) rcs $@ $^
 
-$(BUILD)/tests/%: $(OBJ)/tests/%.o $(COMMON_OBJ) $(BUILD)/config-$(CONFIG)
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(filter %.o,$^) -o $@ $(LDLIBS) -lcriterion
+$(BUILD)/hello_gpu: $(OBJ)/lessons/01_hello_gpu/hello_gpu.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
-$(BUILD)/tests/gpu/%: $(OBJ)/tests/gpu/%.cu.o $(COMMON_OBJ) $(BUILD)/config-$(CONFIG)
+$(BUILD)/multi_gpu: $(OBJ)/lessons/02_multi_gpu/multi_gpu.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: $(OBJ)/tests/%.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(filter %.o,$^) -o $@ $(LDLIBS) -lcriterion
+	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS) -lcriterion
+
+$(BUILD)/tests/gpu/%: $(OBJ)/tests/gpu/%.cu.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS) -lcriterion
+
+tests: $(TESTS) $(GPU_TESTS)
 
 # Criterion runs each suite's tests in parallel; GPU suites share one device, so --jobs 1.
-test: all $(TESTS) $(GPU_TESTS)
+test: all tests
 	@tests/run_tests.sh $(TESTS) -- $(GPU_TESTS)
 
 bench-01: lesson-01
 	@tools/bench_epoch.sh $(BUILD)/hello_gpu
+
+# What lesson 02 adds to lesson 01 (diff exits 1 when files differ).
+diff-02:
+	@diff -u lessons/01_hello_gpu/hello_gpu.c lessons/02_multi_gpu/multi_gpu.c || true
 
 clean:
 	rm -rf $(BUILD)

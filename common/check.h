@@ -6,7 +6,8 @@
  * The rank prefix appears once a program has called check_set_rank().
  *
  * Library code in common/ reports and returns -1; programs decide to exit.
- * APIs: CUDA_CHECK, NCCL_CHECK, SYS_CHECK, RETURN_IF_FAILED, check_report, check_set_rank.
+ * APIs: CUDA_CHECK, NCCL_CHECK, SYS_CHECK, RETURN_IF_FAILED, check_report, check_message,
+ *       check_set_rank.
  */
 #ifndef CHECK_H
 #define CHECK_H
@@ -22,6 +23,8 @@ extern "C" {
 void check_set_rank(int rank);
 // Prints "[Rank r] file:line: expr: reason" on stderr.
 void check_report(const char* file, int line, const char* expr, const char* reason);
+// Prints "[Rank r] " and the formatted message, as one line on stderr.
+void check_message(const char* format, ...) __attribute__((format(printf, 1, 2)));
 
 // A POSIX call that returns -1 and sets errno on failure.
 #define SYS_CHECK(expr)                                                                            \

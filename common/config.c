@@ -81,8 +81,9 @@ static int parse_learning_rate(const char* value, float* out) {
     return 0;
 }
 
-// Accepts value if it is one of the names in choices ("a|b|c"); -1 with a message otherwise.
-static int parse_choice(const char* flag, const char* value, const char* choices) {
+int config_parse_choice(const char* flag, const char* value, const char* choices,
+                        const char** out) {
+    *out = value;
     for (const char* c = choices; value != NULL && *value != '\0'; c++) {
         size_t len = strcspn(c, "|");
         if (len == strlen(value) && strncmp(c, value, len) == 0)
@@ -111,12 +112,12 @@ int config_parse_training_flag(TrainConfig* c, const char* flag, const char* val
     else if (strcmp(flag, "--seed") == 0)
         err = parse_seed(value, &c->seed);
     else if (strcmp(flag, "--optimizer") == 0) {
-        err = parse_choice(flag, value, "adam|sgd");
+        const char* name;
+        err = config_parse_choice(flag, value, "adam|sgd", &name);
         if (err == 0)
-            c->optimizer = strcmp(value, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM;
+            c->optimizer = strcmp(name, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM;
     } else if (strcmp(flag, "--device") == 0) {
-        err = parse_choice(flag, value, "auto|cpu|cuda");
-        c->device = value;
+        err = config_parse_choice(flag, value, "auto|cpu|cuda", &c->device);
     } else if (strcmp(flag, "--out") == 0) {
         if (value == NULL || *value == '\0') {
             fprintf(stderr, "error: --out needs a directory\n");

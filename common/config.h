@@ -6,7 +6,7 @@
  * "--flag value" or "--flag=value". A bad value is one line on stderr naming
  * the flag and the accepted range; the program then exits with status 2.
  *
- * APIs: TrainConfig, config_defaults, config_split_flag, config_parse_int,
+ * APIs: TrainConfig, config_defaults, config_split_flag, config_parse_int, config_parse_choice,
  *       config_parse_training_flag, config_check, config_print_banner, CONFIG_TRAINING_HELP.
  */
 #ifndef CONFIG_H
@@ -51,6 +51,11 @@ int config_split_flag(int argc, char** argv, int* i, char* flag, int flag_len, c
 
 // Reads an integer in [min, max] for flag; -1 with a message on stderr otherwise.
 int config_parse_int(const char* flag, const char* value, long min, long max, int* out);
+
+// Accepts value if it is one of the names in choices ("a|b|c") and points *out at
+// it; -1 with a message on stderr otherwise.
+int config_parse_choice(const char* flag, const char* value, const char* choices,
+                        const char** out);
 
 // Returns 1 if flag is a training flag (and stores its value), 0 if it is not
 // one, -1 (after a message on stderr) if its value is bad.

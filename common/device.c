@@ -5,6 +5,8 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #ifdef HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -21,6 +23,26 @@ int device_gpu_count(void) {
 #else
     return 0;
 #endif
+}
+
+int device_gpu_count_forked(void) {
+    int fds[2];
+    if (pipe(fds) != 0)
+        return 0;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int count = device_gpu_count();
+        _exit(write(fds[1], &count, sizeof count) == sizeof count ? 0 : 1);
+    }
+    close(fds[1]);
+    int count = 0;
+    if (pid < 0 || read(fds[0], &count, sizeof count) != sizeof count)
+        count = 0;
+    close(fds[0]);
+    if (pid > 0)
+        waitpid(pid, NULL, 0);
+    return count;
 }
 
 // The "model name" line of /proc/cpuinfo, or "unknown CPU".

@@ -6,7 +6,7 @@
  * with an error rather than 0; any error there means "no GPU". A build without
  * CUDA (no nvcc, or make NO_CUDA=1) knows no GPU at all.
  *
- * APIs: Device, device_gpu_count, device_open, device_describe.
+ * APIs: Device, device_gpu_count, device_gpu_count_forked, device_open, device_describe.
  */
 #ifndef DEVICE_H
 #define DEVICE_H
@@ -29,6 +29,9 @@ typedef struct {
 
 // How many GPUs this process can use: 0 without a driver, a GPU, or CUDA in the build.
 int device_gpu_count(void);
+// The same, asked in a short-lived child process, so that this process does not
+// touch CUDA before it forks its workers.
+int device_gpu_count_forked(void);
 
 // request is "auto", "cpu" or "cuda"; gpu_index picks among several GPUs.
 // Returns 0, or -1 with a one-line reason in why (for "cuda" without a GPU).

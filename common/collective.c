@@ -1,0 +1,343 @@
+/*
+ * collective.c - the ring all-reduce over sockets, and NCCL behind the same calls.
+ *
+ * The ring (Patarasuk and Yuan, 2009; what NCCL and gloo run): the buffer is
+ * cut into world_size chunks. In a reduce-scatter of N - 1 steps every rank
+ * passes a chunk to its right neighbour and adds the chunk coming from its
+ * left; afterwards each rank holds the full sum of one chunk. An all-gather of
+ * N - 1 more steps passes the finished chunks around the ring. Each rank sends
+ * 2 (N - 1) / N of the buffer whatever N is, and since every chunk is summed
+ * at one place and then copied, all ranks end with the same bits.
+ */
+#include "collective.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifdef HAVE_NCCL
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+#endif
+
+#include "check.h"
+#include "net.h"
+#include "timer.h"
+
+struct Communicator {
+    CommSettings s;
+    Backend backend;
+    // the ring
+    int send_fd;     // to rank + 1
+    int recv_fd;     // from rank - 1
+    float* host;     // (capacity) host copy of a device buffer (GPU ranks only)
+    float* incoming; // (capacity / world_size + 1) the chunk arriving from the left
+    size_t capacity;
+#ifdef HAVE_NCCL
+    ncclComm_t nccl;
+    cudaStream_t stream;
+    float* one_float; // (1) device memory for the barrier
+#endif
+};
+
+static int mod(int a, int n) { return ((a % n) + n) % n; }
+
+// Chunk c of count elements split world_size ways: [chunk_begin(c), chunk_begin(c + 1)).
+static size_t chunk_begin(size_t count, int world_size, int c) {
+    return count / world_size * c + (count % world_size < (size_t)c ? count % world_size : (size_t)c);
+}
+
+// ----------------------------------------------------------------------------
+// the ring
+
+int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd) {
+    Communicator* c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        check_message("comm_init_ring: out of memory");
+        return -1;
+    }
+    *c = (Communicator){.s = s, .backend = BACKEND_RING, .send_fd = send_fd, .recv_fd = recv_fd};
+    *comm = c;
+    if (s.world_size > 1 && (net_set_nonblocking(send_fd) != 0 || net_set_nonblocking(recv_fd) != 0)) {
+        check_message("comm_init_ring: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+// Grows the host buffers to hold count elements (the staging copy only if staged).
+static int ring_reserve(Communicator* c, size_t count, bool staged) {
+    if (count <= c->capacity && (!staged || c->host != NULL))
+        return 0;
+    size_t capacity = count > c->capacity ? count : c->capacity;
+    float* incoming = realloc(c->incoming, (capacity / c->s.world_size + 1) * sizeof(float));
+    if (incoming != NULL)
+        c->incoming = incoming;
+    float* host = staged ? realloc(c->host, capacity * sizeof(float)) : c->host;
+    if (incoming == NULL || (staged && host == NULL)) {
+        check_message("ring: out of memory for %zu floats", count);
+        return -1;
+    }
+    c->host = host;
+    c->capacity = capacity;
+    return 0;
+}
+
+// Sends chunk send_c of data to the right while receiving chunk recv_c from the left into into.
+static int ring_step(Communicator* c, const char* what, int step, float* data, size_t count,
+                     int send_c, int recv_c, float* into, double deadline) {
+    int N = c->s.world_size, r = c->s.rank;
+    size_t send_at = chunk_begin(count, N, send_c), recv_at = chunk_begin(count, N, recv_c);
+    size_t send_n = chunk_begin(count, N, send_c + 1) - send_at;
+    size_t recv_n = chunk_begin(count, N, recv_c + 1) - recv_at;
+    if (c->s.debug)
+        check_message("%s step %d: chunk %d (%zu floats) to rank %d, chunk %d from rank %d", what,
+                      step, send_c, send_n, mod(r + 1, N), recv_c, mod(r - 1, N));
+    NetStatus st = net_exchange(c->send_fd, data + send_at, send_n * sizeof(float), c->recv_fd,
+                                into, recv_n * sizeof(float), deadline);
+    if (st != NET_OK) {
+        check_message("%s step %d with ranks %d (left) and %d (right): %s%s", what, step,
+                      mod(r - 1, N), mod(r + 1, N), net_status_str(st),
+                      st == NET_TIMEOUT ? " (see --timeout)" : "");
+        return -1;
+    }
+    return 0;
+}
+
+// The all-reduce on host memory: data (count) becomes the sum over the ranks.
+static int ring_allreduce_host(Communicator* c, float* data, size_t count) {
+    int N = c->s.world_size, r = c->s.rank;
+    double deadline = timer_seconds() + c->s.timeout_s;
+    // Step 1) reduce-scatter: in step s rank r sends chunk r - s and adds chunk r - s - 1.
+    for (int s = 0; s < N - 1; s++) {
+        int recv_c = mod(r - s - 1, N);
+        RETURN_IF_FAILED(ring_step(c, "ring reduce-scatter", s, data, count, mod(r - s, N),
+                                   recv_c, c->incoming, deadline));
+        float* own = data + chunk_begin(count, N, recv_c);
+        size_t n = chunk_begin(count, N, recv_c + 1) - chunk_begin(count, N, recv_c);
+        for (size_t i = 0; i < n; i++)
+            own[i] += c->incoming[i];
+    }
+    // Step 2) all-gather: rank r now holds the sum of chunk r + 1; pass the sums on.
+    for (int s = 0; s < N - 1; s++) {
+        int recv_c = mod(r - s, N);
+        RETURN_IF_FAILED(ring_step(c, "ring all-gather", s, data, count, mod(r + 1 - s, N), recv_c,
+                                   data + chunk_begin(count, N, recv_c), deadline));
+    }
+    return 0;
+}
+
+// The root's buffer travels once around the ring, each rank forwarding it to the next.
+static int ring_broadcast_host(Communicator* c, float* data, size_t count, int root) {
+    int N = c->s.world_size, r = c->s.rank;
+    double deadline = timer_seconds() + c->s.timeout_s;
+    size_t bytes = count * sizeof(float);
+    NetStatus st = NET_OK;
+    if (r != root)
+        st = net_recv_all(c->recv_fd, data, bytes, deadline);
+    if (st == NET_OK && mod(r + 1, N) != root)
+        st = net_send_all(c->send_fd, data, bytes, deadline);
+    if (st != NET_OK)
+        check_message("ring broadcast from rank %d, with ranks %d (left) and %d (right): %s", root,
+                      mod(r - 1, N), mod(r + 1, N), net_status_str(st));
+    return st == NET_OK ? 0 : -1;
+}
+
+typedef enum { RING_SUM, RING_MEAN, RING_BROADCAST } RingOp;
+
+// Runs op on host memory: buf itself on the CPU, a staged copy of a GPU buffer.
+static int ring_run(Communicator* c, RingOp op, float* buf, size_t count, int root) {
+    if (c->s.world_size == 1 || count == 0)
+        return 0;
+    bool staged = c->s.k != &kernels_cpu;
+    RETURN_IF_FAILED(ring_reserve(c, count, staged));
+    float* data = staged ? c->host : buf;
+    if (staged)
+        RETURN_IF_FAILED(c->s.k->download(data, buf, count * sizeof(float)));
+    if (op == RING_BROADCAST)
+        RETURN_IF_FAILED(ring_broadcast_host(c, data, count, root));
+    else
+        RETURN_IF_FAILED(ring_allreduce_host(c, data, count));
+    if (op == RING_MEAN)
+        for (size_t i = 0; i < count; i++)
+            data[i] /= (float)c->s.world_size;
+    return staged ? c->s.k->upload(buf, data, count * sizeof(float)) : 0;
+}
+
+// ----------------------------------------------------------------------------
+// NCCL
+
+#ifdef HAVE_NCCL
+// Waits until the communicator's pending work is done: NCCL's state leaves
+// ncclInProgress and, for a collective, the stream drains. Past the deadline
+// the communicator is aborted, which also frees any rank blocked with us.
+static int nccl_wait(Communicator* c, const char* what, double deadline, bool on_stream) {
+    for (;;) {
+        ncclResult_t state;
+        ncclResult_t res = ncclCommGetAsyncError(c->nccl, &state);
+        if (res != ncclSuccess || (state != ncclSuccess && state != ncclInProgress)) {
+            check_message("%s: %s", what, ncclGetErrorString(res != ncclSuccess ? res : state));
+            return -1;
+        }
+        cudaError_t stream_state = on_stream ? cudaStreamQuery(c->stream) : cudaSuccess;
+        if (state == ncclSuccess && stream_state == cudaSuccess)
+            return 0;
+        if (stream_state != cudaSuccess && stream_state != cudaErrorNotReady) {
+            check_message("%s: %s", what, cudaGetErrorString(stream_state));
+            return -1;
+        }
+        if (timer_seconds() > deadline) {
+            check_message("%s: timed out after %.0f s (see --timeout); aborting NCCL", what,
+                          c->s.timeout_s);
+            ncclCommAbort(c->nccl);
+            c->nccl = NULL;
+            return -1;
+        }
+        usleep(50);
+    }
+}
+
+int comm_nccl_unique_id(void* unique_id) {
+    ncclUniqueId id;
+    NCCL_CHECK(ncclGetUniqueId(&id));
+    memcpy(unique_id, &id, sizeof id);
+    return 0;
+}
+
+int comm_init_nccl(Communicator** comm, CommSettings s, const void* unique_id) {
+    Communicator* c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        check_message("comm_init_nccl: out of memory");
+        return -1;
+    }
+    *c = (Communicator){.s = s, .backend = BACKEND_NCCL, .send_fd = -1, .recv_fd = -1};
+    *comm = c;
+    ncclUniqueId id;
+    memcpy(&id, unique_id, sizeof id);
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0; // return at once; nccl_wait bounds the wait
+    if (cudaStreamCreate(&c->stream) != cudaSuccess ||
+        cudaMalloc((void**)&c->one_float, sizeof(float)) != cudaSuccess) {
+        check_message("comm_init_nccl: %s", cudaGetErrorString(cudaGetLastError()));
+        return -1;
+    }
+    ncclResult_t res = ncclCommInitRankConfig(&c->nccl, s.world_size, id, s.rank, &config);
+    if (res != ncclSuccess && res != ncclInProgress) {
+        check_message("ncclCommInitRankConfig: %s", ncclGetErrorString(res));
+        return -1;
+    }
+    return nccl_wait(c, "ncclCommInitRankConfig", timer_seconds() + s.timeout_s, false);
+}
+
+const char* comm_nccl_version(void) {
+    static char version[32];
+    int code = 0;
+    ncclGetVersion(&code);
+    snprintf(version, sizeof version, "%d.%d.%d", code / 10000, code / 100 % 100, code % 100);
+    return version;
+}
+
+// Queues a collective (NCCL may answer ncclInProgress when non-blocking) and waits for it.
+static int nccl_finish(Communicator* c, const char* what, ncclResult_t queued) {
+    if (queued != ncclSuccess && queued != ncclInProgress) {
+        check_message("%s: %s", what, ncclGetErrorString(queued));
+        return -1;
+    }
+    return nccl_wait(c, what, timer_seconds() + c->s.timeout_s, true);
+}
+
+static int nccl_allreduce(Communicator* c, float* buf, size_t count, ncclRedOp_t op) {
+    if (c->s.debug)
+        check_message("ncclAllReduce of %zu floats", count);
+    return nccl_finish(c, "ncclAllReduce",
+                       ncclAllReduce(buf, buf, count, ncclFloat, op, c->nccl, c->stream));
+}
+
+static int nccl_broadcast(Communicator* c, float* buf, size_t count, int root) {
+    if (c->s.debug)
+        check_message("ncclBroadcast of %zu floats from rank %d", count, root);
+    return nccl_finish(c, "ncclBroadcast",
+                       ncclBroadcast(buf, buf, count, ncclFloat, root, c->nccl, c->stream));
+}
+#else
+int comm_nccl_unique_id(void* unique_id) {
+    (void)unique_id;
+    check_message("NCCL: this build has no NCCL (it was not found at build time)");
+    return -1;
+}
+
+int comm_init_nccl(Communicator** comm, CommSettings s, const void* unique_id) {
+    (void)s;
+    *comm = NULL;
+    return comm_nccl_unique_id((void*)unique_id);
+}
+
+const char* comm_nccl_version(void) { return "none"; }
+#endif
+
+// ----------------------------------------------------------------------------
+// the interface
+
+int comm_allreduce_sum(Communicator* c, float* buf, size_t count) {
+#ifdef HAVE_NCCL
+    if (c->backend == BACKEND_NCCL)
+        return nccl_allreduce(c, buf, count, ncclSum);
+#endif
+    return ring_run(c, RING_SUM, buf, count, 0);
+}
+
+int comm_allreduce_mean(Communicator* c, float* buf, size_t count) {
+#ifdef HAVE_NCCL
+    if (c->backend == BACKEND_NCCL)
+        return nccl_allreduce(c, buf, count, ncclAvg);
+#endif
+    return ring_run(c, RING_MEAN, buf, count, 0);
+}
+
+int comm_broadcast(Communicator* c, float* buf, size_t count, int root) {
+#ifdef HAVE_NCCL
+    if (c->backend == BACKEND_NCCL)
+        return nccl_broadcast(c, buf, count, root);
+#endif
+    return ring_run(c, RING_BROADCAST, buf, count, root);
+}
+
+int comm_barrier(Communicator* c) {
+    // Nobody leaves an all-reduce before everyone has arrived.
+#ifdef HAVE_NCCL
+    if (c->backend == BACKEND_NCCL)
+        return nccl_allreduce(c, c->one_float, 1, ncclSum);
+#endif
+    float token = 0.0f; // in host memory, whatever the device
+    if (c->s.world_size == 1)
+        return 0;
+    RETURN_IF_FAILED(ring_reserve(c, 1, false));
+    return ring_allreduce_host(c, &token, 1);
+}
+
+Backend comm_backend(const Communicator* c) { return c->backend; }
+
+static void comm_close(Communicator* c, bool abort) {
+    if (c == NULL)
+        return;
+#ifdef HAVE_NCCL
+    if (c->nccl != NULL)
+        (abort ? ncclCommAbort : ncclCommDestroy)(c->nccl);
+    if (c->stream != NULL)
+        cudaStreamDestroy(c->stream);
+    cudaFree(c->one_float);
+#else
+    (void)abort;
+#endif
+    if (c->send_fd >= 0)
+        close(c->send_fd);
+    if (c->recv_fd >= 0 && c->recv_fd != c->send_fd)
+        close(c->recv_fd);
+    free(c->host);
+    free(c->incoming);
+    free(c);
+}
+
+void comm_abort(Communicator* c) { comm_close(c, true); }
+void comm_destroy(Communicator* c) { comm_close(c, false); }

@@ -1,0 +1,59 @@
+/*
+ * collective.h - what ranks do together: all-reduce, broadcast, barrier.
+ *
+ * One small interface, two engines:
+ *   - NCCL on GPUs, one rank per GPU (collective_nccl.c);
+ *   - a ring over sockets (here in collective.c), the algorithm NCCL and gloo
+ *     use: reduce-scatter, then all-gather. It serves CPU ranks, and GPU ranks
+ *     that share a GPU (it stages through host memory).
+ * Buffers are in the memory of the device that the Kernels table drives.
+ * Every call has a deadline (timeout_s from its start); a peer that fails or
+ * goes away makes the call return -1 with a message naming that peer, never hang.
+ *
+ * APIs: Communicator, comm_init_ring, comm_init_nccl, comm_allreduce_sum,
+ *       comm_allreduce_mean, comm_broadcast, comm_barrier, comm_abort, comm_destroy.
+ */
+#ifndef COLLECTIVE_H
+#define COLLECTIVE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "kernels.h"
+
+typedef enum { BACKEND_RING, BACKEND_NCCL } Backend;
+
+typedef struct Communicator Communicator;
+
+typedef struct {
+    int rank;           // this process, 0 .. world_size - 1
+    int world_size;     // how many ranks take part
+    double timeout_s;   // deadline of every call, from its start
+    bool debug;         // print every step on stderr
+    const Kernels* k;   // the device whose memory holds the buffers
+} CommSettings;
+
+// A ring whose sockets are already connected: send_fd to rank + 1, recv_fd from
+// rank - 1 (mod world_size). The communicator owns both from now on.
+int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd);
+
+// An NCCL communicator; the unique id (NCCL_UNIQUE_ID_BYTES bytes) comes from rank 0.
+// Init does not block: it is polled until the deadline, then aborted.
+#define NCCL_UNIQUE_ID_BYTES 128
+int comm_init_nccl(Communicator** comm, CommSettings s, const void* unique_id);
+// Makes a unique id for comm_init_nccl (on rank 0). Returns 0 or -1.
+int comm_nccl_unique_id(void* unique_id);
+// The NCCL version as "2.28.9", or "none" in builds without NCCL.
+const char* comm_nccl_version(void);
+
+int comm_allreduce_sum(Communicator* comm, float* buf, size_t count);
+int comm_allreduce_mean(Communicator* comm, float* buf, size_t count);
+int comm_broadcast(Communicator* comm, float* buf, size_t count, int root);
+int comm_barrier(Communicator* comm);
+// Ends the communicator at once, even in the middle of a failed call.
+void comm_abort(Communicator* comm);
+void comm_destroy(Communicator* comm);
+
+Backend comm_backend(const Communicator* comm);
+
+#endif

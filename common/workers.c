@@ -1,0 +1,126 @@
+/*
+ * workers.c - forking and supervising the rank processes (see workers.h).
+ */
+#include "workers.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "timer.h"
+
+static volatile sig_atomic_t stop_signal = 0;
+
+static void on_stop_signal(int sig) { stop_signal = sig; }
+
+int workers_start(Workers* w, int count, int first_rank, WorkerMain main, void* arg) {
+    memset(w, 0, sizeof *w);
+    w->first_rank = first_rank;
+    pid_t parent = getpid();
+    fflush(NULL); // or the children would print the parent's buffered output again
+    for (int i = 0; i < count; i++) {
+        pid_t pid = fork();
+        if (pid < 0) {
+            check_message("fork of worker %d: %s", i, strerror(errno));
+            workers_stop(w);
+            return -1;
+        }
+        if (pid == 0) {
+            // No worker outlives the parent: the kernel kills us when it dies,
+            // and if it died already, getppid() is no longer the parent.
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() != parent)
+                _exit(1);
+            check_set_rank(first_rank + i);
+            int status = main(i, arg);
+            fflush(NULL);
+            _exit(status);
+        }
+        w->pids[i] = pid;
+        w->count = i + 1;
+    }
+    struct sigaction sa = {.sa_handler = on_stop_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    return 0;
+}
+
+// "exited with status 3" or "killed by signal 9 (Killed)".
+static void describe_status(int status, char* out, size_t out_len) {
+    if (WIFSIGNALED(status))
+        snprintf(out, out_len, "killed by signal %d (%s)", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)));
+    else
+        snprintf(out, out_len, "exited with status %d", WEXITSTATUS(status));
+}
+
+// Reaps the workers that have exited; returns how many failed.
+static int reap(Workers* w, int quiet) {
+    int failed = 0, status;
+    for (int i = 0; i < w->count; i++) {
+        if (w->pids[i] == 0 || waitpid(w->pids[i], &status, WNOHANG) != w->pids[i])
+            continue;
+        w->pids[i] = 0;
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+            continue;
+        failed++;
+        if (!quiet) {
+            char how[128];
+            describe_status(status, how, sizeof how);
+            fprintf(stderr, "[Rank %d] %s\n", w->first_rank + i, how);
+        }
+    }
+    return failed;
+}
+
+static int running(const Workers* w) {
+    int n = 0;
+    for (int i = 0; i < w->count; i++)
+        n += w->pids[i] != 0;
+    return n;
+}
+
+void workers_stop(Workers* w) {
+    for (int i = 0; i < w->count; i++)
+        if (w->pids[i] != 0)
+            kill(w->pids[i], SIGTERM);
+    double deadline = timer_seconds() + WORKERS_GRACE_SECONDS;
+    while (running(w) > 0 && timer_seconds() < deadline) {
+        reap(w, 1);
+        usleep(10000);
+    }
+    for (int i = 0; i < w->count; i++)
+        if (w->pids[i] != 0) {
+            kill(w->pids[i], SIGKILL);
+            waitpid(w->pids[i], NULL, 0);
+            w->pids[i] = 0;
+        }
+}
+
+int workers_wait(Workers* w, WorkersPoll poll, void* poll_arg) {
+    while (running(w) > 0) {
+        if (stop_signal != 0) {
+            fprintf(stderr, "interrupted by signal %d (%s): stopping every worker\n",
+                    (int)stop_signal, strsignal(stop_signal));
+            workers_stop(w);
+            return 128 + stop_signal;
+        }
+        int failed = reap(w, 0);
+        if (failed > 0 || (poll != NULL && poll(poll_arg) != 0)) {
+            if (running(w) > 0)
+                fprintf(stderr, "stopping the %d other worker%s\n", running(w),
+                        running(w) > 1 ? "s" : "");
+            workers_stop(w);
+            return 1;
+        }
+        usleep(10000);
+    }
+    return 0;
+}

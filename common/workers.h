@@ -1,0 +1,45 @@
+/*
+ * workers.h - one process per rank: fork them, watch them, end them together.
+ *
+ * The parent forks before it touches CUDA (a forked child cannot use a CUDA
+ * context made by its parent); each worker then picks its own device. The
+ * parent only supervises: when a worker exits non-zero or is killed, it says
+ * which rank failed and how, ends the others (SIGTERM, then SIGKILL after a
+ * grace period) and reports failure. SIGINT or SIGTERM to the parent ends
+ * every worker, and a worker whose parent dies is killed by the kernel.
+ *
+ * APIs: WorkerMain, Workers, workers_start, workers_wait.
+ */
+#ifndef WORKERS_H
+#define WORKERS_H
+
+#include <sys/types.h>
+
+#define WORKERS_MAX 64
+#define WORKERS_GRACE_SECONDS 2.0
+
+// A worker's whole life; its return value becomes the process's exit status.
+typedef int (*WorkerMain)(int local_rank, void* arg);
+
+typedef struct {
+    int count;
+    int first_rank;         // global rank of local worker 0 (lesson 03: several nodes)
+    pid_t pids[WORKERS_MAX]; // 0 once reaped
+} Workers;
+
+// Forks count workers, each running main(local_rank, arg). Returns 0, or -1
+// (after ending those already started) if a fork fails.
+int workers_start(Workers* w, int count, int first_rank, WorkerMain main, void* arg);
+
+// Called about every 10 ms while waiting; a non-zero return ends every worker.
+typedef int (*WorkersPoll)(void* arg);
+
+// Waits for every worker. Returns 0 if all exited with status 0; otherwise
+// ends the rest and returns 1 (a worker failed or poll asked to stop) or
+// 128 + signal (the parent was interrupted). poll may be NULL.
+int workers_wait(Workers* w, WorkersPoll poll, void* poll_arg);
+
+// Ends every worker still running: SIGTERM, and SIGKILL after the grace period.
+void workers_stop(Workers* w);
+
+#endif

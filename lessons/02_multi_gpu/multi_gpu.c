@@ -1,0 +1,392 @@
+/*
+ * multi_gpu.c - lesson 02: data-parallel training on one node, one process per GPU.
+ *
+ * Lesson 01's model and training loop, run by N worker processes at once (as
+ * `torchrun --nproc_per_node=N` runs PyTorch's DistributedDataParallel). Each
+ * rank trains on its own shard of every epoch; after each backward pass one
+ * all-reduce averages the gradients, so every rank takes the same step and the
+ * N models stay identical - which the run proves at the end.
+ *
+ * New since lesson 01: the parent forks one worker per GPU and supervises them
+ * (common/workers.h); the communicator and its two engines, NCCL and a ring
+ * all-reduce over sockets (common/collective.h); data sharding (the sampler's
+ * world size); rank-0 logging; the replica check (common/replicas.h).
+ */
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "collective.h"
+#include "config.h"
+#include "data.h"
+#include "device.h"
+#include "mlp.h"
+#include "net.h"
+#include "replicas.h"
+#include "report.h"
+#include "timer.h"
+#include "workers.h"
+
+// ----------------------------------------------------------------------------
+// flags
+
+typedef struct {
+    TrainConfig train;
+    int nproc;           // --gpus / --nproc-per-node: workers on this node (0: decide)
+    const char* backend; // --backend auto|nccl|ring
+    int timeout_s;       // --timeout: deadline of every collective
+    bool debug;          // --debug: print every collective step
+} Options;
+
+static void print_usage(void) {
+    fputs("usage: multi_gpu [flags]\n\n"
+          "Trains lesson 01's MLP with N processes on one node, averaging gradients each step.\n\n"
+          "flags:\n" CONFIG_TRAINING_HELP
+          "  --gpus N              worker processes, one per GPU (default: the number of GPUs,\n"
+          "                        or 2 on the CPU); alias --nproc-per-node\n"
+          "  --backend NAME        auto, nccl or ring (default auto: NCCL when every worker has\n"
+          "                        its own GPU, the ring all-reduce otherwise)\n"
+          "  --timeout SECONDS     deadline of every collective (default 60)\n"
+          "  --debug               print every collective step on stderr\n",
+          stdout);
+}
+
+// Fills o from argv. Exits with status 0 after --help and EXIT_USAGE after a bad flag.
+static void parse_args(Options* o, int argc, char** argv) {
+    *o = (Options){.backend = "auto", .timeout_s = 60};
+    config_defaults(&o->train);
+    for (int i = 1; i < argc; i++) {
+        char flag[64];
+        const char* value;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            print_usage();
+            exit(0);
+        }
+        if (strcmp(argv[i], "--debug") == 0) {
+            o->debug = true;
+            continue;
+        }
+        if (config_split_flag(argc, argv, &i, flag, sizeof flag, &value) != 0)
+            exit(EXIT_USAGE);
+        int parsed = config_parse_training_flag(&o->train, flag, value);
+        if (parsed == 0 && (strcmp(flag, "--gpus") == 0 || strcmp(flag, "--nproc-per-node") == 0))
+            parsed = config_parse_int(flag, value, 1, WORKERS_MAX, &o->nproc) == 0 ? 1 : -1;
+        else if (parsed == 0 && strcmp(flag, "--backend") == 0)
+            parsed = config_parse_choice(flag, value, "auto|nccl|ring", &o->backend) == 0 ? 1 : -1;
+        else if (parsed == 0 && strcmp(flag, "--timeout") == 0)
+            parsed = config_parse_int(flag, value, 1, 86400, &o->timeout_s) == 0 ? 1 : -1;
+        if (parsed == 0)
+            fprintf(stderr, "error: unknown flag %s (see --help)\n", flag);
+        if (parsed != 1)
+            exit(EXIT_USAGE);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the plan: how many workers, on which devices, with which engine
+
+typedef struct {
+    Options opt;
+    int world_size;
+    int gpus;         // GPUs visible to this node
+    Backend backend;
+    int ring_fds[WORKERS_MAX][2]; // socketpair i carries rank i's sends to rank i + 1
+} Plan;
+
+// Decides world size and backend before anything is forked. Exits with EXIT_USAGE
+// when the flags ask for what this machine or build cannot do.
+static void make_plan(Plan* p, const Options* o) {
+    p->opt = *o;
+    bool use_gpus = strcmp(o->train.device, "cpu") != 0;
+    p->gpus = use_gpus ? device_gpu_count_forked() : 0;
+    if (strcmp(o->train.device, "cuda") == 0 && p->gpus == 0) {
+        fprintf(stderr, "error: --device cuda: no usable GPU was found (use --device cpu or auto)\n");
+        exit(EXIT_USAGE);
+    }
+    p->world_size = o->nproc > 0 ? o->nproc : (p->gpus > 0 ? p->gpus : 2);
+    bool gpu_each = p->gpus >= p->world_size;
+    if (strcmp(o->backend, "nccl") == 0) {
+        if (strcmp(comm_nccl_version(), "none") == 0 || !gpu_each) {
+            fprintf(stderr, "error: --backend nccl needs NCCL and one GPU per rank: %d rank%s, "
+                            "%d GPU%s, NCCL %s (use --backend ring to share GPUs or run on the CPU)\n",
+                    p->world_size, p->world_size > 1 ? "s" : "", p->gpus, p->gpus == 1 ? "" : "s",
+                    comm_nccl_version());
+            exit(EXIT_USAGE);
+        }
+        p->backend = BACKEND_NCCL;
+    } else if (strcmp(o->backend, "ring") == 0)
+        p->backend = BACKEND_RING;
+    else
+        p->backend = gpu_each && strcmp(comm_nccl_version(), "none") != 0 ? BACKEND_NCCL : BACKEND_RING;
+    if (config_check(&o->train, p->world_size) != 0 ||
+        (o->train.out_dir != NULL && report_prepare_dir(o->train.out_dir) != 0))
+        exit(EXIT_USAGE);
+}
+
+// The sockets of the ring, made before the fork so that every worker inherits them.
+static int make_ring_sockets(Plan* p) {
+    for (int i = 0; i < p->world_size; i++)
+        SYS_CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, p->ring_fds[i]));
+    return 0;
+}
+
+// Closes every ring socket except this rank's two: send to the right, receive from the left.
+static void keep_own_sockets(Plan* p, int rank, int* send_fd, int* recv_fd) {
+    int N = p->world_size;
+    *send_fd = p->ring_fds[rank][0];
+    *recv_fd = p->ring_fds[(rank + N - 1) % N][1];
+    for (int i = 0; i < N; i++)
+        for (int end = 0; end < 2; end++)
+            if (p->ring_fds[i][end] != *send_fd && p->ring_fds[i][end] != *recv_fd)
+                close(p->ring_fds[i][end]);
+}
+
+// ----------------------------------------------------------------------------
+// the data, moved to the device once
+
+typedef struct {
+    float* x;           // (n_train + n_eval) every sample's input, on the device
+    float* y;           // (n_train + n_eval) every sample's target
+    int* train_indices; // (num_samples) this rank's shard of the epoch's order, uploaded each epoch
+    int* eval_indices;  // (n_eval) this rank's eval samples: n_train + rank, + rank + N, ...
+    int n_eval;         // how many eval samples this rank scores (no padding: none twice)
+    int n_eval_total;   // eval samples over all ranks
+} DeviceData;
+
+static int upload_data(DeviceData* d, const Kernels* k, const Dataset* data, const Sampler* s) {
+    int n_total = data->n_train + data->n_eval;
+    d->n_eval_total = data->n_eval;
+    d->n_eval = (data->n_eval - s->rank + s->world_size - 1) / s->world_size;
+    int* eval_order = malloc((size_t)d->n_eval * sizeof(int) + 1);
+    d->x = k->alloc((size_t)n_total * sizeof(float));
+    d->y = k->alloc((size_t)n_total * sizeof(float));
+    d->train_indices = k->alloc((size_t)s->num_samples * sizeof(int));
+    d->eval_indices = k->alloc((size_t)d->n_eval * sizeof(int));
+    if (eval_order == NULL || !d->x || !d->y || !d->train_indices || !d->eval_indices) {
+        free(eval_order);
+        return -1;
+    }
+    for (int i = 0; i < d->n_eval; i++)
+        eval_order[i] = data->n_train + s->rank + i * s->world_size;
+    int err = k->upload(d->x, data->x, (size_t)n_total * sizeof(float)) ||
+              k->upload(d->y, data->y, (size_t)n_total * sizeof(float)) ||
+              k->upload(d->eval_indices, eval_order, (size_t)d->n_eval * sizeof(int));
+    free(eval_order);
+    return err ? -1 : 0;
+}
+
+// ----------------------------------------------------------------------------
+// training and evaluation
+
+// One pass over this rank's shard; *train_loss is the mean of the batch losses of all ranks.
+static int train_epoch(Mlp* m, Optimizer* opt, Sampler* s, const DeviceData* d, int epoch,
+                       int batch_size, Communicator* comm, double* comm_seconds,
+                       float* train_loss) {
+    sampler_set_epoch(s, epoch);
+    RETURN_IF_FAILED(m->k->upload(d->train_indices, s->indices, s->num_samples * sizeof(int)));
+    int steps = (s->num_samples + batch_size - 1) / batch_size;
+    for (int step = 0; step < steps; step++) {
+        int first = step * batch_size;
+        int B = s->num_samples - first < batch_size ? s->num_samples - first : batch_size;
+        RETURN_IF_FAILED(mlp_load_batch(m, d->x, d->y, d->train_indices + first, B));
+        RETURN_IF_FAILED(mlp_forward(m, B));
+        // the batch's mean squared error, divided by steps: the loss sum becomes the mean
+        RETURN_IF_FAILED(mlp_loss(m, 1.0f / ((float)B * steps), B));
+        RETURN_IF_FAILED(mlp_backward(m, B));
+        // Data parallelism in one line: every rank's gradients become their mean over
+        // the ranks, so every rank takes the same step. (The wait for the backward
+        // pass is kept out of the all-reduce's time.)
+        RETURN_IF_FAILED(m->k->synchronize());
+        double start = timer_seconds();
+        RETURN_IF_FAILED(comm_allreduce_mean(comm, m->grads, (size_t)m->num_params));
+        *comm_seconds += timer_seconds() - start;
+        RETURN_IF_FAILED(mlp_update(m, opt));
+    }
+    RETURN_IF_FAILED(comm_allreduce_mean(comm, m->loss, 1));
+    return mlp_take_loss(m, train_loss);
+}
+
+// The mean squared error over every eval sample: each rank scores its share, the sum
+// over ranks of (its squared errors / all eval samples) is the global mean.
+static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, float* eval_loss) {
+    for (int first = 0; first < d->n_eval; first += m->max_batch) {
+        int B = d->n_eval - first < m->max_batch ? d->n_eval - first : m->max_batch;
+        RETURN_IF_FAILED(mlp_load_batch(m, d->x, d->y, d->eval_indices + first, B));
+        RETURN_IF_FAILED(mlp_forward(m, B));
+        RETURN_IF_FAILED(mlp_loss(m, 1.0f / d->n_eval_total, B));
+    }
+    RETURN_IF_FAILED(comm_allreduce_sum(comm, m->loss, 1));
+    return mlp_take_loss(m, eval_loss);
+}
+
+// Trains every epoch; rank 0 (verbose) prints the progress.
+static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s,
+                 Communicator* comm, bool verbose, EpochStats* stats) {
+    Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
+    double comm_seconds = 0.0;
+    double start = timer_seconds();
+    for (int epoch = 0; epoch < c->epochs; epoch++) {
+        double epoch_start = timer_seconds();
+        EpochStats* e = &stats[epoch];
+        RETURN_IF_FAILED(train_epoch(m, &opt, s, d, epoch, c->batch_size, comm, &comm_seconds,
+                                     &e->train_loss));
+        RETURN_IF_FAILED(evaluate(m, d, comm, &e->eval_loss));
+        e->seconds = timer_seconds() - epoch_start;
+        if (verbose)
+            printf("Epoch [%d/%d] - Train Loss: %.6f, Eval Loss: %.6f\n", epoch + 1, c->epochs,
+                   e->train_loss, e->eval_loss);
+    }
+    double total = timer_seconds() - start;
+    if (verbose) {
+        printf("Training completed in %.3f seconds\n", total);
+        printf("Average time per epoch: %.6f seconds\n", total / c->epochs);
+        printf("Gradient all-reduce: %.6f seconds per epoch (%.1f%% of the time)\n",
+               comm_seconds / c->epochs, 100.0 * comm_seconds / total);
+    }
+    return 0;
+}
+
+// Every rank hashes its parameters; all must match rank 0's. Rank 0 prints the verdict.
+static int check_replicas(const Mlp* m, Communicator* comm, int rank, int world_size) {
+    float* params = malloc((size_t)m->num_params * sizeof(float));
+    uint64_t hashes[WORKERS_MAX];
+    if (params == NULL || mlp_get_params(m, params) != 0) {
+        free(params);
+        return -1;
+    }
+    uint64_t mine = replicas_hash(params, (size_t)m->num_params * sizeof(float));
+    free(params);
+    RETURN_IF_FAILED(replicas_gather_hashes(comm, m->k, rank, world_size, mine, hashes));
+    int agree = 1;
+    for (int r = 1; r < world_size; r++)
+        if (hashes[r] != hashes[0]) {
+            agree = 0;
+            if (rank == 0)
+                printf("Replicas agree: NO: rank %d has hash 0x%016llx, rank 0 has 0x%016llx\n", r,
+                       (unsigned long long)hashes[r], (unsigned long long)hashes[0]);
+        }
+    if (agree && rank == 0)
+        printf("Replicas agree: yes (%d ranks, hash 0x%016llx)\n", world_size,
+               (unsigned long long)hashes[0]);
+    return agree ? 0 : -1;
+}
+
+// ----------------------------------------------------------------------------
+// output
+
+static void print_model_summary(const Mlp* m) {
+    int H = m->hidden;
+    printf("Model: Linear(1, %d) -> ReLU -> Linear(%d, %d) -> LayerNorm(%d) -> ReLU -> "
+           "Linear(%d, 1)\n",
+           H, H, H, H, H);
+    printf("Total parameters: %d\n", m->num_params);
+}
+
+static void print_process_initialized(const Device* dev, int rank, int local_rank, int world_size) {
+    char description[512], host[256] = "unknown";
+    device_describe(dev, description, sizeof description);
+    gethostname(host, sizeof host - 1);
+    printf("[Rank %d] Process initialized on %s, local_rank: %d, world_size: %d, device: %s\n",
+           rank, host, local_rank, world_size, description);
+}
+
+// ----------------------------------------------------------------------------
+// a worker: one rank's whole life
+
+// NCCL's unique id goes from rank 0 around the ring's sockets, each rank passing it on.
+static int share_nccl_id(unsigned char* id, int rank, int world_size, int send_fd, int recv_fd,
+                         double deadline) {
+    NetStatus st = NET_OK;
+    if (net_set_nonblocking(send_fd) != 0 || net_set_nonblocking(recv_fd) != 0)
+        st = NET_ERROR;
+    else if (rank == 0)
+        RETURN_IF_FAILED(comm_nccl_unique_id(id));
+    else
+        st = net_recv_all(recv_fd, id, NCCL_UNIQUE_ID_BYTES, deadline);
+    if (st == NET_OK && rank + 1 < world_size)
+        st = net_send_all(send_fd, id, NCCL_UNIQUE_ID_BYTES, deadline);
+    if (st != NET_OK)
+        check_message("passing on NCCL's unique id: %s", net_status_str(st));
+    return st == NET_OK ? 0 : -1;
+}
+
+static int make_communicator(Communicator** comm, const Plan* p, int rank, const Device* dev,
+                             int send_fd, int recv_fd) {
+    CommSettings s = {.rank = rank, .world_size = p->world_size, .timeout_s = p->opt.timeout_s,
+                      .debug = p->opt.debug, .k = dev->kernels};
+    if (p->backend == BACKEND_RING)
+        return comm_init_ring(comm, s, send_fd, recv_fd);
+    unsigned char id[NCCL_UNIQUE_ID_BYTES];
+    int err = share_nccl_id(id, rank, p->world_size, send_fd, recv_fd, timer_seconds() + s.timeout_s);
+    close(send_fd);
+    close(recv_fd);
+    return err ? -1 : comm_init_nccl(comm, s, id);
+}
+
+static int worker_main(int rank, void* arg) {
+    Plan* p = arg;
+    const TrainConfig* c = &p->opt.train;
+    int send_fd, recv_fd;
+    keep_own_sockets(p, rank, &send_fd, &recv_fd);
+    Device dev;
+    char why[512];
+    if (device_open(&dev, c->device, p->gpus > 0 ? rank % p->gpus : 0, why, sizeof why) != 0) {
+        check_message("%s", why);
+        return 1;
+    }
+    Communicator* comm = NULL;
+    if (make_communicator(&comm, p, rank, &dev, send_fd, recv_fd) != 0)
+        return 1;
+    print_process_initialized(&dev, rank, rank, p->world_size);
+    if (comm_barrier(comm) != 0) // every rank is up before rank 0 goes on
+        return 1;
+
+    Dataset data;
+    Sampler sampler;
+    Mlp model;
+    DeviceData d = {0};
+    EpochStats* stats = calloc((size_t)c->epochs, sizeof *stats);
+    if (stats == NULL || dataset_create(&data, c->data_size, c->seed) != 0 ||
+        sampler_create(&sampler, data.n_train, p->world_size, rank, c->seed) != 0 ||
+        mlp_create(&model, dev.kernels, c->hidden_size, c->batch_size) != 0 ||
+        mlp_init_params(&model, c->seed) != 0 || upload_data(&d, dev.kernels, &data, &sampler) != 0)
+        return 1;
+    // Every rank made the same weights from the seed; DDP broadcasts rank 0's anyway,
+    // so that replicas start equal even when initialisation is not deterministic.
+    if (comm_broadcast(comm, model.params, (size_t)model.num_params, 0) != 0)
+        return 1;
+    if (rank == 0)
+        print_model_summary(&model);
+
+    if (train(&model, c, &d, &sampler, comm, rank == 0, stats) != 0 ||
+        check_replicas(&model, comm, rank, p->world_size) != 0)
+        return 1;
+    if (rank == 0 && c->out_dir != NULL && report_write(c->out_dir, stats, c->epochs) != 0)
+        return 1;
+    comm_destroy(comm);
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+
+int main(int argc, char** argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0); // whole lines, even into a pipe
+    Options o;
+    parse_args(&o, argc, argv);
+    Plan p;
+    make_plan(&p, &o);
+    config_print_banner(&o.train);
+    printf("  World size: %d\n", p.world_size);
+    printf("  Backend: %s\n", p.backend == BACKEND_NCCL ? "nccl" : "ring");
+
+    Workers workers;
+    if (make_ring_sockets(&p) != 0 || workers_start(&workers, p.world_size, 0, worker_main, &p) != 0)
+        return EXIT_FAILURE;
+    for (int i = 0; i < p.world_size; i++) // the parent only supervises
+        close(p.ring_fds[i][0]), close(p.ring_fds[i][1]);
+    return workers_wait(&workers, NULL, NULL);
+}
