@@ -50,17 +50,18 @@ COMMON_OBJ := $(COMMON_C:common/%.c=$(OBJ)/common/%.o) $(COMMON_CU:common/%.cu=$
 COMMON_LIB := $(OBJ)/libcommon.a
 
 LESSONS := $(BUILD)/hello_gpu $(BUILD)/multi_gpu
+TOOLS := $(BUILD)/allreduce_bench
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 GPU_TEST_SRC := $(if $(NVCC),$(wildcard tests/gpu/test_*.cu))
 GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 
 .PHONY: all lesson-01 lesson-02 run tests test bench-01 bench-02 diff-02 clean found
-all: found $(LESSONS)
+all: found $(LESSONS) $(TOOLS)
 
 # One line per optional part, so that a build says what it could use.
 found:
-	@echo "nvcc: $(if $(NVCC),found ($(NVCC)): building with CUDA,$(if $(NO_CUDA),skipped (NO_CUDA=1),not found)): CPU-only binaries)"
+	@echo "nvcc: $(if $(NVCC),found ($(NVCC)): building with CUDA,$(if $(NO_CUDA),skipped (NO_CUDA=1),not found): CPU-only binaries)"
 	@echo "NCCL: $(if $(NCCL_HEADER),found ($(NCCL_HEADER)),$(if $(NVCC),not found,not used without CUDA)): $(if $(NCCL_HEADER),NCCL and ring backends,ring backend only)"
 
 lesson-01: found $(BUILD)/hello_gpu
@@ -88,6 +89,9 @@ $(BUILD)/hello_gpu: $(OBJ)/lessons/01_hello_gpu/hello_gpu.o $(COMMON_LIB) $(BUIL
 	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
 $(BUILD)/multi_gpu: $(OBJ)/lessons/02_multi_gpu/multi_gpu.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
+
+$(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
 $(BUILD)/tests/%: $(OBJ)/tests/%.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)

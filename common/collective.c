@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #ifdef HAVE_NCCL
@@ -50,6 +51,21 @@ static size_t chunk_begin(size_t count, int world_size, int c) {
 
 // ----------------------------------------------------------------------------
 // the ring
+
+int comm_ring_socketpairs(int (*fds)[2], int world_size) {
+    for (int i = 0; i < world_size; i++)
+        SYS_CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, fds[i]));
+    return 0;
+}
+
+void comm_ring_keep_own(int (*fds)[2], int world_size, int rank, int* send_fd, int* recv_fd) {
+    *send_fd = fds[rank][0];
+    *recv_fd = fds[(rank + world_size - 1) % world_size][1];
+    for (int i = 0; i < world_size; i++)
+        for (int end = 0; end < 2; end++)
+            if (fds[i][end] != *send_fd && fds[i][end] != *recv_fd)
+                close(fds[i][end]);
+}
 
 int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd) {
     Communicator* c = calloc(1, sizeof *c);
@@ -275,6 +291,25 @@ int comm_init_nccl(Communicator** comm, CommSettings s, const void* unique_id) {
 
 const char* comm_nccl_version(void) { return "none"; }
 #endif
+
+int comm_share_nccl_id(void* unique_id, int rank, int world_size, int send_fd, int recv_fd,
+                       double timeout_s) {
+    double deadline = timer_seconds() + timeout_s;
+    NetStatus st = NET_OK;
+    if (net_set_nonblocking(send_fd) != 0 || net_set_nonblocking(recv_fd) != 0)
+        st = NET_ERROR;
+    else if (rank == 0 && comm_nccl_unique_id(unique_id) != 0)
+        st = NET_ERROR;
+    else if (rank != 0)
+        st = net_recv_all(recv_fd, unique_id, NCCL_UNIQUE_ID_BYTES, deadline);
+    if (st == NET_OK && rank + 1 < world_size)
+        st = net_send_all(send_fd, unique_id, NCCL_UNIQUE_ID_BYTES, deadline);
+    if (st != NET_OK)
+        check_message("passing on NCCL's unique id: %s", net_status_str(st));
+    close(send_fd);
+    close(recv_fd);
+    return st == NET_OK ? 0 : -1;
+}
 
 // ----------------------------------------------------------------------------
 // the interface

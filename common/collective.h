@@ -10,8 +10,8 @@
  * Every call has a deadline (timeout_s from its start); a peer that fails or
  * goes away makes the call return -1 with a message naming that peer, never hang.
  *
- * APIs: Communicator, comm_init_ring, comm_init_nccl, comm_allreduce_sum,
- *       comm_allreduce_mean, comm_broadcast, comm_barrier, comm_abort, comm_destroy.
+ * APIs: Communicator, comm_ring_socketpairs, comm_ring_keep_own, comm_init_ring, comm_init_nccl, comm_allreduce_sum,
+ *       comm_share_nccl_id, comm_allreduce_mean, comm_broadcast, comm_barrier, comm_abort, comm_destroy.
  */
 #ifndef COLLECTIVE_H
 #define COLLECTIVE_H
@@ -33,6 +33,13 @@ typedef struct {
     const Kernels* k;   // the device whose memory holds the buffers
 } CommSettings;
 
+// The sockets of a ring of processes on one machine, made before they are forked:
+// socketpair i carries rank i's sends to rank i + 1. Returns 0 or -1.
+int comm_ring_socketpairs(int (*fds)[2], int world_size);
+// In rank's process: closes every end but its own two (send to the right, receive
+// from the left).
+void comm_ring_keep_own(int (*fds)[2], int world_size, int rank, int* send_fd, int* recv_fd);
+
 // A ring whose sockets are already connected: send_fd to rank + 1, recv_fd from
 // rank - 1 (mod world_size). The communicator owns both from now on.
 int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd);
@@ -43,6 +50,10 @@ int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd
 int comm_init_nccl(Communicator** comm, CommSettings s, const void* unique_id);
 // Makes a unique id for comm_init_nccl (on rank 0). Returns 0 or -1.
 int comm_nccl_unique_id(void* unique_id);
+// Rank 0 makes the unique id and it travels around a ring's sockets (see
+// comm_ring_keep_own), each rank passing it on; then the sockets are closed.
+int comm_share_nccl_id(void* unique_id, int rank, int world_size, int send_fd, int recv_fd,
+                       double timeout_s);
 // The NCCL version as "2.28.9", or "none" in builds without NCCL.
 const char* comm_nccl_version(void);
 

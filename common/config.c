@@ -3,6 +3,7 @@
  */
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -60,7 +61,8 @@ static int parse_seed(const char* value, uint64_t* out) {
     char* end = NULL;
     errno = 0;
     unsigned long long v = value != NULL ? strtoull(value, &end, 10) : 0;
-    if (value == NULL || *value == '\0' || *value == '-' || *end != '\0' || errno != 0) {
+    // strtoull would skip spaces and wrap "-1" around: only digits are a seed.
+    if (value == NULL || !isdigit((unsigned char)*value) || *end != '\0' || errno != 0) {
         fprintf(stderr, "error: --seed must be an integer in [0, %" PRIu64 "], got '%s'\n",
                 UINT64_MAX, value != NULL ? value : "(nothing)");
         return -1;

@@ -39,8 +39,7 @@ typedef struct {
     "  --seed N              decides the data, the initial weights and the shuffle (default 42)\n" \
     "  --optimizer NAME      adam or sgd (SGD with momentum 0.9) (default adam)\n"                 \
     "  --device NAME         auto, cpu or cuda (default auto: a GPU if there is one)\n"            \
-    "  --out DIR             write DIR/losses.csv and DIR/loss.png\n"                              \
-    "  --help                print this help and exit\n"
+    "  --out DIR             write DIR/losses.csv and DIR/loss.png\n"
 
 void config_defaults(TrainConfig* c);
 

@@ -92,8 +92,8 @@ int device_open(Device* d, const char* request, int gpu_index, char* why, size_t
         snprintf(why, why_len, "--device cuda: no usable GPU was found (is the NVIDIA driver "
                                "loaded? try nvidia-smi), use --device cpu or auto");
 #else
-        snprintf(why, why_len, "--device cuda: this build has no CUDA support (nvcc was not "
-                               "found at build time), use --device cpu or auto");
+        snprintf(why, why_len, "--device cuda: this build has no CUDA support (built without "
+                               "nvcc, or with NO_CUDA=1), use --device cpu or auto");
 #endif
         return -1;
     }

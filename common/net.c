@@ -6,10 +6,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/socket.h>
 
 #include "timer.h"
+
+#define NET_SPIN_SECONDS 50e-6
 
 int net_set_nonblocking(int fd) {
     int flags = fcntl(fd, F_GETFL);
@@ -40,6 +43,7 @@ static NetStatus step(int fd, char* buf, size_t* done, size_t len, int sending) 
 NetStatus net_exchange(int send_fd, const void* send_buf, size_t send_len, int recv_fd,
                        void* recv_buf, size_t recv_len, double deadline) {
     size_t sent = 0, received = 0;
+    double spin_until = timer_seconds() + NET_SPIN_SECONDS;
     while (sent < send_len || received < recv_len) {
         // Try first, poll only when a socket is not ready: small messages then
         // cost one system call each way.
@@ -52,6 +56,13 @@ NetStatus net_exchange(int send_fd, const void* send_buf, size_t send_len, int r
             return s;
         if (sent == send_len && received == recv_len)
             break;
+        // A peer on the same machine usually answers within microseconds: try
+        // again for a moment (yielding the core) before poll() puts us to sleep,
+        // since a sleep and a wake-up cost more than the message.
+        if (timer_seconds() < spin_until) {
+            sched_yield();
+            continue;
+        }
         struct pollfd fds[2];
         nfds_t n = 0;
         if (sent < send_len)

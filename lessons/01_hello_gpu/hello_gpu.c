@@ -29,7 +29,8 @@
 static void print_usage(void) {
     fputs("usage: hello_gpu [flags]\n\n"
           "Trains a 1 -> H -> H -> 1 MLP on y = sin(x) + noise on one device.\n\n"
-          "flags:\n" CONFIG_TRAINING_HELP,
+          "flags:\n" CONFIG_TRAINING_HELP
+          "  --help                print this help and exit\n",
           stdout);
 }
 
@@ -51,7 +52,7 @@ static void parse_args(TrainConfig* c, int argc, char** argv) {
         if (parsed != 1)
             exit(EXIT_USAGE);
     }
-    if (config_check(c, 1) != 0 || (c->out_dir != NULL && report_prepare_dir(c->out_dir) != 0))
+    if (config_check(c, 1) != 0)
         exit(EXIT_USAGE);
 }
 
@@ -170,6 +171,8 @@ int main(int argc, char** argv) {
         fprintf(stderr, "error: %s\n", why);
         return EXIT_USAGE;
     }
+    if (c.out_dir != NULL && report_prepare_dir(c.out_dir) != 0)
+        return EXIT_USAGE;
     print_device(&dev, c.device);
     config_print_banner(&c);
 

@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -25,7 +24,6 @@
 #include "data.h"
 #include "device.h"
 #include "mlp.h"
-#include "net.h"
 #include "replicas.h"
 #include "report.h"
 #include "timer.h"
@@ -51,7 +49,8 @@ static void print_usage(void) {
           "  --backend NAME        auto, nccl or ring (default auto: NCCL when every worker has\n"
           "                        its own GPU, the ring all-reduce otherwise)\n"
           "  --timeout SECONDS     deadline of every collective (default 60)\n"
-          "  --debug               print every collective step on stderr\n",
+          "  --debug               print every collective step on stderr\n"
+          "  --help                print this help and exit\n",
           stdout);
 }
 
@@ -125,24 +124,6 @@ static void make_plan(Plan* p, const Options* o) {
     if (config_check(&o->train, p->world_size) != 0 ||
         (o->train.out_dir != NULL && report_prepare_dir(o->train.out_dir) != 0))
         exit(EXIT_USAGE);
-}
-
-// The sockets of the ring, made before the fork so that every worker inherits them.
-static int make_ring_sockets(Plan* p) {
-    for (int i = 0; i < p->world_size; i++)
-        SYS_CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, p->ring_fds[i]));
-    return 0;
-}
-
-// Closes every ring socket except this rank's two: send to the right, receive from the left.
-static void keep_own_sockets(Plan* p, int rank, int* send_fd, int* recv_fd) {
-    int N = p->world_size;
-    *send_fd = p->ring_fds[rank][0];
-    *recv_fd = p->ring_fds[(rank + N - 1) % N][1];
-    for (int i = 0; i < N; i++)
-        for (int end = 0; end < 2; end++)
-            if (p->ring_fds[i][end] != *send_fd && p->ring_fds[i][end] != *recv_fd)
-                close(p->ring_fds[i][end]);
 }
 
 // ----------------------------------------------------------------------------
@@ -297,23 +278,6 @@ static void print_process_initialized(const Device* dev, int rank, int local_ran
 // ----------------------------------------------------------------------------
 // a worker: one rank's whole life
 
-// NCCL's unique id goes from rank 0 around the ring's sockets, each rank passing it on.
-static int share_nccl_id(unsigned char* id, int rank, int world_size, int send_fd, int recv_fd,
-                         double deadline) {
-    NetStatus st = NET_OK;
-    if (net_set_nonblocking(send_fd) != 0 || net_set_nonblocking(recv_fd) != 0)
-        st = NET_ERROR;
-    else if (rank == 0)
-        RETURN_IF_FAILED(comm_nccl_unique_id(id));
-    else
-        st = net_recv_all(recv_fd, id, NCCL_UNIQUE_ID_BYTES, deadline);
-    if (st == NET_OK && rank + 1 < world_size)
-        st = net_send_all(send_fd, id, NCCL_UNIQUE_ID_BYTES, deadline);
-    if (st != NET_OK)
-        check_message("passing on NCCL's unique id: %s", net_status_str(st));
-    return st == NET_OK ? 0 : -1;
-}
-
 static int make_communicator(Communicator** comm, const Plan* p, int rank, const Device* dev,
                              int send_fd, int recv_fd) {
     CommSettings s = {.rank = rank, .world_size = p->world_size, .timeout_s = p->opt.timeout_s,
@@ -321,17 +285,16 @@ static int make_communicator(Communicator** comm, const Plan* p, int rank, const
     if (p->backend == BACKEND_RING)
         return comm_init_ring(comm, s, send_fd, recv_fd);
     unsigned char id[NCCL_UNIQUE_ID_BYTES];
-    int err = share_nccl_id(id, rank, p->world_size, send_fd, recv_fd, timer_seconds() + s.timeout_s);
-    close(send_fd);
-    close(recv_fd);
-    return err ? -1 : comm_init_nccl(comm, s, id);
+    if (comm_share_nccl_id(id, rank, p->world_size, send_fd, recv_fd, s.timeout_s) != 0)
+        return -1;
+    return comm_init_nccl(comm, s, id);
 }
 
 static int worker_main(int rank, void* arg) {
     Plan* p = arg;
     const TrainConfig* c = &p->opt.train;
     int send_fd, recv_fd;
-    keep_own_sockets(p, rank, &send_fd, &recv_fd);
+    comm_ring_keep_own(p->ring_fds, p->world_size, rank, &send_fd, &recv_fd);
     Device dev;
     char why[512];
     if (device_open(&dev, c->device, p->gpus > 0 ? rank % p->gpus : 0, why, sizeof why) != 0) {
@@ -384,7 +347,9 @@ int main(int argc, char** argv) {
     printf("  Backend: %s\n", p.backend == BACKEND_NCCL ? "nccl" : "ring");
 
     Workers workers;
-    if (make_ring_sockets(&p) != 0 || workers_start(&workers, p.world_size, 0, worker_main, &p) != 0)
+    // The ring's sockets are made before the fork, so that every worker inherits them.
+    if (comm_ring_socketpairs(p.ring_fds, p.world_size) != 0 ||
+        workers_start(&workers, p.world_size, 0, worker_main, &p) != 0)
         return EXIT_FAILURE;
     for (int i = 0; i < p.world_size; i++) // the parent only supervises
         close(p.ring_fds[i][0]), close(p.ring_fds[i][1]);
