@@ -49,14 +49,14 @@ COMMON_OBJ := $(COMMON_C:common/%.c=$(OBJ)/common/%.o) $(COMMON_CU:common/%.cu=$
 # An archive, so that each program links only the modules it uses.
 COMMON_LIB := $(OBJ)/libcommon.a
 
-LESSONS := $(BUILD)/hello_gpu $(BUILD)/multi_gpu
+LESSONS := $(BUILD)/hello_gpu $(BUILD)/multi_gpu $(BUILD)/multi_node
 TOOLS := $(BUILD)/allreduce_bench
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 GPU_TEST_SRC := $(if $(NVCC),$(wildcard tests/gpu/test_*.cu))
 GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 
-.PHONY: all lesson-01 lesson-02 run tests test bench-01 bench-02 diff-02 clean found
+.PHONY: all lesson-01 lesson-02 lesson-03 run tests test bench-01 bench-02 diff-02 diff-03 clean found
 all: found $(LESSONS) $(TOOLS)
 
 # One line per optional part, so that a build says what it could use.
@@ -66,6 +66,7 @@ found:
 
 lesson-01: found $(BUILD)/hello_gpu
 lesson-02: found $(BUILD)/multi_gpu
+lesson-03: found $(BUILD)/multi_node
 
 run: lesson-01
 	./$(BUILD)/hello_gpu
@@ -91,6 +92,16 @@ $(BUILD)/hello_gpu: $(OBJ)/lessons/01_hello_gpu/hello_gpu.o $(COMMON_LIB) $(BUIL
 $(BUILD)/multi_gpu: $(OBJ)/lessons/02_multi_gpu/multi_gpu.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
+# The build id lets the rendezvous refuse a node that runs other code than the master.
+BUILD_ID := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+$(OBJ)/lessons/03_multi_node/multi_node.o: CFLAGS += -DBUILD_ID='"$(BUILD_ID)"'
+$(OBJ)/lessons/03_multi_node/multi_node.o: $(BUILD)/build-id-$(BUILD_ID)
+$(BUILD)/build-id-$(BUILD_ID):
+	@mkdir -p $(BUILD) && rm -f $(BUILD)/build-id-* && touch $@
+
+$(BUILD)/multi_node: $(OBJ)/lessons/03_multi_node/multi_node.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
+
 $(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
@@ -111,9 +122,11 @@ test: all tests
 bench-01: lesson-01
 	@tools/bench_epoch.sh $(BUILD)/hello_gpu
 
-# What lesson 02 adds to lesson 01 (diff exits 1 when files differ).
+# What lesson 02 adds to lesson 01, and lesson 03 to lesson 02.
 diff-02:
 	@diff -u lessons/01_hello_gpu/hello_gpu.c lessons/02_multi_gpu/multi_gpu.c || true
+diff-03:
+	@diff -u lessons/02_multi_gpu/multi_gpu.c lessons/03_multi_node/multi_node.c || true
 
 clean:
 	rm -rf $(BUILD)

@@ -6,6 +6,7 @@
  * The rank prefix appears once a program has called check_set_rank().
  *
  * Library code in common/ reports and returns -1; programs decide to exit.
+ * Headers of common/ declare C functions, also when nvcc compiles a .cu file as C++.
  * APIs: CUDA_CHECK, NCCL_CHECK, SYS_CHECK, RETURN_IF_FAILED, check_report, check_message,
  *       check_set_rank.
  */

@@ -11,6 +11,8 @@
  */
 #include "collective.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +82,52 @@ int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd
         return -1;
     }
     return 0;
+}
+
+#define RING_HELLO_MAGIC 0x52494e47u // "RING"
+
+// Accepts connections on listen_fd until rank expected_rank introduces itself.
+static int accept_left(int listen_fd, int expected_rank, double deadline) {
+    for (;;) {
+        int fd = net_accept(listen_fd, deadline);
+        if (fd < 0) {
+            check_message("ring: waiting for rank %d to connect: %s", expected_rank,
+                          errno == ETIMEDOUT ? "timed out" : strerror(errno));
+            return -1;
+        }
+        uint32_t hello[2];
+        if (net_recv_all(fd, hello, sizeof hello, deadline) == NET_OK &&
+            ntohl(hello[0]) == RING_HELLO_MAGIC && ntohl(hello[1]) == (uint32_t)expected_rank)
+            return fd;
+        char peer[64];
+        net_peer_name(fd, peer, sizeof peer);
+        check_message("ring: turned away a connection from %s that is not rank %d", peer,
+                      expected_rank);
+        close(fd);
+    }
+}
+
+int comm_ring_connect_tcp(int listen_fd, int rank, int world_size, const char* right_addr,
+                          int right_port, double timeout_s, int* send_fd, int* recv_fd) {
+    *send_fd = *recv_fd = -1;
+    if (world_size == 1)
+        return 0;
+    double deadline = timer_seconds() + timeout_s;
+    char why[512];
+    // Every rank's listener exists before anyone connects (the agents bound them
+    // before the rendezvous), so connecting first cannot deadlock.
+    *send_fd = net_connect_retry(right_addr, right_port, deadline, why, sizeof why);
+    if (*send_fd < 0) {
+        check_message("ring: cannot reach rank %d: %s", (rank + 1) % world_size, why);
+        return -1;
+    }
+    uint32_t hello[2] = {htonl(RING_HELLO_MAGIC), htonl((uint32_t)rank)};
+    if (net_send_all(*send_fd, hello, sizeof hello, deadline) != NET_OK) {
+        check_message("ring: introducing this rank to rank %d failed", (rank + 1) % world_size);
+        return -1;
+    }
+    *recv_fd = accept_left(listen_fd, (rank + world_size - 1) % world_size, deadline);
+    return *recv_fd < 0 ? -1 : 0;
 }
 
 // Grows the host buffers to hold count elements (the staging copy only if staged).

@@ -10,7 +10,8 @@
  * Every call has a deadline (timeout_s from its start); a peer that fails or
  * goes away makes the call return -1 with a message naming that peer, never hang.
  *
- * APIs: Communicator, comm_ring_socketpairs, comm_ring_keep_own, comm_init_ring, comm_init_nccl, comm_allreduce_sum,
+ * APIs: Communicator, comm_ring_socketpairs, comm_ring_keep_own, comm_ring_connect_tcp,
+ *       comm_init_ring, comm_init_nccl, comm_allreduce_sum,
  *       comm_share_nccl_id, comm_allreduce_mean, comm_broadcast, comm_barrier, comm_abort, comm_destroy.
  */
 #ifndef COLLECTIVE_H
@@ -20,6 +21,10 @@
 #include <stddef.h>
 
 #include "kernels.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 typedef enum { BACKEND_RING, BACKEND_NCCL } Backend;
 
@@ -39,6 +44,12 @@ int comm_ring_socketpairs(int (*fds)[2], int world_size);
 // In rank's process: closes every end but its own two (send to the right, receive
 // from the left).
 void comm_ring_keep_own(int (*fds)[2], int world_size, int rank, int* send_fd, int* recv_fd);
+
+// A ring across machines over TCP: connects to the right neighbour at
+// right_addr:right_port (retrying until the deadline) and accepts the left one on
+// listen_fd; both sides say which rank they are, and strangers are turned away.
+int comm_ring_connect_tcp(int listen_fd, int rank, int world_size, const char* right_addr,
+                          int right_port, double timeout_s, int* send_fd, int* recv_fd);
 
 // A ring whose sockets are already connected: send_fd to rank + 1, recv_fd from
 // rank - 1 (mod world_size). The communicator owns both from now on.
@@ -66,5 +77,9 @@ void comm_abort(Communicator* comm);
 void comm_destroy(Communicator* comm);
 
 Backend comm_backend(const Communicator* comm);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

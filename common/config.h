@@ -16,6 +16,10 @@
 
 #include "mlp.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define EXIT_USAGE 2
 
 typedef struct {
@@ -65,5 +69,9 @@ int config_parse_training_flag(TrainConfig* c, const char* flag, const char* val
 int config_check(const TrainConfig* c, int world_size);
 
 void config_print_banner(const TrainConfig* c);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

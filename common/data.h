@@ -19,6 +19,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define DATA_NOISE_STDDEV 0.1
 #define DATA_TRAIN_FRACTION 0.8
 
@@ -47,5 +51,9 @@ int sampler_create(Sampler* s, int n, int world_size, int rank, uint64_t seed);
 // Fills s->indices with this rank's shard of epoch's shuffle.
 void sampler_set_epoch(Sampler* s, int epoch);
 void sampler_free(Sampler* s);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

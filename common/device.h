@@ -15,6 +15,10 @@
 
 #include "kernels.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { DEVICE_CPU, DEVICE_CUDA } DeviceKind;
 
 typedef struct {
@@ -39,5 +43,9 @@ int device_open(Device* d, const char* request, int gpu_index, char* why, size_t
 
 // "cuda:0 (NVIDIA H100 80GB HBM3, 79.1 GiB, compute capability 9.0)" or "cpu (AMD EPYC)".
 void device_describe(const Device* d, char* out, size_t out_len);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -18,6 +18,10 @@
 
 #include "kernels.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     float* w1;       // (H, 1)
     float* b1;       // (H)
@@ -89,5 +93,9 @@ int mlp_update(Mlp* m, Optimizer* opt);
 // Copies the loss sum to the host and resets it to 0.
 int mlp_take_loss(Mlp* m, float* host_loss);
 int mlp_get_params(const Mlp* m, float* host_params);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

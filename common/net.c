@@ -3,12 +3,18 @@
  */
 #include "net.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sched.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "timer.h"
 
@@ -96,5 +102,152 @@ const char* net_status_str(NetStatus status) {
         return "connection closed by the peer";
     default:
         return strerror(errno);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// TCP
+
+// addr (dotted IPv4 or a host name) and port as a sockaddr; 0, or -1 with errno.
+static int resolve(const char* addr, int port, struct sockaddr_in* out) {
+    memset(out, 0, sizeof *out);
+    out->sin_family = AF_INET;
+    out->sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, addr, &out->sin_addr) == 1)
+        return 0;
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    if (getaddrinfo(addr, NULL, &hints, &res) != 0 || res == NULL) {
+        errno = EADDRNOTAVAIL;
+        return -1;
+    }
+    out->sin_addr = ((struct sockaddr_in*)res->ai_addr)->sin_addr;
+    freeaddrinfo(res);
+    return 0;
+}
+
+int net_listen(const char* addr, int port) {
+    struct sockaddr_in sa;
+    if (resolve(addr, port, &sa) != 0)
+        return -1;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    if (fd < 0)
+        return -1;
+    // SO_REUSEADDR: a port whose last run's connections linger in TIME_WAIT can be
+    // bound again at once; a port with a live listener still cannot.
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr*)&sa, sizeof sa) != 0 || listen(fd, 64) != 0 ||
+        net_set_nonblocking(fd) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+int net_local_port(int fd) {
+    struct sockaddr_in sa;
+    socklen_t len = sizeof sa;
+    return getsockname(fd, (struct sockaddr*)&sa, &len) == 0 ? ntohs(sa.sin_port) : -1;
+}
+
+void net_local_addr(int fd, char* out, size_t out_len) {
+    struct sockaddr_in sa;
+    socklen_t len = sizeof sa;
+    if (getsockname(fd, (struct sockaddr*)&sa, &len) != 0 ||
+        inet_ntop(AF_INET, &sa.sin_addr, out, (socklen_t)out_len) == NULL)
+        snprintf(out, out_len, "0.0.0.0");
+}
+
+void net_peer_name(int fd, char* out, size_t out_len) {
+    struct sockaddr_in sa;
+    socklen_t len = sizeof sa;
+    char ip[INET_ADDRSTRLEN] = "?";
+    if (getpeername(fd, (struct sockaddr*)&sa, &len) == 0)
+        inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof ip);
+    snprintf(out, out_len, "%s:%d", ip, ntohs(sa.sin_port));
+}
+
+// One connection attempt, bounded by deadline. Returns the fd or -1 with errno.
+static int connect_once(const struct sockaddr_in* sa, double deadline) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    if (fd < 0 || net_set_nonblocking(fd) != 0)
+        return -1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, (const struct sockaddr*)sa, sizeof *sa) == 0)
+        return fd;
+    int err = errno;
+    if (err == EINPROGRESS) {
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        int ready = poll(&p, 1, ms_until(deadline));
+        socklen_t len = sizeof err;
+        if (ready == 0)
+            err = ETIMEDOUT;
+        else if (ready < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+            err = errno;
+        if (err == 0)
+            return fd;
+    }
+    close(fd);
+    errno = err;
+    return -1;
+}
+
+static const char* connect_hint(int err) {
+    switch (err) {
+    case ECONNREFUSED:
+        return "nothing listens there yet: is the master started, and is the port right?";
+    case ETIMEDOUT:
+        return "no answer: a firewall may drop the packets, or the address is wrong";
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+        return "no route to that address: check the address and this node's network";
+    default:
+        return "check the address and port";
+    }
+}
+
+int net_connect_retry(const char* addr, int port, double deadline, char* why, size_t why_len) {
+    struct sockaddr_in sa;
+    if (resolve(addr, port, &sa) != 0) {
+        snprintf(why, why_len, "cannot resolve '%s'", addr);
+        return -1;
+    }
+    double backoff = 0.05;
+    int attempts = 0;
+    for (;;) {
+        attempts++;
+        int fd = connect_once(&sa, deadline);
+        if (fd >= 0)
+            return fd;
+        int err = errno;
+        if (timer_seconds() + backoff > deadline) {
+            snprintf(why, why_len, "connect %s:%d: %s after %d attempts (%s)", addr, port,
+                     strerror(err), attempts, connect_hint(err));
+            return -1;
+        }
+        usleep((useconds_t)(backoff * 1e6));
+        backoff = backoff * 2 > 1.0 ? 1.0 : backoff * 2;
+    }
+}
+
+int net_accept(int listen_fd, double deadline) {
+    for (;;) {
+        int fd = accept(listen_fd, NULL, NULL);
+        if (fd >= 0) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            if (net_set_nonblocking(fd) == 0)
+                return fd;
+            close(fd);
+            return -1;
+        }
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return -1;
+        struct pollfd p = {.fd = listen_fd, .events = POLLIN};
+        if (poll(&p, 1, ms_until(deadline)) == 0) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
     }
 }

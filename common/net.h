@@ -6,12 +6,17 @@
  * value) has passed. Sockets must be non-blocking (net_set_nonblocking), so
  * that no call can wait past the deadline. Writes never raise SIGPIPE.
  *
- * APIs: NetStatus, net_set_nonblocking, net_send_all, net_recv_all, net_exchange, net_status_str.
+ * APIs: NetStatus, net_set_nonblocking, net_send_all, net_recv_all, net_exchange, net_status_str,
+ *       net_listen, net_local_port, net_local_addr, net_peer_name, net_connect_retry, net_accept.
  */
 #ifndef NET_H
 #define NET_H
 
 #include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 typedef enum {
     NET_OK = 0,
@@ -30,5 +35,24 @@ NetStatus net_exchange(int send_fd, const void* send_buf, size_t send_len, int r
                        void* recv_buf, size_t recv_len, double deadline);
 // "timed out", "connection closed by the peer", or strerror(errno).
 const char* net_status_str(NetStatus status);
+
+// A non-blocking TCP socket listening on addr:port (IPv4 dotted or a host name;
+// port 0 picks a free one). Returns the fd, or -1 with errno set.
+int net_listen(const char* addr, int port);
+// The port a socket is bound to, and its local IPv4 address as text.
+int net_local_port(int fd);
+void net_local_addr(int fd, char* out, size_t out_len);
+// The address of the connected peer as text ("127.0.0.2:51234").
+void net_peer_name(int fd, char* out, size_t out_len);
+// Connects to addr:port, retrying with back-off (refused, unreachable, timed out)
+// until the deadline; a non-blocking fd, or -1 with the last error in why.
+int net_connect_retry(const char* addr, int port, double deadline, char* why, size_t why_len);
+// Accepts one connection before the deadline; the new fd is non-blocking. -1 on
+// timeout (errno ETIMEDOUT) or error.
+int net_accept(int listen_fd, double deadline);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -16,11 +16,19 @@
 
 #include "collective.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 // FNV-1a, 64 bits, over len bytes.
 uint64_t replicas_hash(const void* bytes, size_t len);
 
 // hashes (world_size) = every rank's hash, on every rank. Returns 0 or -1.
 int replicas_gather_hashes(Communicator* comm, const Kernels* k, int rank, int world_size,
                            uint64_t mine, uint64_t* hashes);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -11,6 +11,10 @@
 #ifndef REPORT_H
 #define REPORT_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     float train_loss; // mean of the epoch's batch losses
     float eval_loss;  // mean squared error over every eval sample
@@ -24,5 +28,9 @@ int report_prepare_dir(const char* dir);
 // Writes dir/losses.csv and, with gnuplot, dir/loss.png. Returns 0, or -1 if the
 // CSV could not be written (a missing plot is only a warning).
 int report_write(const char* dir, const EpochStats* stats, int epochs);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

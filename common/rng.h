@@ -13,6 +13,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 // Streams keep independent uses of one seed apart.
 enum {
     RNG_STREAM_DATA_X = 1,
@@ -26,5 +30,9 @@ uint64_t rng_u64(uint64_t seed, uint64_t stream, uint64_t counter);
 double rng_uniform(uint64_t seed, uint64_t stream, uint64_t counter);
 // Standard normal (Box-Muller on two uniforms drawn at 2*counter and 2*counter+1).
 double rng_normal(uint64_t seed, uint64_t stream, uint64_t counter);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -8,11 +8,19 @@
 
 #include <time.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 // Seconds since an arbitrary fixed point; only differences mean anything.
 static inline double timer_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -75,6 +75,8 @@ static int reap(Workers* w, int quiet) {
             char how[128];
             describe_status(status, how, sizeof how);
             fprintf(stderr, "[Rank %d] %s\n", w->first_rank + i, how);
+            if (w->failure[0] == '\0')
+                snprintf(w->failure, sizeof w->failure, "[Rank %d] %s", w->first_rank + i, how);
         }
     }
     return failed;

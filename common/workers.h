@@ -15,6 +15,10 @@
 
 #include <sys/types.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define WORKERS_MAX 64
 #define WORKERS_GRACE_SECONDS 2.0
 
@@ -25,6 +29,7 @@ typedef struct {
     int count;
     int first_rank;         // global rank of local worker 0 (lesson 03: several nodes)
     pid_t pids[WORKERS_MAX]; // 0 once reaped
+    char failure[256];       // the first failure: "[Rank 3] killed by signal 9 (Killed)"
 } Workers;
 
 // Forks count workers, each running main(local_rank, arg). Returns 0, or -1
@@ -41,5 +46,9 @@ int workers_wait(Workers* w, WorkersPoll poll, void* poll_arg);
 
 // Ends every worker still running: SIGTERM, and SIGKILL after the grace period.
 void workers_stop(Workers* w);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

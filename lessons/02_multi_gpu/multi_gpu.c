@@ -276,6 +276,40 @@ static void print_process_initialized(const Device* dev, int rank, int local_ran
 }
 
 // ----------------------------------------------------------------------------
+// a rank: lesson 01's program, with a communicator
+
+// Trains one rank's replica to the end and checks it against the others. Returns
+// the rank's exit status.
+static int train_rank(const TrainConfig* c, const Device* dev, Communicator* comm, int rank,
+                      int world_size) {
+    if (comm_barrier(comm) != 0) // every rank is up before rank 0 goes on
+        return 1;
+    Dataset data;
+    Sampler sampler;
+    Mlp model;
+    DeviceData d = {0};
+    EpochStats* stats = calloc((size_t)c->epochs, sizeof *stats);
+    if (stats == NULL || dataset_create(&data, c->data_size, c->seed) != 0 ||
+        sampler_create(&sampler, data.n_train, world_size, rank, c->seed) != 0 ||
+        mlp_create(&model, dev->kernels, c->hidden_size, c->batch_size) != 0 ||
+        mlp_init_params(&model, c->seed) != 0 || upload_data(&d, dev->kernels, &data, &sampler) != 0)
+        return 1;
+    // Every rank made the same weights from the seed; DDP broadcasts rank 0's anyway,
+    // so that replicas start equal even when initialisation is not deterministic.
+    if (comm_broadcast(comm, model.params, (size_t)model.num_params, 0) != 0)
+        return 1;
+    if (rank == 0)
+        print_model_summary(&model);
+
+    if (train(&model, c, &d, &sampler, comm, rank == 0, stats) != 0 ||
+        check_replicas(&model, comm, rank, world_size) != 0)
+        return 1;
+    if (rank == 0 && c->out_dir != NULL && report_write(c->out_dir, stats, c->epochs) != 0)
+        return 1;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
 // a worker: one rank's whole life
 
 static int make_communicator(Communicator** comm, const Plan* p, int rank, const Device* dev,
@@ -305,33 +339,9 @@ static int worker_main(int rank, void* arg) {
     if (make_communicator(&comm, p, rank, &dev, send_fd, recv_fd) != 0)
         return 1;
     print_process_initialized(&dev, rank, rank, p->world_size);
-    if (comm_barrier(comm) != 0) // every rank is up before rank 0 goes on
-        return 1;
-
-    Dataset data;
-    Sampler sampler;
-    Mlp model;
-    DeviceData d = {0};
-    EpochStats* stats = calloc((size_t)c->epochs, sizeof *stats);
-    if (stats == NULL || dataset_create(&data, c->data_size, c->seed) != 0 ||
-        sampler_create(&sampler, data.n_train, p->world_size, rank, c->seed) != 0 ||
-        mlp_create(&model, dev.kernels, c->hidden_size, c->batch_size) != 0 ||
-        mlp_init_params(&model, c->seed) != 0 || upload_data(&d, dev.kernels, &data, &sampler) != 0)
-        return 1;
-    // Every rank made the same weights from the seed; DDP broadcasts rank 0's anyway,
-    // so that replicas start equal even when initialisation is not deterministic.
-    if (comm_broadcast(comm, model.params, (size_t)model.num_params, 0) != 0)
-        return 1;
-    if (rank == 0)
-        print_model_summary(&model);
-
-    if (train(&model, c, &d, &sampler, comm, rank == 0, stats) != 0 ||
-        check_replicas(&model, comm, rank, p->world_size) != 0)
-        return 1;
-    if (rank == 0 && c->out_dir != NULL && report_write(c->out_dir, stats, c->epochs) != 0)
-        return 1;
+    int status = train_rank(c, &dev, comm, rank, p->world_size);
     comm_destroy(comm);
-    return 0;
+    return status;
 }
 
 // ----------------------------------------------------------------------------

@@ -22,14 +22,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-// nvcc compiles this file as C++; these headers of common/ declare C functions.
-extern "C" {
 #include "data.h"
 #include "device.h"
 #include "kernels.h"
 #include "mlp.h"
 #include "rng.h"
-}
 
 // Normwise relative error allowed between one kernel's outputs on the two devices.
 #define TOLERANCE 1e-5

@@ -1,0 +1,611 @@
+/*
+ * multi_node.c - lesson 03: data-parallel training across nodes, one launcher per node.
+ *
+ * Lesson 02's workers, now on several machines (as `torchrun --nnodes=2
+ * --node_rank=R --master_addr=A --master_port=29500` runs DDP). This program is
+ * the node agent: exactly one runs on each node. The agents meet at node 0 (the
+ * master) over TCP, agree on the world - how many ranks in all, which global
+ * ranks live where - and then each forks its workers as lesson 02 does. Global
+ * rank = the node's first rank (node_rank * nproc_per_node) + local rank. The
+ * connection to the master stays open: when anything fails anywhere, every node
+ * stops its workers and exits non-zero within seconds, naming what failed.
+ *
+ * New since lesson 02: the rendezvous (common/rendezvous.h), global and local
+ * ranks, the ring over TCP between machines (comm_ring_connect_tcp), NCCL's unique
+ * id carried by the rendezvous, and the control channel that spreads failures.
+ */
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "collective.h"
+#include "config.h"
+#include "data.h"
+#include "device.h"
+#include "mlp.h"
+#include "net.h"
+#include "rendezvous.h"
+#include "replicas.h"
+#include "report.h"
+#include "timer.h"
+#include "workers.h"
+
+#ifndef BUILD_ID
+#define BUILD_ID "unknown"
+#endif
+
+// ----------------------------------------------------------------------------
+// flags
+
+typedef struct {
+    TrainConfig train;
+    int nproc;           // --nproc-per-node / --gpus: workers on this node (0: decide)
+    const char* backend; // --backend auto|nccl|ring
+    int timeout_s;       // --timeout: deadline of every collective
+    bool debug;          // --debug: print every rendezvous and collective step
+    int nnodes;          // --nnodes
+    int node_rank;       // --node-rank: 0 is the master
+    const char* master_addr;
+    int master_port;
+    int rdzv_timeout_s;     // --rdzv-timeout: how long to wait for every node
+    const char* token_file; // --token-file: the job's shared secret, else DDP_TOKEN
+} Options;
+
+static void print_usage(void) {
+    fputs("usage: multi_node [flags]\n\n"
+          "One node's agent of a multi-node job: meets the other nodes at the master, then\n"
+          "trains lesson 01's MLP with its workers, averaging gradients across every node.\n\n"
+          "flags:\n" CONFIG_TRAINING_HELP
+          "  --nproc-per-node N    worker processes on this node, one per GPU (default: the\n"
+          "                        number of GPUs, or 2 on the CPU); alias --gpus\n"
+          "  --nnodes N            nodes in the job (default 1; env NNODES)\n"
+          "  --node-rank R         this node's rank, 0 is the master (default 0; env NODE_RANK)\n"
+          "  --master-addr ADDR    where node 0 listens (default 127.0.0.1; env MASTER_ADDR)\n"
+          "  --master-port PORT    its port (default 29500; env MASTER_PORT)\n"
+          "  --rdzv-timeout SECONDS  how long to wait for every node (default 300)\n"
+          "  --token-file FILE     the job's shared secret (default: env DDP_TOKEN)\n"
+          "  --backend NAME        auto, nccl or ring (default auto: NCCL when every worker has\n"
+          "                        its own GPU, the ring all-reduce otherwise)\n"
+          "  --timeout SECONDS     deadline of every collective (default 60)\n"
+          "  --debug               print every rendezvous and collective step on stderr\n"
+          "  --help                print this help and exit\n",
+          stdout);
+}
+
+// torchrun's environment variables are the defaults of their flags.
+static int env_defaults(Options* o) {
+    const char* v;
+    o->master_addr = (v = getenv("MASTER_ADDR")) != NULL && *v ? v : "127.0.0.1";
+    if ((v = getenv("MASTER_PORT")) != NULL && config_parse_int("MASTER_PORT", v, 1, 65535, &o->master_port) != 0)
+        return -1;
+    if ((v = getenv("NNODES")) != NULL && config_parse_int("NNODES", v, 1, RDZV_MAX_NODES, &o->nnodes) != 0)
+        return -1;
+    if ((v = getenv("NODE_RANK")) != NULL && config_parse_int("NODE_RANK", v, 0, RDZV_MAX_NODES - 1, &o->node_rank) != 0)
+        return -1;
+    return 0;
+}
+
+static int parse_text(const char* flag, const char* value, const char** out) {
+    if (value == NULL || *value == '\0') {
+        fprintf(stderr, "error: %s needs a value\n", flag);
+        return -1;
+    }
+    *out = value;
+    return 0;
+}
+
+// Reads a flag of this lesson; 1 if it was one, 0 if not, -1 if its value is bad.
+static int parse_node_flag(Options* o, const char* flag, const char* value) {
+    int err = 0;
+    if (strcmp(flag, "--gpus") == 0 || strcmp(flag, "--nproc-per-node") == 0)
+        err = config_parse_int(flag, value, 1, WORKERS_MAX, &o->nproc);
+    else if (strcmp(flag, "--backend") == 0)
+        err = config_parse_choice(flag, value, "auto|nccl|ring", &o->backend);
+    else if (strcmp(flag, "--timeout") == 0)
+        err = config_parse_int(flag, value, 1, 86400, &o->timeout_s);
+    else if (strcmp(flag, "--nnodes") == 0)
+        err = config_parse_int(flag, value, 1, RDZV_MAX_NODES, &o->nnodes);
+    else if (strcmp(flag, "--node-rank") == 0)
+        err = config_parse_int(flag, value, 0, RDZV_MAX_NODES - 1, &o->node_rank);
+    else if (strcmp(flag, "--master-port") == 0)
+        err = config_parse_int(flag, value, 1, 65535, &o->master_port);
+    else if (strcmp(flag, "--rdzv-timeout") == 0)
+        err = config_parse_int(flag, value, 1, 86400, &o->rdzv_timeout_s);
+    else if (strcmp(flag, "--master-addr") == 0)
+        err = parse_text(flag, value, &o->master_addr);
+    else if (strcmp(flag, "--token-file") == 0)
+        err = parse_text(flag, value, &o->token_file);
+    else
+        return 0;
+    return err == 0 ? 1 : -1;
+}
+
+// Fills o from the environment and argv. Exits with status 0 after --help and
+// EXIT_USAGE after a bad flag.
+static void parse_args(Options* o, int argc, char** argv) {
+    *o = (Options){.backend = "auto", .timeout_s = 60, .nnodes = 1, .master_port = 29500,
+                   .rdzv_timeout_s = 300};
+    config_defaults(&o->train);
+    if (env_defaults(o) != 0)
+        exit(EXIT_USAGE);
+    for (int i = 1; i < argc; i++) {
+        char flag[64];
+        const char* value;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            print_usage();
+            exit(0);
+        }
+        if (strcmp(argv[i], "--debug") == 0) {
+            o->debug = true;
+            continue;
+        }
+        if (config_split_flag(argc, argv, &i, flag, sizeof flag, &value) != 0)
+            exit(EXIT_USAGE);
+        int parsed = config_parse_training_flag(&o->train, flag, value);
+        if (parsed == 0)
+            parsed = parse_node_flag(o, flag, value);
+        if (parsed == 0)
+            fprintf(stderr, "error: unknown flag %s (see --help)\n", flag);
+        if (parsed != 1)
+            exit(EXIT_USAGE);
+    }
+    if (o->node_rank >= o->nnodes) {
+        fprintf(stderr, "error: --node-rank must be in [0, %d] for --nnodes %d, got %d\n",
+                o->nnodes - 1, o->nnodes, o->node_rank);
+        exit(EXIT_USAGE);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the agent: this node's part of the job
+
+typedef struct {
+    Options opt;
+    int gpus;                         // GPUs visible on this node
+    Backend backend;
+    int nproc;                        // workers on this node
+    int ring_listen_fds[WORKERS_MAX]; // (nproc) each worker's ring socket, bound before the rendezvous
+    int id_fds[WORKERS_MAX][2];       // NCCL: a channel from the agent ([0]) to each worker ([1])
+    Rdzv rdzv;
+    RdzvWorld world;
+    char stop_reason[RDZV_TEXT_BYTES]; // why the job stops, as the control channel said
+} Agent;
+
+// Decides this node's workers and backend before anything is forked. Exits with
+// EXIT_USAGE when the flags ask for what this machine or build cannot do.
+static void make_plan(Agent* a, const Options* o) {
+    a->opt = *o;
+    bool use_gpus = strcmp(o->train.device, "cpu") != 0;
+    a->gpus = use_gpus ? device_gpu_count_forked() : 0;
+    if (strcmp(o->train.device, "cuda") == 0 && a->gpus == 0) {
+        fprintf(stderr, "error: --device cuda: no usable GPU was found (use --device cpu or auto)\n");
+        exit(EXIT_USAGE);
+    }
+    a->nproc = o->nproc > 0 ? o->nproc : (a->gpus > 0 ? a->gpus : 2);
+    bool gpu_each = a->gpus >= a->nproc;
+    bool have_nccl = strcmp(comm_nccl_version(), "none") != 0;
+    if (strcmp(o->backend, "nccl") == 0 && (!have_nccl || !gpu_each)) {
+        fprintf(stderr, "error: --backend nccl needs NCCL and one GPU per worker: %d worker%s, "
+                        "%d GPU%s, NCCL %s (use --backend ring to share GPUs or run on the CPU)\n",
+                a->nproc, a->nproc > 1 ? "s" : "", a->gpus, a->gpus == 1 ? "" : "s",
+                comm_nccl_version());
+        exit(EXIT_USAGE);
+    }
+    a->backend = strcmp(o->backend, "ring") != 0 && gpu_each && have_nccl ? BACKEND_NCCL
+                                                                          : BACKEND_RING;
+    if (config_check(&o->train, o->nnodes * a->nproc) != 0 ||
+        (o->node_rank == 0 && o->train.out_dir != NULL && report_prepare_dir(o->train.out_dir) != 0))
+        exit(EXIT_USAGE);
+}
+
+// The job's shared secret: the first line of --token-file, else $DDP_TOKEN, else "".
+static int read_token(const Options* o, char* token, size_t len) {
+    const char* env = getenv("DDP_TOKEN");
+    snprintf(token, len, "%s", o->token_file == NULL && env != NULL ? env : "");
+    if (o->token_file == NULL)
+        return 0;
+    FILE* f = fopen(o->token_file, "r");
+    if (f == NULL || fgets(token, (int)len, f) == NULL) {
+        fprintf(stderr, "error: --token-file %s: %s\n", o->token_file,
+                f == NULL ? strerror(errno) : "the file is empty");
+        if (f != NULL)
+            fclose(f);
+        return -1;
+    }
+    fclose(f);
+    token[strcspn(token, "\r\n")] = '\0';
+    if (strlen(token) > RDZV_TOKEN_BYTES) {
+        fprintf(stderr, "error: --token-file %s: the token is longer than %d characters\n",
+                o->token_file, RDZV_TOKEN_BYTES);
+        return -1;
+    }
+    return 0;
+}
+
+// Everything that must be the same on every node, as "key=value ...".
+static void describe_settings(const Agent* a, char* out, size_t len) {
+    const TrainConfig* c = &a->opt.train;
+    snprintf(out, len,
+             "epochs=%d batch_size=%d learning_rate=%g data_size=%d hidden_size=%d seed=%llu "
+             "optimizer=%s device=%s backend=%s timeout=%d nnodes=%d",
+             c->epochs, c->batch_size, c->learning_rate, c->data_size, c->hidden_size,
+             (unsigned long long)c->seed, c->optimizer == OPTIMIZER_SGD ? "sgd" : "adam",
+             a->gpus > 0 ? "cuda" : "cpu", a->backend == BACKEND_NCCL ? "nccl" : "ring",
+             a->opt.timeout_s, a->opt.nnodes);
+}
+
+// One listening socket per local worker for the ring, on the address by which the
+// other nodes reach this one (the address this node's rendezvous traffic uses).
+static int bind_ring_listeners(Agent* a, const char* addr, RdzvHello* own) {
+    snprintf(own->ring_addr, sizeof own->ring_addr, "%s", addr);
+    for (int i = 0; i < a->nproc; i++) {
+        a->ring_listen_fds[i] = net_listen(addr, 0);
+        if (a->ring_listen_fds[i] < 0) {
+            check_message("ring: cannot listen on %s: %s", addr, strerror(errno));
+            return -1;
+        }
+        own->ring_ports[i] = net_local_port(a->ring_listen_fds[i]);
+    }
+    return 0;
+}
+
+// Steps 1-4 of the rendezvous (see common/rendezvous.h): a->world is then known.
+static int rendezvous(Agent* a, const char* token) {
+    const Options* o = &a->opt;
+    RdzvHello own = {.node_rank = o->node_rank, .nproc = a->nproc};
+    snprintf(own.token, sizeof own.token, "%.*s", RDZV_TOKEN_BYTES, token);
+    snprintf(own.build_id, sizeof own.build_id, "%s", BUILD_ID);
+    snprintf(own.nccl_version, sizeof own.nccl_version, "%s", comm_nccl_version());
+    describe_settings(a, own.settings, sizeof own.settings);
+    rdzv_init(&a->rdzv, o->nnodes, o->node_rank, o->master_addr, o->master_port,
+              o->rdzv_timeout_s, o->debug);
+    char addr[RDZV_ADDR_BYTES];
+    if (o->node_rank == 0) {
+        if (rdzv_master_listen(&a->rdzv) != 0)
+            exit(EXIT_USAGE); // the port is taken: nothing was started
+        net_local_addr(a->rdzv.listen_fd, addr, sizeof addr);
+        if (o->nnodes > 1 && strncmp(addr, "127.", 4) == 0)
+            check_message("warning: the master listens on %s, a loopback address: nodes on "
+                          "other machines cannot join (give --master-addr this node's address)",
+                          addr);
+        RETURN_IF_FAILED(bind_ring_listeners(a, addr, &own));
+        RETURN_IF_FAILED(rdzv_master_gather(&a->rdzv, &own));
+        rdzv_make_world(&a->rdzv, &a->world);
+        return 0;
+    }
+    RETURN_IF_FAILED(rdzv_connect(&a->rdzv));
+    net_local_addr(a->rdzv.control_fd[0], addr, sizeof addr);
+    RETURN_IF_FAILED(bind_ring_listeners(a, addr, &own));
+    return rdzv_join(&a->rdzv, &own, &a->world);
+}
+
+// NCCL's unique id must come from global rank 0, whose process keeps the bootstrap
+// root that the others contact. The master's agent takes it from that worker, gives
+// it to its other workers and puts it into WORLD; the other agents pass WORLD's on.
+static int hand_out_nccl_id(Agent* a) {
+    double deadline = timer_seconds() + a->opt.timeout_s;
+    int first = 0;
+    if (a->opt.node_rank == 0) {
+        NetStatus st = net_recv_all(a->id_fds[0][0], a->world.nccl_id, RDZV_NCCL_ID_BYTES, deadline);
+        if (st != NET_OK) {
+            check_message("waiting for NCCL's unique id from rank 0: %s", net_status_str(st));
+            return -1;
+        }
+        a->world.has_nccl_id = true;
+        first = 1;
+    }
+    for (int i = first; i < a->nproc; i++)
+        if (net_send_all(a->id_fds[i][0], a->world.nccl_id, RDZV_NCCL_ID_BYTES, deadline) != NET_OK) {
+            check_message("giving NCCL's unique id to local rank %d failed", i);
+            return -1;
+        }
+    return 0;
+}
+
+// Called by workers_wait every few milliseconds: a non-zero return stops the workers.
+static int watch_control(void* arg) {
+    Agent* a = arg;
+    if (rdzv_poll(&a->rdzv, a->stop_reason, sizeof a->stop_reason) == 0)
+        return 0;
+    if (a->opt.node_rank == 0) // the master tells every other node
+        rdzv_send_abort(&a->rdzv, a->stop_reason);
+    return 1;
+}
+
+// After the workers: DONE and a clean exit, or ABORT with the cause to everyone.
+static int finish(Agent* a, const Workers* w, int status) {
+    int node = a->opt.node_rank;
+    if (status == 0) {
+        status = node == 0 ? rdzv_master_wait_done(&a->rdzv, timer_seconds() + a->opt.timeout_s)
+                           : rdzv_send_done(&a->rdzv);
+        rdzv_close(&a->rdzv);
+        return status == 0 ? 0 : 1;
+    }
+    if (a->stop_reason[0] == '\0') { // the failure is this node's own: tell the others
+        snprintf(a->stop_reason, sizeof a->stop_reason, "node %d: %s", node,
+                 w->failure[0] != '\0' ? w->failure : "interrupted");
+        rdzv_send_abort(&a->rdzv, a->stop_reason);
+    }
+    fprintf(stderr, "node %d: job stopped: %s\n", node, a->stop_reason);
+    rdzv_close(&a->rdzv);
+    return status;
+}
+
+// ----------------------------------------------------------------------------
+// the data, moved to the device once
+
+typedef struct {
+    float* x;           // (n_train + n_eval) every sample's input, on the device
+    float* y;           // (n_train + n_eval) every sample's target
+    int* train_indices; // (num_samples) this rank's shard of the epoch's order, uploaded each epoch
+    int* eval_indices;  // (n_eval) this rank's eval samples: n_train + rank, + rank + N, ...
+    int n_eval;         // how many eval samples this rank scores (no padding: none twice)
+    int n_eval_total;   // eval samples over all ranks
+} DeviceData;
+
+static int upload_data(DeviceData* d, const Kernels* k, const Dataset* data, const Sampler* s) {
+    int n_total = data->n_train + data->n_eval;
+    d->n_eval_total = data->n_eval;
+    d->n_eval = (data->n_eval - s->rank + s->world_size - 1) / s->world_size;
+    int* eval_order = malloc((size_t)d->n_eval * sizeof(int) + 1);
+    d->x = k->alloc((size_t)n_total * sizeof(float));
+    d->y = k->alloc((size_t)n_total * sizeof(float));
+    d->train_indices = k->alloc((size_t)s->num_samples * sizeof(int));
+    d->eval_indices = k->alloc((size_t)d->n_eval * sizeof(int));
+    if (eval_order == NULL || !d->x || !d->y || !d->train_indices || !d->eval_indices) {
+        free(eval_order);
+        return -1;
+    }
+    for (int i = 0; i < d->n_eval; i++)
+        eval_order[i] = data->n_train + s->rank + i * s->world_size;
+    int err = k->upload(d->x, data->x, (size_t)n_total * sizeof(float)) ||
+              k->upload(d->y, data->y, (size_t)n_total * sizeof(float)) ||
+              k->upload(d->eval_indices, eval_order, (size_t)d->n_eval * sizeof(int));
+    free(eval_order);
+    return err ? -1 : 0;
+}
+
+// ----------------------------------------------------------------------------
+// training and evaluation
+
+// One pass over this rank's shard; *train_loss is the mean of the batch losses of all ranks.
+static int train_epoch(Mlp* m, Optimizer* opt, Sampler* s, const DeviceData* d, int epoch,
+                       int batch_size, Communicator* comm, double* comm_seconds,
+                       float* train_loss) {
+    sampler_set_epoch(s, epoch);
+    RETURN_IF_FAILED(m->k->upload(d->train_indices, s->indices, s->num_samples * sizeof(int)));
+    int steps = (s->num_samples + batch_size - 1) / batch_size;
+    for (int step = 0; step < steps; step++) {
+        int first = step * batch_size;
+        int B = s->num_samples - first < batch_size ? s->num_samples - first : batch_size;
+        RETURN_IF_FAILED(mlp_load_batch(m, d->x, d->y, d->train_indices + first, B));
+        RETURN_IF_FAILED(mlp_forward(m, B));
+        // the batch's mean squared error, divided by steps: the loss sum becomes the mean
+        RETURN_IF_FAILED(mlp_loss(m, 1.0f / ((float)B * steps), B));
+        RETURN_IF_FAILED(mlp_backward(m, B));
+        // Data parallelism in one line: every rank's gradients become their mean over
+        // the ranks, so every rank takes the same step. (The wait for the backward
+        // pass is kept out of the all-reduce's time.)
+        RETURN_IF_FAILED(m->k->synchronize());
+        double start = timer_seconds();
+        RETURN_IF_FAILED(comm_allreduce_mean(comm, m->grads, (size_t)m->num_params));
+        *comm_seconds += timer_seconds() - start;
+        RETURN_IF_FAILED(mlp_update(m, opt));
+    }
+    RETURN_IF_FAILED(comm_allreduce_mean(comm, m->loss, 1));
+    return mlp_take_loss(m, train_loss);
+}
+
+// The mean squared error over every eval sample: each rank scores its share, the sum
+// over ranks of (its squared errors / all eval samples) is the global mean.
+static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, float* eval_loss) {
+    for (int first = 0; first < d->n_eval; first += m->max_batch) {
+        int B = d->n_eval - first < m->max_batch ? d->n_eval - first : m->max_batch;
+        RETURN_IF_FAILED(mlp_load_batch(m, d->x, d->y, d->eval_indices + first, B));
+        RETURN_IF_FAILED(mlp_forward(m, B));
+        RETURN_IF_FAILED(mlp_loss(m, 1.0f / d->n_eval_total, B));
+    }
+    RETURN_IF_FAILED(comm_allreduce_sum(comm, m->loss, 1));
+    return mlp_take_loss(m, eval_loss);
+}
+
+// Trains every epoch; rank 0 (verbose) prints the progress.
+static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s,
+                 Communicator* comm, bool verbose, EpochStats* stats) {
+    Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
+    double comm_seconds = 0.0;
+    double start = timer_seconds();
+    for (int epoch = 0; epoch < c->epochs; epoch++) {
+        double epoch_start = timer_seconds();
+        EpochStats* e = &stats[epoch];
+        RETURN_IF_FAILED(train_epoch(m, &opt, s, d, epoch, c->batch_size, comm, &comm_seconds,
+                                     &e->train_loss));
+        RETURN_IF_FAILED(evaluate(m, d, comm, &e->eval_loss));
+        e->seconds = timer_seconds() - epoch_start;
+        if (verbose)
+            printf("Epoch [%d/%d] - Train Loss: %.6f, Eval Loss: %.6f\n", epoch + 1, c->epochs,
+                   e->train_loss, e->eval_loss);
+    }
+    double total = timer_seconds() - start;
+    if (verbose) {
+        printf("Training completed in %.3f seconds\n", total);
+        printf("Average time per epoch: %.6f seconds\n", total / c->epochs);
+        printf("Gradient all-reduce: %.6f seconds per epoch (%.1f%% of the time)\n",
+               comm_seconds / c->epochs, 100.0 * comm_seconds / total);
+    }
+    return 0;
+}
+
+// Every rank hashes its parameters; all must match rank 0's. Rank 0 prints the verdict.
+static int check_replicas(const Mlp* m, Communicator* comm, int rank, int world_size) {
+    float* params = malloc((size_t)m->num_params * sizeof(float));
+    uint64_t hashes[WORKERS_MAX];
+    if (params == NULL || mlp_get_params(m, params) != 0) {
+        free(params);
+        return -1;
+    }
+    uint64_t mine = replicas_hash(params, (size_t)m->num_params * sizeof(float));
+    free(params);
+    RETURN_IF_FAILED(replicas_gather_hashes(comm, m->k, rank, world_size, mine, hashes));
+    int agree = 1;
+    for (int r = 1; r < world_size; r++)
+        if (hashes[r] != hashes[0]) {
+            agree = 0;
+            if (rank == 0)
+                printf("Replicas agree: NO: rank %d has hash 0x%016llx, rank 0 has 0x%016llx\n", r,
+                       (unsigned long long)hashes[r], (unsigned long long)hashes[0]);
+        }
+    if (agree && rank == 0)
+        printf("Replicas agree: yes (%d ranks, hash 0x%016llx)\n", world_size,
+               (unsigned long long)hashes[0]);
+    return agree ? 0 : -1;
+}
+
+// ----------------------------------------------------------------------------
+// output
+
+static void print_model_summary(const Mlp* m) {
+    int H = m->hidden;
+    printf("Model: Linear(1, %d) -> ReLU -> Linear(%d, %d) -> LayerNorm(%d) -> ReLU -> "
+           "Linear(%d, 1)\n",
+           H, H, H, H, H);
+    printf("Total parameters: %d\n", m->num_params);
+}
+
+static void print_process_initialized(const Device* dev, int rank, int local_rank, int world_size) {
+    char description[512], host[256] = "unknown";
+    device_describe(dev, description, sizeof description);
+    gethostname(host, sizeof host - 1);
+    printf("[Rank %d] Process initialized on %s, local_rank: %d, world_size: %d, device: %s\n",
+           rank, host, local_rank, world_size, description);
+}
+
+// ----------------------------------------------------------------------------
+// a rank: lesson 01's program, with a communicator
+
+// Trains one rank's replica to the end and checks it against the others. Returns
+// the rank's exit status.
+static int train_rank(const TrainConfig* c, const Device* dev, Communicator* comm, int rank,
+                      int world_size) {
+    if (comm_barrier(comm) != 0) // every rank is up before rank 0 goes on
+        return 1;
+    Dataset data;
+    Sampler sampler;
+    Mlp model;
+    DeviceData d = {0};
+    EpochStats* stats = calloc((size_t)c->epochs, sizeof *stats);
+    if (stats == NULL || dataset_create(&data, c->data_size, c->seed) != 0 ||
+        sampler_create(&sampler, data.n_train, world_size, rank, c->seed) != 0 ||
+        mlp_create(&model, dev->kernels, c->hidden_size, c->batch_size) != 0 ||
+        mlp_init_params(&model, c->seed) != 0 || upload_data(&d, dev->kernels, &data, &sampler) != 0)
+        return 1;
+    // Every rank made the same weights from the seed; DDP broadcasts rank 0's anyway,
+    // so that replicas start equal even when initialisation is not deterministic.
+    if (comm_broadcast(comm, model.params, (size_t)model.num_params, 0) != 0)
+        return 1;
+    if (rank == 0)
+        print_model_summary(&model);
+
+    if (train(&model, c, &d, &sampler, comm, rank == 0, stats) != 0 ||
+        check_replicas(&model, comm, rank, world_size) != 0)
+        return 1;
+    if (rank == 0 && c->out_dir != NULL && report_write(c->out_dir, stats, c->epochs) != 0)
+        return 1;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// a worker: one rank's whole life
+
+static int make_communicator(Communicator** comm, const Agent* a, int rank, int local_rank,
+                             const Device* dev) {
+    int N = a->world.world_size;
+    CommSettings s = {.rank = rank, .world_size = N, .timeout_s = a->opt.timeout_s,
+                      .debug = a->opt.debug, .k = dev->kernels};
+    if (a->backend == BACKEND_RING) {
+        int next = (rank + 1) % N, send_fd, recv_fd;
+        if (a->opt.debug)
+            check_message("ring: listening on %s:%d, sending to rank %d at %s:%d",
+                          a->world.ring_addr[rank], a->world.ring_port[rank], next,
+                          a->world.ring_addr[next], a->world.ring_port[next]);
+        if (comm_ring_connect_tcp(a->ring_listen_fds[local_rank], rank, N, a->world.ring_addr[next],
+                                  a->world.ring_port[next], s.timeout_s, &send_fd, &recv_fd) != 0)
+            return -1;
+        return comm_init_ring(comm, s, send_fd, recv_fd);
+    }
+    unsigned char id[NCCL_UNIQUE_ID_BYTES];
+    int fd = a->id_fds[local_rank][1];
+    double deadline = timer_seconds() + s.timeout_s;
+    if (rank == 0 ? comm_nccl_unique_id(id) != 0 ||
+                        net_send_all(fd, id, sizeof id, deadline) != NET_OK
+                  : net_recv_all(fd, id, sizeof id, deadline) != NET_OK) {
+        check_message("NCCL's unique id did not arrive from the agent");
+        return -1;
+    }
+    return comm_init_nccl(comm, s, id);
+}
+
+static int worker_main(int local_rank, void* arg) {
+    Agent* a = arg;
+    const TrainConfig* c = &a->opt.train;
+    int rank = a->world.rank_offset[a->opt.node_rank] + local_rank;
+    Device dev;
+    char why[512];
+    if (device_open(&dev, c->device, a->gpus > 0 ? local_rank % a->gpus : 0, why, sizeof why) != 0) {
+        check_message("%s", why);
+        return 1;
+    }
+    Communicator* comm = NULL;
+    if (make_communicator(&comm, a, rank, local_rank, &dev) != 0)
+        return 1;
+    print_process_initialized(&dev, rank, local_rank, a->world.world_size);
+    int status = train_rank(c, &dev, comm, rank, a->world.world_size);
+    comm_destroy(comm);
+    return status;
+}
+
+// ----------------------------------------------------------------------------
+
+int main(int argc, char** argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0); // whole lines, even into a pipe
+    Options o;
+    parse_args(&o, argc, argv);
+    Agent a = {0};
+    make_plan(&a, &o);
+    char token[RDZV_TOKEN_BYTES + 2];
+    if (read_token(&o, token, sizeof token) != 0)
+        return EXIT_USAGE;
+    if (rendezvous(&a, token) != 0)
+        return EXIT_FAILURE;
+    if (o.node_rank == 0) {
+        config_print_banner(&o.train);
+        printf("  Nodes: %d\n", o.nnodes);
+        printf("  World size: %d\n", a.world.world_size);
+        printf("  Backend: %s\n", a.backend == BACKEND_NCCL ? "nccl" : "ring");
+    }
+
+    Workers workers;
+    for (int i = 0; a.backend == BACKEND_NCCL && i < a.nproc; i++)
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, a.id_fds[i]) != 0 || net_set_nonblocking(a.id_fds[i][0]) != 0 || net_set_nonblocking(a.id_fds[i][1]) != 0)
+            return EXIT_FAILURE;
+    int first_rank = a.world.rank_offset[o.node_rank];
+    if (workers_start(&workers, a.nproc, first_rank, worker_main, &a) != 0)
+        return EXIT_FAILURE;
+    for (int i = 0; i < a.nproc; i++) // the workers have them now
+        close(a.ring_listen_fds[i]);
+    int status = 0;
+    if (a.backend == BACKEND_NCCL)
+        status = hand_out_nccl_id(&a);
+    // Step 4) the master sends WORLD once it is complete (with NCCL's id, if any).
+    if (status == 0 && o.node_rank == 0)
+        status = rdzv_master_send_world(&a.rdzv, &a.world);
+    if (status != 0)
+        workers_stop(&workers);
+    else
+        status = workers_wait(&workers, watch_control, &a);
+    return finish(&a, &workers, status);
+}
