@@ -4,6 +4,8 @@
 #   make NO_CUDA=1     CPU-only binaries with the same flags and output
 #   make lesson-01     build/hello_gpu          make run     build and run lesson 01
 #   make lesson-02     build/multi_gpu          make diff-02 what lesson 02 adds to lesson 01
+#   make lesson-03     build/multi_node         make diff-03 what lesson 03 adds to lesson 02
+#   make demo-multinode  a two-node job on this machine
 #   make test          build and run the test suite (make tests: only build it)
 #   make bench-01      median time per epoch of lesson 01 at defaults
 #   make clean
@@ -56,7 +58,7 @@ TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 GPU_TEST_SRC := $(if $(NVCC),$(wildcard tests/gpu/test_*.cu))
 GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 
-.PHONY: all lesson-01 lesson-02 lesson-03 run tests test bench-01 bench-02 diff-02 diff-03 clean found
+.PHONY: all lesson-01 lesson-02 lesson-03 run tests test bench-01 bench-02 diff-02 diff-03 demo-multinode clean found
 all: found $(LESSONS) $(TOOLS)
 
 # One line per optional part, so that a build says what it could use.
@@ -127,6 +129,11 @@ diff-02:
 	@diff -u lessons/01_hello_gpu/hello_gpu.c lessons/02_multi_gpu/multi_gpu.c || true
 diff-03:
 	@diff -u lessons/02_multi_gpu/multi_gpu.c lessons/03_multi_node/multi_node.c || true
+
+# A two-node job on this machine: launch.sh starts both nodes through a local "remote shell".
+demo-multinode: lesson-03
+	DDP_RSH=tools/local_rsh.sh ./launch.sh --mode multi-node --master-node 127.0.0.1 \
+		--worker-nodes 127.0.0.1 --gpus-per-node 1 --port $(or $(MASTER_PORT),29500) --epochs 10
 
 clean:
 	rm -rf $(BUILD)

@@ -3,12 +3,22 @@
 #
 #   ./setup.sh          as root: installs missing packages (compiler, Criterion, gnuplot)
 #                       otherwise: prints the exact apt-get line to run, exits 1
+#   ./setup.sh --multi-node   then checks what a multi-node job needs (see check_multi_node)
 # Safe to run again: it installs only what is missing. The CUDA toolkit, NCCL and a
 # GPU are optional; it reports whether it found them but never installs them.
 set -euo pipefail
 
 PACKAGES=(build-essential libcriterion-dev gnuplot-nox)
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+here=$(cd "$(dirname "$0")" && pwd)
+
+multi_node=0
+case "${1:-}" in
+"") ;;
+--multi-node) multi_node=1 ;;
+-h | --help) sed -n '2,8s/^# \{0,1\}//p' "$0"; exit 0 ;;
+*) echo "setup.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+esac
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
     echo "setup.sh: this script supports Debian and Ubuntu (apt-get); on other systems install" >&2
@@ -52,4 +62,50 @@ if [ "${gpus:-0}" -gt 0 ]; then
     echo "GPU: $gpus found ($(nvidia-smi -L | head -n 1))"
 else
     echo "GPU: none found (the lessons run on the CPU with --device auto)"
+fi
+
+# --multi-node: every host of hosts.txt answers the remote shell without a password,
+# runs the same build, the master port is free here, and every node has the token.
+check_multi_node() {
+    local hosts_file=${HOSTS_FILE:-$here/hosts.txt} token_file=${DDP_TOKEN_FILE:-$here/.ddp_token}
+    local port=${MASTER_PORT:-29500} problems=0 build host
+    mapfile -t hosts < <(sed 's/#.*//' "$hosts_file" | awk 'NF { print $1 }')
+    [ ${#hosts[@]} -gt 0 ] || { echo "hosts: none in $hosts_file: list the nodes there, master first"; return 1; }
+    echo "hosts: ${hosts[*]} (master: ${hosts[0]})"
+    if [ ! -f "$token_file" ]; then
+        (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$token_file")
+        echo "token: created $token_file (mode 0600)"
+    else
+        echo "token: $token_file exists"
+    fi
+    if ss -Htln "sport = :$port" 2>/dev/null | grep -q .; then
+        echo "port: $port is in use here: stop the old run or choose another MASTER_PORT"
+        problems=$((problems + 1))
+    else
+        echo "port: $port is free here (open it, and NCCL's ports, in the firewall between the nodes)"
+    fi
+    build=$(git -C "$here" describe --always --dirty 2>/dev/null || echo unknown)
+    for host in $(printf '%s\n' "${hosts[@]}" | sort -u); do
+        local remote_build
+        if [ -n "${DDP_RSH:-}" ]; then
+            remote_build=$($DDP_RSH "$host" bash -c "git -C $(printf %q "$here") describe --always --dirty" 2>&1) || remote_build=
+        else
+            remote_build=$(ssh -o BatchMode=yes -o ConnectTimeout=10 "$host" "git -C $(printf %q "$here") describe --always --dirty" 2>&1) || remote_build=
+        fi
+        if [ -z "$remote_build" ]; then
+            echo "$host: cannot run commands there without a password: ssh-copy-id $host (and check that $here exists there)"
+            problems=$((problems + 1))
+        elif [ "$remote_build" != "$build" ]; then
+            echo "$host: build $remote_build differs from this node's $build: check out the same commit everywhere"
+            problems=$((problems + 1))
+        else
+            echo "$host: reachable, build $build"
+        fi
+    done
+    [ "$problems" -eq 0 ] && echo "multi-node: ready (copy $token_file to the same path on every node)"
+    return "$problems"
+}
+
+if [ "$multi_node" -eq 1 ]; then
+    check_multi_node || exit 1
 fi

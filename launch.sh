@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# launch.sh - starts a whole job from one terminal, like the original app's launcher.
+#
+#   ./launch.sh --mode single-node --gpus N [training flags]
+#   ./launch.sh --mode multi-node --master-node A --worker-nodes B[,C...]
+#               [--gpus-per-node G] [--port P] [training flags]
+#
+# multi-node runs ./start_multi_node.sh on every node through a remote shell:
+# `ssh -o BatchMode=yes -o ConnectTimeout=10 HOST CMD` by default, or
+# `$DDP_RSH HOST bash -c CMD` when DDP_RSH is set (e.g. DDP_RSH="ip netns exec").
+# Every line a node prints is prefixed with its name. When one node fails, or on
+# Ctrl-C, every node is stopped; the exit status is non-zero if any node failed.
+# The repository must be at the same path on every node.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+die() { echo "launch.sh: $*" >&2; exit 2; }
+usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
+
+mode= gpus= master= workers= gpus_per_node= port=29500
+args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --mode) mode=${2:-}; shift 2 ;;
+    --gpus) gpus=${2:-}; shift 2 ;;
+    --master-node) master=${2:-}; shift 2 ;;
+    --worker-nodes) workers=${2:-}; shift 2 ;;
+    --gpus-per-node) gpus_per_node=${2:-}; shift 2 ;;
+    --port) port=${2:-}; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) args+=("$1"); shift ;;
+    esac
+done
+
+if [ "$mode" = single-node ]; then
+    [ -x "$here/build/multi_gpu" ] || die "build/multi_gpu not found: run 'make lesson-02' first"
+    cmd=("$here/build/multi_gpu" ${gpus:+--gpus "$gpus"} "${args[@]+"${args[@]}"}")
+    echo "+ ${cmd[*]}"
+    exec "${cmd[@]}"
+fi
+[ "$mode" = multi-node ] || die "--mode must be single-node or multi-node (see --help)"
+[ -n "$master" ] && [ -n "$workers" ] || die "multi-node needs --master-node and --worker-nodes"
+[[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 65535 ] || die "--port must be in [1, 65535], got '$port'"
+
+IFS=, read -r -a worker_list <<<"$workers"
+nodes=("$master" "${worker_list[@]}")
+
+# Runs CMD on HOST through the remote shell.
+remote() {
+    local host=$1 cmd=$2
+    if [ -n "${DDP_RSH:-}" ]; then
+        $DDP_RSH "$host" bash -c "$cmd"
+    else
+        ssh -o BatchMode=yes -o ConnectTimeout=10 "$host" "$cmd"
+    fi
+}
+
+# The command for node i: start_multi_node.sh with the job described in the environment.
+node_command() {
+    local i=$1 role=worker
+    [ "$i" -eq 0 ] && role=master
+    local env="MASTER_ADDR=$(printf %q "$master") MASTER_PORT=$port NNODES=${#nodes[@]} NODE_RANK=$i"
+    [ -z "$gpus_per_node" ] || env+=" GPUS_PER_NODE=$(printf %q "$gpus_per_node")"
+    [ -z "${DDP_TOKEN:-}" ] || env+=" DDP_TOKEN=$(printf %q "$DDP_TOKEN")"
+    printf 'cd %q && %s exec ./start_multi_node.sh %s' "$here" "$env" "$role"
+    printf ' %q' "${args[@]+"${args[@]}"}"
+}
+
+pids=()
+stop_all() {
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    sleep 1
+    for p in "${pids[@]}"; do pkill -KILL -P "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
+}
+trap 'echo "launch.sh: interrupted, stopping every node" >&2; stop_all; exit 130' INT TERM
+
+for i in "${!nodes[@]}"; do
+    host=${nodes[$i]}
+    ( remote "$host" "$(node_command "$i")" 2>&1 | sed -u "s/^/[$host] /" ) &
+    pids+=($!)
+done
+
+# Wait for the nodes; the first failure stops the rest.
+status=0
+running=("${pids[@]}")
+while [ ${#running[@]} -gt 0 ]; do
+    wait -n -p done_pid "${running[@]}"
+    rc=$?
+    still=()
+    for p in "${running[@]}"; do [ "$p" = "$done_pid" ] || still+=("$p"); done
+    running=("${still[@]+"${still[@]}"}")
+    if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then
+        for i in "${!pids[@]}"; do [ "${pids[$i]}" = "$done_pid" ] && host=${nodes[$i]}; done
+        hint=
+        [ "$rc" -eq 255 ] && hint=" (the remote shell failed: is the host reachable, with ssh keys set up? see ./setup.sh --multi-node)"
+        echo "launch.sh: node $host failed with status $rc$hint; stopping the others" >&2
+        status=$rc
+        stop_all
+    fi
+done
+exit "$status"
