@@ -7,7 +7,8 @@
 #   make lesson-03     build/multi_node         make diff-03 what lesson 03 adds to lesson 02
 #   make demo-multinode  a two-node job on this machine
 #   make test          build and run the test suite (make tests: only build it)
-#   make bench-01      median time per epoch of lesson 01 at defaults
+#   make bench-01      median time per epoch of lesson 01 at defaults (bench-02: lesson 02, 1 and 2 ranks)
+#   make bench         every lesson beside PyTorch, with plots, into results/
 #   make clean
 
 CUDA_HOME ?= /usr/local/cuda
@@ -58,7 +59,7 @@ TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 GPU_TEST_SRC := $(if $(NVCC),$(wildcard tests/gpu/test_*.cu))
 GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 
-.PHONY: all lesson-01 lesson-02 lesson-03 run tests test bench-01 bench-02 diff-02 diff-03 demo-multinode clean found
+.PHONY: all lesson-01 lesson-02 lesson-03 run tests test bench bench-quick bench-01 bench-02 diff-02 diff-03 demo-multinode clean found
 all: found $(LESSONS) $(TOOLS)
 
 # One line per optional part, so that a build says what it could use.
@@ -123,6 +124,17 @@ test: all tests
 
 bench-01: lesson-01
 	@tools/bench_epoch.sh $(BUILD)/hello_gpu
+
+# Median epoch time of lesson 02 on the CPU with 1 and 2 ranks, at defaults.
+bench-02: lesson-02
+	@tools/bench_epoch.sh $(BUILD)/multi_gpu --device cpu --gpus 1
+	@tools/bench_epoch.sh $(BUILD)/multi_gpu --device cpu --gpus 2
+
+# The whole matrix beside PyTorch, with plots (tools/bench.sh --help); bench-quick: a smoke run.
+bench: all
+	@tools/bench.sh
+bench-quick: all
+	@tools/bench.sh --quick
 
 # What lesson 02 adds to lesson 01, and lesson 03 to lesson 02.
 diff-02:

@@ -37,6 +37,7 @@ struct Communicator {
     float* host;     // (capacity) host copy of a device buffer (GPU ranks only)
     float* incoming; // (capacity / world_size + 1) the chunk arriving from the left
     size_t capacity;
+    uint32_t sequence; // ring collectives run so far: the same on every rank, or a bug
 #ifdef HAVE_NCCL
     ncclComm_t nccl;
     cudaStream_t stream;
@@ -148,6 +149,48 @@ static int ring_reserve(Communicator* c, size_t count, bool staged) {
     return 0;
 }
 
+// Every ring message starts with a frame, so that ranks that run different
+// collectives (a missed all-reduce, a stray process on the socket) stop with a
+// message instead of adding up unrelated numbers.
+typedef struct {
+    uint32_t magic;    // RING_FRAME_MAGIC
+    uint32_t sequence; // which collective of this communicator
+    uint32_t step;     // which step of it
+    uint32_t bytes;    // the payload that follows
+} RingFrame;
+
+#define RING_FRAME_MAGIC 0x52464d31u // "RFM1"
+
+// Sends send_bytes of send to the right and receives recv_bytes into into from the
+// left (either may be 0), each behind a frame, and checks the frame that arrives.
+static int ring_transfer(Communicator* c, const char* what, int step, const void* send,
+                         size_t send_bytes, void* into, size_t recv_bytes, double deadline) {
+    int N = c->s.world_size, r = c->s.rank;
+    RingFrame out = {htonl(RING_FRAME_MAGIC), htonl(c->sequence), htonl((uint32_t)step),
+                     htonl((uint32_t)send_bytes)};
+    RingFrame in;
+    struct iovec send_pieces[2] = {{&out, sizeof out}, {(void*)send, send_bytes}};
+    struct iovec recv_pieces[2] = {{&in, sizeof in}, {into, recv_bytes}};
+    bool sending = send != NULL, receiving = into != NULL;
+    NetStatus st = net_exchange(c->send_fd, send_pieces, sending ? 2 : 0, c->recv_fd, recv_pieces,
+                                receiving ? 2 : 0, deadline);
+    if (st != NET_OK) {
+        check_message("%s step %d with ranks %d (left) and %d (right): %s%s", what, step,
+                      mod(r - 1, N), mod(r + 1, N), net_status_str(st),
+                      st == NET_TIMEOUT ? " (see --timeout)" : "");
+        return -1;
+    }
+    if (receiving && (ntohl(in.magic) != RING_FRAME_MAGIC || ntohl(in.sequence) != c->sequence ||
+                      ntohl(in.step) != (uint32_t)step || ntohl(in.bytes) != recv_bytes)) {
+        check_message("%s step %d: rank %d sent collective #%u step %u (%u bytes), this rank "
+                      "expected #%u step %d (%zu bytes): the ranks are not running the same "
+                      "collectives", what, step, mod(r - 1, N), ntohl(in.sequence), ntohl(in.step),
+                      ntohl(in.bytes), c->sequence, step, recv_bytes);
+        return -1;
+    }
+    return 0;
+}
+
 // Sends chunk send_c of data to the right while receiving chunk recv_c from the left into into.
 static int ring_step(Communicator* c, const char* what, int step, float* data, size_t count,
                      int send_c, int recv_c, float* into, double deadline) {
@@ -158,15 +201,8 @@ static int ring_step(Communicator* c, const char* what, int step, float* data, s
     if (c->s.debug)
         check_message("%s step %d: chunk %d (%zu floats) to rank %d, chunk %d from rank %d", what,
                       step, send_c, send_n, mod(r + 1, N), recv_c, mod(r - 1, N));
-    NetStatus st = net_exchange(c->send_fd, data + send_at, send_n * sizeof(float), c->recv_fd,
-                                into, recv_n * sizeof(float), deadline);
-    if (st != NET_OK) {
-        check_message("%s step %d with ranks %d (left) and %d (right): %s%s", what, step,
-                      mod(r - 1, N), mod(r + 1, N), net_status_str(st),
-                      st == NET_TIMEOUT ? " (see --timeout)" : "");
-        return -1;
-    }
-    return 0;
+    return ring_transfer(c, what, step, data + send_at, send_n * sizeof(float), into,
+                         recv_n * sizeof(float), deadline);
 }
 
 // The all-reduce on host memory: data (count) becomes the sum over the ranks.
@@ -186,7 +222,7 @@ static int ring_allreduce_host(Communicator* c, float* data, size_t count) {
     // Step 2) all-gather: rank r now holds the sum of chunk r + 1; pass the sums on.
     for (int s = 0; s < N - 1; s++) {
         int recv_c = mod(r - s, N);
-        RETURN_IF_FAILED(ring_step(c, "ring all-gather", s, data, count, mod(r + 1 - s, N), recv_c,
+        RETURN_IF_FAILED(ring_step(c, "ring all-gather", N - 1 + s, data, count, mod(r + 1 - s, N), recv_c,
                                    data + chunk_begin(count, N, recv_c), deadline));
     }
     return 0;
@@ -197,15 +233,15 @@ static int ring_broadcast_host(Communicator* c, float* data, size_t count, int r
     int N = c->s.world_size, r = c->s.rank;
     double deadline = timer_seconds() + c->s.timeout_s;
     size_t bytes = count * sizeof(float);
-    NetStatus st = NET_OK;
+    if (c->s.debug)
+        check_message("ring broadcast of %zu floats from rank %d: %s rank %d%s", count, root,
+                      r == root ? "send to" : "receive from", r == root ? mod(r + 1, N) : mod(r - 1, N),
+                      r != root && mod(r + 1, N) != root ? ", then pass on" : "");
     if (r != root)
-        st = net_recv_all(c->recv_fd, data, bytes, deadline);
-    if (st == NET_OK && mod(r + 1, N) != root)
-        st = net_send_all(c->send_fd, data, bytes, deadline);
-    if (st != NET_OK)
-        check_message("ring broadcast from rank %d, with ranks %d (left) and %d (right): %s", root,
-                      mod(r - 1, N), mod(r + 1, N), net_status_str(st));
-    return st == NET_OK ? 0 : -1;
+        RETURN_IF_FAILED(ring_transfer(c, "ring broadcast", 0, NULL, 0, data, bytes, deadline));
+    if (mod(r + 1, N) != root)
+        RETURN_IF_FAILED(ring_transfer(c, "ring broadcast", 0, data, bytes, NULL, 0, deadline));
+    return 0;
 }
 
 typedef enum { RING_SUM, RING_MEAN, RING_BROADCAST } RingOp;
@@ -214,6 +250,7 @@ typedef enum { RING_SUM, RING_MEAN, RING_BROADCAST } RingOp;
 static int ring_run(Communicator* c, RingOp op, float* buf, size_t count, int root) {
     if (c->s.world_size == 1 || count == 0)
         return 0;
+    c->sequence++;
     bool staged = c->s.k != &kernels_cpu;
     RETURN_IF_FAILED(ring_reserve(c, count, staged));
     float* data = staged ? c->host : buf;
@@ -396,6 +433,7 @@ int comm_barrier(Communicator* c) {
     if (c->s.world_size == 1)
         return 0;
     RETURN_IF_FAILED(ring_reserve(c, 1, false));
+    c->sequence++;
     return ring_allreduce_host(c, &token, 1);
 }
 

@@ -2,8 +2,8 @@
  * collective.h - what ranks do together: all-reduce, broadcast, barrier.
  *
  * One small interface, two engines:
- *   - NCCL on GPUs, one rank per GPU (collective_nccl.c);
- *   - a ring over sockets (here in collective.c), the algorithm NCCL and gloo
+ *   - NCCL on GPUs, one rank per GPU;
+ *   - a ring over sockets, the algorithm NCCL and gloo
  *     use: reduce-scatter, then all-gather. It serves CPU ranks, and GPU ranks
  *     that share a GPU (it stages through host memory).
  * Buffers are in the memory of the device that the Kernels table drives.

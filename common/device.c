@@ -84,17 +84,21 @@ static int open_gpu(Device* d, int gpu_index, char* why, size_t why_len) {
 }
 #endif
 
+void device_explain_no_gpu(char* why, size_t why_len) {
+#ifdef HAVE_CUDA
+    snprintf(why, why_len, "--device cuda: no usable GPU was found (is the NVIDIA driver loaded? "
+                           "try nvidia-smi), use --device cpu or auto");
+#else
+    snprintf(why, why_len, "--device cuda: this build has no CUDA support (built without nvcc, "
+                           "or with NO_CUDA=1), use --device cpu or auto");
+#endif
+}
+
 int device_open(Device* d, const char* request, int gpu_index, char* why, size_t why_len) {
     memset(d, 0, sizeof *d);
     int gpus = strcmp(request, "cpu") == 0 ? 0 : device_gpu_count();
     if (strcmp(request, "cuda") == 0 && gpus == 0) {
-#ifdef HAVE_CUDA
-        snprintf(why, why_len, "--device cuda: no usable GPU was found (is the NVIDIA driver "
-                               "loaded? try nvidia-smi), use --device cpu or auto");
-#else
-        snprintf(why, why_len, "--device cuda: this build has no CUDA support (built without "
-                               "nvcc, or with NO_CUDA=1), use --device cpu or auto");
-#endif
+        device_explain_no_gpu(why, why_len);
         return -1;
     }
     if (gpus > 0 && gpu_index >= gpus) {

@@ -6,7 +6,8 @@
  * with an error rather than 0; any error there means "no GPU". A build without
  * CUDA (no nvcc, or make NO_CUDA=1) knows no GPU at all.
  *
- * APIs: Device, device_gpu_count, device_gpu_count_forked, device_open, device_describe.
+ * APIs: Device, device_gpu_count, device_gpu_count_forked, device_explain_no_gpu, device_open,
+ *       device_describe.
  */
 #ifndef DEVICE_H
 #define DEVICE_H
@@ -36,6 +37,9 @@ int device_gpu_count(void);
 // The same, asked in a short-lived child process, so that this process does not
 // touch CUDA before it forks its workers.
 int device_gpu_count_forked(void);
+
+// Why "--device cuda" cannot be had here: no GPU, or no CUDA in this build.
+void device_explain_no_gpu(char* why, size_t why_len);
 
 // request is "auto", "cpu" or "cuda"; gpu_index picks among several GPUs.
 // Returns 0, or -1 with a one-line reason in why (for "cuda" without a GPU).

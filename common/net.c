@@ -31,10 +31,32 @@ static int ms_until(double deadline) {
     return left <= 0 ? 0 : (int)(left * 1000.0) + 1;
 }
 
+static size_t total_bytes(const struct iovec* iov, int count) {
+    size_t total = 0;
+    for (int i = 0; i < count; i++)
+        total += iov[i].iov_len;
+    return total;
+}
+
+// The pieces of iov that remain after its first done bytes, into rest; returns how many.
+static int remaining(const struct iovec* iov, int count, size_t done, struct iovec* rest) {
+    int n = 0;
+    for (int i = 0; i < count; i++) {
+        if (done >= iov[i].iov_len) {
+            done -= iov[i].iov_len;
+            continue;
+        }
+        rest[n++] = (struct iovec){(char*)iov[i].iov_base + done, iov[i].iov_len - done};
+        done = 0;
+    }
+    return n;
+}
+
 // One non-blocking step in one direction: moves what the socket takes now.
-static NetStatus step(int fd, char* buf, size_t* done, size_t len, int sending) {
-    ssize_t n = sending ? send(fd, buf + *done, len - *done, MSG_NOSIGNAL)
-                        : recv(fd, buf + *done, len - *done, 0);
+static NetStatus step(int fd, const struct iovec* iov, int count, size_t* done, int sending) {
+    struct iovec rest[NET_MAX_PIECES];
+    struct msghdr msg = {.msg_iov = rest, .msg_iovlen = (size_t)remaining(iov, count, *done, rest)};
+    ssize_t n = sending ? sendmsg(fd, &msg, MSG_NOSIGNAL) : recvmsg(fd, &msg, 0);
     if (n > 0) {
         *done += (size_t)n;
         return NET_OK;
@@ -46,8 +68,9 @@ static NetStatus step(int fd, char* buf, size_t* done, size_t len, int sending) 
     return errno == EPIPE || errno == ECONNRESET ? NET_CLOSED : NET_ERROR;
 }
 
-NetStatus net_exchange(int send_fd, const void* send_buf, size_t send_len, int recv_fd,
-                       void* recv_buf, size_t recv_len, double deadline) {
+NetStatus net_exchange(int send_fd, const struct iovec* send, int send_count, int recv_fd,
+                       const struct iovec* recv, int recv_count, double deadline) {
+    size_t send_len = total_bytes(send, send_count), recv_len = total_bytes(recv, recv_count);
     size_t sent = 0, received = 0;
     double spin_until = timer_seconds() + NET_SPIN_SECONDS;
     while (sent < send_len || received < recv_len) {
@@ -55,9 +78,9 @@ NetStatus net_exchange(int send_fd, const void* send_buf, size_t send_len, int r
         // cost one system call each way.
         NetStatus s = NET_OK;
         if (sent < send_len)
-            s = step(send_fd, (char*)send_buf, &sent, send_len, 1);
+            s = step(send_fd, send, send_count, &sent, 1);
         if (s == NET_OK && received < recv_len)
-            s = step(recv_fd, recv_buf, &received, recv_len, 0);
+            s = step(recv_fd, recv, recv_count, &received, 0);
         if (s != NET_OK)
             return s;
         if (sent == send_len && received == recv_len)
@@ -85,11 +108,13 @@ NetStatus net_exchange(int send_fd, const void* send_buf, size_t send_len, int r
 }
 
 NetStatus net_send_all(int fd, const void* buf, size_t len, double deadline) {
-    return net_exchange(fd, buf, len, -1, NULL, 0, deadline);
+    struct iovec piece = {(void*)buf, len};
+    return net_exchange(fd, &piece, 1, -1, NULL, 0, deadline);
 }
 
 NetStatus net_recv_all(int fd, void* buf, size_t len, double deadline) {
-    return net_exchange(-1, NULL, 0, fd, buf, len, deadline);
+    struct iovec piece = {buf, len};
+    return net_exchange(-1, NULL, 0, fd, &piece, 1, deadline);
 }
 
 const char* net_status_str(NetStatus status) {

@@ -13,6 +13,7 @@
 #define NET_H
 
 #include <stddef.h>
+#include <sys/uio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -28,11 +29,15 @@ typedef enum {
 int net_set_nonblocking(int fd);
 NetStatus net_send_all(int fd, const void* buf, size_t len, double deadline);
 NetStatus net_recv_all(int fd, void* buf, size_t len, double deadline);
-// Sends send_len bytes on send_fd while receiving recv_len bytes on recv_fd, both
-// at once: when every process of a ring sends first and receives second, large
-// messages fill the socket buffers and everyone waits for ever.
-NetStatus net_exchange(int send_fd, const void* send_buf, size_t send_len, int recv_fd,
-                       void* recv_buf, size_t recv_len, double deadline);
+#define NET_MAX_PIECES 4
+
+// Sends the pieces send[0..send_count) on send_fd as one stream while receiving into
+// recv[0..recv_count) from recv_fd, both at once: when every process of a ring sends
+// first and receives second, large messages fill the socket buffers and everyone
+// waits for ever. A piece list is, say, a header and its payload (at most
+// NET_MAX_PIECES pieces).
+NetStatus net_exchange(int send_fd, const struct iovec* send, int send_count, int recv_fd,
+                       const struct iovec* recv, int recv_count, double deadline);
 // "timed out", "connection closed by the peer", or strerror(errno).
 const char* net_status_str(NetStatus status);
 

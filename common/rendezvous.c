@@ -293,9 +293,10 @@ static void admit_one(Rdzv* r, const RdzvHello* own, int fd) {
     RdzvHello h;
     net_peer_name(fd, peer, sizeof peer);
     double deadline = timer_seconds() + HELLO_WAIT_SECONDS;
-    if (recv_msg(fd, &type, payload, sizeof payload, &len, deadline, why, sizeof why) != 0 ||
-        type != MSG_HELLO || decode_hello(&h, payload, len) != 0) {
-        if (why[0] == '\0' || type != MSG_HELLO)
+    bool received = recv_msg(fd, &type, payload, sizeof payload, &len, deadline, why,
+                             sizeof why) == 0;
+    if (!received || type != MSG_HELLO || decode_hello(&h, payload, len) != 0) {
+        if (received)
             snprintf(why, sizeof why, "not a well-formed HELLO");
         check_message("rendezvous: ignored a connection from %s: %s", peer, why);
         close(fd);

@@ -4,6 +4,7 @@
 #include "workers.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,24 +62,30 @@ static void describe_status(int status, char* out, size_t out_len) {
         snprintf(out, out_len, "exited with status %d", WEXITSTATUS(status));
 }
 
-// Reaps the workers that have exited; returns how many failed.
+// Reaps the workers that have exited; returns how many failed. Ranks killed by a
+// signal are named first: the others of the same moment usually failed because of
+// them (a ring neighbour gone).
 static int reap(Workers* w, int quiet) {
-    int failed = 0, status;
-    for (int i = 0; i < w->count; i++) {
-        if (w->pids[i] == 0 || waitpid(w->pids[i], &status, WNOHANG) != w->pids[i])
-            continue;
-        w->pids[i] = 0;
-        if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
-            continue;
-        failed++;
-        if (!quiet) {
-            char how[128];
-            describe_status(status, how, sizeof how);
-            fprintf(stderr, "[Rank %d] %s\n", w->first_rank + i, how);
-            if (w->failure[0] == '\0')
-                snprintf(w->failure, sizeof w->failure, "[Rank %d] %s", w->first_rank + i, how);
+    int failed = 0, status[WORKERS_MAX];
+    bool ended[WORKERS_MAX] = {false};
+    for (int i = 0; i < w->count; i++)
+        if (w->pids[i] != 0 && waitpid(w->pids[i], &status[i], WNOHANG) == w->pids[i]) {
+            w->pids[i] = 0;
+            ended[i] = !(WIFEXITED(status[i]) && WEXITSTATUS(status[i]) == 0);
+            failed += ended[i];
         }
-    }
+    for (int pass = 0; pass < 2 && !quiet; pass++)
+        for (int i = 0; i < w->count; i++) {
+            if (!ended[i] || WIFSIGNALED(status[i]) != (pass == 0))
+                continue;
+            char how[128];
+            describe_status(status[i], how, sizeof how);
+            fprintf(stderr, "[Rank %d] %s\n", w->first_rank + i, how);
+            if (w->failure[0] == '\0') {
+                snprintf(w->failure, sizeof w->failure, "[Rank %d] %s", w->first_rank + i, how);
+                w->failure_is_signal = WIFSIGNALED(status[i]);
+            }
+        }
     return failed;
 }
 

@@ -13,6 +13,7 @@
 #ifndef WORKERS_H
 #define WORKERS_H
 
+#include <stdbool.h>
 #include <sys/types.h>
 
 #ifdef __cplusplus
@@ -30,6 +31,7 @@ typedef struct {
     int first_rank;         // global rank of local worker 0 (lesson 03: several nodes)
     pid_t pids[WORKERS_MAX]; // 0 once reaped
     char failure[256];       // the first failure: "[Rank 3] killed by signal 9 (Killed)"
+    bool failure_is_signal;  // it was killed, rather than exiting with an error
 } Workers;
 
 // Forks count workers, each running main(local_rank, arg). Returns 0, or -1

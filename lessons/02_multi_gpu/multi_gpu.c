@@ -103,7 +103,9 @@ static void make_plan(Plan* p, const Options* o) {
     bool use_gpus = strcmp(o->train.device, "cpu") != 0;
     p->gpus = use_gpus ? device_gpu_count_forked() : 0;
     if (strcmp(o->train.device, "cuda") == 0 && p->gpus == 0) {
-        fprintf(stderr, "error: --device cuda: no usable GPU was found (use --device cpu or auto)\n");
+        char why[256];
+        device_explain_no_gpu(why, sizeof why);
+        fprintf(stderr, "error: %s\n", why);
         exit(EXIT_USAGE);
     }
     p->world_size = o->nproc > 0 ? o->nproc : (p->gpus > 0 ? p->gpus : 2);

@@ -182,7 +182,9 @@ static void make_plan(Agent* a, const Options* o) {
     bool use_gpus = strcmp(o->train.device, "cpu") != 0;
     a->gpus = use_gpus ? device_gpu_count_forked() : 0;
     if (strcmp(o->train.device, "cuda") == 0 && a->gpus == 0) {
-        fprintf(stderr, "error: --device cuda: no usable GPU was found (use --device cpu or auto)\n");
+        char why[256];
+        device_explain_no_gpu(why, sizeof why);
+        fprintf(stderr, "error: %s\n", why);
         exit(EXIT_USAGE);
     }
     a->nproc = o->nproc > 0 ? o->nproc : (a->gpus > 0 ? a->gpus : 2);
@@ -325,6 +327,12 @@ static int finish(Agent* a, const Workers* w, int status) {
         rdzv_close(&a->rdzv);
         return status == 0 ? 0 : 1;
     }
+    // A worker that exited with an error may only have seen another node's failure
+    // (its ring neighbour gone): give that node a moment to report its own cause.
+    double until = timer_seconds() + 1.0;
+    while (a->stop_reason[0] == '\0' && !w->failure_is_signal && timer_seconds() < until &&
+           watch_control(a) == 0)
+        usleep(10000);
     if (a->stop_reason[0] == '\0') { // the failure is this node's own: tell the others
         snprintf(a->stop_reason, sizeof a->stop_reason, "node %d: %s", node,
                  w->failure[0] != '\0' ? w->failure : "interrupted");

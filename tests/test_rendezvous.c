@@ -1,0 +1,967 @@
+/*
+ * test_rendezvous.c - the master/node protocol of common/rendezvous.h, in one process.
+ *
+ * The test process is the master (rdzv_master_listen, rdzv_master_gather,
+ * rdzv_master_send_world); the nodes are children it forks, which call
+ * rdzv_connect and rdzv_join and send back through pipes what they received
+ * and what they printed. Children that must arrive in order wait on a pipe
+ * (a gate) until the ones before them have connected: the master takes
+ * connections in the order they came. Some children speak the wire format by
+ * hand, from its documentation (a 12-byte header, u32 magic "DDPR", u16 version 1,
+ * u16 type, u32 length, network byte order), to check the layout and to send
+ * what no agent would. Every wait has a deadline; children die with the test.
+ *
+ * Covered: WORLD's contents (world size, each node's first rank with different
+ * worker counts, ring addresses and ports as sent, NCCL's id), every reason to
+ * refuse a node, malformed HELLOs, the listener closed once the world is formed,
+ * a node's view of a master that is absent, silent or odd, and the control
+ * channels (ABORT, DONE, a node that goes away).
+ */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "rendezvous.h"
+
+// Every test has its own ports (Criterion runs tests in parallel); test_multi_node.c
+// uses 29700 to 29759.
+#define PORT_BASE 29760
+#define RDZV_TIMEOUT_S 10.0 // of the master and of every node: a test that waits this long fails
+#define CHILD_DEADLINE_S 20.0
+#define MAX_CHILDREN 16
+
+// How a node child ended.
+enum {
+    CHILD_JOINED = 0,
+    CHILD_GATE_TIMED_OUT = 10,
+    CHILD_CANNOT_CONNECT = 11,
+    CHILD_JOIN_FAILED = 12,
+    CHILD_NOT_CLOSED = 13, // a raw child: the master kept a garbage connection open
+    CHILD_BAD_ANSWER = 14, // a raw child: the master's answer is not a WORLD
+};
+
+static double now_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+// ----------------------------------------------------------------------------
+// nodes in child processes
+
+typedef struct {
+    pid_t pid;
+    int err_fd;     // the read end of its stderr
+    int answer_fd;  // the read end of what it received (a RdzvWorld, or raw bytes)
+    int status;     // exit status once collected; -1 if it did not exit normally
+    char err[4096]; // what it printed
+    unsigned char answer[sizeof(RdzvWorld)];
+    size_t answer_len;
+} Child;
+
+static pid_t children[MAX_CHILDREN]; // forked and not yet reaped: end_children kills them
+static int master_fd = -1;           // the master's listening socket: no child may keep it open
+
+// A gate: children that come later wait until `count` bytes arrived (one per child
+// that has connected before them).
+typedef struct {
+    int fds[2];
+} Gate;
+
+static void gate_open(Gate* g) {
+    cr_assert_eq(pipe(g->fds), 0, "pipe: %s", strerror(errno));
+}
+
+// In a child: waits for count bytes on the gate; 0, or -1 after 10 s.
+static int gate_wait(const Gate* g, int count) {
+    double deadline = now_seconds() + 10.0;
+    char byte;
+    for (int got = 0; got < count;) {
+        struct pollfd p = {.fd = g->fds[0], .events = POLLIN};
+        int ms = (int)((deadline - now_seconds()) * 1000);
+        if (ms <= 0 || poll(&p, 1, ms) <= 0)
+            return -1;
+        got += read(g->fds[0], &byte, 1) == 1;
+    }
+    return 0;
+}
+
+static void gate_pass(const Gate* g) {
+    if (write(g->fds[1], "x", 1) != 1)
+        _exit(CHILD_GATE_TIMED_OUT);
+}
+
+static void write_all(int fd, const void* buf, size_t len) {
+    for (size_t done = 0; done < len;) {
+        ssize_t n = write(fd, (const char*)buf + done, len - done);
+        if (n <= 0)
+            _exit(CHILD_GATE_TIMED_OUT);
+        done += (size_t)n;
+    }
+}
+
+// Forks a child whose stderr and answer come back through pipes; returns 0 in the child.
+static pid_t fork_child(Child* c, int* answer_write_fd) {
+    int err_pipe[2], answer_pipe[2];
+    cr_assert(pipe(err_pipe) == 0 && pipe(answer_pipe) == 0, "pipe: %s", strerror(errno));
+    memset(c, 0, sizeof *c);
+    fflush(NULL);
+    c->pid = fork();
+    cr_assert_neq(c->pid, -1, "fork: %s", strerror(errno));
+    if (c->pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (master_fd >= 0)
+            close(master_fd);
+        close(err_pipe[0]), close(answer_pipe[0]);
+        dup2(err_pipe[1], STDERR_FILENO);
+        close(err_pipe[1]);
+        *answer_write_fd = answer_pipe[1];
+        return 0;
+    }
+    for (int i = 0; i < MAX_CHILDREN; i++)
+        if (children[i] == 0) {
+            children[i] = c->pid;
+            break;
+        }
+    close(err_pipe[1]), close(answer_pipe[1]);
+    c->err_fd = err_pipe[0], c->answer_fd = answer_pipe[0];
+    return c->pid;
+}
+
+// A node that joins as the agents do: rdzv_connect, then rdzv_join with own; it sends
+// back the WORLD it received. It waits for `wait` bytes on gate `after` before it
+// connects and passes gate `then` once it has connected (either gate may be NULL).
+static void spawn_node(Child* c, int nnodes, int port, const RdzvHello* own, const Gate* after,
+                       int wait, const Gate* then) {
+    int answer_fd;
+    if (fork_child(c, &answer_fd) != 0)
+        return;
+    if (after != NULL && gate_wait(after, wait) != 0)
+        _exit(CHILD_GATE_TIMED_OUT);
+    Rdzv r;
+    RdzvWorld world;
+    rdzv_init(&r, nnodes, own->node_rank, "127.0.0.1", port, RDZV_TIMEOUT_S, false);
+    if (rdzv_connect(&r) != 0)
+        _exit(CHILD_CANNOT_CONNECT);
+    if (then != NULL)
+        gate_pass(then);
+    if (rdzv_join(&r, own, &world) != 0)
+        _exit(CHILD_JOIN_FAILED);
+    write_all(answer_fd, &world, sizeof world);
+    rdzv_close(&r);
+    _exit(CHILD_JOINED);
+}
+
+// Waits for the child's end (killing it at the deadline, which fails the test) and
+// reads what it printed and sent back.
+static void collect(Child* c) {
+    double deadline = now_seconds() + CHILD_DEADLINE_S;
+    int wstatus = 0;
+    while (waitpid(c->pid, &wstatus, WNOHANG) != c->pid) {
+        if (now_seconds() > deadline) {
+            kill(c->pid, SIGKILL);
+            waitpid(c->pid, &wstatus, 0);
+            c->status = -1;
+            break;
+        }
+        usleep(5000);
+    }
+    for (int i = 0; i < MAX_CHILDREN; i++)
+        if (children[i] == c->pid)
+            children[i] = 0;
+    size_t len = 0;
+    ssize_t n;
+    while (len + 1 < sizeof c->err &&
+           (n = read(c->err_fd, c->err + len, sizeof c->err - 1 - len)) > 0)
+        len += (size_t)n;
+    c->err[len] = '\0';
+    while (c->answer_len < sizeof c->answer && (n = read(c->answer_fd, c->answer + c->answer_len,
+                                                         sizeof c->answer - c->answer_len)) > 0)
+        c->answer_len += (size_t)n;
+    close(c->err_fd), close(c->answer_fd);
+    cr_assert_neq(c->status, -1, "a child was still running after %.0f s; its stderr:\n%s",
+                  CHILD_DEADLINE_S, c->err);
+    c->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : -1;
+    cr_assert_neq(c->status, -1, "a child died (wait status 0x%x); its stderr:\n%s", wstatus,
+                  c->err);
+}
+
+// A node child that joined: its WORLD.
+static const RdzvWorld* joined_world(const Child* c, const char* who) {
+    cr_assert_eq(c->status, CHILD_JOINED, "%s did not join: exit status %d; stderr:\n%s", who,
+                 c->status, c->err);
+    cr_assert_eq(c->answer_len, sizeof(RdzvWorld), "%s sent back %zu bytes of its WORLD", who,
+                 c->answer_len);
+    return (const RdzvWorld*)c->answer;
+}
+
+// .fini of every test: children left by a failed assertion are killed.
+static void end_children(void) {
+    for (int i = 0; i < MAX_CHILDREN; i++)
+        if (children[i] > 0) {
+            kill(children[i], SIGKILL);
+            waitpid(children[i], NULL, 0);
+            children[i] = 0;
+        }
+}
+
+// ----------------------------------------------------------------------------
+// the master's log: the test process's stderr, caught in a file
+
+static FILE* caught;
+static int saved_stderr = -1;
+
+static void catch_stderr(void) {
+    fflush(stderr);
+    caught = tmpfile();
+    cr_assert_not_null(caught, "tmpfile: %s", strerror(errno));
+    saved_stderr = dup(STDERR_FILENO);
+    cr_assert(saved_stderr >= 0 && dup2(fileno(caught), STDERR_FILENO) >= 0, "dup2: %s",
+              strerror(errno));
+}
+
+// Gives stderr back and copies what was caught into log (len).
+static void release_stderr(char* log, size_t len) {
+    fflush(stderr);
+    if (saved_stderr >= 0) {
+        dup2(saved_stderr, STDERR_FILENO);
+        close(saved_stderr);
+        saved_stderr = -1;
+    }
+    log[0] = '\0';
+    if (caught != NULL) {
+        rewind(caught);
+        size_t n = fread(log, 1, len - 1, caught);
+        log[n] = '\0';
+        fclose(caught);
+        caught = NULL;
+    }
+}
+
+static void end_children_and_release_stderr(void) {
+    char ignored[16];
+    end_children();
+    release_stderr(ignored, sizeof ignored);
+}
+
+// ----------------------------------------------------------------------------
+// HELLOs and the master
+
+#define TOKEN "job-token-4f1c"
+#define BUILD "test-build"
+#define SETTINGS "epochs=3 batch_size=32 seed=42"
+
+// A node's HELLO: the job's token, build and settings, ring at addr, ports port0 + i.
+static RdzvHello hello_of(int node_rank, int nproc, const char* addr, int port0) {
+    RdzvHello h = {.node_rank = node_rank, .nproc = nproc};
+    snprintf(h.token, sizeof h.token, "%s", TOKEN);
+    snprintf(h.build_id, sizeof h.build_id, "%s", BUILD);
+    snprintf(h.nccl_version, sizeof h.nccl_version, "none");
+    snprintf(h.settings, sizeof h.settings, "%s", SETTINGS);
+    snprintf(h.ring_addr, sizeof h.ring_addr, "%s", addr);
+    for (int i = 0; i < nproc; i++)
+        h.ring_ports[i] = port0 + i;
+    return h;
+}
+
+static void master_listen(Rdzv* r, int nnodes, int port) {
+    rdzv_init(r, nnodes, 0, "127.0.0.1", port, RDZV_TIMEOUT_S, false);
+    cr_assert_eq(rdzv_master_listen(r), 0, "the master cannot listen on port %d", port);
+    master_fd = r->listen_fd;
+}
+
+// Gathers with the master's log caught; asserts the world formed and returns the log.
+static void master_gather(Rdzv* r, const RdzvHello* own, char* log, size_t len) {
+    catch_stderr();
+    int status = rdzv_master_gather(r, own);
+    release_stderr(log, len);
+    master_fd = r->listen_fd;
+    cr_assert_eq(status, 0, "the world did not form; the master's log:\n%s", log);
+}
+
+static int count_of(const char* text, const char* what) {
+    int n = 0;
+    for (const char* at = strstr(text, what); at != NULL; at = strstr(at + 1, what))
+        n++;
+    return n;
+}
+
+// Whether a line of text starts with prefix and holds what.
+static bool has_line(const char* text, const char* prefix, const char* what) {
+    for (const char* line = text; line != NULL && *line != '\0';) {
+        const char* nl = strchr(line, '\n');
+        const char* at = strstr(line, what);
+        if (strncmp(line, prefix, strlen(prefix)) == 0 && at != NULL && (nl == NULL || at < nl))
+            return true;
+        line = nl != NULL ? nl + 1 : NULL;
+    }
+    return false;
+}
+
+// ----------------------------------------------------------------------------
+// WORLD
+
+// Checks world against the nodes' HELLOs (nnodes): ranks numbered node by node.
+static void expect_world(const RdzvWorld* w, const RdzvHello* hellos, int nnodes, const char* who) {
+    int ranks = 0;
+    for (int n = 0; n < nnodes; n++)
+        ranks += hellos[n].nproc;
+    cr_assert_eq(w->nnodes, nnodes, "%s: nnodes %d, want %d", who, w->nnodes, nnodes);
+    cr_assert_eq(w->world_size, ranks, "%s: world size %d, want %d", who, w->world_size, ranks);
+    int first = 0;
+    for (int n = 0; n < nnodes; n++) {
+        const RdzvHello* h = &hellos[n];
+        cr_assert_eq(w->nproc[n], h->nproc, "%s: node %d has %d workers, want %d", who, n,
+                     w->nproc[n], h->nproc);
+        cr_assert_eq(w->rank_offset[n], first, "%s: node %d's first rank is %d, want %d", who, n,
+                     w->rank_offset[n], first);
+        for (int i = 0; i < h->nproc; i++) {
+            int r = first + i;
+            cr_assert_str_eq(w->ring_addr[r], h->ring_addr, "%s: rank %d's ring address", who, r);
+            cr_assert_eq(w->ring_port[r], h->ring_ports[i], "%s: rank %d's ring port %d, want %d",
+                         who, r, w->ring_port[r], h->ring_ports[i]);
+        }
+        first += h->nproc;
+    }
+}
+
+Test(rendezvous, the_world_numbers_ranks_node_by_node_when_nodes_have_different_worker_counts,
+     .fini = end_children_and_release_stderr) {
+    int port = PORT_BASE + 0;
+    RdzvHello hellos[3] = {hello_of(0, 2, "127.0.0.1", 40000), hello_of(1, 3, "127.0.0.2", 41000),
+                           hello_of(2, 1, "127.0.0.3", 42000)};
+    Rdzv master;
+    master_listen(&master, 3, port);
+    Child nodes[3];
+    spawn_node(&nodes[2], 3, port, &hellos[2], NULL, 0, NULL); // node 2 first: order is free
+    spawn_node(&nodes[1], 3, port, &hellos[1], NULL, 0, NULL);
+    char log[4096];
+    master_gather(&master, &hellos[0], log, sizeof log);
+    RdzvWorld world;
+    rdzv_make_world(&master, &world);
+    expect_world(&world, hellos, 3, "the master's world");
+    cr_assert_eq(world.rank_offset[1], 2);
+    cr_assert_eq(world.rank_offset[2], 5);
+    // NCCL's id travels in WORLD, byte for byte.
+    world.has_nccl_id = true;
+    for (int i = 0; i < RDZV_NCCL_ID_BYTES; i++)
+        world.nccl_id[i] = (unsigned char)(7 * i + 1);
+    cr_assert_eq(rdzv_master_send_world(&master, &world), 0, "WORLD could not be sent");
+    for (int n = 1; n < 3; n++) {
+        char who[32];
+        snprintf(who, sizeof who, "node %d's world", n);
+        collect(&nodes[n]);
+        const RdzvWorld* got = joined_world(&nodes[n], who);
+        expect_world(got, hellos, 3, who);
+        cr_assert(got->has_nccl_id, "%s: no NCCL id", who);
+        cr_assert_arr_eq(got->nccl_id, world.nccl_id, RDZV_NCCL_ID_BYTES, "%s: NCCL's id", who);
+    }
+    // The master kept every node's HELLO as sent.
+    for (int n = 1; n < 3; n++) {
+        cr_assert_eq(master.hello[n].nproc, hellos[n].nproc);
+        cr_assert_str_eq(master.hello[n].settings, SETTINGS);
+        cr_assert_str_eq(master.hello[n].ring_addr, hellos[n].ring_addr);
+    }
+    rdzv_close(&master);
+}
+
+Test(rendezvous, the_master_stops_listening_once_the_world_is_formed,
+     .fini = end_children_and_release_stderr) {
+    int port = PORT_BASE + 1;
+    RdzvHello own = hello_of(0, 1, "127.0.0.1", 40000), node = hello_of(1, 1, "127.0.0.1", 40001);
+    Rdzv master;
+    master_listen(&master, 2, port);
+    Child child;
+    spawn_node(&child, 2, port, &node, NULL, 0, NULL);
+    char log[4096];
+    master_gather(&master, &own, log, sizeof log);
+    cr_assert_eq(master.listen_fd, -1, "the master still has its listening socket");
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int connected = connect(fd, (struct sockaddr*)&sa, sizeof sa);
+    int err = errno;
+    close(fd);
+    cr_assert(connected != 0 && err == ECONNREFUSED,
+              "a connection to the master's port after the world formed was %s",
+              connected == 0 ? "accepted" : strerror(err));
+    RdzvWorld world;
+    rdzv_make_world(&master, &world);
+    cr_assert_eq(rdzv_master_send_world(&master, &world), 0);
+    collect(&child);
+    expect_world(joined_world(&child, "node 1"), (RdzvHello[]){own, node}, 2, "node 1's world");
+    rdzv_close(&master);
+}
+
+// ----------------------------------------------------------------------------
+// REFUSE
+
+// The master of 2 nodes gathers while `bad` children, started by the caller and each
+// passing gate once connected, come first and a good node 1 comes last; the world must
+// form with the good node. The master's log goes into log.
+static void form_after_bad_ones(int port, Rdzv* master, Gate* gate, int bad, char* log,
+                                size_t len) {
+    RdzvHello own = hello_of(0, 1, "127.0.0.1", 40000), good = hello_of(1, 1, "127.0.0.1", 40001);
+    Child child;
+    spawn_node(&child, 2, port, &good, gate, bad, NULL);
+    master_gather(master, &own, log, len);
+    cr_assert_eq(master->hello[1].ring_ports[0], 40001, "a bad HELLO was taken for node 1");
+    RdzvWorld world;
+    rdzv_make_world(master, &world);
+    cr_assert_eq(rdzv_master_send_world(master, &world), 0, "WORLD could not be sent");
+    collect(&child);
+    expect_world(joined_world(&child, "the good node"), (RdzvHello[]){own, good}, 2,
+                 "the good node's world");
+    rdzv_close(master);
+}
+
+Test(rendezvous, each_bad_hello_is_refused_with_its_reason_and_the_job_still_forms,
+     .fini = end_children_and_release_stderr) {
+    int port = PORT_BASE + 2;
+    enum { BAD = 7 };
+    struct {
+        RdzvHello hello;
+        const char* reason;
+    } cases[BAD];
+    for (int i = 0; i < BAD; i++)
+        cases[i].hello = hello_of(1, 1, "127.0.0.1", 40001);
+    snprintf(cases[0].hello.token, sizeof cases[0].hello.token, "job-token-4f1d");
+    cases[0].reason = "wrong token (see --token-file or DDP_TOKEN)";
+    cases[1].hello.token[0] = '\0';
+    cases[1].reason = "wrong token";
+    snprintf(cases[2].hello.build_id, sizeof cases[2].hello.build_id, "other-build");
+    cases[2].reason = "build other-build differs from the master's test-build";
+    snprintf(cases[3].hello.nccl_version, sizeof cases[3].hello.nccl_version, "2.28.9");
+    cases[3].reason = "NCCL 2.28.9 differs from the master's none";
+    snprintf(cases[4].hello.settings, sizeof cases[4].hello.settings,
+             "epochs=3 batch_size=64 seed=42");
+    cases[4].reason = "settings differ: batch_size=32 on the master, batch_size=64 on this node";
+    cases[5].hello.node_rank = 0;
+    cases[5].reason = "node rank 0 is out of range: --nnodes 2 allows 1 to 1 besides the master";
+    cases[6].hello.node_rank = 2;
+    cases[6].reason = "node rank 2 is out of range: --nnodes 2 allows 1 to 1 besides the master";
+    Rdzv master;
+    master_listen(&master, 2, port);
+    Gate gate;
+    gate_open(&gate);
+    Child bad[BAD];
+    for (int i = 0; i < BAD; i++)
+        spawn_node(&bad[i], 2, port, &cases[i].hello, NULL, 0, &gate);
+    char log[8192];
+    form_after_bad_ones(port, &master, &gate, BAD, log, sizeof log);
+    for (int i = 0; i < BAD; i++) {
+        collect(&bad[i]);
+        char told[1200], logged[1200];
+        snprintf(told, sizeof told, "the master refused this node: %s", cases[i].reason);
+        cr_assert_eq(bad[i].status, CHILD_JOIN_FAILED,
+                     "case %d (%s): exit status %d, want %d (refused); stderr:\n%s", i,
+                     cases[i].reason, bad[i].status, CHILD_JOIN_FAILED, bad[i].err);
+        cr_assert_not_null(strstr(bad[i].err, told), "case %d: the node was not told '%s':\n%s", i,
+                           told, bad[i].err);
+        snprintf(logged, sizeof logged,
+                 "rendezvous: refused node %d from 127.0.0.1:", cases[i].hello.node_rank);
+        cr_assert(has_line(log, logged, cases[i].reason),
+                  "case %d: the master's log has no line '%s...: %s':\n%s", i, logged,
+                  cases[i].reason, log);
+    }
+    cr_assert_eq(count_of(log, "rendezvous: refused node"), BAD,
+                 "want %d refusals in the master's log:\n%s", BAD, log);
+}
+
+Test(rendezvous, a_second_node_with_a_taken_node_rank_is_refused,
+     .fini = end_children_and_release_stderr) {
+    int port = PORT_BASE + 3;
+    RdzvHello hellos[3] = {hello_of(0, 1, "127.0.0.1", 40000), hello_of(1, 2, "127.0.0.1", 40001),
+                           hello_of(2, 1, "127.0.0.1", 40003)};
+    RdzvHello twin = hello_of(1, 1, "127.0.0.9", 49999);
+    Rdzv master;
+    master_listen(&master, 3, port);
+    Gate first, second;
+    gate_open(&first), gate_open(&second);
+    Child node1, twin_child, node2;
+    spawn_node(&node1, 3, port, &hellos[1], NULL, 0, &first);
+    spawn_node(&twin_child, 3, port, &twin, &first, 1, &second);
+    spawn_node(&node2, 3, port, &hellos[2], &second, 1, NULL);
+    char log[4096];
+    master_gather(&master, &hellos[0], log, sizeof log);
+    RdzvWorld world;
+    rdzv_make_world(&master, &world);
+    expect_world(&world, hellos, 3, "the master's world"); // the first node 1's, not the twin's
+    cr_assert_eq(rdzv_master_send_world(&master, &world), 0);
+    collect(&twin_child);
+    cr_assert_eq(twin_child.status, CHILD_JOIN_FAILED, "the twin was not refused: status %d:\n%s",
+                 twin_child.status, twin_child.err);
+    const char* reason = "node rank 1 is taken already (two nodes with the same --node-rank?)";
+    cr_assert_not_null(strstr(twin_child.err, reason), "the twin was not told '%s':\n%s", reason,
+                       twin_child.err);
+    cr_assert_not_null(strstr(log, reason), "the master's log does not say '%s':\n%s", reason, log);
+    collect(&node1);
+    collect(&node2);
+    expect_world(joined_world(&node1, "node 1"), hellos, 3, "node 1's world");
+    expect_world(joined_world(&node2, "node 2"), hellos, 3, "node 2's world");
+    rdzv_close(&master);
+}
+
+// ----------------------------------------------------------------------------
+// the wire format, by hand
+
+typedef struct {
+    unsigned char b[2 * RDZV_MAX_PAYLOAD];
+    size_t n;
+} Wire;
+
+static void wire_u32(Wire* w, uint32_t v) {
+    v = htonl(v);
+    memcpy(w->b + w->n, &v, 4);
+    w->n += 4;
+}
+
+// A string in a zero-padded field of size bytes.
+static void wire_text(Wire* w, const char* s, size_t size) {
+    memset(w->b + w->n, 0, size);
+    memcpy(w->b + w->n, s, strlen(s));
+    w->n += size;
+}
+
+// The 12-byte header: magic, version, type, payload length.
+static void wire_header(Wire* w, uint16_t version, uint16_t type, uint32_t length) {
+    wire_u32(w, 0x44445052u); // "DDPR"
+    uint16_t v = htons(version), t = htons(type);
+    memcpy(w->b + w->n, &v, 2);
+    memcpy(w->b + w->n + 2, &t, 2);
+    w->n += 4;
+    wire_u32(w, length);
+}
+
+// A HELLO message as documented: u32 node rank, u32 nproc, then fixed fields token
+// (65 bytes), build (64), NCCL version (16), settings (1024), ring address (16),
+// then `ports` u32 ring ports (normally nproc of them).
+static Wire hello_wire(uint16_t type, int node_rank, int nproc, int ports, const char* settings) {
+    Wire payload = {.n = 0}, msg = {.n = 0};
+    wire_u32(&payload, (uint32_t)node_rank);
+    wire_u32(&payload, (uint32_t)nproc);
+    wire_text(&payload, TOKEN, 65);
+    wire_text(&payload, BUILD, 64);
+    wire_text(&payload, "none", 16);
+    wire_text(&payload, settings, 1024);
+    wire_text(&payload, "127.0.0.5", 16);
+    for (int i = 0; i < ports; i++)
+        wire_u32(&payload, 45000u + (uint32_t)i);
+    wire_header(&msg, 1, type, (uint32_t)payload.n);
+    memcpy(msg.b + msg.n, payload.b, payload.n);
+    msg.n += payload.n;
+    return msg;
+}
+
+// A blocking connection to 127.0.0.1:port, tried for 10 s; -1 if none.
+static int connect_to(int port) {
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (double deadline = now_seconds() + 10.0; now_seconds() < deadline; usleep(20000)) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(fd, (struct sockaddr*)&sa, sizeof sa) == 0) {
+            struct timeval t = {.tv_sec = 10};
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &t, sizeof t);
+            return fd;
+        }
+        close(fd);
+    }
+    return -1;
+}
+
+static int recv_all(int fd, void* buf, size_t len) {
+    for (size_t done = 0; done < len;) {
+        ssize_t n = recv(fd, (char*)buf + done, len - done, 0);
+        if (n <= 0)
+            return -1;
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+typedef enum {
+    RAW_EXPECT_WORLD, // reads the answer and sends back its header and payload
+    RAW_EXPECT_CLOSE, // expects the master to close the connection
+    RAW_HANG_UP,      // closes the connection itself, at once
+} RawMode;
+
+// A child that sends msg by hand and then does what mode says. It exits CHILD_BAD_ANSWER
+// if the answer is no message, CHILD_NOT_CLOSED if the master keeps a connection open
+// for 10 s that it should close.
+static void spawn_raw(Child* c, int port, const Wire* msg, RawMode mode, const Gate* then) {
+    int answer_fd;
+    if (fork_child(c, &answer_fd) != 0)
+        return;
+    int fd = connect_to(port);
+    if (fd < 0)
+        _exit(CHILD_CANNOT_CONNECT);
+    if (then != NULL)
+        gate_pass(then);
+    if (send(fd, msg->b, msg->n, MSG_NOSIGNAL) != (ssize_t)msg->n)
+        _exit(CHILD_NOT_CLOSED);
+    unsigned char answer[RDZV_MAX_PAYLOAD];
+    if (mode == RAW_HANG_UP)
+        _exit(CHILD_JOINED);
+    if (mode == RAW_EXPECT_CLOSE) {
+        ssize_t n = recv(fd, answer, 1, 0);
+        _exit(n == 0 || (n < 0 && errno == ECONNRESET) ? CHILD_JOINED : CHILD_NOT_CLOSED);
+    }
+    uint32_t length;
+    if (recv_all(fd, answer, 12) != 0)
+        _exit(CHILD_BAD_ANSWER);
+    memcpy(&length, answer + 8, 4);
+    length = ntohl(length);
+    if (length > sizeof answer - 12 || recv_all(fd, answer + 12, length) != 0)
+        _exit(CHILD_BAD_ANSWER);
+    write_all(answer_fd, answer, 12 + length);
+    _exit(CHILD_JOINED);
+}
+
+static uint32_t u32_at(const unsigned char* p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return ntohl(v);
+}
+
+Test(rendezvous, a_hello_written_by_hand_from_the_documented_layout_is_accepted,
+     .fini = end_children_and_release_stderr) {
+    int port = PORT_BASE + 4;
+    RdzvHello own = hello_of(0, 1, "127.0.0.1", 40000);
+    Rdzv master;
+    master_listen(&master, 2, port);
+    Wire msg = hello_wire(1, 1, 2, 2, SETTINGS);
+    Child raw;
+    spawn_raw(&raw, port, &msg, RAW_EXPECT_WORLD, NULL);
+    char log[4096];
+    master_gather(&master, &own, log, sizeof log);
+    cr_assert_eq(master.hello[1].nproc, 2);
+    cr_assert_str_eq(master.hello[1].ring_addr, "127.0.0.5");
+    cr_assert_eq(master.hello[1].ring_ports[1], 45001);
+    RdzvWorld world;
+    rdzv_make_world(&master, &world);
+    cr_assert_eq(rdzv_master_send_world(&master, &world), 0);
+    collect(&raw);
+    cr_assert_eq(raw.status, CHILD_JOINED, "no WORLD came back: status %d", raw.status);
+    // WORLD: header (type 2), then u32 world size, u32 nnodes, nnodes x u32 nproc,
+    // world size x (address[16], u32 port), u32 has NCCL id, the id's 128 bytes.
+    const unsigned char* a = raw.answer;
+    size_t want_len = 4 + 4 + 2 * 4 + 3 * (16 + 4) + 4 + 128;
+    cr_assert_eq(raw.answer_len, 12 + want_len, "WORLD is %zu bytes, want %zu", raw.answer_len,
+                 12 + want_len);
+    cr_assert_eq(u32_at(a), 0x44445052u, "magic 0x%08x", u32_at(a));
+    cr_assert_eq(a[4] << 8 | a[5], 1, "version");
+    cr_assert_eq(a[6] << 8 | a[7], 2, "type: want 2 (WORLD)");
+    cr_assert_eq(u32_at(a + 8), want_len, "the length field");
+    const unsigned char* p = a + 12;
+    cr_assert_eq(u32_at(p), 3, "world size");
+    cr_assert_eq(u32_at(p + 4), 2, "nnodes");
+    cr_assert_eq(u32_at(p + 8), 1, "node 0's nproc");
+    cr_assert_eq(u32_at(p + 12), 2, "node 1's nproc");
+    const char* addrs[3] = {"127.0.0.1", "127.0.0.5", "127.0.0.5"};
+    int ports[3] = {40000, 45000, 45001};
+    for (int r = 0; r < 3; r++) {
+        const unsigned char* e = p + 16 + (size_t)r * 20;
+        cr_assert_str_eq((const char*)e, addrs[r], "rank %d's address", r);
+        cr_assert_eq(u32_at(e + 16), (uint32_t)ports[r], "rank %d's port", r);
+    }
+    cr_assert_eq(u32_at(p + 16 + 60), 0, "has_nccl_id");
+    rdzv_close(&master);
+}
+
+Test(rendezvous, hellos_that_do_not_parse_are_ignored_and_the_job_still_forms,
+     .fini = end_children_and_release_stderr) {
+    int port = PORT_BASE + 5;
+    char no_nul[1100];
+    memset(no_nul, 'x', 1024);
+    no_nul[1024] = '\0'; // fills the settings field without a NUL byte
+    struct {
+        Wire msg;
+        const char* what;
+    } cases[] = {
+        {hello_wire(1, 1, 0, 0, SETTINGS), "nproc 0"},
+        {hello_wire(1, 1, WORKERS_MAX + 1, WORKERS_MAX + 1, SETTINGS), "nproc over WORKERS_MAX"},
+        {hello_wire(1, 1, 1, 2, SETTINGS), "a port more than nproc"},
+        {hello_wire(1, 1, 2, 1, SETTINGS), "a port less than nproc"},
+        {hello_wire(2, 1, 1, 1, SETTINGS), "a HELLO sent as WORLD (type 2)"},
+        {hello_wire(5, 1, 1, 1, SETTINGS), "a HELLO sent as DONE (type 5)"},
+        {hello_wire(1, 1, 1, 1, no_nul), "a text field without a NUL byte"},
+    };
+    enum { BAD = sizeof cases / sizeof *cases };
+    Rdzv master;
+    master_listen(&master, 2, port);
+    Gate gate;
+    gate_open(&gate);
+    Child bad[BAD];
+    for (int i = 0; i < BAD; i++)
+        spawn_raw(&bad[i], port, &cases[i].msg, RAW_EXPECT_CLOSE, &gate);
+    char log[8192];
+    form_after_bad_ones(port, &master, &gate, BAD, log, sizeof log);
+    for (int i = 0; i < BAD; i++) {
+        collect(&bad[i]);
+        cr_assert_eq(bad[i].status, CHILD_JOINED,
+                     "%s: the master did not close the connection (status %d)", cases[i].what,
+                     bad[i].status);
+    }
+    cr_assert_eq(count_of(log, "rendezvous: ignored a connection from 127.0.0.1:"), BAD,
+                 "want %d ignored connections in the master's log:\n%s", BAD, log);
+    cr_assert_null(strstr(log, "refused"), "the master refused instead of ignoring:\n%s", log);
+    cr_assert_eq(count_of(log, ": not a well-formed HELLO\n"), BAD,
+                 "want each of the %d connections logged as 'not a well-formed HELLO':\n%s", BAD,
+                 log);
+}
+
+Test(rendezvous, a_connection_that_breaks_the_framing_is_ignored_and_logged_with_its_reason,
+     .fini = end_children_and_release_stderr) {
+    int port = PORT_BASE + 9;
+    Wire magic = {.n = 0}, version = {.n = 0}, huge = {.n = 0},
+         cut = hello_wire(1, 1, 1, 1, SETTINGS);
+    memset(magic.b, 'X', 64);
+    magic.n = 64;
+    wire_header(&version, 2, 1, 1197);
+    wire_header(&huge, 1, 1, 0x7fffffffu);
+    cut.n = 12 + 100; // the header promises 1197 bytes
+    struct {
+        Wire msg;
+        RawMode mode;
+        const char* reason;
+    } cases[] = {
+        {magic, RAW_EXPECT_CLOSE, "bad magic 0x58585858 (not a multi_node agent?)"},
+        {version, RAW_EXPECT_CLOSE, "protocol version 2, this build speaks 1"},
+        {huge, RAW_EXPECT_CLOSE, "payload length 2147483647 is over the limit of 65536 bytes"},
+        {cut, RAW_HANG_UP, "connection closed by the peer in the middle of a message"},
+    };
+    enum { BAD = sizeof cases / sizeof *cases };
+    Rdzv master;
+    master_listen(&master, 2, port);
+    Gate gate;
+    gate_open(&gate);
+    Child bad[BAD];
+    for (int i = 0; i < BAD; i++)
+        spawn_raw(&bad[i], port, &cases[i].msg, cases[i].mode, &gate);
+    char log[8192];
+    form_after_bad_ones(port, &master, &gate, BAD, log, sizeof log);
+    for (int i = 0; i < BAD; i++) {
+        collect(&bad[i]);
+        cr_assert_eq(bad[i].status, CHILD_JOINED,
+                     "%s: the master did not close the connection (status %d)", cases[i].reason,
+                     bad[i].status);
+    }
+    cr_assert_eq(count_of(log, "rendezvous: ignored a connection from 127.0.0.1:"), BAD,
+                 "want %d ignored connections in the master's log:\n%s", BAD, log);
+    for (int i = 0; i < BAD; i++)
+        cr_expect(
+            has_line(log, "rendezvous: ignored a connection from 127.0.0.1:", cases[i].reason),
+            "the master's log does not say why it ignored a connection: '%s':\n%s", cases[i].reason,
+            log);
+}
+
+// ----------------------------------------------------------------------------
+// a node's side: no master, a silent one, odd answers
+
+Test(rendezvous, a_node_without_a_master_gives_up_at_its_deadline_and_says_why,
+     .fini = end_children_and_release_stderr) {
+    Rdzv node;
+    rdzv_init(&node, 2, 1, "127.0.0.1", PORT_BASE + 6, 1.0, false);
+    char log[4096];
+    double start = now_seconds();
+    catch_stderr();
+    int status = rdzv_connect(&node);
+    release_stderr(log, sizeof log);
+    double took = now_seconds() - start;
+    cr_assert_eq(status, -1, "connected to nothing");
+    cr_assert(took > 0.5 && took < 3.0, "gave up after %.2f s with a deadline of 1 s", took);
+    char where[32];
+    snprintf(where, sizeof where, "127.0.0.1:%d", PORT_BASE + 6);
+    const char* want[] = {"cannot reach the master", where, "Connection refused",
+                          "is the master started"};
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+        cr_assert_not_null(strstr(log, want[i]), "the message does not say '%s':\n%s", want[i],
+                           log);
+    cr_assert_eq(node.control_fd[0], -1);
+}
+
+// A listening socket that never accepts: connects succeed, nothing ever answers.
+static int listen_on(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert(bind(fd, (struct sockaddr*)&sa, sizeof sa) == 0 && listen(fd, 8) == 0,
+              "cannot listen on port %d: %s", port, strerror(errno));
+    return fd;
+}
+
+// Joins a master (the test, on listen_fd) that answers with `answer` (n bytes; none
+// if n is 0); returns rdzv_join's result and its message in log.
+static int join_with_answer(int listen_fd, int port, const void* answer, size_t n, char* log,
+                            size_t log_len) {
+    Rdzv node;
+    rdzv_init(&node, 2, 1, "127.0.0.1", port, 1.0, false);
+    cr_assert_eq(rdzv_connect(&node), 0, "cannot connect to the test's listener");
+    int peer = accept(listen_fd, NULL, NULL);
+    cr_assert_geq(peer, 0, "accept: %s", strerror(errno));
+    if (n > 0) // sent before the HELLO: it waits in the node's socket
+        cr_assert_eq(send(peer, answer, n, MSG_NOSIGNAL), (ssize_t)n);
+    RdzvHello own = hello_of(1, 1, "127.0.0.1", 40001);
+    RdzvWorld world;
+    catch_stderr();
+    int status = rdzv_join(&node, &own, &world);
+    release_stderr(log, log_len);
+    close(peer);
+    rdzv_close(&node);
+    return status;
+}
+
+Test(rendezvous, a_node_gives_up_on_a_master_that_never_answers,
+     .fini = end_children_and_release_stderr) {
+    int fd = listen_on(PORT_BASE + 7);
+    char log[4096];
+    double start = now_seconds();
+    int status = join_with_answer(fd, PORT_BASE + 7, NULL, 0, log, sizeof log);
+    double took = now_seconds() - start;
+    close(fd);
+    cr_assert_eq(status, -1, "joined a master that said nothing");
+    cr_assert(took < 3.0, "waited %.2f s with a deadline of 1 s", took);
+    cr_assert_not_null(strstr(log, "waiting for the master's answer: timed out"), "%s", log);
+}
+
+// A WORLD message for nnodes nodes of nproc[n] workers, world_size as given.
+static Wire world_wire(int world_size, int nnodes, const int* nproc) {
+    Wire payload = {.n = 0}, msg = {.n = 0};
+    wire_u32(&payload, (uint32_t)world_size);
+    wire_u32(&payload, (uint32_t)nnodes);
+    for (int n = 0; n < nnodes; n++)
+        wire_u32(&payload, (uint32_t)nproc[n]);
+    for (int r = 0; r < world_size; r++) {
+        wire_text(&payload, "127.0.0.1", 16);
+        wire_u32(&payload, 40000u + (uint32_t)r);
+    }
+    wire_u32(&payload, 0);
+    memset(payload.b + payload.n, 0, 128);
+    payload.n += 128;
+    wire_header(&msg, 1, 2, (uint32_t)payload.n);
+    memcpy(msg.b + msg.n, payload.b, payload.n);
+    msg.n += payload.n;
+    return msg;
+}
+
+Test(rendezvous, a_node_takes_only_a_world_that_fits_it_and_reports_a_refusal,
+     .fini = end_children_and_release_stderr) {
+    int port = PORT_BASE + 8;
+    int fd = listen_on(port);
+    Wire refuse = {.n = 0};
+    const char* why = "wrong token (see --token-file or DDP_TOKEN)";
+    wire_header(&refuse, 1, 3, (uint32_t)strlen(why) + 1);
+    memcpy(refuse.b + refuse.n, why, strlen(why) + 1);
+    refuse.n += strlen(why) + 1;
+    Wire garbage = {.n = 12};
+    memset(garbage.b, 'G', 12);
+    struct {
+        Wire msg;
+        int joins;
+        const char* said;
+    } cases[] = {
+        {world_wire(2, 2, (int[]){1, 1}), 1, ""},
+        {world_wire(3, 3, (int[]){1, 1, 1}), 0, "not a WORLD that fits this node"},
+        {world_wire(3, 2, (int[]){1, 2}), 0, "not a WORLD that fits this node"}, // its nproc
+        {world_wire(3, 2, (int[]){1, 1}), 0, "not a WORLD that fits this node"}, // 3 != 1 + 1
+        {refuse, 0, "the master refused this node: wrong token (see --token-file or DDP_TOKEN)"},
+        {garbage, 0, "bad magic"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char log[4096];
+        int status = join_with_answer(fd, port, cases[i].msg.b, cases[i].msg.n, log, sizeof log);
+        cr_assert_eq(status == 0, cases[i].joins, "case %zu: rdzv_join returned %d; it said:\n%s",
+                     i, status, log);
+        cr_assert_not_null(strstr(log, cases[i].said), "case %zu: it does not say '%s':\n%s", i,
+                           cases[i].said, log);
+    }
+    close(fd);
+}
+
+// ----------------------------------------------------------------------------
+// control channels
+
+// A master of 2 nodes and node 1, joined by a socket pair instead of a rendezvous.
+static void pair_up(Rdzv* master, Rdzv* node) {
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0, "socketpair: %s", strerror(errno));
+    for (int i = 0; i < 2; i++)
+        fcntl(sv[i], F_SETFL, fcntl(sv[i], F_GETFL) | O_NONBLOCK);
+    rdzv_init(master, 2, 0, "127.0.0.1", 1, 1.0, false);
+    rdzv_init(node, 2, 1, "127.0.0.1", 1, 1.0, false);
+    master->control_fd[1] = sv[0];
+    node->control_fd[0] = sv[1];
+}
+
+// Polls r until it says stop (1) or `within` seconds pass (0).
+static int poll_until_stop(Rdzv* r, char* reason, size_t len, double within) {
+    for (double deadline = now_seconds() + within; now_seconds() < deadline; usleep(5000))
+        if (rdzv_poll(r, reason, len) != 0)
+            return 1;
+    return 0;
+}
+
+Test(rendezvous, an_abort_travels_both_ways_with_its_reason,
+     .fini = end_children_and_release_stderr) {
+    Rdzv master, node;
+    char reason[RDZV_TEXT_BYTES] = "";
+    pair_up(&master, &node);
+    cr_assert_eq(rdzv_poll(&master, reason, sizeof reason), 0, "all is well, yet: %s", reason);
+    rdzv_send_abort(&node, "node 1: [Rank 1] killed by signal 9 (Killed)");
+    cr_assert(poll_until_stop(&master, reason, sizeof reason, 2.0), "the master saw no ABORT");
+    cr_assert_str_eq(reason, "node 1: [Rank 1] killed by signal 9 (Killed)");
+    rdzv_send_abort(&master, "node 0: [Rank 0] exited with status 1");
+    cr_assert(poll_until_stop(&node, reason, sizeof reason, 2.0), "the node saw no ABORT");
+    cr_assert_str_eq(reason, "node 0: [Rank 0] exited with status 1");
+    rdzv_close(&master);
+    rdzv_close(&node);
+}
+
+Test(rendezvous, a_node_that_goes_away_stops_the_job_but_one_that_said_done_may_leave,
+     .fini = end_children_and_release_stderr) {
+    Rdzv master, node;
+    char reason[RDZV_TEXT_BYTES] = "", log[4096];
+    // went away without DONE: the master must stop, naming the node
+    pair_up(&master, &node);
+    rdzv_close(&node);
+    cr_assert(poll_until_stop(&master, reason, sizeof reason, 2.0),
+              "the master did not notice that node 1 went away");
+    cr_assert_not_null(strstr(reason, "node 1 went away"), "reason: %s", reason);
+    rdzv_close(&master);
+    // DONE, then gone: the master's wait ends well
+    pair_up(&master, &node);
+    cr_assert_eq(rdzv_send_done(&node), 0);
+    rdzv_close(&node);
+    catch_stderr();
+    int status = rdzv_master_wait_done(&master, now_seconds() + 2.0);
+    release_stderr(log, sizeof log);
+    cr_assert_eq(status, 0, "waiting for DONE failed:\n%s", log);
+    cr_assert_eq(rdzv_poll(&master, reason, sizeof reason), 0, "after DONE: %s", reason);
+    rdzv_close(&master);
+    // a node that says nothing: the wait ends at its deadline
+    pair_up(&master, &node);
+    double start = now_seconds();
+    catch_stderr();
+    status = rdzv_master_wait_done(&master, now_seconds() + 0.3);
+    release_stderr(log, sizeof log);
+    cr_assert_eq(status, -1, "DONE from a silent node");
+    cr_assert_lt(now_seconds() - start, 2.0, "the wait overran its deadline");
+    cr_assert_not_null(strstr(log, "timed out waiting for 1 node to finish"), "%s", log);
+    rdzv_close(&master);
+    rdzv_close(&node);
+}

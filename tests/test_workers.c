@@ -1,0 +1,248 @@
+/*
+ * test_workers.c - forking the rank processes and supervising them.
+ *
+ * Each test forks workers with workers_start from its own Criterion process
+ * and waits for them with workers_wait, whose report on stderr is captured (fd
+ * 2 points at a temporary file during the wait). Workers that should be ended
+ * sleep for far longer than any test may take, so a test only passes if the
+ * supervisor really ends them; the .fini kills whatever a failed test left.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "timer.h"
+#include "workers.h"
+
+// A worker that must be ended sleeps this long: a broken supervisor fails, never hangs.
+#define LONG_SLEEP_S 15
+#define ENDED_WITHIN_S 2.0 // fast paths: no grace period needed
+
+// ----------------------------------------------------------------------------
+// helpers
+
+typedef struct {
+    pid_t pid[WORKERS_MAX]; // what each worker saw as its own pid
+    int calls;              // poll calls so far
+    int stop_at_call;       // poll asks to stop (or raises SIGTERM) at this call
+} Seen;
+
+static Seen* seen;          // shared with the workers
+static Workers* started;    // for end_leftovers after a failed assertion
+static char err_text[8192]; // what workers_wait wrote on stderr
+
+static void make_shared(void) {
+    seen = mmap(NULL, sizeof *seen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(seen, MAP_FAILED, "mmap: %s", strerror(errno));
+    memset(seen, 0, sizeof *seen);
+}
+
+// .fini: kills and reaps every worker a failed test left running.
+static void end_leftovers(void) {
+    if (started == NULL)
+        return;
+    for (int i = 0; i < started->count; i++)
+        if (started->pids[i] > 0) {
+            kill(started->pids[i], SIGKILL);
+            waitpid(started->pids[i], NULL, 0);
+        }
+    started = NULL;
+}
+
+// Starts count workers and waits for them, stderr captured in err_text; returns what
+// workers_wait returned and, in *seconds, how long it took.
+static int start_and_wait(Workers* w, int count, int first_rank, WorkerMain main, WorkersPoll poll,
+                          double* seconds) {
+    FILE* capture = tmpfile();
+    cr_assert_not_null(capture, "tmpfile: %s", strerror(errno));
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO);
+    dup2(fileno(capture), STDERR_FILENO);
+    double start = timer_seconds();
+    int rc = workers_start(w, count, first_rank, main, NULL);
+    started = w;
+    if (rc == 0)
+        rc = workers_wait(w, poll, NULL);
+    *seconds = timer_seconds() - start;
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    size_t n = (size_t)pread(fileno(capture), err_text, sizeof err_text - 1, 0);
+    err_text[n < sizeof err_text ? n : 0] = '\0';
+    fclose(capture);
+    return rc;
+}
+
+// Every worker was reaped: its slot is 0 and its pid is gone (no zombie left).
+static void expect_all_reaped(const Workers* w) {
+    for (int i = 0; i < w->count; i++) {
+        cr_assert_eq(w->pids[i], 0, "worker %d (pid %d) was not reaped", i, w->pids[i]);
+        pid_t pid = seen->pid[i];
+        if (pid > 0)
+            cr_assert(kill(pid, 0) == -1 && errno == ESRCH, "worker %d (pid %d) is still there", i,
+                      pid);
+    }
+    started = NULL;
+}
+
+// ----------------------------------------------------------------------------
+// worker bodies
+
+static int exits_0(int local_rank, void* arg) {
+    (void)arg;
+    seen->pid[local_rank] = getpid();
+    return 0;
+}
+
+static int sleeps_long(int local_rank) {
+    seen->pid[local_rank] = getpid();
+    sleep(LONG_SLEEP_S);
+    return 0;
+}
+
+static int rank_2_exits_3(int local_rank, void* arg) {
+    (void)arg;
+    if (local_rank == 2) {
+        seen->pid[local_rank] = getpid();
+        usleep(100000); // the others are asleep by now
+        return 3;
+    }
+    return sleeps_long(local_rank);
+}
+
+static int rank_1_is_killed(int local_rank, void* arg) {
+    (void)arg;
+    if (local_rank == 1) {
+        seen->pid[local_rank] = getpid();
+        usleep(100000);
+        raise(SIGKILL);
+    }
+    return sleeps_long(local_rank);
+}
+
+// Rank 0 fails; rank 1 ignores SIGTERM, so only SIGKILL after the grace period ends it.
+static int rank_1_ignores_sigterm(int local_rank, void* arg) {
+    (void)arg;
+    if (local_rank == 0) {
+        seen->pid[local_rank] = getpid();
+        usleep(200000);
+        return 1;
+    }
+    signal(SIGTERM, SIG_IGN);
+    return sleeps_long(local_rank);
+}
+
+static int sleeps_long_main(int local_rank, void* arg) {
+    (void)arg;
+    return sleeps_long(local_rank);
+}
+
+static int poll_stops(void* arg) {
+    (void)arg;
+    return ++seen->calls >= seen->stop_at_call;
+}
+
+static int poll_raises_sigterm(void* arg) {
+    (void)arg;
+    if (++seen->calls == seen->stop_at_call)
+        raise(SIGTERM); // as if someone sent it to the parent
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// tests
+
+Test(workers, wait_returns_0_when_every_worker_exits_0, .init = make_shared,
+     .fini = end_leftovers) {
+    Workers w;
+    double seconds;
+    int rc = start_and_wait(&w, 4, 0, exits_0, NULL, &seconds);
+    cr_assert_eq(rc, 0, "workers_wait returned %d; stderr:\n%s", rc, err_text);
+    cr_assert_str_empty(err_text, "stderr is not empty:\n%s", err_text);
+    cr_assert_eq(w.count, 4);
+    expect_all_reaped(&w);
+}
+
+Test(workers, each_worker_runs_with_its_own_local_rank_in_its_own_process, .init = make_shared,
+     .fini = end_leftovers) {
+    Workers w;
+    double seconds;
+    int rc = start_and_wait(&w, 5, 10, exits_0, NULL, &seconds);
+    cr_assert_eq(rc, 0, "workers_wait returned %d; stderr:\n%s", rc, err_text);
+    cr_assert_eq(w.first_rank, 10);
+    for (int i = 0; i < 5; i++) {
+        cr_assert_gt(seen->pid[i], 0, "local rank %d never ran", i);
+        cr_assert_neq(seen->pid[i], getpid(), "local rank %d ran in the parent", i);
+        for (int j = 0; j < i; j++)
+            cr_assert_neq(seen->pid[i], seen->pid[j], "local ranks %d and %d share a process", j,
+                          i);
+    }
+    expect_all_reaped(&w);
+}
+
+Test(workers, a_worker_that_fails_is_named_and_the_others_are_ended, .init = make_shared,
+     .fini = end_leftovers) {
+    Workers w;
+    double seconds;
+    int rc = start_and_wait(&w, 4, 8, rank_2_exits_3, NULL, &seconds);
+    cr_assert_eq(rc, 1, "workers_wait returned %d, want 1; stderr:\n%s", rc, err_text);
+    cr_assert_lt(seconds, ENDED_WITHIN_S, "the others were ended only after %.2f s", seconds);
+    // global rank = first_rank + local rank
+    cr_assert_not_null(strstr(err_text, "[Rank 10] exited with status 3"),
+                       "stderr does not name rank 10 and its status:\n%s", err_text);
+    cr_assert_eq(strstr(err_text, "[Rank 8]"), NULL, "a stopped worker is reported:\n%s", err_text);
+    expect_all_reaped(&w);
+}
+
+Test(workers, a_killed_worker_is_named_with_its_signal, .init = make_shared,
+     .fini = end_leftovers) {
+    Workers w;
+    double seconds;
+    int rc = start_and_wait(&w, 3, 0, rank_1_is_killed, NULL, &seconds);
+    cr_assert_eq(rc, 1, "workers_wait returned %d, want 1; stderr:\n%s", rc, err_text);
+    cr_assert_lt(seconds, ENDED_WITHIN_S, "the others were ended only after %.2f s", seconds);
+    cr_assert_not_null(strstr(err_text, "[Rank 1] killed by signal 9"),
+                       "stderr does not say that rank 1 was killed by signal 9:\n%s", err_text);
+    expect_all_reaped(&w);
+}
+
+Test(workers, a_worker_that_ignores_sigterm_is_killed_after_the_grace_period, .init = make_shared,
+     .fini = end_leftovers) {
+    Workers w;
+    double seconds;
+    int rc = start_and_wait(&w, 2, 0, rank_1_ignores_sigterm, NULL, &seconds);
+    cr_assert_eq(rc, 1, "workers_wait returned %d, want 1; stderr:\n%s", rc, err_text);
+    cr_assert(seconds >= WORKERS_GRACE_SECONDS && seconds < WORKERS_GRACE_SECONDS + 3.0,
+              "took %.2f s; want the grace period (%.1f s) and then an end", seconds,
+              WORKERS_GRACE_SECONDS);
+    expect_all_reaped(&w);
+}
+
+Test(workers, poll_asking_to_stop_ends_every_worker, .init = make_shared, .fini = end_leftovers) {
+    Workers w;
+    double seconds;
+    seen->stop_at_call = 5;
+    int rc = start_and_wait(&w, 3, 0, sleeps_long_main, poll_stops, &seconds);
+    cr_assert_eq(rc, 1, "workers_wait returned %d, want 1; stderr:\n%s", rc, err_text);
+    cr_assert_lt(seconds, ENDED_WITHIN_S, "the workers were ended only after %.2f s", seconds);
+    expect_all_reaped(&w);
+}
+
+Test(workers, sigterm_to_the_parent_ends_every_worker_and_returns_128_plus_15, .init = make_shared,
+     .fini = end_leftovers) {
+    Workers w;
+    double seconds;
+    seen->stop_at_call = 5;
+    int rc = start_and_wait(&w, 3, 0, sleeps_long_main, poll_raises_sigterm, &seconds);
+    cr_assert_eq(rc, 128 + SIGTERM, "workers_wait returned %d; stderr:\n%s", rc, err_text);
+    cr_assert_lt(seconds, ENDED_WITHIN_S, "the workers were ended only after %.2f s", seconds);
+    cr_assert_not_null(strstr(err_text, "signal 15"), "stderr does not name the signal:\n%s",
+                       err_text);
+    expect_all_reaped(&w);
+}

@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# bench.sh - the timing harness: every lesson on every device it can use, beside PyTorch.
+#
+#   tools/bench.sh [--repeats R] [--preset default|large] [--max-ranks N] [--quick]
+#
+# Runs each configuration once to warm up, then R times (default 5), and reports the
+# median, min and max of the epoch time that the programs measure themselves (the
+# training loop only: not process start, CUDA context or NCCL set-up). Derived:
+# samples/s, speedup T1/TN and efficiency T1/(N*TN) against the same implementation
+# with one rank, and the share of the epoch spent in the gradient all-reduce.
+# Writes results/bench-DATE-COMMIT.csv (with the machine, versions and each command),
+# and with gnuplot: ...-scaling.png (epoch time and speedup against ranks, with the
+# ideal line), ...-loss.png (the loss curves of every configuration) and
+# ...-allreduce.png (bus bandwidth against message size). Prints a Markdown table last.
+#
+# Presets: default is the original app's workload (2,000 samples, batch 32, hidden 64);
+# large (20,000 samples, batch 256, hidden 512) is wide enough that compute dominates.
+# Strong scaling keeps the data fixed as ranks are added; weak scaling gives every rank
+# the same amount. --quick: one short run each, for a smoke test (under a minute).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+repeats=5 preset=default quick=0 max_ranks=$(nproc)
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --repeats) repeats=${2:-}; shift 2 ;;
+    --preset) preset=${2:-}; shift 2 ;;
+    --max-ranks) max_ranks=${2:-}; shift 2 ;;
+    --quick) quick=1; shift ;;
+    -h | --help) sed -n '2,23s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "bench.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+    esac
+done
+[[ "$repeats" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --repeats must be a positive integer" >&2; exit 2; }
+[[ "$max_ranks" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --max-ranks must be a positive integer" >&2; exit 2; }
+case "$preset" in
+default) workload=(--data-size 2000 --batch-size 32 --hidden-size 64 --epochs 50) ;;
+large) workload=(--data-size 20000 --batch-size 256 --hidden-size 512 --epochs 3) ;;
+*) echo "bench.sh: --preset must be default or large" >&2; exit 2 ;;
+esac
+if [ "$quick" -eq 1 ]; then
+    repeats=1
+    [ "$max_ranks" -le 2 ] || max_ranks=2
+    workload=(--data-size 800 --batch-size 32 --hidden-size 64 --epochs 3)
+fi
+data_size=${workload[1]}
+
+for p in hello_gpu multi_gpu multi_node allreduce_bench; do
+    [ -x "build/$p" ] || { echo "bench.sh: build/$p is missing: run 'make' first" >&2; exit 1; }
+done
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+torch_python=
+for py in python3 /usr/bin/python3; do
+    if "$py" -c 'import torch' 2>/dev/null; then torch_python=$py; break; fi
+done
+
+stamp=$(date +%Y%m%d-%H%M%S)-$(git rev-parse --short HEAD 2>/dev/null || echo nogit)
+mkdir -p results
+base=results/bench-$stamp
+csv=$base.csv
+curves=$base-curves
+mkdir -p "$curves"
+
+# ----------------------------------------------------------------------------
+# the machine, for the CSV's header
+
+{
+    echo "# bench.sh $* (preset $preset, $repeats runs after a warm-up)"
+    echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit: $(git describe --always --dirty 2>/dev/null || echo unknown)"
+    echo "# machine: $(hostname), $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)"
+    echo "# gpu: $( [ "$gpus" -gt 0 ] && nvidia-smi -L | head -n 1 || echo none)"
+    echo "# cc: $(cc --version | head -n 1)"
+    echo "# nvcc: $(nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p' || true)"
+    echo "# torch: $( [ -n "$torch_python" ] && "$torch_python" -c 'import torch; print(torch.__version__)' || echo absent)"
+    echo "name,impl,device,backend,nodes,ranks,scaling,data_size,median_s,min_s,max_s,allreduce_s,final_eval_loss,samples_per_s,speedup,efficiency,command"
+} >"$csv"
+
+# ----------------------------------------------------------------------------
+# one configuration
+
+# Prints "epoch_s allreduce_s final_eval_loss" from a program's output on stdin.
+parse_run() {
+    awk '{ sub(/^\[[0-9.]+\] /, "") } # launch.sh prefixes each line with its node
+         /^Average time per epoch:/ { t = $5 }
+         /^Gradient all-reduce:/ { a = $3 }
+         /^RESULT / { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "seconds_per_epoch") t = kv[2]; if (kv[1] == "final_eval_loss") l = kv[2] } }
+         /^Epoch \[/ { l = $NF }
+         END { if (t == "") exit 1; print t, (a == "" ? 0 : a), l }'
+}
+
+# Runs CMD... (repeats + 1 times) and appends its row. NAME IMPL DEVICE BACKEND NODES RANKS SCALING DATA CMD...
+bench_config() {
+    local name=$1 impl=$2 device=$3 backend=$4 nodes=$5 ranks=$6 scaling=$7 data=$8
+    shift 8
+    local times=() all=() loss= out
+    echo "bench: $name: $*" >&2
+    for ((r = 0; r <= repeats; r++)); do
+        if ! out=$("$@" 2>&1 | parse_run); then
+            echo "bench: $name failed: $*" >&2
+            return 0
+        fi
+        [ "$r" -gt 0 ] || continue # the warm-up run
+        read -r t a loss <<<"$out"
+        times+=("$t")
+        all+=("$a")
+    done
+    # one more run for the loss curve (C programs write it with --out; torch's is parsed)
+    if [ "$impl" = torch ]; then
+        "$@" 2>/dev/null | awk -F'[][/:, ]+' 'BEGIN { print "epoch,train_loss,eval_loss" } /^Epoch \[/ { print $2 "," $7 "," $10 }' >"$curves/$name.csv"
+    else
+        "$@" --out "$curves/$name" >/dev/null 2>&1 && mv "$curves/$name/losses.csv" "$curves/$name.csv" && rm -rf "$curves/$name"
+    fi
+    local n_train=$((data * 8 / 10))
+    median_min_max "${times[@]}" | awk -v row="$name,$impl,$device,$backend,$nodes,$ranks,$scaling,$data" \
+        -v comm="$(median_min_max "${all[@]}" | cut -d' ' -f1)" -v loss="$loss" -v n_train="$n_train" -v cmd="$*" \
+        '{ printf "%s,%.6f,%.6f,%.6f,%.6f,%s,%.0f,,,\"%s\"\n", row, $1, $2, $3, comm, loss, n_train / $1, cmd }' >>"$csv"
+}
+
+# Prints "median min max" of its arguments.
+median_min_max() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
+        END { printf "%s %s %s\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2, v[1], v[NR] }'
+}
+
+# ----------------------------------------------------------------------------
+# the matrix
+
+bench_config "c-1-cpu" c cpu none 1 1 strong "$data_size" build/hello_gpu --device cpu "${workload[@]}"
+[ "$gpus" -eq 0 ] || bench_config "c-1-cuda" c cuda none 1 1 strong "$data_size" build/hello_gpu --device cuda "${workload[@]}"
+for ((n = 1; n <= max_ranks; n++)); do
+    bench_config "c-ring-$n-cpu" c cpu ring 1 "$n" strong "$data_size" build/multi_gpu --device cpu --backend ring --gpus "$n" "${workload[@]}"
+    weak=(--data-size $((data_size * n)) "${workload[@]:2}")
+    [ "$n" -eq 1 ] || bench_config "c-ring-$n-cpu-weak" c cpu ring 1 "$n" weak $((data_size * n)) build/multi_gpu --device cpu --backend ring --gpus "$n" "${weak[@]}"
+done
+for ((n = 1; n <= gpus; n++)); do
+    bench_config "c-nccl-$n-cuda" c cuda nccl 1 "$n" strong "$data_size" build/multi_gpu --device cuda --backend nccl --gpus "$n" "${workload[@]}"
+done
+port=$((29500 + RANDOM % 400 + 100))
+bench_config "c-2nodes-cpu" c cpu ring 2 2 strong "$data_size" \
+    env DDP_RSH=tools/local_rsh.sh ./launch.sh --mode multi-node --master-node 127.0.0.1 \
+    --worker-nodes 127.0.0.1 --gpus-per-node 1 --port "$port" --device cpu "${workload[@]}"
+if [ -n "$torch_python" ]; then
+    for ((n = 1; n <= max_ranks; n++)); do
+        bench_config "torch-$n-cpu" torch cpu gloo 1 "$n" strong "$data_size" "$torch_python" tools/torch_reference.py --ranks "$n" "${workload[@]}"
+    done
+else
+    echo "bench: PyTorch not found (apt-get install python3-torch): no reference rows" >&2
+fi
+
+# ----------------------------------------------------------------------------
+# speedup and efficiency against the same implementation with one rank
+
+awk -F, -v OFS=, '
+    /^#/ || /^name,/ { print; next }
+    { row[NR] = $0; impl[NR] = $2; dev[NR] = $3; back[NR] = $4; ranks[NR] = $6; scal[NR] = $7; t[NR] = $9
+      if ($6 == 1 && $7 == "strong") base[$2 "," $3 "," ($4 == "none" ? "none" : "dist")] = $9 }
+    END {
+        for (i = 1; i <= NR; i++) {
+            if (!(i in row)) continue
+            key = impl[i] "," dev[i] "," (back[i] == "none" ? "none" : "dist")
+            $0 = row[i]
+            if (key in base && t[i] > 0) {
+                s = base[key] / t[i]
+                if (scal[i] == "weak") { $15 = sprintf("%.2f", s * ranks[i]); $16 = sprintf("%.2f", s) }
+                else { $15 = sprintf("%.2f", s); $16 = sprintf("%.2f", s / ranks[i]) }
+            }
+            print
+        }
+    }' "$csv" >"$csv.tmp" && mv "$csv.tmp" "$csv"
+
+# ----------------------------------------------------------------------------
+# the all-reduce's bus bandwidth, as nccl-tests measures it
+
+max_bytes=4M
+[ "$quick" -eq 0 ] || max_bytes=64K
+build/allreduce_bench --backend ring --ranks 2 --min-bytes 1K --max-bytes "$max_bytes" >"$base-allreduce-ring.txt"
+[ "$gpus" -lt 1 ] || build/allreduce_bench --backend nccl --ranks "$gpus" --min-bytes 1K --max-bytes "$max_bytes" >"$base-allreduce-nccl.txt" || true
+
+# ----------------------------------------------------------------------------
+# plots
+
+if command -v gnuplot >/dev/null 2>&1; then
+    # one data block per series: ranks, median epoch time, speedup
+    awk -F, '!/^#/ && !/^name,/ && $2 != "" && $4 != "none" && $5 == 1 {
+                 key = $2 "-" $3 "-" $4 "-" $7; rows[key] = rows[key] $6 " " $9 " " $15 "\n" }
+             END { for (k in rows) printf "\"%s\"\n%s\n\n", k, rows[k] }' "$csv" >"$base-scaling.dat"
+    series=$(grep -c '^"' "$base-scaling.dat" || true)
+    gnuplot <<GNUPLOT || echo "bench: gnuplot failed; the CSV has the data" >&2
+set terminal pngcairo size 1100,450 noenhanced
+set output '$base-scaling.png'
+set multiplot layout 1,2 title 'Scaling ($preset preset, median of $repeats runs)'
+set key top left
+set grid
+set xlabel 'ranks'
+set xtics 1
+set ylabel 'seconds per epoch'
+set logscale y
+plot for [i=0:$((series > 0 ? series - 1 : 0))] '$base-scaling.dat' index i using 1:2 with linespoints lw 2 lc (i + 1) title columnheader(1)
+unset logscale y
+set ylabel 'speedup T1/TN'
+plot x with lines dt 2 lc rgb 'gray' title 'ideal', for [i=0:$((series > 0 ? series - 1 : 0))] '$base-scaling.dat' index i using 1:3 with linespoints lw 2 lc (i + 1) title columnheader(1)
+unset multiplot
+set terminal pngcairo size 800,500 noenhanced
+set output '$base-loss.png'
+set title 'Eval loss of every configuration'
+set xtics auto
+set datafile separator ','
+set xlabel 'epoch'
+set ylabel 'MSE loss'
+set logscale y
+set key top right
+plot for [f in system('ls $curves/*.csv')] f using 1:3 skip 1 with lines lw 2 title system('basename '.f.' .csv')
+set datafile separator whitespace
+set output '$base-allreduce.png'
+set title 'All-reduce bus bandwidth (2 ranks on this machine)'
+set xlabel 'message size (bytes)'
+set ylabel 'bus bandwidth (GB/s)'
+set logscale x 2
+set xtics auto
+unset logscale y
+set key top left
+plot for [f in system('ls $base-allreduce-*.txt')] f using 1:5 with linespoints lw 2 title system('basename '.f.' .txt')
+GNUPLOT
+else
+    echo "bench: gnuplot not found: no plots (the CSV has the data)" >&2
+fi
+
+# ----------------------------------------------------------------------------
+# the table
+
+echo
+echo "Results: $csv"
+echo
+echo "| configuration | ranks | median ms/epoch (min-max) | samples/s | speedup | efficiency | all-reduce share | final eval loss |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+awk -F, '!/^#/ && !/^name,/ {
+    share = ($9 > 0 && $12 > 0) ? sprintf("%.0f%%", 100 * $12 / $9) : "-"
+    printf "| %s | %s | %.3f (%.3f-%.3f) | %s | %s | %s | %s | %s |\n", $1, $6, 1000 * $9, 1000 * $10, 1000 * $11, $14, ($15 == "" ? "-" : $15), ($16 == "" ? "-" : $16), share, $13
+}' "$csv"
