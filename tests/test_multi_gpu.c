@@ -453,6 +453,27 @@ static int read_losses(const char* dir, double (*losses)[2], int max) {
     return n;
 }
 
+// Both runs' losses.csv hold EQUIVALENCE_EPOCHS epochs whose losses agree within rtol.
+static void expect_same_losses(const char* what, const char* dir_a, const char* dir_b,
+                               double rtol) {
+    double la[EQUIVALENCE_EPOCHS + 1][2], lb[EQUIVALENCE_EPOCHS + 1][2];
+    cr_assert_eq(read_losses(dir_a, la, EQUIVALENCE_EPOCHS + 1), EQUIVALENCE_EPOCHS);
+    cr_assert_eq(read_losses(dir_b, lb, EQUIVALENCE_EPOCHS + 1), EQUIVALENCE_EPOCHS);
+    double worst_rel = 0.0;
+    int worst_epoch = 0, worst_kind = 0;
+    for (int e = 0; e < EQUIVALENCE_EPOCHS; e++)
+        for (int k = 0; k < 2; k++) {
+            double rel = fabs(la[e][k] - lb[e][k]) / fabs(lb[e][k]);
+            if (!(rel <= worst_rel)) // a NaN is the worst of all
+                worst_rel = rel, worst_epoch = e, worst_kind = k;
+        }
+    const char* kind[2] = {"train", "eval"};
+    cr_assert(worst_rel <= rtol,
+              "%s: worst at epoch %d, %s loss %.9g against %.9g: relative difference %.3g > %.0e",
+              what, worst_epoch + 1, kind[worst_kind], la[worst_epoch][worst_kind],
+              lb[worst_epoch][worst_kind], worst_rel, rtol);
+}
+
 static void expect_equivalent_runs(int ranks, int batch) {
     char dir_multi[128], dir_hello[128], gpus[16], b[16], nb[16];
     snprintf(dir_multi, sizeof dir_multi, "%s/multi_%d", temp_dir, ranks);
@@ -472,24 +493,10 @@ static void expect_equivalent_runs(int ranks, int batch) {
                                  "--data-size", "2000", "--seed", "11", "--out", dir_hello, NULL});
     cr_assert_eq(exit_status(&h), 0, "hello_gpu: exit status %d; stderr:\n%s", exit_status(&h),
                  h.err.text);
-    double lm[EQUIVALENCE_EPOCHS + 1][2], lh[EQUIVALENCE_EPOCHS + 1][2];
-    cr_assert_eq(read_losses(dir_multi, lm, EQUIVALENCE_EPOCHS + 1), EQUIVALENCE_EPOCHS);
-    cr_assert_eq(read_losses(dir_hello, lh, EQUIVALENCE_EPOCHS + 1), EQUIVALENCE_EPOCHS);
-    double worst_rel = 0.0;
-    int worst_epoch = 0, worst_kind = 0;
-    for (int e = 0; e < EQUIVALENCE_EPOCHS; e++)
-        for (int k = 0; k < 2; k++) {
-            double rel = fabs(lm[e][k] - lh[e][k]) / fabs(lh[e][k]);
-            if (!(rel <= worst_rel)) // a NaN is the worst of all
-                worst_rel = rel, worst_epoch = e, worst_kind = k;
-        }
-    const char* kind[2] = {"train", "eval"};
-    cr_assert(worst_rel <= EQUIVALENCE_RTOL,
-              "%d ranks x batch %d against 1 rank x batch %d: worst at epoch %d, %s loss "
-              "%.9g against %.9g: relative difference %.3g > %.0e",
-              ranks, batch, ranks * batch, worst_epoch + 1, kind[worst_kind],
-              lm[worst_epoch][worst_kind], lh[worst_epoch][worst_kind], worst_rel,
-              EQUIVALENCE_RTOL);
+    char what[128];
+    snprintf(what, sizeof what, "%d ranks x batch %d against 1 rank x batch %d", ranks, batch,
+             ranks * batch);
+    expect_same_losses(what, dir_multi, dir_hello, EQUIVALENCE_RTOL);
     proc_free(&m);
     proc_free(&h);
 }
@@ -679,4 +686,42 @@ Test(multi_gpu, help_exits_0_and_names_the_lessons_flags, .fini = end_leftovers)
     for (size_t i = 0; i < sizeof flags / sizeof *flags; i++)
         cr_assert_not_null(strstr(p.out.text, flags[i]), "the usage does not mention %s", flags[i]);
     proc_free(&p);
+}
+
+// ----------------------------------------------------------------------------
+// e) on a GPU (skipped without one): each engine matches the same run on the CPU
+
+#define GPU_CPU_RTOL 1e-4
+
+static void expect_gpu_run_matches_cpu(const char* backend, const char* ranks) {
+    if (!BUILT_WITH_CUDA || !gpu_present())
+        cr_skip_test("no GPU: this test runs lesson 02 on a GPU");
+    if (strcmp(backend, "nccl") == 0 && !BUILT_WITH_NCCL)
+        cr_skip_test("no NCCL in this build");
+    char dir_gpu[128], dir_cpu[128], what[128];
+    snprintf(dir_gpu, sizeof dir_gpu, "%s/gpu_%s_%s", temp_dir, backend, ranks);
+    snprintf(dir_cpu, sizeof dir_cpu, "%s/cpu_%s", temp_dir, ranks);
+    Proc g = run(MULTI_GPU, (const char*[]){"--device", "cuda", "--backend", backend, "--gpus", ranks,
+                                            "--epochs", "3", "--out", dir_gpu, NULL});
+    cr_assert_eq(exit_status(&g), 0, "on the GPU: exit status %d; stderr:\n%s", exit_status(&g),
+                 g.err.text);
+    cr_assert(strstr(g.out.text, "Replicas agree: yes") != NULL, "on the GPU:\n%s", g.out.text);
+    Proc c = run(MULTI_GPU, (const char*[]){"--device", "cpu", "--gpus", ranks, "--epochs", "3",
+                                            "--out", dir_cpu, NULL});
+    cr_assert_eq(exit_status(&c), 0, "on the CPU: exit status %d; stderr:\n%s", exit_status(&c),
+                 c.err.text);
+    snprintf(what, sizeof what, "%s backend, %s rank(s) on the GPU against the CPU", backend, ranks);
+    expect_same_losses(what, dir_gpu, dir_cpu, GPU_CPU_RTOL);
+    proc_free(&g);
+    proc_free(&c);
+}
+
+Test(multi_gpu_on_a_gpu, nccl_with_one_rank_matches_the_cpu, .init = make_temp_dir,
+     .fini = end_leftovers_and_remove_temp_dir) {
+    expect_gpu_run_matches_cpu("nccl", "1");
+}
+
+Test(multi_gpu_on_a_gpu, the_ring_with_two_ranks_sharing_one_gpu_matches_the_cpu,
+     .init = make_temp_dir, .fini = end_leftovers_and_remove_temp_dir) {
+    expect_gpu_run_matches_cpu("ring", "2");
 }

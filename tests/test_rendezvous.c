@@ -284,9 +284,18 @@ static void master_listen(Rdzv* r, int nnodes, int port) {
     master_fd = r->listen_fd;
 }
 
+// Fills the stack below the caller with a pattern, so that a local variable the code
+// under test forgets to set holds garbage every time, not whatever an earlier call left.
+static __attribute__((noinline)) void poison_stack(void) {
+    volatile unsigned char junk[256 * 1024];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = 0xA5;
+}
+
 // Gathers with the master's log caught; asserts the world formed and returns the log.
 static void master_gather(Rdzv* r, const RdzvHello* own, char* log, size_t len) {
     catch_stderr();
+    poison_stack();
     int status = rdzv_master_gather(r, own);
     release_stderr(log, len);
     master_fd = r->listen_fd;

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # gpu_check.sh - the one-shot check of the CUDA path, for a machine with a GPU.
 #
-# Builds for the GPU, runs the GPU tests (CUDA kernels against their CPU twins),
-# runs lesson 01 under compute-sanitizer, checks that the GPU and the CPU train
-# to the same losses, and times lesson 01 on both. Each step prints a header;
+# Builds for the GPU, runs the GPU tests (CUDA kernels against their CPU twins,
+# lesson 02's engines against the CPU), runs lesson 01 under compute-sanitizer,
+# checks that the GPU and the CPU train to the same losses, runs lesson 02 with
+# the ring (2 ranks sharing the GPU) and NCCL, the all-reduce benchmark on NCCL,
+# times lessons 01 and 02, and runs the benchmark matrix with --quick. Each step prints a header;
 # a failing step is recorded and the check goes on, then exits non-zero naming
 # every failed step. Meant to take well under 5 minutes; every program run has
 # a time limit, so nothing hangs.
@@ -152,28 +154,42 @@ losses_agree() {
         }'
 }
 
-# time_device DEVICE: RUNS runs at defaults; prints each time and the median, records
-# "device|median|runs" in timing_rows.
+lesson02_gpu() {
+    local run
+    for run in "--backend ring --gpus 2" "--backend nccl --gpus 1"; do
+        # shellcheck disable=SC2086 # the flags are meant to split
+        timeout 120 build/multi_gpu --device cuda $run --epochs 3 | tee /dev/stderr |
+            grep -q '^Replicas agree: yes' || return 1
+    done
+}
+
+allreduce_nccl() {
+    timeout 120 build/allreduce_bench --backend nccl --ranks 1 --min-bytes 1K --max-bytes 64M
+}
+
+# time_run LABEL COMMAND...: RUNS runs; prints each time and the median, records
+# "label on device|median|runs" in timing_rows.
 timing_rows=()
-time_device() {
-    local device=$1 i out seconds name times=()
+time_run() {
+    local label=$1 i out seconds name times=()
+    shift
     for ((i = 1; i <= RUNS; i++)); do
-        out=$(timeout 60 "$LESSON" --device "$device") || return 1
+        out=$(timeout 60 "$@") || return 1
         seconds=$(sed -n 's/^Average time per epoch: \([0-9.e+-]*\) seconds$/\1/p' <<<"$out")
         [ -n "$seconds" ] || { echo "no 'Average time per epoch' line"; return 1; }
-        name=$(sed -n 's/^\(No GPU found, using\|Using\) device: //p' <<<"$out")
-        echo "run $i on $device: $seconds s per epoch"
+        name=$(sed -n 's/^\(No GPU found, using \|Using \|.*Process initialized.*\)device: //p' <<<"$out" | head -n 1)
+        echo "run $i of $label: $seconds s per epoch"
         times+=("$seconds")
     done
     local median
     median=$(printf '%s\n' "${times[@]}" | sort -g | awk '{ t[NR] = $1 } END {
         print (NR % 2 ? t[(NR + 1) / 2] : (t[NR / 2] + t[NR / 2 + 1]) / 2) }')
-    echo "median on $device: $median s per epoch"
-    timing_rows+=("$name|$median|$RUNS")
+    echo "median of $label: $median s per epoch"
+    timing_rows+=("$label on $name|$median|$RUNS")
 }
 
 print_table() {
-    echo "| device | median seconds per epoch | runs |"
+    echo "| program on device | median seconds per epoch | runs |"
     echo "| --- | --- | --- |"
     local row name median runs
     for row in "${timing_rows[@]+"${timing_rows[@]}"}"; do
@@ -192,8 +208,13 @@ step "GPU tests: CUDA kernels against their CPU twins" gpu_tests
 step "full test suite (make test)" full_suite
 step "lesson 01 under compute-sanitizer (memcheck, racecheck)" sanitize
 step "lesson 01: GPU and CPU losses agree for 3 epochs" losses_agree
-step "timing lesson 01 at defaults on the GPU ($RUNS runs)" time_device cuda
-step "timing lesson 01 at defaults on the CPU ($RUNS runs)" time_device cpu
+step "lesson 02 on the GPU: the ring with 2 ranks sharing it, NCCL with 1 rank" lesson02_gpu
+step "all-reduce benchmark on NCCL" allreduce_nccl
+step "timing lesson 01 at defaults on the GPU ($RUNS runs)" time_run "lesson 01" "$LESSON" --device cuda
+step "timing lesson 01 at defaults on the CPU ($RUNS runs)" time_run "lesson 01" "$LESSON" --device cpu
+step "timing lesson 02 (NCCL, 1 rank) at defaults ($RUNS runs)" time_run "lesson 02 nccl x1" build/multi_gpu --device cuda --backend nccl --gpus 1
+step "timing lesson 02 (ring, 2 ranks on the GPU) at defaults ($RUNS runs)" time_run "lesson 02 ring x2" build/multi_gpu --device cuda --backend ring --gpus 2
+step "the benchmark matrix, quick (tools/bench.sh --quick)" timeout 240 tools/bench.sh --quick
 
 printf '\n==== summary ====\n'
 print_table
