@@ -356,6 +356,8 @@ __global__ void mse_forward_kernel(float* loss, const float* pred, const float* 
 
 static int mse_forward_cuda(float* loss, const float* pred, const float* target, float scale,
                             int B) {
+    if (B == 0)
+        return 0;
     mse_forward_kernel<<<1, BLOCK_SIZE>>>(loss, pred, target, scale, B);
     CUDA_CHECK(cudaGetLastError());
     return 0;

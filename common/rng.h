@@ -4,7 +4,8 @@
  * A number is a pure function of (seed, stream, counter): there is no hidden
  * state, so every rank, machine and device that asks for sample i of a stream
  * gets the same bits, in any order, without talking to anyone. The mixing
- * function is splitmix64 (Steele, Lea and Flood, 2014), applied twice.
+ * function is splitmix64 (Steele, Lea and Flood, 2014): one keyed round makes a key
+ * of (seed, stream), a second mixes the counter into it.
  *
  * APIs: rng_u64, rng_uniform, rng_normal.
  */

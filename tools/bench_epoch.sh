@@ -3,7 +3,7 @@
 #
 #   tools/bench_epoch.sh PROGRAM [FLAGS...]      REPEATS=5 by default
 # Each run is a fresh process at the given flags; the program measures its own
-# training loop (process start, data generation and printing are outside it).
+# training loop (process start and data generation are outside it).
 set -euo pipefail
 repeats=${REPEATS:-5}
 [ $# -ge 1 ] && [ -x "$1" ] || { echo "usage: $0 PROGRAM [FLAGS...]" >&2; exit 2; }
