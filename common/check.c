@@ -8,7 +8,9 @@
 
 static int check_rank = -1;
 
-void check_set_rank(int rank) { check_rank = rank; }
+void check_set_rank(int rank) {
+    check_rank = rank;
+}
 
 void check_report(const char* file, int line, const char* expr, const char* reason) {
     if (check_rank >= 0)

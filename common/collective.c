@@ -45,11 +45,14 @@ struct Communicator {
 #endif
 };
 
-static int mod(int a, int n) { return ((a % n) + n) % n; }
+static int mod(int a, int n) {
+    return ((a % n) + n) % n;
+}
 
 // Chunk c of count elements split world_size ways: [chunk_begin(c), chunk_begin(c + 1)).
 static size_t chunk_begin(size_t count, int world_size, int c) {
-    return count / world_size * c + (count % world_size < (size_t)c ? count % world_size : (size_t)c);
+    return count / world_size * c +
+           (count % world_size < (size_t)c ? count % world_size : (size_t)c);
 }
 
 // ----------------------------------------------------------------------------
@@ -78,7 +81,8 @@ int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd
     }
     *c = (Communicator){.s = s, .backend = BACKEND_RING, .send_fd = send_fd, .recv_fd = recv_fd};
     *comm = c;
-    if (s.world_size > 1 && (net_set_nonblocking(send_fd) != 0 || net_set_nonblocking(recv_fd) != 0)) {
+    if (s.world_size > 1 &&
+        (net_set_nonblocking(send_fd) != 0 || net_set_nonblocking(recv_fd) != 0)) {
         check_message("comm_init_ring: %s", strerror(errno));
         return -1;
     }
@@ -184,7 +188,8 @@ static int ring_transfer(Communicator* c, const char* what, int step, const void
                       ntohl(in.step) != (uint32_t)step || ntohl(in.bytes) != recv_bytes)) {
         check_message("%s step %d: rank %d sent collective #%u step %u (%u bytes), this rank "
                       "expected #%u step %d (%zu bytes): the ranks are not running the same "
-                      "collectives", what, step, mod(r - 1, N), ntohl(in.sequence), ntohl(in.step),
+                      "collectives",
+                      what, step, mod(r - 1, N), ntohl(in.sequence), ntohl(in.step),
                       ntohl(in.bytes), c->sequence, step, recv_bytes);
         return -1;
     }
@@ -212,8 +217,8 @@ static int ring_allreduce_host(Communicator* c, float* data, size_t count) {
     // Step 1) reduce-scatter: in step s rank r sends chunk r - s and adds chunk r - s - 1.
     for (int s = 0; s < N - 1; s++) {
         int recv_c = mod(r - s - 1, N);
-        RETURN_IF_FAILED(ring_step(c, "ring reduce-scatter", s, data, count, mod(r - s, N),
-                                   recv_c, c->incoming, deadline));
+        RETURN_IF_FAILED(ring_step(c, "ring reduce-scatter", s, data, count, mod(r - s, N), recv_c,
+                                   c->incoming, deadline));
         float* own = data + chunk_begin(count, N, recv_c);
         size_t n = chunk_begin(count, N, recv_c + 1) - chunk_begin(count, N, recv_c);
         for (size_t i = 0; i < n; i++)
@@ -222,8 +227,8 @@ static int ring_allreduce_host(Communicator* c, float* data, size_t count) {
     // Step 2) all-gather: rank r now holds the sum of chunk r + 1; pass the sums on.
     for (int s = 0; s < N - 1; s++) {
         int recv_c = mod(r - s, N);
-        RETURN_IF_FAILED(ring_step(c, "ring all-gather", N - 1 + s, data, count, mod(r + 1 - s, N), recv_c,
-                                   data + chunk_begin(count, N, recv_c), deadline));
+        RETURN_IF_FAILED(ring_step(c, "ring all-gather", N - 1 + s, data, count, mod(r + 1 - s, N),
+                                   recv_c, data + chunk_begin(count, N, recv_c), deadline));
     }
     return 0;
 }
@@ -235,7 +240,8 @@ static int ring_broadcast_host(Communicator* c, float* data, size_t count, int r
     size_t bytes = count * sizeof(float);
     if (c->s.debug)
         check_message("ring broadcast of %zu floats from rank %d: %s rank %d%s", count, root,
-                      r == root ? "send to" : "receive from", r == root ? mod(r + 1, N) : mod(r - 1, N),
+                      r == root ? "send to" : "receive from",
+                      r == root ? mod(r + 1, N) : mod(r - 1, N),
                       r != root && mod(r + 1, N) != root ? ", then pass on" : "");
     if (r != root)
         RETURN_IF_FAILED(ring_transfer(c, "ring broadcast", 0, NULL, 0, data, bytes, deadline));
@@ -374,7 +380,9 @@ int comm_init_nccl(Communicator** comm, CommSettings s, const void* unique_id) {
     return comm_nccl_unique_id((void*)unique_id);
 }
 
-const char* comm_nccl_version(void) { return "none"; }
+const char* comm_nccl_version(void) {
+    return "none";
+}
 #endif
 
 int comm_share_nccl_id(void* unique_id, int rank, int world_size, int send_fd, int recv_fd,
@@ -437,7 +445,9 @@ int comm_barrier(Communicator* c) {
     return ring_allreduce_host(c, &token, 1);
 }
 
-Backend comm_backend(const Communicator* c) { return c->backend; }
+Backend comm_backend(const Communicator* c) {
+    return c->backend;
+}
 
 static void comm_close(Communicator* c, bool abort) {
     if (c == NULL)
@@ -460,5 +470,9 @@ static void comm_close(Communicator* c, bool abort) {
     free(c);
 }
 
-void comm_abort(Communicator* c) { comm_close(c, true); }
-void comm_destroy(Communicator* c) { comm_close(c, false); }
+void comm_abort(Communicator* c) {
+    comm_close(c, true);
+}
+void comm_destroy(Communicator* c) {
+    comm_close(c, false);
+}

@@ -12,7 +12,8 @@
  *
  * APIs: Communicator, comm_ring_socketpairs, comm_ring_keep_own, comm_ring_connect_tcp,
  *       comm_init_ring, comm_init_nccl, comm_allreduce_sum,
- *       comm_share_nccl_id, comm_allreduce_mean, comm_broadcast, comm_barrier, comm_abort, comm_destroy.
+ *       comm_share_nccl_id, comm_allreduce_mean, comm_broadcast, comm_barrier, comm_abort,
+ * comm_destroy.
  */
 #ifndef COLLECTIVE_H
 #define COLLECTIVE_H
@@ -31,11 +32,11 @@ typedef enum { BACKEND_RING, BACKEND_NCCL } Backend;
 typedef struct Communicator Communicator;
 
 typedef struct {
-    int rank;           // this process, 0 .. world_size - 1
-    int world_size;     // how many ranks take part
-    double timeout_s;   // deadline of every call, from its start
-    bool debug;         // print every step on stderr
-    const Kernels* k;   // the device whose memory holds the buffers
+    int rank;         // this process, 0 .. world_size - 1
+    int world_size;   // how many ranks take part
+    double timeout_s; // deadline of every call, from its start
+    bool debug;       // print every step on stderr
+    const Kernels* k; // the device whose memory holds the buffers
 } CommSettings;
 
 // The sockets of a ring of processes on one machine, made before they are forked:

@@ -57,8 +57,7 @@ int config_parse_int(const char* flag, const char* value, long min, long max, in
 
 // Accepts value if it is one of the names in choices ("a|b|c") and points *out at
 // it; -1 with a message on stderr otherwise.
-int config_parse_choice(const char* flag, const char* value, const char* choices,
-                        const char** out);
+int config_parse_choice(const char* flag, const char* value, const char* choices, const char** out);
 
 // Returns 1 if flag is a training flag (and stores its value), 0 if it is not
 // one, -1 (after a message on stderr) if its value is bad.

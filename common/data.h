@@ -34,13 +34,13 @@ typedef struct {
 } Dataset;
 
 typedef struct {
-    int n;             // training samples to deal out
-    int world_size;    // N: how many ranks share them
-    int rank;          // which share is ours
-    uint64_t seed;     // with the epoch, decides the shuffle
-    int* permutation;  // (n) scratch for the shuffle
-    int* indices;      // (num_samples) this rank's indices for the current epoch
-    int num_samples;   // ceil(n / N): the same on every rank
+    int n;            // training samples to deal out
+    int world_size;   // N: how many ranks share them
+    int rank;         // which share is ours
+    uint64_t seed;    // with the epoch, decides the shuffle
+    int* permutation; // (n) scratch for the shuffle
+    int* indices;     // (num_samples) this rank's indices for the current epoch
+    int num_samples;  // ceil(n / N): the same on every rank
 } Sampler;
 
 // Builds n_total samples. Returns 0, or -1 if memory runs out.

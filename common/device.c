@@ -86,11 +86,13 @@ static int open_gpu(Device* d, int gpu_index, char* why, size_t why_len) {
 
 void device_explain_no_gpu(char* why, size_t why_len) {
 #ifdef HAVE_CUDA
-    snprintf(why, why_len, "--device cuda: no usable GPU was found (is the NVIDIA driver loaded? "
-                           "try nvidia-smi), use --device cpu or auto");
+    snprintf(why, why_len,
+             "--device cuda: no usable GPU was found (is the NVIDIA driver loaded? "
+             "try nvidia-smi), use --device cpu or auto");
 #else
-    snprintf(why, why_len, "--device cuda: this build has no CUDA support (built without nvcc, "
-                           "or with NO_CUDA=1), use --device cpu or auto");
+    snprintf(why, why_len,
+             "--device cuda: this build has no CUDA support (built without nvcc, "
+             "or with NO_CUDA=1), use --device cpu or auto");
 #endif
 }
 

@@ -25,10 +25,10 @@ extern "C" {
 
 typedef struct {
     float learning_rate;
-    float beta1;   // decay of the running mean of gradients
-    float beta2;   // decay of the running mean of squared gradients
-    float eps;     // keeps the division finite
-    int step;      // 1 on the first update; drives the bias correction
+    float beta1; // decay of the running mean of gradients
+    float beta2; // decay of the running mean of squared gradients
+    float eps;   // keeps the division finite
+    int step;    // 1 on the first update; drives the bias correction
 } AdamSettings;
 
 typedef struct {

@@ -27,7 +27,9 @@ static void* alloc_cpu(size_t bytes) {
     return ptr;
 }
 
-static void release_cpu(void* ptr) { free(ptr); }
+static void release_cpu(void* ptr) {
+    free(ptr);
+}
 
 static int copy_cpu(void* dst, const void* src, size_t bytes) {
     memcpy(dst, src, bytes);
@@ -39,13 +41,15 @@ static int zero_cpu(void* ptr, size_t bytes) {
     return 0;
 }
 
-static int synchronize_cpu(void) { return 0; }
+static int synchronize_cpu(void) {
+    return 0;
+}
 
 // ----------------------------------------------------------------------------
 // data
 
 static int gather_batch_cpu(float* x, float* y, const float* data_x, const float* data_y,
-                     const int* indices, int B) {
+                            const int* indices, int B) {
     for (int b = 0; b < B; b++) {
         x[b] = data_x[indices[b]];
         y[b] = data_y[indices[b]];
@@ -70,9 +74,8 @@ static inline float dot_cpu(const float* restrict a, const float* restrict b, in
 
 // out[k] = sum over j < n of scale[j * scale_stride] * rows[j * row_stride + k], k < width:
 // n scaled rows added up, one row at a time, so the inner loop is contiguous and vectorises.
-static void weighted_row_sum_cpu(float* restrict out, const float* restrict scale,
-                                 int scale_stride, const float* restrict rows, int row_stride,
-                                 int n, int width) {
+static void weighted_row_sum_cpu(float* restrict out, const float* restrict scale, int scale_stride,
+                                 const float* restrict rows, int row_stride, int n, int width) {
     for (int k = 0; k < width; k++)
         out[k] = 0.0f;
     for (int j = 0; j < n; j++) {
@@ -137,8 +140,8 @@ static int relu_backward_cpu(float* dinp, const float* dout, const float* out, i
 // LayerNorm over the C features of each row
 
 static int layernorm_forward_cpu(float* restrict out, float* restrict mean, float* restrict rstd,
-                          const float* restrict inp, const float* restrict gamma,
-                          const float* restrict beta, int B, int C) {
+                                 const float* restrict inp, const float* restrict gamma,
+                                 const float* restrict beta, int B, int C) {
     for (int b = 0; b < B; b++) {
         const float* x = inp + (size_t)b * C;
         float sum = 0.0f;
@@ -158,10 +161,11 @@ static int layernorm_forward_cpu(float* restrict out, float* restrict mean, floa
     return 0;
 }
 
-static int layernorm_backward_cpu(float* restrict dinp, float* restrict dgamma, float* restrict dbeta,
-                           const float* restrict dout, const float* restrict inp,
-                           const float* restrict mean, const float* restrict rstd,
-                           const float* restrict gamma, int B, int C) {
+static int layernorm_backward_cpu(float* restrict dinp, float* restrict dgamma,
+                                  float* restrict dbeta, const float* restrict dout,
+                                  const float* restrict inp, const float* restrict mean,
+                                  const float* restrict rstd, const float* restrict gamma, int B,
+                                  int C) {
     memset(dgamma, 0, (size_t)C * sizeof(float));
     memset(dbeta, 0, (size_t)C * sizeof(float));
     for (int b = 0; b < B; b++) {
@@ -191,7 +195,8 @@ static int layernorm_backward_cpu(float* restrict dinp, float* restrict dgamma, 
 // ----------------------------------------------------------------------------
 // mean squared error
 
-static int mse_forward_cpu(float* loss, const float* pred, const float* target, float scale, int B) {
+static int mse_forward_cpu(float* loss, const float* pred, const float* target, float scale,
+                           int B) {
     float sum = 0.0f;
     for (int b = 0; b < B; b++)
         sum += (pred[b] - target[b]) * (pred[b] - target[b]);
@@ -225,8 +230,8 @@ static int adam_update_cpu(float* restrict params, float* restrict m, float* res
     return 0;
 }
 
-static int sgd_update_cpu(float* restrict params, float* restrict velocity, const float* restrict grads,
-                   float learning_rate, float momentum, int N) {
+static int sgd_update_cpu(float* restrict params, float* restrict velocity,
+                          const float* restrict grads, float learning_rate, float momentum, int N) {
     for (int i = 0; i < N; i++) {
         velocity[i] = momentum * velocity[i] + grads[i];
         params[i] -= learning_rate * velocity[i];

@@ -26,10 +26,14 @@
 #define BLOCK_SIZE 256
 
 // Enough blocks of BLOCK_SIZE threads for n threads (n > 0).
-static int blocks_for(int n) { return (n + BLOCK_SIZE - 1) / BLOCK_SIZE; }
+static int blocks_for(int n) {
+    return (n + BLOCK_SIZE - 1) / BLOCK_SIZE;
+}
 
 // This thread's position in the whole grid: the index of its work item.
-static __device__ int thread_index(void) { return (int)(blockIdx.x * blockDim.x + threadIdx.x); }
+static __device__ int thread_index(void) {
+    return (int)(blockIdx.x * blockDim.x + threadIdx.x);
+}
 
 // ----------------------------------------------------------------------------
 // memory: the GPU's own memory, reached from the host by copies

@@ -46,7 +46,7 @@ int mlp_create(Mlp* m, const Kernels* k, int hidden, int max_batch) {
     m->num_params = mlp_num_params(hidden);
     size_t P = (size_t)m->num_params, BH = (size_t)max_batch * hidden, B = (size_t)max_batch;
     float** per_param[] = {&m->params, &m->grads, &m->opt_m, &m->opt_v};
-    float** per_row_of_h[] = {&m->h1, &m->a1, &m->h2, &m->ln, &m->a3,
+    float** per_row_of_h[] = {&m->h1,   &m->a1,   &m->h2,   &m->ln,   &m->a3,
                               &m->d_a3, &m->d_ln, &m->d_h2, &m->d_a1, &m->d_h1};
     float** per_row[] = {&m->x, &m->y, &m->ln_mean, &m->ln_rstd, &m->out, &m->d_out};
     for (size_t i = 0; i < sizeof per_param / sizeof *per_param; i++)
@@ -62,9 +62,9 @@ int mlp_create(Mlp* m, const Kernels* k, int hidden, int max_batch) {
 }
 
 void mlp_free(Mlp* m) {
-    float* buffers[] = {m->params, m->grads, m->opt_m, m->opt_v, m->x, m->y, m->h1, m->a1,
-                        m->h2, m->ln, m->ln_mean, m->ln_rstd, m->a3, m->out, m->d_out,
-                        m->d_a3, m->d_ln, m->d_h2, m->d_a1, m->d_h1, m->loss};
+    float* buffers[] = {m->params, m->grads, m->opt_m, m->opt_v,   m->x,       m->y,    m->h1,
+                        m->a1,     m->h2,    m->ln,    m->ln_mean, m->ln_rstd, m->a3,   m->out,
+                        m->d_out,  m->d_a3,  m->d_ln,  m->d_h2,    m->d_a1,    m->d_h1, m->loss};
     for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++)
         if (buffers[i] != NULL)
             m->k->release(buffers[i]);
@@ -130,13 +130,13 @@ int mlp_backward(Mlp* m, int B) {
     const Kernels* k = m->k;
     int H = m->hidden;
     RETURN_IF_FAILED(k->mse_backward(m->d_out, m->out, m->y, B));
-    RETURN_IF_FAILED(k->linear_backward(m->d_a3, m->g.w3, m->g.b3, m->d_out, m->a3, m->p.w3, B,
-                                        H, 1));
+    RETURN_IF_FAILED(
+        k->linear_backward(m->d_a3, m->g.w3, m->g.b3, m->d_out, m->a3, m->p.w3, B, H, 1));
     RETURN_IF_FAILED(k->relu_backward(m->d_ln, m->d_a3, m->a3, B * H));
     RETURN_IF_FAILED(k->layernorm_backward(m->d_h2, m->g.ln_gamma, m->g.ln_beta, m->d_ln, m->h2,
                                            m->ln_mean, m->ln_rstd, m->p.ln_gamma, B, H));
-    RETURN_IF_FAILED(k->linear_backward(m->d_a1, m->g.w2, m->g.b2, m->d_h2, m->a1, m->p.w2, B, H,
-                                        H));
+    RETURN_IF_FAILED(
+        k->linear_backward(m->d_a1, m->g.w2, m->g.b2, m->d_h2, m->a1, m->p.w2, B, H, H));
     RETURN_IF_FAILED(k->relu_backward(m->d_h1, m->d_a1, m->a1, B * H));
     // The input needs no gradient: dinp = NULL.
     return k->linear_backward(NULL, m->g.w1, m->g.b1, m->d_h1, m->x, m->p.w1, B, 1, H);

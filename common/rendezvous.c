@@ -32,7 +32,7 @@ typedef struct {
     unsigned char* buf;
     size_t len; // bytes written, or bytes available to read
     size_t pos;
-    bool bad;   // ran past the end
+    bool bad; // ran past the end
 } Cursor;
 
 static void put_u32(Cursor* c, uint32_t v) {
@@ -107,8 +107,8 @@ static int send_msg(int fd, MsgType type, const void* payload, size_t len, doubl
 }
 
 // Receives one message into payload (cap bytes). Returns 0, or -1 with why set.
-static int recv_msg(int fd, MsgType* type, void* payload, size_t cap, size_t* len,
-                    double deadline, char* why, size_t why_len) {
+static int recv_msg(int fd, MsgType* type, void* payload, size_t cap, size_t* len, double deadline,
+                    char* why, size_t why_len) {
     unsigned char header[HEADER_BYTES];
     NetStatus st = net_recv_all(fd, header, sizeof header, deadline);
     uint32_t magic, length;
@@ -125,8 +125,8 @@ static int recv_msg(int fd, MsgType* type, void* payload, size_t cap, size_t* le
         snprintf(why, why_len, "protocol version %u, this build speaks %u", ntohs(version),
                  RDZV_VERSION);
     else if (ntohl(length) > cap)
-        snprintf(why, why_len, "payload length %u is over the limit of %zu bytes",
-                 ntohl(length), cap);
+        snprintf(why, why_len, "payload length %u is over the limit of %zu bytes", ntohl(length),
+                 cap);
     else {
         *type = (MsgType)ntohs(kind);
         *len = ntohl(length);
@@ -218,8 +218,12 @@ static int decode_world(RdzvWorld* w, unsigned char* buf, size_t len) {
 void rdzv_init(Rdzv* r, int nnodes, int node_rank, const char* master_addr, int master_port,
                double timeout_s, bool debug) {
     memset(r, 0, sizeof *r);
-    *r = (Rdzv){.nnodes = nnodes, .node_rank = node_rank, .master_addr = master_addr,
-                .master_port = master_port, .timeout_s = timeout_s, .debug = debug,
+    *r = (Rdzv){.nnodes = nnodes,
+                .node_rank = node_rank,
+                .master_addr = master_addr,
+                .master_port = master_port,
+                .timeout_s = timeout_s,
+                .debug = debug,
                 .listen_fd = -1};
     for (int n = 0; n < RDZV_MAX_NODES; n++)
         r->control_fd[n] = -1;
@@ -233,8 +237,8 @@ int rdzv_master_listen(Rdzv* r) {
         return -1;
     }
     if (r->debug)
-        check_message("rendezvous: step 1) master listening on %s:%d for %d node%s",
-                      r->master_addr, r->master_port, r->nnodes - 1, r->nnodes > 2 ? "s" : "");
+        check_message("rendezvous: step 1) master listening on %s:%d for %d node%s", r->master_addr,
+                      r->master_port, r->nnodes - 1, r->nnodes > 2 ? "s" : "");
     return 0;
 }
 
@@ -269,16 +273,20 @@ static void check_hello(const Rdzv* r, const RdzvHello* own, const RdzvHello* h,
     if (!tokens_equal(own->token, h->token))
         snprintf(why, n, "wrong token (see --token-file or DDP_TOKEN)");
     else if (strcmp(own->build_id, h->build_id) != 0)
-        snprintf(why, n, "build %s differs from the master's %s (rebuild every node from the "
-                 "same sources)", h->build_id, own->build_id);
+        snprintf(why, n,
+                 "build %s differs from the master's %s (rebuild every node from the "
+                 "same sources)",
+                 h->build_id, own->build_id);
     else if (strcmp(own->nccl_version, h->nccl_version) != 0)
         snprintf(why, n, "NCCL %s differs from the master's %s", h->nccl_version,
                  own->nccl_version);
     else if (strcmp(own->settings, h->settings) != 0)
         first_setting_difference(own->settings, h->settings, why, n);
     else if (h->node_rank < 1 || h->node_rank >= r->nnodes)
-        snprintf(why, n, "node rank %d is out of range: --nnodes %d allows 1 to %d besides the "
-                 "master", h->node_rank, r->nnodes, r->nnodes - 1);
+        snprintf(why, n,
+                 "node rank %d is out of range: --nnodes %d allows 1 to %d besides the "
+                 "master",
+                 h->node_rank, r->nnodes, r->nnodes - 1);
     else if (r->control_fd[h->node_rank] >= 0)
         snprintf(why, n, "node rank %d is taken already (two nodes with the same --node-rank?)",
                  h->node_rank);
@@ -293,8 +301,8 @@ static void admit_one(Rdzv* r, const RdzvHello* own, int fd) {
     RdzvHello h;
     net_peer_name(fd, peer, sizeof peer);
     double deadline = timer_seconds() + HELLO_WAIT_SECONDS;
-    bool received = recv_msg(fd, &type, payload, sizeof payload, &len, deadline, why,
-                             sizeof why) == 0;
+    bool received =
+        recv_msg(fd, &type, payload, sizeof payload, &len, deadline, why, sizeof why) == 0;
     if (!received || type != MSG_HELLO || decode_hello(&h, payload, len) != 0) {
         if (received)
             snprintf(why, sizeof why, "not a well-formed HELLO");
@@ -338,8 +346,8 @@ int rdzv_master_gather(Rdzv* r, const RdzvHello* own) {
                 snprintf(missing + strlen(missing), sizeof missing - strlen(missing), " %d", i);
         check_message("rendezvous: %s after %.0f s with %d of %d nodes; missing node rank%s:%s "
                       "(see --rdzv-timeout)",
-                      errno == ETIMEDOUT ? "timed out" : strerror(errno), r->timeout_s,
-                      nodes_in(r), r->nnodes, strchr(missing + 1, ' ') ? "s" : "", missing);
+                      errno == ETIMEDOUT ? "timed out" : strerror(errno), r->timeout_s, nodes_in(r),
+                      r->nnodes, strchr(missing + 1, ' ') ? "s" : "", missing);
         return -1;
     }
     // Step 3) everyone is in: stop listening, so that nobody else can join.
@@ -385,12 +393,13 @@ int rdzv_connect(Rdzv* r) {
     double deadline = timer_seconds() + r->timeout_s;
     char why[512];
     if (r->debug)
-        check_message("rendezvous: step 1) node %d connecting to the master at %s:%d",
-                      r->node_rank, r->master_addr, r->master_port);
+        check_message("rendezvous: step 1) node %d connecting to the master at %s:%d", r->node_rank,
+                      r->master_addr, r->master_port);
     r->control_fd[0] = net_connect_retry(r->master_addr, r->master_port, deadline, why, sizeof why);
     if (r->control_fd[0] < 0) {
         check_message("rendezvous: cannot reach the master: %s; gave up after %.0f s (see "
-                      "--rdzv-timeout)", why, r->timeout_s);
+                      "--rdzv-timeout)",
+                      why, r->timeout_s);
         return -1;
     }
     return 0;
@@ -417,8 +426,8 @@ int rdzv_join(Rdzv* r, const RdzvHello* own, RdzvWorld* world) {
         check_message("rendezvous: the master refused this node: %s", (char*)payload);
         return -1;
     }
-    if (type != MSG_WORLD || decode_world(world, payload, len) != 0 ||
-        world->nnodes != r->nnodes || world->nproc[r->node_rank] != own->nproc) {
+    if (type != MSG_WORLD || decode_world(world, payload, len) != 0 || world->nnodes != r->nnodes ||
+        world->nproc[r->node_rank] != own->nproc) {
         check_message("rendezvous: the master's answer is not a WORLD that fits this node");
         return -1;
     }

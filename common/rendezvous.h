@@ -71,10 +71,10 @@ typedef struct {
     int master_port;
     double timeout_s; // the whole rendezvous
     bool debug;
-    int listen_fd;                      // master only, until the world is formed
-    int control_fd[RDZV_MAX_NODES];     // master: one per node (by node rank); node: [0]
-    bool done[RDZV_MAX_NODES];          // master: which nodes said DONE
-    RdzvHello hello[RDZV_MAX_NODES];    // master: every node's HELLO
+    int listen_fd;                   // master only, until the world is formed
+    int control_fd[RDZV_MAX_NODES];  // master: one per node (by node rank); node: [0]
+    bool done[RDZV_MAX_NODES];       // master: which nodes said DONE
+    RdzvHello hello[RDZV_MAX_NODES]; // master: every node's HELLO
 } Rdzv;
 
 // Prepares r; every field above the state is the caller's.

@@ -13,8 +13,7 @@
 int report_prepare_dir(const char* dir) {
     struct stat st;
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "error: --out %s: cannot create the directory: %s\n", dir,
-                strerror(errno));
+        fprintf(stderr, "error: --out %s: cannot create the directory: %s\n", dir, strerror(errno));
         return -1;
     }
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
@@ -50,8 +49,10 @@ static int write_csv(const char* dir, const EpochStats* stats, int epochs) {
 static void plot_losses(const char* dir) {
     // Look first: writing to the pipe of a gnuplot that is not there would raise SIGPIPE.
     if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
-        fprintf(stderr, "warning: gnuplot not found (apt-get install gnuplot-nox), so no %s/loss.png; "
-                        "%s/losses.csv has the data\n", dir, dir);
+        fprintf(stderr,
+                "warning: gnuplot not found (apt-get install gnuplot-nox), so no %s/loss.png; "
+                "%s/losses.csv has the data\n",
+                dir, dir);
         return;
     }
     FILE* gp = popen("gnuplot", "w");

@@ -4,8 +4,8 @@
 #include "workers.h"
 
 #include <errno.h>
-#include <stdbool.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +18,9 @@
 
 static volatile sig_atomic_t stop_signal = 0;
 
-static void on_stop_signal(int sig) { stop_signal = sig; }
+static void on_stop_signal(int sig) {
+    stop_signal = sig;
+}
 
 int workers_start(Workers* w, int count, int first_rank, WorkerMain main, void* arg) {
     memset(w, 0, sizeof *w);

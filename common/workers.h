@@ -28,7 +28,7 @@ typedef int (*WorkerMain)(int local_rank, void* arg);
 
 typedef struct {
     int count;
-    int first_rank;         // global rank of local worker 0 (lesson 03: several nodes)
+    int first_rank;          // global rank of local worker 0 (lesson 03: several nodes)
     pid_t pids[WORKERS_MAX]; // 0 once reaped
     char failure[256];       // the first failure: "[Rank 3] killed by signal 9 (Killed)"
     bool failure_is_signal;  // it was killed, rather than exiting with an error

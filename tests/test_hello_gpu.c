@@ -142,7 +142,9 @@ static Run run_program_with_path(const char* const* args, const char* path_env) 
     return r;
 }
 
-static Run run_program(const char* const* args) { return run_program_with_path(args, NULL); }
+static Run run_program(const char* const* args) {
+    return run_program_with_path(args, NULL);
+}
 
 static void run_free(Run* r) {
     free(r->out);
@@ -299,7 +301,9 @@ static char* read_file(const char* path, size_t* len) {
     return b.text;
 }
 
-static int have_gnuplot(void) { return system("command -v gnuplot >/dev/null 2>&1") == 0; }
+static int have_gnuplot(void) {
+    return system("command -v gnuplot >/dev/null 2>&1") == 0;
+}
 
 // ----------------------------------------------------------------------------
 // a) the output against the golden file

@@ -701,8 +701,8 @@ static void expect_gpu_run_matches_cpu(const char* backend, const char* ranks) {
     char dir_gpu[128], dir_cpu[128], what[128];
     snprintf(dir_gpu, sizeof dir_gpu, "%s/gpu_%s_%s", temp_dir, backend, ranks);
     snprintf(dir_cpu, sizeof dir_cpu, "%s/cpu_%s", temp_dir, ranks);
-    Proc g = run(MULTI_GPU, (const char*[]){"--device", "cuda", "--backend", backend, "--gpus", ranks,
-                                            "--epochs", "3", "--out", dir_gpu, NULL});
+    Proc g = run(MULTI_GPU, (const char*[]){"--device", "cuda", "--backend", backend, "--gpus",
+                                            ranks, "--epochs", "3", "--out", dir_gpu, NULL});
     cr_assert_eq(exit_status(&g), 0, "on the GPU: exit status %d; stderr:\n%s", exit_status(&g),
                  g.err.text);
     cr_assert(strstr(g.out.text, "Replicas agree: yes") != NULL, "on the GPU:\n%s", g.out.text);
@@ -710,7 +710,8 @@ static void expect_gpu_run_matches_cpu(const char* backend, const char* ranks) {
                                             "--out", dir_cpu, NULL});
     cr_assert_eq(exit_status(&c), 0, "on the CPU: exit status %d; stderr:\n%s", exit_status(&c),
                  c.err.text);
-    snprintf(what, sizeof what, "%s backend, %s rank(s) on the GPU against the CPU", backend, ranks);
+    snprintf(what, sizeof what, "%s backend, %s rank(s) on the GPU against the CPU", backend,
+             ranks);
     expect_same_losses(what, dir_gpu, dir_cpu, GPU_CPU_RTOL);
     proc_free(&g);
     proc_free(&c);

@@ -37,10 +37,15 @@ typedef struct {
 static int parse_bytes(const char* flag, const char* value, long* out) {
     char* end = NULL;
     long v = value != NULL ? strtol(value, &end, 10) : 0;
-    long unit = end == NULL ? 0 : *end == 'K' ? 1L << 10 : *end == 'M' ? 1L << 20 : *end == 'G' ? 1L << 30 : 1;
+    long unit = end == NULL   ? 0
+                : *end == 'K' ? 1L << 10
+                : *end == 'M' ? 1L << 20
+                : *end == 'G' ? 1L << 30
+                              : 1;
     if (end != NULL && unit > 1)
         end++;
-    if (value == NULL || end == value || *end != '\0' || v < 1 || v * unit < 4 || v * unit > (1L << 30)) {
+    if (value == NULL || end == value || *end != '\0' || v < 1 || v * unit < 4 ||
+        v * unit > (1L << 30)) {
         fprintf(stderr, "error: %s must be a size in [4, 1G] bytes (e.g. 8, 64K, 4M), got '%s'\n",
                 flag, value != NULL ? value : "(nothing)");
         return -1;
@@ -50,7 +55,8 @@ static int parse_bytes(const char* flag, const char* value, long* out) {
 }
 
 static void parse_args(Bench* b, int argc, char** argv) {
-    *b = (Bench){.backend = "ring", .ranks = 2, .min_bytes = 8, .max_bytes = 4L << 20, .timeout_s = 60};
+    *b = (Bench){
+        .backend = "ring", .ranks = 2, .min_bytes = 8, .max_bytes = 4L << 20, .timeout_s = 60};
     for (int i = 1; i < argc; i++) {
         char flag[64];
         const char* value;
@@ -95,7 +101,9 @@ static int iterations_for(long bytes) {
 }
 
 // Fills host (count) with rank-dependent integers whose exact sum over ranks is known.
-static float value_at(int rank, size_t i) { return (float)((rank + 1) * (int)(i % 7)); }
+static float value_at(int rank, size_t i) {
+    return (float)((rank + 1) * (int)(i % 7));
+}
 
 static int count_wrong(Communicator* comm, const Kernels* k, float* device, float* host,
                        size_t count, int rank, int world_size) {
@@ -110,8 +118,8 @@ static int count_wrong(Communicator* comm, const Kernels* k, float* device, floa
     return wrong;
 }
 
-static int bench_size(Communicator* comm, const Kernels* k, float* device, float* host,
-                      long bytes, int rank, int world_size) {
+static int bench_size(Communicator* comm, const Kernels* k, float* device, float* host, long bytes,
+                      int rank, int world_size) {
     size_t count = (size_t)bytes / sizeof(float);
     int wrong = count_wrong(comm, k, device, host, count, rank, world_size);
     int iters = iterations_for(bytes);
@@ -126,8 +134,8 @@ static int bench_size(Communicator* comm, const Kernels* k, float* device, float
     double algbw = (double)bytes / seconds / 1e9;
     double busbw = algbw * 2.0 * (world_size - 1) / world_size;
     if (rank == 0)
-        printf("%12ld %10zu %10.2f %12.3f %12.3f %8d\n", bytes, count, seconds * 1e6, algbw,
-               busbw, wrong);
+        printf("%12ld %10zu %10.2f %12.3f %12.3f %8d\n", bytes, count, seconds * 1e6, algbw, busbw,
+               wrong);
     return 0;
 }
 
@@ -145,7 +153,8 @@ static int rank_main(int rank, void* arg) {
         check_message("%s", why);
         return 1;
     }
-    CommSettings s = {.rank = rank, .world_size = b->ranks, .timeout_s = b->timeout_s, .k = dev.kernels};
+    CommSettings s = {
+        .rank = rank, .world_size = b->ranks, .timeout_s = b->timeout_s, .k = dev.kernels};
     Communicator* comm = NULL;
     unsigned char id[NCCL_UNIQUE_ID_BYTES];
     int err = nccl ? comm_share_nccl_id(id, rank, b->ranks, send_fd, recv_fd, b->timeout_s) ||

@@ -29,8 +29,7 @@
 static void print_usage(void) {
     fputs("usage: hello_gpu [flags]\n\n"
           "Trains a 1 -> H -> H -> 1 MLP on y = sin(x) + noise on one device.\n\n"
-          "flags:\n" CONFIG_TRAINING_HELP
-          "  --help                print this help and exit\n",
+          "flags:\n" CONFIG_TRAINING_HELP "  --help                print this help and exit\n",
           stdout);
 }
 
@@ -119,8 +118,8 @@ static int evaluate(Mlp* m, const DeviceData* d, int n_eval, float* eval_loss) {
     return mlp_take_loss(m, eval_loss);
 }
 
-static int train(Mlp* m, const TrainConfig* c, const Dataset* data, const DeviceData* d,
-                 Sampler* s, EpochStats* stats) {
+static int train(Mlp* m, const TrainConfig* c, const Dataset* data, const DeviceData* d, Sampler* s,
+                 EpochStats* stats) {
     Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
     double start = timer_seconds();
     for (int epoch = 0; epoch < c->epochs; epoch++) {

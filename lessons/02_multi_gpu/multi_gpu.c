@@ -91,7 +91,7 @@ static void parse_args(Options* o, int argc, char** argv) {
 typedef struct {
     Options opt;
     int world_size;
-    int gpus;         // GPUs visible to this node
+    int gpus; // GPUs visible to this node
     Backend backend;
     int ring_fds[WORKERS_MAX][2]; // socketpair i carries rank i's sends to rank i + 1
 } Plan;
@@ -112,8 +112,9 @@ static void make_plan(Plan* p, const Options* o) {
     bool gpu_each = p->gpus >= p->world_size;
     if (strcmp(o->backend, "nccl") == 0) {
         if (strcmp(comm_nccl_version(), "none") == 0 || !gpu_each) {
-            fprintf(stderr, "error: --backend nccl needs NCCL and one GPU per rank: %d rank%s, "
-                            "%d GPU%s, NCCL %s (use --backend ring to share GPUs or run on the CPU)\n",
+            fprintf(stderr,
+                    "error: --backend nccl needs NCCL and one GPU per rank: %d rank%s, "
+                    "%d GPU%s, NCCL %s (use --backend ring to share GPUs or run on the CPU)\n",
                     p->world_size, p->world_size > 1 ? "s" : "", p->gpus, p->gpus == 1 ? "" : "s",
                     comm_nccl_version());
             exit(EXIT_USAGE);
@@ -122,7 +123,8 @@ static void make_plan(Plan* p, const Options* o) {
     } else if (strcmp(o->backend, "ring") == 0)
         p->backend = BACKEND_RING;
     else
-        p->backend = gpu_each && strcmp(comm_nccl_version(), "none") != 0 ? BACKEND_NCCL : BACKEND_RING;
+        p->backend =
+            gpu_each && strcmp(comm_nccl_version(), "none") != 0 ? BACKEND_NCCL : BACKEND_RING;
     if (config_check(&o->train, p->world_size) != 0 ||
         (o->train.out_dir != NULL && report_prepare_dir(o->train.out_dir) != 0))
         exit(EXIT_USAGE);
@@ -207,16 +209,16 @@ static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, float* eval
 }
 
 // Trains every epoch; rank 0 (verbose) prints the progress.
-static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s,
-                 Communicator* comm, bool verbose, EpochStats* stats) {
+static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, Communicator* comm,
+                 bool verbose, EpochStats* stats) {
     Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
     double comm_seconds = 0.0;
     double start = timer_seconds();
     for (int epoch = 0; epoch < c->epochs; epoch++) {
         double epoch_start = timer_seconds();
         EpochStats* e = &stats[epoch];
-        RETURN_IF_FAILED(train_epoch(m, &opt, s, d, epoch, c->batch_size, comm, &comm_seconds,
-                                     &e->train_loss));
+        RETURN_IF_FAILED(
+            train_epoch(m, &opt, s, d, epoch, c->batch_size, comm, &comm_seconds, &e->train_loss));
         RETURN_IF_FAILED(evaluate(m, d, comm, &e->eval_loss));
         e->seconds = timer_seconds() - epoch_start;
         if (verbose)
@@ -294,7 +296,8 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
     if (stats == NULL || dataset_create(&data, c->data_size, c->seed) != 0 ||
         sampler_create(&sampler, data.n_train, world_size, rank, c->seed) != 0 ||
         mlp_create(&model, dev->kernels, c->hidden_size, c->batch_size) != 0 ||
-        mlp_init_params(&model, c->seed) != 0 || upload_data(&d, dev->kernels, &data, &sampler) != 0)
+        mlp_init_params(&model, c->seed) != 0 ||
+        upload_data(&d, dev->kernels, &data, &sampler) != 0)
         return 1;
     // Every rank made the same weights from the seed; DDP broadcasts rank 0's anyway,
     // so that replicas start equal even when initialisation is not deterministic.
@@ -316,8 +319,11 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
 
 static int make_communicator(Communicator** comm, const Plan* p, int rank, const Device* dev,
                              int send_fd, int recv_fd) {
-    CommSettings s = {.rank = rank, .world_size = p->world_size, .timeout_s = p->opt.timeout_s,
-                      .debug = p->opt.debug, .k = dev->kernels};
+    CommSettings s = {.rank = rank,
+                      .world_size = p->world_size,
+                      .timeout_s = p->opt.timeout_s,
+                      .debug = p->opt.debug,
+                      .k = dev->kernels};
     if (p->backend == BACKEND_RING)
         return comm_init_ring(comm, s, send_fd, recv_fd);
     unsigned char id[NCCL_UNIQUE_ID_BYTES];

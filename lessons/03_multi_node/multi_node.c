@@ -80,11 +80,14 @@ static void print_usage(void) {
 static int env_defaults(Options* o) {
     const char* v;
     o->master_addr = (v = getenv("MASTER_ADDR")) != NULL && *v ? v : "127.0.0.1";
-    if ((v = getenv("MASTER_PORT")) != NULL && config_parse_int("MASTER_PORT", v, 1, 65535, &o->master_port) != 0)
+    if ((v = getenv("MASTER_PORT")) != NULL &&
+        config_parse_int("MASTER_PORT", v, 1, 65535, &o->master_port) != 0)
         return -1;
-    if ((v = getenv("NNODES")) != NULL && config_parse_int("NNODES", v, 1, RDZV_MAX_NODES, &o->nnodes) != 0)
+    if ((v = getenv("NNODES")) != NULL &&
+        config_parse_int("NNODES", v, 1, RDZV_MAX_NODES, &o->nnodes) != 0)
         return -1;
-    if ((v = getenv("NODE_RANK")) != NULL && config_parse_int("NODE_RANK", v, 0, RDZV_MAX_NODES - 1, &o->node_rank) != 0)
+    if ((v = getenv("NODE_RANK")) != NULL &&
+        config_parse_int("NODE_RANK", v, 0, RDZV_MAX_NODES - 1, &o->node_rank) != 0)
         return -1;
     return 0;
 }
@@ -127,7 +130,10 @@ static int parse_node_flag(Options* o, const char* flag, const char* value) {
 // Fills o from the environment and argv. Exits with status 0 after --help and
 // EXIT_USAGE after a bad flag.
 static void parse_args(Options* o, int argc, char** argv) {
-    *o = (Options){.backend = "auto", .timeout_s = 60, .nnodes = 1, .master_port = 29500,
+    *o = (Options){.backend = "auto",
+                   .timeout_s = 60,
+                   .nnodes = 1,
+                   .master_port = 29500,
                    .rdzv_timeout_s = 300};
     config_defaults(&o->train);
     if (env_defaults(o) != 0)
@@ -165,10 +171,11 @@ static void parse_args(Options* o, int argc, char** argv) {
 
 typedef struct {
     Options opt;
-    int gpus;                         // GPUs visible on this node
+    int gpus; // GPUs visible on this node
     Backend backend;
     int nproc;                        // workers on this node
-    int ring_listen_fds[WORKERS_MAX]; // (nproc) each worker's ring socket, bound before the rendezvous
+    int ring_listen_fds[WORKERS_MAX]; // (nproc) each worker's ring socket, bound before the
+                                      // rendezvous
     int id_fds[WORKERS_MAX][2];       // NCCL: a channel from the agent ([0]) to each worker ([1])
     Rdzv rdzv;
     RdzvWorld world;
@@ -191,16 +198,18 @@ static void make_plan(Agent* a, const Options* o) {
     bool gpu_each = a->gpus >= a->nproc;
     bool have_nccl = strcmp(comm_nccl_version(), "none") != 0;
     if (strcmp(o->backend, "nccl") == 0 && (!have_nccl || !gpu_each)) {
-        fprintf(stderr, "error: --backend nccl needs NCCL and one GPU per worker: %d worker%s, "
-                        "%d GPU%s, NCCL %s (use --backend ring to share GPUs or run on the CPU)\n",
+        fprintf(stderr,
+                "error: --backend nccl needs NCCL and one GPU per worker: %d worker%s, "
+                "%d GPU%s, NCCL %s (use --backend ring to share GPUs or run on the CPU)\n",
                 a->nproc, a->nproc > 1 ? "s" : "", a->gpus, a->gpus == 1 ? "" : "s",
                 comm_nccl_version());
         exit(EXIT_USAGE);
     }
-    a->backend = strcmp(o->backend, "ring") != 0 && gpu_each && have_nccl ? BACKEND_NCCL
-                                                                          : BACKEND_RING;
+    a->backend =
+        strcmp(o->backend, "ring") != 0 && gpu_each && have_nccl ? BACKEND_NCCL : BACKEND_RING;
     if (config_check(&o->train, o->nnodes * a->nproc) != 0 ||
-        (o->node_rank == 0 && o->train.out_dir != NULL && report_prepare_dir(o->train.out_dir) != 0))
+        (o->node_rank == 0 && o->train.out_dir != NULL &&
+         report_prepare_dir(o->train.out_dir) != 0))
         exit(EXIT_USAGE);
 }
 
@@ -263,8 +272,8 @@ static int rendezvous(Agent* a, const char* token) {
     snprintf(own.build_id, sizeof own.build_id, "%s", BUILD_ID);
     snprintf(own.nccl_version, sizeof own.nccl_version, "%s", comm_nccl_version());
     describe_settings(a, own.settings, sizeof own.settings);
-    rdzv_init(&a->rdzv, o->nnodes, o->node_rank, o->master_addr, o->master_port,
-              o->rdzv_timeout_s, o->debug);
+    rdzv_init(&a->rdzv, o->nnodes, o->node_rank, o->master_addr, o->master_port, o->rdzv_timeout_s,
+              o->debug);
     char addr[RDZV_ADDR_BYTES];
     if (o->node_rank == 0) {
         if (rdzv_master_listen(&a->rdzv) != 0)
@@ -292,7 +301,8 @@ static int hand_out_nccl_id(Agent* a) {
     double deadline = timer_seconds() + a->opt.timeout_s;
     int first = 0;
     if (a->opt.node_rank == 0) {
-        NetStatus st = net_recv_all(a->id_fds[0][0], a->world.nccl_id, RDZV_NCCL_ID_BYTES, deadline);
+        NetStatus st =
+            net_recv_all(a->id_fds[0][0], a->world.nccl_id, RDZV_NCCL_ID_BYTES, deadline);
         if (st != NET_OK) {
             check_message("waiting for NCCL's unique id from rank 0: %s", net_status_str(st));
             return -1;
@@ -301,7 +311,8 @@ static int hand_out_nccl_id(Agent* a) {
         first = 1;
     }
     for (int i = first; i < a->nproc; i++)
-        if (net_send_all(a->id_fds[i][0], a->world.nccl_id, RDZV_NCCL_ID_BYTES, deadline) != NET_OK) {
+        if (net_send_all(a->id_fds[i][0], a->world.nccl_id, RDZV_NCCL_ID_BYTES, deadline) !=
+            NET_OK) {
             check_message("giving NCCL's unique id to local rank %d failed", i);
             return -1;
         }
@@ -422,16 +433,16 @@ static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, float* eval
 }
 
 // Trains every epoch; rank 0 (verbose) prints the progress.
-static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s,
-                 Communicator* comm, bool verbose, EpochStats* stats) {
+static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, Communicator* comm,
+                 bool verbose, EpochStats* stats) {
     Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
     double comm_seconds = 0.0;
     double start = timer_seconds();
     for (int epoch = 0; epoch < c->epochs; epoch++) {
         double epoch_start = timer_seconds();
         EpochStats* e = &stats[epoch];
-        RETURN_IF_FAILED(train_epoch(m, &opt, s, d, epoch, c->batch_size, comm, &comm_seconds,
-                                     &e->train_loss));
+        RETURN_IF_FAILED(
+            train_epoch(m, &opt, s, d, epoch, c->batch_size, comm, &comm_seconds, &e->train_loss));
         RETURN_IF_FAILED(evaluate(m, d, comm, &e->eval_loss));
         e->seconds = timer_seconds() - epoch_start;
         if (verbose)
@@ -509,7 +520,8 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
     if (stats == NULL || dataset_create(&data, c->data_size, c->seed) != 0 ||
         sampler_create(&sampler, data.n_train, world_size, rank, c->seed) != 0 ||
         mlp_create(&model, dev->kernels, c->hidden_size, c->batch_size) != 0 ||
-        mlp_init_params(&model, c->seed) != 0 || upload_data(&d, dev->kernels, &data, &sampler) != 0)
+        mlp_init_params(&model, c->seed) != 0 ||
+        upload_data(&d, dev->kernels, &data, &sampler) != 0)
         return 1;
     // Every rank made the same weights from the seed; DDP broadcasts rank 0's anyway,
     // so that replicas start equal even when initialisation is not deterministic.
@@ -532,8 +544,11 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
 static int make_communicator(Communicator** comm, const Agent* a, int rank, int local_rank,
                              const Device* dev) {
     int N = a->world.world_size;
-    CommSettings s = {.rank = rank, .world_size = N, .timeout_s = a->opt.timeout_s,
-                      .debug = a->opt.debug, .k = dev->kernels};
+    CommSettings s = {.rank = rank,
+                      .world_size = N,
+                      .timeout_s = a->opt.timeout_s,
+                      .debug = a->opt.debug,
+                      .k = dev->kernels};
     if (a->backend == BACKEND_RING) {
         int next = (rank + 1) % N, send_fd, recv_fd;
         if (a->opt.debug)
@@ -548,9 +563,9 @@ static int make_communicator(Communicator** comm, const Agent* a, int rank, int 
     unsigned char id[NCCL_UNIQUE_ID_BYTES];
     int fd = a->id_fds[local_rank][1];
     double deadline = timer_seconds() + s.timeout_s;
-    if (rank == 0 ? comm_nccl_unique_id(id) != 0 ||
-                        net_send_all(fd, id, sizeof id, deadline) != NET_OK
-                  : net_recv_all(fd, id, sizeof id, deadline) != NET_OK) {
+    if (rank == 0
+            ? comm_nccl_unique_id(id) != 0 || net_send_all(fd, id, sizeof id, deadline) != NET_OK
+            : net_recv_all(fd, id, sizeof id, deadline) != NET_OK) {
         check_message("NCCL's unique id did not arrive from the agent");
         return -1;
     }
@@ -563,7 +578,8 @@ static int worker_main(int local_rank, void* arg) {
     int rank = a->world.rank_offset[a->opt.node_rank] + local_rank;
     Device dev;
     char why[512];
-    if (device_open(&dev, c->device, a->gpus > 0 ? local_rank % a->gpus : 0, why, sizeof why) != 0) {
+    if (device_open(&dev, c->device, a->gpus > 0 ? local_rank % a->gpus : 0, why, sizeof why) !=
+        0) {
         check_message("%s", why);
         return 1;
     }
@@ -598,7 +614,8 @@ int main(int argc, char** argv) {
 
     Workers workers;
     for (int i = 0; a.backend == BACKEND_NCCL && i < a.nproc; i++)
-        if (socketpair(AF_UNIX, SOCK_STREAM, 0, a.id_fds[i]) != 0 || net_set_nonblocking(a.id_fds[i][0]) != 0 || net_set_nonblocking(a.id_fds[i][1]) != 0)
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, a.id_fds[i]) != 0 ||
+            net_set_nonblocking(a.id_fds[i][0]) != 0 || net_set_nonblocking(a.id_fds[i][1]) != 0)
             return EXIT_FAILURE;
     int first_rank = a.world.rank_offset[o.node_rank];
     if (workers_start(&workers, a.nproc, first_rank, worker_main, &a) != 0)
