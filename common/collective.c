@@ -81,8 +81,14 @@ int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd
     }
     *c = (Communicator){.s = s, .backend = BACKEND_RING, .send_fd = send_fd, .recv_fd = recv_fd};
     *comm = c;
-    if (s.world_size > 1 &&
-        (net_set_nonblocking(send_fd) != 0 || net_set_nonblocking(recv_fd) != 0)) {
+    if (s.world_size == 1)
+        return 0;
+    // Socket buffers of a megabyte let a whole chunk of a large all-reduce sit in the
+    // kernel while the neighbour is still busy (best effort: the system may cap them).
+    int buffer_bytes = 1 << 20;
+    setsockopt(send_fd, SOL_SOCKET, SO_SNDBUF, &buffer_bytes, sizeof buffer_bytes);
+    setsockopt(recv_fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof buffer_bytes);
+    if (net_set_nonblocking(send_fd) != 0 || net_set_nonblocking(recv_fd) != 0) {
         check_message("comm_init_ring: %s", strerror(errno));
         return -1;
     }

@@ -397,8 +397,8 @@ int rdzv_connect(Rdzv* r) {
                       r->master_addr, r->master_port);
     r->control_fd[0] = net_connect_retry(r->master_addr, r->master_port, deadline, why, sizeof why);
     if (r->control_fd[0] < 0) {
-        check_message("rendezvous: cannot reach the master: %s; gave up after %.0f s (see "
-                      "--rdzv-timeout)",
+        check_message("rendezvous: cannot reach the master: %s; gave up before the %.0f s "
+                      "deadline (see --rdzv-timeout)",
                       why, r->timeout_s);
         return -1;
     }

@@ -9,7 +9,9 @@
  * connections in the order they came. Some children speak the wire format by
  * hand, from its documentation (a 12-byte header, u32 magic "DDPR", u16 version 1,
  * u16 type, u32 length, network byte order), to check the layout and to send
- * what no agent would. Every wait has a deadline; children die with the test.
+ * what no agent would. Before each gather the stack is filled with a pattern, so
+ * that a variable the master forgets to set shows up every time. Every wait has a
+ * deadline; children die with the test.
  *
  * Covered: WORLD's contents (world size, each node's first rank with different
  * worker counts, ring addresses and ports as sent, NCCL's id), every reason to

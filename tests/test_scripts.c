@@ -225,11 +225,13 @@ static int agents_left(int port, double since, double seconds) {
 // ----------------------------------------------------------------------------
 // helpers: setup and teardown, text
 
+// .init; the checks come first, as no .fini follows a failed .init.
 static void make_tmp_dir(void) {
-    cr_assert_not_null(mkdtemp(tmp_dir), "mkdtemp: %s", strerror(errno));
     cr_assert_not_null(getcwd(repo, sizeof repo));
-    cr_assert(access("start_multi_node.sh", X_OK) == 0 && access("build/multi_node", X_OK) == 0,
+    cr_assert(access("start_multi_node.sh", X_OK) == 0 && access("build/multi_node", X_OK) == 0 &&
+                  access("build/multi_gpu", X_OK) == 0,
               "run from the repository root after `make NO_CUDA=1` (cwd: %s)", repo);
+    cr_assert_not_null(mkdtemp(tmp_dir), "mkdtemp: %s", strerror(errno));
 }
 
 // .fini: kills every group the test started and any agent of its port, then removes tmp_dir.
