@@ -66,11 +66,15 @@ node_command() {
     printf ' %q' "${args[@]+"${args[@]}"}"
 }
 
+# Each node runs as a background job in a process group of its own (set -m), so that
+# stopping it reaches everything it started: the remote shell, the agent, its workers.
+set -m
 pids=()
 stop_all() {
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    sleep 1
-    for p in "${pids[@]}"; do pkill -KILL -P "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
+    local p
+    for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null; done
+    sleep 2
+    for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null; done
 }
 trap 'echo "launch.sh: interrupted, stopping every node" >&2; stop_all; exit 130' INT TERM
 
@@ -79,23 +83,26 @@ for i in "${!nodes[@]}"; do
     ( remote "$host" "$(node_command "$i")" 2>&1 | sed -u "s/^/[$host] /" ) &
     pids+=($!)
 done
+set +m # the groups exist now; without job control bash prints no job notices
 
 # Wait for the nodes; the first failure stops the rest.
 status=0
-running=("${pids[@]}")
-while [ ${#running[@]} -gt 0 ]; do
-    wait -n -p done_pid "${running[@]}"
-    rc=$?
-    still=()
-    for p in "${running[@]}"; do [ "$p" = "$done_pid" ] || still+=("$p"); done
-    running=("${still[@]+"${still[@]}"}")
-    if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then
-        for i in "${!pids[@]}"; do [ "${pids[$i]}" = "$done_pid" ] && host=${nodes[$i]}; done
-        hint=
-        [ "$rc" -eq 255 ] && hint=" (the remote shell failed: is the host reachable, with ssh keys set up? see ./setup.sh --multi-node)"
-        echo "launch.sh: node $host failed with status $rc$hint; stopping the others" >&2
-        status=$rc
-        stop_all
-    fi
+declare -A finished=()
+while [ ${#finished[@]} -lt ${#pids[@]} ]; do
+    sleep 0.2
+    for i in "${!pids[@]}"; do
+        p=${pids[$i]}
+        if [ -n "${finished[$p]:-}" ] || kill -0 "$p" 2>/dev/null; then continue; fi
+        wait "$p"
+        rc=$?
+        finished[$p]=$rc
+        if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then
+            hint=
+            [ "$rc" -eq 255 ] && hint=" (the remote shell failed: is the host reachable, with ssh keys set up? see ./setup.sh --multi-node)"
+            echo "launch.sh: node ${nodes[$i]} failed with status $rc$hint; stopping the others" >&2
+            status=$rc
+            stop_all
+        fi
+    done
 done
 exit "$status"
