@@ -59,6 +59,9 @@ TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 GPU_TEST_SRC := $(if $(NVCC),$(wildcard tests/gpu/test_*.cu))
 GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 
+# Keep the objects of tests and tools between builds (make would delete them as intermediates).
+.SECONDARY:
+
 .PHONY: all lesson-01 lesson-02 lesson-03 run tests test bench bench-quick bench-01 bench-02 diff-02 diff-03 demo-multinode clean found
 all: found $(LESSONS) $(TOOLS)
 
