@@ -146,9 +146,11 @@ diff-03:
 	@diff -u lessons/02_multi_gpu/multi_gpu.c lessons/03_multi_node/multi_node.c || true
 
 # A two-node job on this machine: launch.sh starts both nodes through a local "remote shell".
+# The ring backend, since two nodes of one machine may share its one GPU (NCCL refuses that).
 demo-multinode: lesson-03
 	DDP_RSH=tools/local_rsh.sh ./launch.sh --mode multi-node --master-node 127.0.0.1 \
-		--worker-nodes 127.0.0.1 --gpus-per-node 1 --port $(or $(MASTER_PORT),29500) --epochs 10
+		--worker-nodes 127.0.0.1 --gpus-per-node 1 --port $(or $(MASTER_PORT),29500) \
+		--backend ring --epochs 10
 
 clean:
 	rm -rf $(BUILD)

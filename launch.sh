@@ -8,8 +8,9 @@
 # multi-node runs ./start_multi_node.sh on every node through a remote shell:
 # `ssh -o BatchMode=yes -o ConnectTimeout=10 HOST CMD` by default, or
 # `$DDP_RSH HOST bash -c CMD` when DDP_RSH is set (e.g. DDP_RSH="ip netns exec").
-# Every line a node prints is prefixed with its name. When one node fails, or on
-# Ctrl-C, every node is stopped; the exit status is non-zero if any node failed.
+# Every line a node prints is prefixed with its name (name#rank if a name repeats).
+# When one node fails, or on Ctrl-C, every node is stopped; the exit status is
+# non-zero if any node failed.
 # The repository must be at the same path on every node.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -78,9 +79,13 @@ stop_all() {
 }
 trap 'echo "launch.sh: interrupted, stopping every node" >&2; stop_all; exit 130' INT TERM
 
+# A node's lines start with its name, or with name#rank where a name comes twice.
+repeated=$(printf '%s\n' "${nodes[@]}" | sort | uniq -d)
 for i in "${!nodes[@]}"; do
     host=${nodes[$i]}
-    ( remote "$host" "$(node_command "$i")" 2>&1 | sed -u "s/^/[$host] /" ) &
+    label=$host
+    [ -z "$repeated" ] || label="$host#$i"
+    ( remote "$host" "$(node_command "$i")" 2>&1 | sed -u "s/^/[$label] /" ) &
     pids+=($!)
 done
 set +m # the groups exist now; without job control bash prints no job notices

@@ -232,8 +232,11 @@ void rdzv_init(Rdzv* r, int nnodes, int node_rank, const char* master_addr, int 
 int rdzv_master_listen(Rdzv* r) {
     r->listen_fd = net_listen(r->master_addr, r->master_port);
     if (r->listen_fd < 0) {
-        fprintf(stderr, "error: bind %s:%d: %s; use --master-port or stop the old run\n",
-                r->master_addr, r->master_port, strerror(errno));
+        int err = errno;
+        fprintf(stderr, "error: bind %s:%d: %s; %s\n", r->master_addr, r->master_port,
+                strerror(err),
+                err == EADDRINUSE ? "use --master-port or stop the old run"
+                                  : "is --master-addr an address of this machine (node 0)?");
         return -1;
     }
     if (r->debug)
@@ -340,19 +343,25 @@ int rdzv_master_gather(Rdzv* r, const RdzvHello* own) {
             admit_one(r, own, fd);
             continue;
         }
-        char missing[256] = "";
+        char missing[256] = "", reason[512];
         for (int i = 1; i < r->nnodes; i++)
             if (r->control_fd[i] < 0)
                 snprintf(missing + strlen(missing), sizeof missing - strlen(missing), " %d", i);
-        check_message("rendezvous: %s after %.0f s with %d of %d nodes; missing node rank%s:%s "
-                      "(see --rdzv-timeout)",
-                      errno == ETIMEDOUT ? "timed out" : strerror(errno), r->timeout_s, nodes_in(r),
-                      r->nnodes, strchr(missing + 1, ' ') ? "s" : "", missing);
+        snprintf(reason, sizeof reason,
+                 "rendezvous: %s after %.0f s with %d of %d nodes; missing node rank%s:%s "
+                 "(see --rdzv-timeout)",
+                 errno == ETIMEDOUT ? "timed out" : strerror(errno), r->timeout_s, nodes_in(r),
+                 r->nnodes, strchr(missing + 1, ' ') ? "s" : "", missing);
+        check_message("%s", reason);
+        rdzv_send_abort(r, reason); // the nodes that came need not wait any longer
         return -1;
     }
     // Step 3) everyone is in: stop listening, so that nobody else can join.
     close(r->listen_fd);
     r->listen_fd = -1;
+    if (r->debug)
+        check_message("rendezvous: step 3) all %d nodes are in: the master stops listening",
+                      r->nnodes);
     return 0;
 }
 
@@ -415,15 +424,16 @@ int rdzv_join(Rdzv* r, const RdzvHello* own, RdzvWorld* world) {
     if (r->debug)
         check_message("rendezvous: step 2) HELLO sent: node %d, %d worker%s, ring at %s",
                       own->node_rank, own->nproc, own->nproc > 1 ? "s" : "", own->ring_addr);
+    snprintf(why, sizeof why, "sending HELLO failed");
     if (send_msg(fd, MSG_HELLO, payload, len, deadline) != 0 ||
         recv_msg(fd, &type, payload, sizeof payload, &len, deadline, why, sizeof why) != 0) {
-        check_message("rendezvous: waiting for the master's answer: %s",
-                      errno == ETIMEDOUT ? "timed out" : why);
+        check_message("rendezvous: waiting for the master's answer: %s", why);
         return -1;
     }
-    if (type == MSG_REFUSE) {
+    if (type == MSG_REFUSE || type == MSG_ABORT) {
         payload[len > 0 ? len - 1 : 0] = '\0';
-        check_message("rendezvous: the master refused this node: %s", (char*)payload);
+        check_message("rendezvous: the master %s: %s",
+                      type == MSG_REFUSE ? "refused this node" : "gave up", (char*)payload);
         return -1;
     }
     if (type != MSG_WORLD || decode_world(world, payload, len) != 0 || world->nnodes != r->nnodes ||

@@ -528,17 +528,19 @@ Test(launch, multi_node_on_two_local_nodes_prefixes_every_line_and_agrees) {
     launch_start(&r, "tools/local_rsh.sh", "127.0.0.1", test_port, flags);
     run_wait(&r, DEADLINE_S);
     cr_assert_eq(r.status, 0, "status %d\nstdout:\n%s\nstderr:\n%s", r.status, r.out, r.err);
-    const char* bad = line_without_prefix(r.out, "[127.0.0.1] ");
+    // both nodes are 127.0.0.1, so launch.sh names them 127.0.0.1#0 and 127.0.0.1#1
+    const char* bad = line_without_prefix(r.out, "[127.0.0.1#");
     cr_assert_null(bad, "a line of stdout without its node's name: %.*s", (int)strcspn(bad, "\n"),
                    bad);
-    bad = line_without_prefix(r.err, "[127.0.0.1] ");
+    bad = line_without_prefix(r.err, "[127.0.0.1#");
     cr_assert_null(bad, "a line of stderr without its node's name: %.*s", (int)strcspn(bad, "\n"),
                    bad);
     cr_assert_not_null(strstr(r.out, "Replicas agree: yes (2 ranks"), "stdout:\n%s", r.out);
     for (int rank = 0; rank < 2; rank++) {
         char want[PATH_MAX + 64];
-        snprintf(want, sizeof want, "[127.0.0.1] + %s/build/multi_node --nnodes 2 --node-rank %d ",
-                 repo, rank);
+        snprintf(want, sizeof want,
+                 "[127.0.0.1#%d] + %s/build/multi_node --nnodes 2 --node-rank %d ", rank, repo,
+                 rank);
         cr_assert_not_null(strstr(r.out, want), "no '%s' in stdout:\n%s", want, r.out);
     }
     cr_assert_eq(agents_left(test_port, now_s(), GONE_WITHIN_S), 0,

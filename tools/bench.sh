@@ -81,7 +81,7 @@ mkdir -p "$curves"
 
 # Prints "epoch_s allreduce_s final_eval_loss" from a program's output on stdin.
 parse_run() {
-    awk '{ sub(/^\[[0-9.]+\] /, "") } # launch.sh prefixes each line with its node
+    awk '{ sub(/^\[[0-9.]+(#[0-9]+)?\] /, "") } # launch.sh prefixes each line with its node
          /^Average time per epoch:/ { t = $5 }
          /^Gradient all-reduce:/ { a = $3 }
          /^RESULT / { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "seconds_per_epoch") t = kv[2]; if (kv[1] == "final_eval_loss") l = kv[2] } }

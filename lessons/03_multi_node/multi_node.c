@@ -216,9 +216,14 @@ static void make_plan(Agent* a, const Options* o) {
 // The job's shared secret: the first line of --token-file, else $DDP_TOKEN, else "".
 static int read_token(const Options* o, char* token, size_t len) {
     const char* env = getenv("DDP_TOKEN");
-    snprintf(token, len, "%s", o->token_file == NULL && env != NULL ? env : "");
-    if (o->token_file == NULL)
+    if (o->token_file == NULL) {
+        if (env != NULL && strlen(env) > RDZV_TOKEN_BYTES) {
+            fprintf(stderr, "error: DDP_TOKEN is longer than %d characters\n", RDZV_TOKEN_BYTES);
+            return -1;
+        }
+        snprintf(token, len, "%s", env != NULL ? env : "");
         return 0;
+    }
     FILE* f = fopen(o->token_file, "r");
     if (f == NULL || fgets(token, (int)len, f) == NULL) {
         fprintf(stderr, "error: --token-file %s: %s\n", o->token_file,
@@ -279,6 +284,11 @@ static int rendezvous(Agent* a, const char* token) {
         if (rdzv_master_listen(&a->rdzv) != 0)
             exit(EXIT_USAGE); // the port is taken: nothing was started
         net_local_addr(a->rdzv.listen_fd, addr, sizeof addr);
+        if (strcmp(addr, "0.0.0.0") == 0) { // every interface: no address to give the others
+            fprintf(stderr, "error: --master-addr %s: give an address of this node that the other "
+                            "nodes can reach, not the wildcard\n", o->master_addr);
+            exit(EXIT_USAGE);
+        }
         if (o->nnodes > 1 && strncmp(addr, "127.", 4) == 0)
             check_message("warning: the master listens on %s, a loopback address: nodes on "
                           "other machines cannot join (give --master-addr this node's address)",
@@ -628,9 +638,10 @@ int main(int argc, char** argv) {
     // Step 4) the master sends WORLD once it is complete (with NCCL's id, if any).
     if (status == 0 && o.node_rank == 0)
         status = rdzv_master_send_world(&a.rdzv, &a.world);
-    if (status != 0)
+    if (status != 0) {
         workers_stop(&workers);
-    else
+        status = 1;
+    } else
         status = workers_wait(&workers, watch_control, &a);
     return finish(&a, &workers, status);
 }
