@@ -3,6 +3,7 @@
 #
 #   ./setup.sh          as root: installs missing packages (compiler, Criterion, gnuplot)
 #                       otherwise: prints the exact apt-get line to run, exits 1
+#   ./setup.sh --bench        also installs PyTorch (python3-torch), the benchmark's reference
 #   ./setup.sh --multi-node   then checks what a multi-node job needs (see check_multi_node)
 # Safe to run again: it installs only what is missing. The CUDA toolkit, NCCL and a
 # GPU are optional; it reports whether it found them but never installs them.
@@ -13,12 +14,14 @@ CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 here=$(cd "$(dirname "$0")" && pwd)
 
 multi_node=0
-case "${1:-}" in
-"") ;;
---multi-node) multi_node=1 ;;
--h | --help) sed -n '2,8s/^# \{0,1\}//p' "$0"; exit 0 ;;
-*) echo "setup.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
-esac
+for option in "$@"; do
+    case "$option" in
+    --bench) PACKAGES+=(python3-torch) ;;
+    --multi-node) multi_node=1 ;;
+    -h | --help) sed -n '2,9s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option '$option' (see --help)" >&2; exit 2 ;;
+    esac
+done
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
     echo "setup.sh: this script supports Debian and Ubuntu (apt-get); on other systems install" >&2

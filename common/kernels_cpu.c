@@ -20,10 +20,14 @@
 // memory: the CPU's memory is host memory
 
 static void* alloc_cpu(size_t bytes) {
-    // calloc so that every buffer starts at zero, as cudaMemset gives on the GPU.
-    void* ptr = calloc(1, bytes > 0 ? bytes : 1);
+    // Aligned to a cache line, so that vector loads never straddle two and every
+    // process gets the same speed; zeroed, as the GPU's alloc is.
+    size_t rounded = (bytes + 63) / 64 * 64;
+    void* ptr = aligned_alloc(64, rounded > 0 ? rounded : 64);
     if (ptr == NULL)
-        check_report(__FILE__, __LINE__, "calloc", "out of memory");
+        check_report(__FILE__, __LINE__, "aligned_alloc", "out of memory");
+    else
+        memset(ptr, 0, rounded);
     return ptr;
 }
 
