@@ -139,7 +139,7 @@ done
 port=$((29500 + RANDOM % 400 + 100))
 bench_config "c-2nodes-cpu" c cpu ring 2 2 strong "$data_size" \
     env DDP_RSH=tools/local_rsh.sh ./launch.sh --mode multi-node --master-node 127.0.0.1 \
-    --worker-nodes 127.0.0.1 --gpus-per-node 1 --port "$port" --device cpu "${workload[@]}"
+    --worker-nodes 127.0.0.1 --gpus-per-node 1 --port "$port" --device cpu --backend ring "${workload[@]}"
 if [ -n "$torch_python" ]; then
     for ((n = 1; n <= max_ranks; n++)); do
         bench_config "torch-$n-cpu" torch cpu gloo 1 "$n" strong "$data_size" "$torch_python" tools/torch_reference.py --ranks "$n" "${workload[@]}"
