@@ -21,6 +21,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
+invocation="tools/bench.sh $*"
 repeats=5 preset=default quick=0 max_ranks=$(nproc)
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -66,7 +67,7 @@ mkdir -p "$curves"
 # the machine, for the CSV's header
 
 {
-    echo "# bench.sh $* (preset $preset, $repeats runs after a warm-up)"
+    echo "# $invocation (preset $preset, $repeats runs after a warm-up)"
     echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit: $(git describe --always --dirty 2>/dev/null || echo unknown)"
     echo "# machine: $(hostname), $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)"
     echo "# gpu: $( [ "$gpus" -gt 0 ] && nvidia-smi -L | head -n 1 || echo none)"
