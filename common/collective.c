@@ -413,6 +413,20 @@ int comm_share_nccl_id(void* unique_id, int rank, int world_size, int send_fd, i
 // ----------------------------------------------------------------------------
 // the interface
 
+int comm_choose_backend(const char* request, int gpus, int ranks, Backend* backend, char* why,
+                        size_t why_len) {
+    bool have_nccl = strcmp(comm_nccl_version(), "none") != 0, gpu_each = gpus >= ranks;
+    if (strcmp(request, "nccl") == 0 && (!have_nccl || !gpu_each)) {
+        snprintf(why, why_len,
+                 "--backend nccl needs NCCL and one GPU per rank: %d rank%s, %d GPU%s, NCCL %s "
+                 "(use --backend ring to share GPUs or run on the CPU)",
+                 ranks, ranks > 1 ? "s" : "", gpus, gpus == 1 ? "" : "s", comm_nccl_version());
+        return -1;
+    }
+    *backend = strcmp(request, "ring") != 0 && have_nccl && gpu_each ? BACKEND_NCCL : BACKEND_RING;
+    return 0;
+}
+
 int comm_allreduce_sum(Communicator* c, float* buf, size_t count) {
 #ifdef HAVE_NCCL
     if (c->backend == BACKEND_NCCL)

@@ -10,10 +10,9 @@
  * Every call has a deadline (timeout_s from its start); a peer that fails or
  * goes away makes the call return -1 with a message naming that peer, never hang.
  *
- * APIs: Communicator, comm_ring_socketpairs, comm_ring_keep_own, comm_ring_connect_tcp,
- *       comm_init_ring, comm_init_nccl, comm_allreduce_sum,
- *       comm_share_nccl_id, comm_allreduce_mean, comm_broadcast, comm_barrier, comm_abort,
- * comm_destroy.
+ * APIs: Communicator, comm_choose_backend, comm_ring_socketpairs, comm_ring_keep_own,
+ * comm_ring_connect_tcp, comm_init_ring, comm_init_nccl, comm_allreduce_sum, comm_share_nccl_id,
+ * comm_allreduce_mean, comm_broadcast, comm_barrier, comm_abort, comm_destroy.
  */
 #ifndef COLLECTIVE_H
 #define COLLECTIVE_H
@@ -51,6 +50,13 @@ void comm_ring_keep_own(int (*fds)[2], int world_size, int rank, int* send_fd, i
 // listen_fd; both sides say which rank they are, and strangers are turned away.
 int comm_ring_connect_tcp(int listen_fd, int rank, int world_size, const char* right_addr,
                           int right_port, double timeout_s, int* send_fd, int* recv_fd);
+
+// The engine for ranks workers on a node with gpus GPUs, as request ("auto", "nccl"
+// or "ring") asks: auto is NCCL when every worker has a GPU of its own and the build
+// has NCCL, the ring otherwise. Returns 0, or -1 with the reason in why when NCCL is
+// asked for and cannot serve.
+int comm_choose_backend(const char* request, int gpus, int ranks, Backend* backend, char* why,
+                        size_t why_len);
 
 // A ring whose sockets are already connected: send_fd to rank + 1, recv_fd from
 // rank - 1 (mod world_size). The communicator owns both from now on.

@@ -96,6 +96,15 @@ void device_explain_no_gpu(char* why, size_t why_len) {
 #endif
 }
 
+int device_gpus_for_workers(const char* request, char* why, size_t why_len) {
+    int gpus = strcmp(request, "cpu") == 0 ? 0 : device_gpu_count_forked();
+    if (strcmp(request, "cuda") == 0 && gpus == 0) {
+        device_explain_no_gpu(why, why_len);
+        return -1;
+    }
+    return gpus;
+}
+
 int device_open(Device* d, const char* request, int gpu_index, char* why, size_t why_len) {
     memset(d, 0, sizeof *d);
     int gpus = strcmp(request, "cpu") == 0 ? 0 : device_gpu_count();

@@ -6,7 +6,8 @@
  * with an error rather than 0; any error there means "no GPU". A build without
  * CUDA (no nvcc, or make NO_CUDA=1) knows no GPU at all.
  *
- * APIs: Device, device_gpu_count, device_gpu_count_forked, device_explain_no_gpu, device_open,
+ * APIs: Device, device_gpu_count, device_gpu_count_forked, device_explain_no_gpu,
+ *       device_gpus_for_workers, device_open,
  *       device_describe.
  */
 #ifndef DEVICE_H
@@ -40,6 +41,11 @@ int device_gpu_count_forked(void);
 
 // Why "--device cuda" cannot be had here: no GPU, or no CUDA in this build.
 void device_explain_no_gpu(char* why, size_t why_len);
+
+// How many GPUs the workers of a process that has not touched CUDA can use, with
+// request "auto", "cpu" (0) or "cuda". Returns the count, or -1 with the reason in
+// why when "cuda" is asked for and there is none.
+int device_gpus_for_workers(const char* request, char* why, size_t why_len);
 
 // request is "auto", "cpu" or "cuda"; gpu_index picks among several GPUs.
 // Returns 0, or -1 with a one-line reason in why (for "cuda" without a GPU).

@@ -99,32 +99,15 @@ typedef struct {
 // Decides world size and backend before anything is forked. Exits with EXIT_USAGE
 // when the flags ask for what this machine or build cannot do.
 static void make_plan(Plan* p, const Options* o) {
+    char why[512];
     p->opt = *o;
-    bool use_gpus = strcmp(o->train.device, "cpu") != 0;
-    p->gpus = use_gpus ? device_gpu_count_forked() : 0;
-    if (strcmp(o->train.device, "cuda") == 0 && p->gpus == 0) {
-        char why[256];
-        device_explain_no_gpu(why, sizeof why);
+    p->gpus = device_gpus_for_workers(o->train.device, why, sizeof why);
+    p->world_size = o->nproc > 0 ? o->nproc : (p->gpus > 0 ? p->gpus : 2);
+    if (p->gpus < 0 || comm_choose_backend(o->backend, p->gpus, p->world_size, &p->backend, why,
+                                           sizeof why) != 0) {
         fprintf(stderr, "error: %s\n", why);
         exit(EXIT_USAGE);
     }
-    p->world_size = o->nproc > 0 ? o->nproc : (p->gpus > 0 ? p->gpus : 2);
-    bool gpu_each = p->gpus >= p->world_size;
-    if (strcmp(o->backend, "nccl") == 0) {
-        if (strcmp(comm_nccl_version(), "none") == 0 || !gpu_each) {
-            fprintf(stderr,
-                    "error: --backend nccl needs NCCL and one GPU per rank: %d rank%s, "
-                    "%d GPU%s, NCCL %s (use --backend ring to share GPUs or run on the CPU)\n",
-                    p->world_size, p->world_size > 1 ? "s" : "", p->gpus, p->gpus == 1 ? "" : "s",
-                    comm_nccl_version());
-            exit(EXIT_USAGE);
-        }
-        p->backend = BACKEND_NCCL;
-    } else if (strcmp(o->backend, "ring") == 0)
-        p->backend = BACKEND_RING;
-    else
-        p->backend =
-            gpu_each && strcmp(comm_nccl_version(), "none") != 0 ? BACKEND_NCCL : BACKEND_RING;
     if (config_check(&o->train, p->world_size) != 0 ||
         (o->train.out_dir != NULL && report_prepare_dir(o->train.out_dir) != 0))
         exit(EXIT_USAGE);

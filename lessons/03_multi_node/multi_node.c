@@ -185,28 +185,15 @@ typedef struct {
 // Decides this node's workers and backend before anything is forked. Exits with
 // EXIT_USAGE when the flags ask for what this machine or build cannot do.
 static void make_plan(Agent* a, const Options* o) {
+    char why[512];
     a->opt = *o;
-    bool use_gpus = strcmp(o->train.device, "cpu") != 0;
-    a->gpus = use_gpus ? device_gpu_count_forked() : 0;
-    if (strcmp(o->train.device, "cuda") == 0 && a->gpus == 0) {
-        char why[256];
-        device_explain_no_gpu(why, sizeof why);
+    a->gpus = device_gpus_for_workers(o->train.device, why, sizeof why);
+    a->nproc = o->nproc > 0 ? o->nproc : (a->gpus > 0 ? a->gpus : 2);
+    if (a->gpus < 0 ||
+        comm_choose_backend(o->backend, a->gpus, a->nproc, &a->backend, why, sizeof why) != 0) {
         fprintf(stderr, "error: %s\n", why);
         exit(EXIT_USAGE);
     }
-    a->nproc = o->nproc > 0 ? o->nproc : (a->gpus > 0 ? a->gpus : 2);
-    bool gpu_each = a->gpus >= a->nproc;
-    bool have_nccl = strcmp(comm_nccl_version(), "none") != 0;
-    if (strcmp(o->backend, "nccl") == 0 && (!have_nccl || !gpu_each)) {
-        fprintf(stderr,
-                "error: --backend nccl needs NCCL and one GPU per worker: %d worker%s, "
-                "%d GPU%s, NCCL %s (use --backend ring to share GPUs or run on the CPU)\n",
-                a->nproc, a->nproc > 1 ? "s" : "", a->gpus, a->gpus == 1 ? "" : "s",
-                comm_nccl_version());
-        exit(EXIT_USAGE);
-    }
-    a->backend =
-        strcmp(o->backend, "ring") != 0 && gpu_each && have_nccl ? BACKEND_NCCL : BACKEND_RING;
     if (config_check(&o->train, o->nnodes * a->nproc) != 0 ||
         (o->node_rank == 0 && o->train.out_dir != NULL &&
          report_prepare_dir(o->train.out_dir) != 0))
@@ -285,8 +272,10 @@ static int rendezvous(Agent* a, const char* token) {
             exit(EXIT_USAGE); // the port is taken: nothing was started
         net_local_addr(a->rdzv.listen_fd, addr, sizeof addr);
         if (strcmp(addr, "0.0.0.0") == 0) { // every interface: no address to give the others
-            fprintf(stderr, "error: --master-addr %s: give an address of this node that the other "
-                            "nodes can reach, not the wildcard\n", o->master_addr);
+            fprintf(stderr,
+                    "error: --master-addr %s: give an address of this node that the other "
+                    "nodes can reach, not the wildcard\n",
+                    o->master_addr);
             exit(EXIT_USAGE);
         }
         if (o->nnodes > 1 && strncmp(addr, "127.", 4) == 0)
