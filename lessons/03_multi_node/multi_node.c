@@ -293,6 +293,16 @@ static int rendezvous(Agent* a, const char* token) {
     return rdzv_join(&a->rdzv, &own, &a->world);
 }
 
+// NCCL: a socketpair between the agent ([0]) and each worker ([1]) for the unique id.
+static int make_id_channels(Agent* a) {
+    for (int i = 0; a->backend == BACKEND_NCCL && i < a->nproc; i++) {
+        SYS_CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, a->id_fds[i]));
+        SYS_CHECK(net_set_nonblocking(a->id_fds[i][0]));
+        SYS_CHECK(net_set_nonblocking(a->id_fds[i][1]));
+    }
+    return 0;
+}
+
 // NCCL's unique id must come from global rank 0, whose process keeps the bootstrap
 // root that the others contact. The master's agent takes it from that worker, gives
 // it to its other workers and puts it into WORLD; the other agents pass WORLD's on.
@@ -494,6 +504,13 @@ static void print_model_summary(const Mlp* m) {
     printf("Total parameters: %d\n", m->num_params);
 }
 
+static void print_banner(const Agent* a) {
+    config_print_banner(&a->opt.train);
+    printf("  Nodes: %d\n", a->opt.nnodes);
+    printf("  World size: %d\n", a->world.world_size);
+    printf("  Backend: %s\n", a->backend == BACKEND_NCCL ? "nccl" : "ring");
+}
+
 static void print_process_initialized(const Device* dev, int rank, int local_rank, int world_size) {
     char description[512], host[256] = "unknown";
     device_describe(dev, description, sizeof description);
@@ -604,20 +621,13 @@ int main(int argc, char** argv) {
         return EXIT_USAGE;
     if (rendezvous(&a, token) != 0)
         return EXIT_FAILURE;
-    if (o.node_rank == 0) {
-        config_print_banner(&o.train);
-        printf("  Nodes: %d\n", o.nnodes);
-        printf("  World size: %d\n", a.world.world_size);
-        printf("  Backend: %s\n", a.backend == BACKEND_NCCL ? "nccl" : "ring");
-    }
+    if (o.node_rank == 0)
+        print_banner(&a);
 
     Workers workers;
-    for (int i = 0; a.backend == BACKEND_NCCL && i < a.nproc; i++)
-        if (socketpair(AF_UNIX, SOCK_STREAM, 0, a.id_fds[i]) != 0 ||
-            net_set_nonblocking(a.id_fds[i][0]) != 0 || net_set_nonblocking(a.id_fds[i][1]) != 0)
-            return EXIT_FAILURE;
     int first_rank = a.world.rank_offset[o.node_rank];
-    if (workers_start(&workers, a.nproc, first_rank, worker_main, &a) != 0)
+    if (make_id_channels(&a) != 0 ||
+        workers_start(&workers, a.nproc, first_rank, worker_main, &a) != 0)
         return EXIT_FAILURE;
     for (int i = 0; i < a.nproc; i++) // the workers have them now
         close(a.ring_listen_fds[i]);
