@@ -17,6 +17,7 @@ ifdef NO_CUDA
 NVCC :=
 endif
 NCCL_HEADER := $(if $(NVCC),$(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h)))
+MPICC ?= $(shell command -v mpicc 2>/dev/null)
 NCCL_LIB := $(dir $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so /usr/lib/x86_64-linux-gnu/libnccl.so /usr/lib/aarch64-linux-gnu/libnccl.so)))
 
 CC ?= cc
@@ -53,7 +54,7 @@ COMMON_OBJ := $(COMMON_C:common/%.c=$(OBJ)/common/%.o) $(COMMON_CU:common/%.cu=$
 COMMON_LIB := $(OBJ)/libcommon.a
 
 LESSONS := $(BUILD)/hello_gpu $(BUILD)/multi_gpu $(BUILD)/multi_node
-TOOLS := $(BUILD)/allreduce_bench
+TOOLS := $(BUILD)/allreduce_bench $(if $(MPICC),$(BUILD)/allreduce_bench_mpi)
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 GPU_TEST_SRC := $(if $(NVCC),$(wildcard tests/gpu/test_*.cu))
@@ -68,6 +69,7 @@ all: found $(LESSONS) $(TOOLS)
 # One line per optional part, so that a build says what it could use.
 found:
 	@echo "nvcc: $(if $(NVCC),found ($(NVCC)): building with CUDA,$(if $(NO_CUDA),skipped (NO_CUDA=1),not found): CPU-only binaries)"
+	@echo "MPI: $(if $(MPICC),found ($(MPICC)): build/allreduce_bench_mpi,not found: no MPI comparison)"
 	@echo "NCCL: $(if $(NCCL_HEADER),found ($(NCCL_HEADER)),$(if $(NVCC),not found,not used without CUDA)): $(if $(NCCL_HEADER),NCCL and ring backends,ring backend only)"
 
 lesson-01: found $(BUILD)/hello_gpu
@@ -108,8 +110,11 @@ $(BUILD)/build-id-$(BUILD_ID):
 $(BUILD)/multi_node: $(OBJ)/lessons/03_multi_node/multi_node.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
-$(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
-	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
+$(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(OBJ)/tools/allreduce_sweep.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+	$(CC) $(CFLAGS) $(filter %.o,$^) $(COMMON_LIB) -o $@ $(LDLIBS)
+
+$(BUILD)/allreduce_bench_mpi: tools/allreduce_bench_mpi.c $(OBJ)/tools/allreduce_sweep.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+	$(MPICC) $(filter-out -MMD -MP,$(CFLAGS)) $< $(OBJ)/tools/allreduce_sweep.o $(COMMON_LIB) -o $@ $(LDLIBS)
 
 $(BUILD)/tests/%: $(OBJ)/tests/%.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	@mkdir -p $(dir $@)

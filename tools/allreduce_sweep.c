@@ -1,0 +1,95 @@
+/*
+ * allreduce_sweep.c - sizes, checks and timings of an all-reduce (see allreduce_sweep.h).
+ *
+ * algbw = bytes / time; busbw = algbw * 2 (N - 1) / N, the traffic each link of a ring
+ * carries, comparable across rank counts (nccl-tests' convention). #wrong counts the
+ * elements that differ from the exact sum.
+ */
+#include "allreduce_sweep.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "timer.h"
+
+int sweep_parse_bytes(const char* flag, const char* value, long* out) {
+    char* end = NULL;
+    long v = value != NULL ? strtol(value, &end, 10) : 0;
+    long unit = 1;
+    if (end != NULL && *end != '\0' && strchr("KMG", *end) != NULL) {
+        unit = *end == 'K' ? 1L << 10 : *end == 'M' ? 1L << 20 : 1L << 30;
+        end++;
+    }
+    if (value == NULL || end == value || *end != '\0' || v < 1 || v * unit < 4 ||
+        v * unit > (1L << 30)) {
+        fprintf(stderr, "error: %s must be a size in [4, 1G] bytes (e.g. 8, 64K, 4M), got '%s'\n",
+                flag, value != NULL ? value : "(nothing)");
+        return -1;
+    }
+    *out = v * unit;
+    return 0;
+}
+
+// Enough iterations for about 0.2 s of traffic, at least 20 and at most 2000;
+// the same on every rank, since it depends only on the size.
+static int iterations_for(long bytes) {
+    long iters = 200000000L / (bytes + 20000);
+    return iters < 20 ? 20 : iters > 2000 ? 2000 : (int)iters;
+}
+
+// Rank-dependent integers, exact in floats, whose sum over the ranks is known.
+static float value_at(int rank, size_t i) {
+    return (float)((rank + 1) * (int)(i % 7));
+}
+
+static int count_wrong(const SweepEngine* e, float* buf, float* host, size_t count) {
+    for (size_t i = 0; i < count; i++)
+        host[i] = value_at(e->rank, i);
+    RETURN_IF_FAILED(e->k->upload(buf, host, count * sizeof(float)));
+    RETURN_IF_FAILED(e->allreduce_sum(e->ctx, buf, count));
+    RETURN_IF_FAILED(e->k->download(host, buf, count * sizeof(float)));
+    int wrong = 0, ranks_sum = e->world_size * (e->world_size + 1) / 2;
+    for (size_t i = 0; i < count; i++)
+        wrong += host[i] != (float)(ranks_sum * (int)(i % 7));
+    return wrong;
+}
+
+static int sweep_size(const SweepEngine* e, float* buf, float* host, long bytes) {
+    size_t count = (size_t)bytes / sizeof(float);
+    int wrong = count_wrong(e, buf, host, count);
+    RETURN_IF_FAILED(wrong < 0 ? -1 : 0);
+    int iters = iterations_for(bytes);
+    for (int i = 0; i < 5; i++) // warm-up
+        RETURN_IF_FAILED(e->allreduce_sum(e->ctx, buf, count));
+    RETURN_IF_FAILED(e->barrier(e->ctx));
+    double start = timer_seconds();
+    for (int i = 0; i < iters; i++)
+        RETURN_IF_FAILED(e->allreduce_sum(e->ctx, buf, count));
+    double seconds = (timer_seconds() - start) / iters;
+    double algbw = (double)bytes / seconds / 1e9;
+    double busbw = algbw * 2.0 * (e->world_size - 1) / e->world_size;
+    if (e->rank == 0)
+        printf("%12ld %10zu %10.2f %12.3f %12.3f %8d\n", bytes, count, seconds * 1e6, algbw, busbw,
+               wrong);
+    return 0;
+}
+
+int sweep_run(const SweepEngine* e, long min_bytes, long max_bytes) {
+    size_t max_count = (size_t)max_bytes / sizeof(float);
+    float* host = malloc(max_count * sizeof(float));
+    float* buf = e->k->alloc(max_count * sizeof(float));
+    int err = host == NULL || buf == NULL;
+    if (e->rank == 0 && !err)
+        printf("# all-reduce of floats (sum), backend %s, %d ranks; time: mean over iterations\n"
+               "%12s %10s %10s %12s %12s %8s\n",
+               e->name, e->world_size, "size(B)", "count", "time(us)", "algbw(GB/s)",
+               "busbw(GB/s)", "#wrong");
+    for (long bytes = min_bytes; !err && bytes <= max_bytes; bytes *= 2)
+        err = sweep_size(e, buf, host, bytes);
+    if (buf != NULL)
+        e->k->release(buf);
+    free(host);
+    return err ? -1 : 0;
+}
