@@ -230,9 +230,10 @@ set xlabel 'message size (bytes)'
 set ylabel 'bus bandwidth (GB/s)'
 set logscale x 2
 set xtics auto
+set format x '%.0b %BB'
 unset logscale y
 set key top left
-plot for [f in system('ls $base-allreduce-*.txt')] f using 1:5 with linespoints lw 2 title system('basename '.f.' .txt')
+plot for [f in system('ls $base-allreduce-*.txt')] f using 1:5 with linespoints lw 2 title system('basename '.f.' .txt | sed s/.*allreduce-//')
 GNUPLOT
 else
     echo "bench: gnuplot not found: no plots (the CSV has the data)" >&2
