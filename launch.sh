@@ -22,6 +22,10 @@ mode= gpus= master= workers= gpus_per_node= port=29500
 args=()
 while [ $# -gt 0 ]; do
     case "$1" in
+    --mode | --gpus | --master-node | --worker-nodes | --gpus-per-node | --port)
+        [ $# -ge 2 ] || die "$1 needs a value (see --help)" ;;
+    esac
+    case "$1" in
     --mode) mode=${2:-}; shift 2 ;;
     --gpus) gpus=${2:-}; shift 2 ;;
     --master-node) master=${2:-}; shift 2 ;;

@@ -43,6 +43,7 @@ my_names=" $(hostname) $(hostname -f 2>/dev/null || true) $(hostname -I 2>/dev/n
 if [ "$role" = master ]; then
     node_rank=0
 elif [ -n "${NODE_RANK:-}" ]; then
+    [ "$NODE_RANK" != 0 ] || die "NODE_RANK=0 is the master: run '$0 master' there"
     node_rank=$NODE_RANK
 else
     node_rank=

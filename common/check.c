@@ -5,6 +5,8 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
+#include <unistd.h>
 
 static int check_rank = -1;
 
@@ -20,14 +22,15 @@ void check_report(const char* file, int line, const char* expr, const char* reas
 }
 
 void check_message(const char* format, ...) {
-    char line[1024];
+    char line[1100];
+    int n = check_rank >= 0 ? snprintf(line, sizeof line, "[Rank %d] ", check_rank) : 0;
     va_list args;
     va_start(args, format);
-    vsnprintf(line, sizeof line, format, args);
+    vsnprintf(line + n, sizeof line - (size_t)n - 1, format, args);
     va_end(args);
     // one write, so that lines of several ranks do not interleave
-    if (check_rank >= 0)
-        fprintf(stderr, "[Rank %d] %s\n", check_rank, line);
-    else
-        fprintf(stderr, "%s\n", line);
+    size_t len = strlen(line);
+    line[len] = '\n';
+    if (write(STDERR_FILENO, line, len + 1) < 0)
+        return; // nowhere left to report to
 }

@@ -107,7 +107,9 @@ static int accept_left(int listen_fd, int expected_rank, double deadline) {
             return -1;
         }
         uint32_t hello[2];
-        if (net_recv_all(fd, hello, sizeof hello, deadline) == NET_OK &&
+        double hello_deadline = timer_seconds() + 2.0; // a silent stranger must not hold us
+        if (net_recv_all(fd, hello, sizeof hello,
+                         hello_deadline < deadline ? hello_deadline : deadline) == NET_OK &&
             ntohl(hello[0]) == RING_HELLO_MAGIC && ntohl(hello[1]) == (uint32_t)expected_rank)
             return fd;
         char peer[64];
@@ -286,6 +288,7 @@ static int ring_run(Communicator* c, RingOp op, float* buf, size_t count, int ro
 // ncclInProgress and, for a collective, the stream drains. Past the deadline
 // the communicator is aborted, which also frees any rank blocked with us.
 static int nccl_wait(Communicator* c, const char* what, double deadline, bool on_stream) {
+    useconds_t pause_us = 10;
     for (;;) {
         ncclResult_t state;
         ncclResult_t res = ncclCommGetAsyncError(c->nccl, &state);
@@ -307,8 +310,24 @@ static int nccl_wait(Communicator* c, const char* what, double deadline, bool on
             c->nccl = NULL;
             return -1;
         }
-        usleep(50);
+        usleep(pause_us);
+        pause_us = pause_us < 1000 ? pause_us * 2 : 1000; // quick for collectives, calm for init
     }
+}
+
+// Ends the NCCL side of c. A clean end finalizes first, within the deadline: destroying
+// without it would wait, unbounded, for every rank to get there. Any failure aborts.
+static void nccl_close(Communicator* c, bool abort) {
+    if (c->nccl != NULL && !abort) {
+        ncclResult_t res = ncclCommFinalize(c->nccl);
+        abort = (res != ncclSuccess && res != ncclInProgress) ||
+                nccl_wait(c, "ncclCommFinalize", timer_seconds() + c->s.timeout_s, false) != 0;
+    }
+    if (c->nccl != NULL) // (nccl_wait aborts and forgets it past the deadline)
+        (abort ? ncclCommAbort : ncclCommDestroy)(c->nccl);
+    if (c->stream != NULL)
+        cudaStreamDestroy(c->stream);
+    cudaFree(c->one_float);
 }
 
 int comm_nccl_unique_id(void* unique_id) {
@@ -331,7 +350,8 @@ int comm_init_nccl(Communicator** comm, CommSettings s, const void* unique_id) {
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0; // return at once; nccl_wait bounds the wait
     if (cudaStreamCreate(&c->stream) != cudaSuccess ||
-        cudaMalloc((void**)&c->one_float, sizeof(float)) != cudaSuccess) {
+        cudaMalloc((void**)&c->one_float, sizeof(float)) != cudaSuccess ||
+        cudaMemset(c->one_float, 0, sizeof(float)) != cudaSuccess) {
         check_message("comm_init_nccl: %s", cudaGetErrorString(cudaGetLastError()));
         return -1;
     }
@@ -397,9 +417,11 @@ int comm_share_nccl_id(void* unique_id, int rank, int world_size, int send_fd, i
     NetStatus st = NET_OK;
     if (net_set_nonblocking(send_fd) != 0 || net_set_nonblocking(recv_fd) != 0)
         st = NET_ERROR;
-    else if (rank == 0 && comm_nccl_unique_id(unique_id) != 0)
-        st = NET_ERROR;
-    else if (rank != 0)
+    else if (rank == 0 && comm_nccl_unique_id(unique_id) != 0) {
+        close(send_fd);
+        close(recv_fd);
+        return -1; // comm_nccl_unique_id said why
+    } else if (rank != 0)
         st = net_recv_all(recv_fd, unique_id, NCCL_UNIQUE_ID_BYTES, deadline);
     if (st == NET_OK && rank + 1 < world_size)
         st = net_send_all(send_fd, unique_id, NCCL_UNIQUE_ID_BYTES, deadline);
@@ -473,11 +495,7 @@ static void comm_close(Communicator* c, bool abort) {
     if (c == NULL)
         return;
 #ifdef HAVE_NCCL
-    if (c->nccl != NULL)
-        (abort ? ncclCommAbort : ncclCommDestroy)(c->nccl);
-    if (c->stream != NULL)
-        cudaStreamDestroy(c->stream);
-    cudaFree(c->one_float);
+    nccl_close(c, abort);
 #else
     (void)abort;
 #endif

@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,6 +133,12 @@ int config_parse_training_flag(TrainConfig* c, const char* flag, const char* val
 }
 
 int config_check(const TrainConfig* c, int world_size) {
+    // Element counts are ints: one batch's activations, B x H, must fit one.
+    if ((long long)c->batch_size * c->hidden_size > INT_MAX) {
+        fprintf(stderr, "error: --batch-size %d x --hidden-size %d must be at most %d elements\n",
+                c->batch_size, c->hidden_size, INT_MAX);
+        return -1;
+    }
     int n_train = (int)(DATA_TRAIN_FRACTION * c->data_size);
     int per_rank = (n_train + world_size - 1) / world_size;
     if (c->batch_size > per_rank) {

@@ -3,10 +3,15 @@
  */
 #include "device.h"
 
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#define DEVICE_QUERY_TIMEOUT_MS 60000
 
 #ifdef HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -36,11 +41,22 @@ int device_gpu_count_forked(void) {
         _exit(write(fds[1], &count, sizeof count) == sizeof count ? 0 : 1);
     }
     close(fds[1]);
-    int count = 0;
-    if (pid < 0 || read(fds[0], &count, sizeof count) != sizeof count)
+    // A driver that hangs must not hang us: wait a minute at most.
+    int count = 0, ready;
+    struct pollfd p = {.fd = fds[0], .events = POLLIN};
+    while ((ready = poll(&p, 1, DEVICE_QUERY_TIMEOUT_MS)) < 0 && errno == EINTR)
+        ;
+    if (pid < 0 || ready <= 0 || read(fds[0], &count, sizeof count) != sizeof count) {
+        if (pid > 0 && ready == 0)
+            fprintf(stderr, "warning: the GPU query did not answer within %d s: using no GPU\n",
+                    DEVICE_QUERY_TIMEOUT_MS / 1000);
         count = 0;
+    }
     close(fds[0]);
-    if (pid > 0)
+    if (pid > 0 && ready == 0) {
+        kill(pid, SIGKILL); // it may stay stuck in the driver: do not wait for it
+        waitpid(pid, NULL, WNOHANG);
+    } else if (pid > 0)
         waitpid(pid, NULL, 0);
     return count;
 }

@@ -41,7 +41,7 @@ static size_t total_bytes(const struct iovec* iov, int count) {
 // The pieces of iov that remain after its first done bytes, into rest; returns how many.
 static int remaining(const struct iovec* iov, int count, size_t done, struct iovec* rest) {
     int n = 0;
-    for (int i = 0; i < count; i++) {
+    for (int i = 0; i < count && n < NET_MAX_PIECES; i++) {
         if (done >= iov[i].iov_len) {
             done -= iov[i].iov_len;
             continue;
@@ -185,7 +185,7 @@ void net_local_addr(int fd, char* out, size_t out_len) {
 }
 
 void net_peer_name(int fd, char* out, size_t out_len) {
-    struct sockaddr_in sa;
+    struct sockaddr_in sa = {0};
     socklen_t len = sizeof sa;
     char ip[INET_ADDRSTRLEN] = "?";
     if (getpeername(fd, (struct sockaddr*)&sa, &len) == 0)
@@ -196,8 +196,12 @@ void net_peer_name(int fd, char* out, size_t out_len) {
 // One connection attempt, bounded by deadline. Returns the fd or -1 with errno.
 static int connect_once(const struct sockaddr_in* sa, double deadline) {
     int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    if (fd < 0 || net_set_nonblocking(fd) != 0)
+    if (fd < 0)
         return -1;
+    if (net_set_nonblocking(fd) != 0) {
+        close(fd);
+        return -1;
+    }
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (connect(fd, (const struct sockaddr*)sa, sizeof *sa) == 0)
         return fd;
@@ -267,7 +271,11 @@ int net_accept(int listen_fd, double deadline) {
             close(fd);
             return -1;
         }
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        // accept() also reports errors of the connection it dropped (a peer that
+        // reset it, say): those are for the next try, not the listener's end.
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED &&
+            errno != EPROTO && errno != ENETDOWN && errno != EHOSTUNREACH && errno != ENONET &&
+            errno != ENETUNREACH && errno != EHOSTDOWN && errno != EOPNOTSUPP)
             return -1;
         struct pollfd p = {.fd = listen_fd, .events = POLLIN};
         if (poll(&p, 1, ms_until(deadline)) == 0) {

@@ -138,6 +138,12 @@ static int recv_msg(int fd, MsgType* type, void* payload, size_t cap, size_t* le
     return -1;
 }
 
+// Addresses from the wire must be dotted IPv4: a name would mean a DNS lookup without deadline.
+static bool is_ipv4(const char* text) {
+    struct in_addr addr;
+    return inet_pton(AF_INET, text, &addr) == 1;
+}
+
 static size_t encode_hello(const RdzvHello* h, unsigned char* buf, size_t cap) {
     Cursor c = {.buf = buf, .len = cap};
     put_u32(&c, (uint32_t)h->node_rank);
@@ -161,11 +167,13 @@ static int decode_hello(RdzvHello* h, unsigned char* buf, size_t len) {
     get_text(&c, h->nccl_version, sizeof h->nccl_version);
     get_text(&c, h->settings, sizeof h->settings);
     get_text(&c, h->ring_addr, sizeof h->ring_addr);
-    if (c.bad || h->nproc < 1 || h->nproc > WORKERS_MAX)
+    if (c.bad || h->nproc < 1 || h->nproc > WORKERS_MAX || !is_ipv4(h->ring_addr))
         return -1;
     for (int i = 0; i < h->nproc; i++) {
         uint32_t port = get_u32(&c);
-        h->ring_ports[i] = port <= 65535 ? (int)port : 0;
+        if (port < 1 || port > 65535)
+            return -1;
+        h->ring_ports[i] = (int)port;
     }
     return c.bad || c.pos != len ? -1 : 0;
 }
@@ -205,7 +213,10 @@ static int decode_world(RdzvWorld* w, unsigned char* buf, size_t len) {
         return -1;
     for (int r = 0; r < w->world_size; r++) {
         get_text(&c, w->ring_addr[r], RDZV_ADDR_BYTES);
-        w->ring_port[r] = (int)get_u32(&c);
+        uint32_t port = get_u32(&c);
+        if (c.bad || !is_ipv4(w->ring_addr[r]) || port < 1 || port > 65535)
+            return -1;
+        w->ring_port[r] = (int)port;
     }
     w->has_nccl_id = get_u32(&c) != 0;
     get_bytes(&c, w->nccl_id, RDZV_NCCL_ID_BYTES);
@@ -253,8 +264,10 @@ static bool tokens_equal(const char* a, const char* b) {
     return diff == 0;
 }
 
-// The first "key=value" of a that b does not have, as "key=A here, key=B there".
-static void first_setting_difference(const char* mine, const char* theirs, char* out, size_t n) {
+// The first "key=value" where the master's settings and node's differ, as
+// "settings differ: key=A on the master, key=B on node N".
+static void first_setting_difference(const char* mine, const char* theirs, int node, char* out,
+                                     size_t n) {
     char a[RDZV_TEXT_BYTES], b[RDZV_TEXT_BYTES];
     snprintf(a, sizeof a, "%s", mine);
     snprintf(b, sizeof b, "%s", theirs);
@@ -265,8 +278,16 @@ static void first_setting_difference(const char* mine, const char* theirs, char*
         x = strtok_r(NULL, " ", &save_a);
         y = strtok_r(NULL, " ", &save_b);
     }
-    snprintf(out, n, "settings differ: %s on the master, %s on this node", x ? x : "(nothing)",
-             y ? y : "(nothing)");
+    snprintf(out, n, "settings differ: %s on the master, %s on node %d", x ? x : "(nothing)",
+             y ? y : "(nothing)", node);
+}
+
+// Ranks of the nodes admitted so far, the master's included.
+static int ranks_in(const Rdzv* r) {
+    int ranks = r->hello[0].nproc;
+    for (int i = 1; i < r->nnodes; i++)
+        ranks += r->control_fd[i] >= 0 ? r->hello[i].nproc : 0;
+    return ranks;
 }
 
 // Why the master refuses h, or "" if it accepts it.
@@ -284,7 +305,7 @@ static void check_hello(const Rdzv* r, const RdzvHello* own, const RdzvHello* h,
         snprintf(why, n, "NCCL %s differs from the master's %s", h->nccl_version,
                  own->nccl_version);
     else if (strcmp(own->settings, h->settings) != 0)
-        first_setting_difference(own->settings, h->settings, why, n);
+        first_setting_difference(own->settings, h->settings, h->node_rank, why, n);
     else if (h->node_rank < 1 || h->node_rank >= r->nnodes)
         snprintf(why, n,
                  "node rank %d is out of range: --nnodes %d allows 1 to %d besides the "
@@ -293,6 +314,9 @@ static void check_hello(const Rdzv* r, const RdzvHello* own, const RdzvHello* h,
     else if (r->control_fd[h->node_rank] >= 0)
         snprintf(why, n, "node rank %d is taken already (two nodes with the same --node-rank?)",
                  h->node_rank);
+    else if (ranks_in(r) + h->nproc > RDZV_MAX_RANKS)
+        snprintf(why, n, "with its %d workers the world would have %d ranks, more than %d",
+                 h->nproc, ranks_in(r) + h->nproc, RDZV_MAX_RANKS);
 }
 
 // Takes one connection from the listener: its HELLO is accepted, or refused with a reason.
@@ -415,7 +439,8 @@ int rdzv_connect(Rdzv* r) {
 }
 
 int rdzv_join(Rdzv* r, const RdzvHello* own, RdzvWorld* world) {
-    double deadline = timer_seconds() + r->timeout_s;
+    // The master sends WORLD when the last node is in, and after its workers' set-up.
+    double deadline = timer_seconds() + r->timeout_s + r->world_wait_s;
     char why[512];
     int fd = r->control_fd[0];
     unsigned char payload[RDZV_MAX_PAYLOAD];

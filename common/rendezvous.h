@@ -69,7 +69,9 @@ typedef struct {
     int node_rank;
     const char* master_addr;
     int master_port;
-    double timeout_s; // the whole rendezvous
+    double timeout_s;    // the whole rendezvous
+    double world_wait_s; // how much longer a node waits for WORLD: the master's set-up after
+                         // the last node is in (0 unless set after rdzv_init)
     bool debug;
     int listen_fd;                   // master only, until the world is formed
     int control_fd[RDZV_MAX_NODES];  // master: one per node (by node rank); node: [0]
@@ -77,7 +79,7 @@ typedef struct {
     RdzvHello hello[RDZV_MAX_NODES]; // master: every node's HELLO
 } Rdzv;
 
-// Prepares r; every field above the state is the caller's.
+// Prepares r: the settings from the arguments, no connections yet.
 void rdzv_init(Rdzv* r, int nnodes, int node_rank, const char* master_addr, int master_port,
                double timeout_s, bool debug);
 

@@ -3,6 +3,7 @@
  */
 #include "replicas.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "check.h"
@@ -47,4 +48,28 @@ int replicas_gather_hashes(Communicator* comm, const Kernels* k, int rank, int w
     if (err)
         check_message("replica check: could not share the parameter hashes");
     return err ? -1 : 0;
+}
+
+int replicas_check(Communicator* comm, const Kernels* k, const float* params, size_t count,
+                   int rank, int world_size) {
+    float* host = malloc(count * sizeof(float) + 1);
+    uint64_t* hashes = malloc((size_t)world_size * sizeof(uint64_t));
+    int err = host == NULL || hashes == NULL || k->download(host, params, count * sizeof(float));
+    if (!err)
+        err = replicas_gather_hashes(comm, k, rank, world_size,
+                                     replicas_hash(host, count * sizeof(float)), hashes);
+    int agree = !err;
+    for (int r = 1; !err && r < world_size; r++)
+        if (hashes[r] != hashes[0]) {
+            agree = 0;
+            if (rank == 0)
+                printf("Replicas agree: NO: rank %d has hash 0x%016llx, rank 0 has 0x%016llx\n", r,
+                       (unsigned long long)hashes[r], (unsigned long long)hashes[0]);
+        }
+    if (agree && rank == 0)
+        printf("Replicas agree: yes (%d ranks, hash 0x%016llx)\n", world_size,
+               (unsigned long long)hashes[0]);
+    free(host);
+    free(hashes);
+    return agree ? 0 : -1;
 }

@@ -6,7 +6,7 @@
  * parameters and every rank learns every hash, so a rank that drifted (a
  * missed all-reduce, a non-deterministic kernel) is named, not guessed at.
  *
- * APIs: replicas_hash, replicas_gather_hashes.
+ * APIs: replicas_hash, replicas_gather_hashes, replicas_check.
  */
 #ifndef REPLICAS_H
 #define REPLICAS_H
@@ -26,6 +26,12 @@ uint64_t replicas_hash(const void* bytes, size_t len);
 // hashes (world_size) = every rank's hash, on every rank. Returns 0 or -1.
 int replicas_gather_hashes(Communicator* comm, const Kernels* k, int rank, int world_size,
                            uint64_t mine, uint64_t* hashes);
+
+// Every rank hashes its params (count floats in the memory of k); all must match
+// rank 0's. Rank 0 prints "Replicas agree: yes (N ranks, hash 0x...)", or names each
+// rank that differs. Returns 0 if they agree, -1 otherwise (on every rank).
+int replicas_check(Communicator* comm, const Kernels* k, const float* params, size_t count,
+                   int rank, int world_size);
 
 #ifdef __cplusplus
 }

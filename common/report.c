@@ -12,6 +12,10 @@
 
 int report_prepare_dir(const char* dir) {
     struct stat st;
+    if (strpbrk(dir, "'\n") != NULL) { // gnuplot's script quotes the path with '
+        fprintf(stderr, "error: --out %s: the name may not contain ' or a newline\n", dir);
+        return -1;
+    }
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
         fprintf(stderr, "error: --out %s: cannot create the directory: %s\n", dir, strerror(errno));
         return -1;

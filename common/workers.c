@@ -25,6 +25,7 @@ static void on_stop_signal(int sig) {
 int workers_start(Workers* w, int count, int first_rank, WorkerMain main, void* arg) {
     memset(w, 0, sizeof *w);
     w->first_rank = first_rank;
+    signal(SIGCHLD, SIG_DFL); // an inherited SIG_IGN would let the kernel reap them unseen
     pid_t parent = getpid();
     fflush(NULL); // or the children would print the parent's buffered output again
     for (int i = 0; i < count; i++) {
@@ -108,9 +109,19 @@ void workers_stop(Workers* w) {
         usleep(10000);
     }
     for (int i = 0; i < w->count; i++)
-        if (w->pids[i] != 0) {
+        if (w->pids[i] != 0)
             kill(w->pids[i], SIGKILL);
-            waitpid(w->pids[i], NULL, 0);
+    // A process stuck in the kernel (a GPU driver call) may not die even then: wait a
+    // moment, then name it and go on rather than wait for ever.
+    deadline = timer_seconds() + WORKERS_GRACE_SECONDS;
+    while (running(w) > 0 && timer_seconds() < deadline) {
+        reap(w, 1);
+        usleep(10000);
+    }
+    for (int i = 0; i < w->count; i++)
+        if (w->pids[i] != 0) {
+            fprintf(stderr, "[Rank %d] did not exit after SIGKILL (pid %d)\n", w->first_rank + i,
+                    (int)w->pids[i]);
             w->pids[i] = 0;
         }
 }

@@ -460,7 +460,7 @@ Test(rendezvous, each_bad_hello_is_refused_with_its_reason_and_the_job_still_for
     cases[3].reason = "NCCL 2.28.9 differs from the master's none";
     snprintf(cases[4].hello.settings, sizeof cases[4].hello.settings,
              "epochs=3 batch_size=64 seed=42");
-    cases[4].reason = "settings differ: batch_size=32 on the master, batch_size=64 on this node";
+    cases[4].reason = "settings differ: batch_size=32 on the master, batch_size=64 on node 1";
     cases[5].hello.node_rank = 0;
     cases[5].reason = "node rank 0 is out of range: --nnodes 2 allows 1 to 1 besides the master";
     cases[6].hello.node_rank = 2;

@@ -50,8 +50,8 @@ static int parse_args(int argc, char** argv, long* min_bytes, long* max_bytes) {
             return -1;
     }
     if (*min_bytes > *max_bytes) {
-        fprintf(stderr, "error: --min-bytes (%ld) must not exceed --max-bytes (%ld)\n",
-                *min_bytes, *max_bytes);
+        fprintf(stderr, "error: --min-bytes (%ld) must not exceed --max-bytes (%ld)\n", *min_bytes,
+                *max_bytes);
         return -1;
     }
     return 0;

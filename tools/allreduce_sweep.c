@@ -22,9 +22,10 @@ int sweep_parse_bytes(const char* flag, const char* value, long* out) {
         unit = *end == 'K' ? 1L << 10 : *end == 'M' ? 1L << 20 : 1L << 30;
         end++;
     }
-    if (value == NULL || end == value || *end != '\0' || v < 1 || v * unit < 4 ||
-        v * unit > (1L << 30)) {
-        fprintf(stderr, "error: %s must be a size in [4, 1G] bytes (e.g. 8, 64K, 4M), got '%s'\n",
+    if (value == NULL || end == value || *end != '\0' || v < 1 || v > (1L << 30) / unit ||
+        v * unit < 4 || v * unit % 4 != 0) {
+        fprintf(stderr,
+                "error: %s must be a multiple of 4 bytes in [4, 1G] (e.g. 8, 64K, 4M), got '%s'\n",
                 flag, value != NULL ? value : "(nothing)");
         return -1;
     }
@@ -84,8 +85,8 @@ int sweep_run(const SweepEngine* e, long min_bytes, long max_bytes) {
     if (e->rank == 0 && !err)
         printf("# all-reduce of floats (sum), backend %s, %d ranks; time: mean over iterations\n"
                "%12s %10s %10s %12s %12s %8s\n",
-               e->name, e->world_size, "size(B)", "count", "time(us)", "algbw(GB/s)",
-               "busbw(GB/s)", "#wrong");
+               e->name, e->world_size, "size(B)", "count", "time(us)", "algbw(GB/s)", "busbw(GB/s)",
+               "#wrong");
     for (long bytes = min_bytes; !err && bytes <= max_bytes; bytes *= 2)
         err = sweep_size(e, buf, host, bytes);
     if (buf != NULL)

@@ -218,31 +218,6 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
     return 0;
 }
 
-// Every rank hashes its parameters; all must match rank 0's. Rank 0 prints the verdict.
-static int check_replicas(const Mlp* m, Communicator* comm, int rank, int world_size) {
-    float* params = malloc((size_t)m->num_params * sizeof(float));
-    uint64_t hashes[WORKERS_MAX];
-    if (params == NULL || mlp_get_params(m, params) != 0) {
-        free(params);
-        return -1;
-    }
-    uint64_t mine = replicas_hash(params, (size_t)m->num_params * sizeof(float));
-    free(params);
-    RETURN_IF_FAILED(replicas_gather_hashes(comm, m->k, rank, world_size, mine, hashes));
-    int agree = 1;
-    for (int r = 1; r < world_size; r++)
-        if (hashes[r] != hashes[0]) {
-            agree = 0;
-            if (rank == 0)
-                printf("Replicas agree: NO: rank %d has hash 0x%016llx, rank 0 has 0x%016llx\n", r,
-                       (unsigned long long)hashes[r], (unsigned long long)hashes[0]);
-        }
-    if (agree && rank == 0)
-        printf("Replicas agree: yes (%d ranks, hash 0x%016llx)\n", world_size,
-               (unsigned long long)hashes[0]);
-    return agree ? 0 : -1;
-}
-
 // ----------------------------------------------------------------------------
 // output
 
@@ -290,7 +265,8 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
         print_model_summary(&model);
 
     if (train(&model, c, &d, &sampler, comm, rank == 0, stats) != 0 ||
-        check_replicas(&model, comm, rank, world_size) != 0)
+        replicas_check(comm, model.k, model.params, (size_t)model.num_params, rank, world_size) !=
+            0)
         return 1;
     if (rank == 0 && c->out_dir != NULL && report_write(c->out_dir, stats, c->epochs) != 0)
         return 1;
@@ -331,7 +307,10 @@ static int worker_main(int rank, void* arg) {
         return 1;
     print_process_initialized(&dev, rank, rank, p->world_size);
     int status = train_rank(c, &dev, comm, rank, p->world_size);
-    comm_destroy(comm);
+    if (status == 0)
+        comm_destroy(comm);
+    else // the others may be stuck in a collective with us: do not wait for them
+        comm_abort(comm);
     return status;
 }
 

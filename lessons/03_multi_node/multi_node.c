@@ -6,7 +6,8 @@
  * the node agent: exactly one runs on each node. The agents meet at node 0 (the
  * master) over TCP, agree on the world - how many ranks in all, which global
  * ranks live where - and then each forks its workers as lesson 02 does. Global
- * rank = the node's first rank (node_rank * nproc_per_node) + local rank. The
+ * rank = the node's first rank (node_rank * nproc_per_node when every node has as
+ * many workers; the sum of the lower nodes' workers in general) + local rank. The
  * connection to the master stays open: when anything fails anywhere, every node
  * stops its workers and exits non-zero within seconds, naming what failed.
  *
@@ -66,7 +67,8 @@ static void print_usage(void) {
           "  --node-rank R         this node's rank, 0 is the master (default 0; env NODE_RANK)\n"
           "  --master-addr ADDR    where node 0 listens (default 127.0.0.1; env MASTER_ADDR)\n"
           "  --master-port PORT    its port (default 29500; env MASTER_PORT)\n"
-          "  --rdzv-timeout SECONDS  how long to wait for every node (default 300)\n"
+          "  --rdzv-timeout SECONDS\n"
+          "                        how long to wait for every node (default 300)\n"
           "  --token-file FILE     the job's shared secret (default: env DDP_TOKEN)\n"
           "  --backend NAME        auto, nccl or ring (default auto: NCCL when every worker has\n"
           "                        its own GPU, the ring all-reduce otherwise)\n"
@@ -194,6 +196,11 @@ static void make_plan(Agent* a, const Options* o) {
         fprintf(stderr, "error: %s\n", why);
         exit(EXIT_USAGE);
     }
+    if (o->nnodes * a->nproc > RDZV_MAX_RANKS) {
+        fprintf(stderr, "error: --nnodes %d x --nproc-per-node %d is more than %d ranks\n",
+                o->nnodes, a->nproc, RDZV_MAX_RANKS);
+        exit(EXIT_USAGE);
+    }
     if (config_check(&o->train, o->nnodes * a->nproc) != 0 ||
         (o->node_rank == 0 && o->train.out_dir != NULL &&
          report_prepare_dir(o->train.out_dir) != 0))
@@ -233,7 +240,7 @@ static int read_token(const Options* o, char* token, size_t len) {
 static void describe_settings(const Agent* a, char* out, size_t len) {
     const TrainConfig* c = &a->opt.train;
     snprintf(out, len,
-             "epochs=%d batch_size=%d learning_rate=%g data_size=%d hidden_size=%d seed=%llu "
+             "epochs=%d batch_size=%d learning_rate=%.9g data_size=%d hidden_size=%d seed=%llu "
              "optimizer=%s device=%s backend=%s timeout=%d nnodes=%d",
              c->epochs, c->batch_size, c->learning_rate, c->data_size, c->hidden_size,
              (unsigned long long)c->seed, c->optimizer == OPTIMIZER_SGD ? "sgd" : "adam",
@@ -266,6 +273,7 @@ static int rendezvous(Agent* a, const char* token) {
     describe_settings(a, own.settings, sizeof own.settings);
     rdzv_init(&a->rdzv, o->nnodes, o->node_rank, o->master_addr, o->master_port, o->rdzv_timeout_s,
               o->debug);
+    a->rdzv.world_wait_s = o->timeout_s; // WORLD waits for NCCL's id from the master's rank 0
     char addr[RDZV_ADDR_BYTES];
     if (o->node_rank == 0) {
         if (rdzv_master_listen(&a->rdzv) != 0)
@@ -468,31 +476,6 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
     return 0;
 }
 
-// Every rank hashes its parameters; all must match rank 0's. Rank 0 prints the verdict.
-static int check_replicas(const Mlp* m, Communicator* comm, int rank, int world_size) {
-    float* params = malloc((size_t)m->num_params * sizeof(float));
-    uint64_t hashes[WORKERS_MAX];
-    if (params == NULL || mlp_get_params(m, params) != 0) {
-        free(params);
-        return -1;
-    }
-    uint64_t mine = replicas_hash(params, (size_t)m->num_params * sizeof(float));
-    free(params);
-    RETURN_IF_FAILED(replicas_gather_hashes(comm, m->k, rank, world_size, mine, hashes));
-    int agree = 1;
-    for (int r = 1; r < world_size; r++)
-        if (hashes[r] != hashes[0]) {
-            agree = 0;
-            if (rank == 0)
-                printf("Replicas agree: NO: rank %d has hash 0x%016llx, rank 0 has 0x%016llx\n", r,
-                       (unsigned long long)hashes[r], (unsigned long long)hashes[0]);
-        }
-    if (agree && rank == 0)
-        printf("Replicas agree: yes (%d ranks, hash 0x%016llx)\n", world_size,
-               (unsigned long long)hashes[0]);
-    return agree ? 0 : -1;
-}
-
 // ----------------------------------------------------------------------------
 // output
 
@@ -547,7 +530,8 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
         print_model_summary(&model);
 
     if (train(&model, c, &d, &sampler, comm, rank == 0, stats) != 0 ||
-        check_replicas(&model, comm, rank, world_size) != 0)
+        replicas_check(comm, model.k, model.params, (size_t)model.num_params, rank, world_size) !=
+            0)
         return 1;
     if (rank == 0 && c->out_dir != NULL && report_write(c->out_dir, stats, c->epochs) != 0)
         return 1;
@@ -588,8 +572,23 @@ static int make_communicator(Communicator** comm, const Agent* a, int rank, int 
     return comm_init_nccl(comm, s, id);
 }
 
+// Closes what the worker inherited of its siblings and of the agent, so that a peer's
+// death reaches it as an end of file rather than as silence.
+static void keep_own_fds(Agent* a, int local_rank) {
+    for (int i = 0; i < a->nproc; i++) {
+        if (i != local_rank)
+            close(a->ring_listen_fds[i]);
+        if (a->backend == BACKEND_NCCL) {
+            close(a->id_fds[i][0]);
+            if (i != local_rank)
+                close(a->id_fds[i][1]);
+        }
+    }
+}
+
 static int worker_main(int local_rank, void* arg) {
     Agent* a = arg;
+    keep_own_fds(a, local_rank);
     const TrainConfig* c = &a->opt.train;
     int rank = a->world.rank_offset[a->opt.node_rank] + local_rank;
     Device dev;
@@ -604,7 +603,10 @@ static int worker_main(int local_rank, void* arg) {
         return 1;
     print_process_initialized(&dev, rank, local_rank, a->world.world_size);
     int status = train_rank(c, &dev, comm, rank, a->world.world_size);
-    comm_destroy(comm);
+    if (status == 0)
+        comm_destroy(comm);
+    else // the others may be stuck in a collective with us: do not wait for them
+        comm_abort(comm);
     return status;
 }
 
@@ -629,8 +631,11 @@ int main(int argc, char** argv) {
     if (make_id_channels(&a) != 0 ||
         workers_start(&workers, a.nproc, first_rank, worker_main, &a) != 0)
         return EXIT_FAILURE;
-    for (int i = 0; i < a.nproc; i++) // the workers have them now
+    for (int i = 0; i < a.nproc; i++) { // the workers have them now
         close(a.ring_listen_fds[i]);
+        if (a.backend == BACKEND_NCCL)
+            close(a.id_fds[i][1]);
+    }
     int status = 0;
     if (a.backend == BACKEND_NCCL)
         status = hand_out_nccl_id(&a);
