@@ -422,9 +422,9 @@ int comm_share_nccl_id(void* unique_id, int rank, int world_size, int send_fd, i
         close(recv_fd);
         return -1; // comm_nccl_unique_id said why
     } else if (rank != 0)
-        st = net_recv_all(recv_fd, unique_id, NCCL_UNIQUE_ID_BYTES, deadline);
+        st = net_recv_all(recv_fd, unique_id, COMM_NCCL_ID_BYTES, deadline);
     if (st == NET_OK && rank + 1 < world_size)
-        st = net_send_all(send_fd, unique_id, NCCL_UNIQUE_ID_BYTES, deadline);
+        st = net_send_all(send_fd, unique_id, COMM_NCCL_ID_BYTES, deadline);
     if (st != NET_OK)
         check_message("passing on NCCL's unique id: %s", net_status_str(st));
     close(send_fd);

@@ -3,16 +3,21 @@
  *
  * One small interface, two engines:
  *   - NCCL on GPUs, one rank per GPU;
- *   - a ring over sockets, the algorithm NCCL and gloo
- *     use: reduce-scatter, then all-gather. It serves CPU ranks, and GPU ranks
- *     that share a GPU (it stages through host memory).
+ *   - a ring over sockets, the algorithm NCCL and gloo use: reduce-scatter, then
+ *     all-gather. It serves CPU ranks, and GPU ranks that share a GPU (it stages
+ *     through host memory).
  * Buffers are in the memory of the device that the Kernels table drives.
  * Every call has a deadline (timeout_s from its start); a peer that fails or
  * goes away makes the call return -1 with a message naming that peer, never hang.
+ * NCCL runs on a stream of its own that synchronises with the default stream
+ * (created with cudaStreamCreate), so it is ordered after the model's kernels,
+ * which run on the default stream; the build keeps nvcc's legacy default stream.
  *
- * APIs: Communicator, comm_choose_backend, comm_ring_socketpairs, comm_ring_keep_own,
- * comm_ring_connect_tcp, comm_init_ring, comm_init_nccl, comm_allreduce_sum, comm_share_nccl_id,
- * comm_allreduce_mean, comm_broadcast, comm_barrier, comm_abort, comm_destroy.
+ * APIs: Backend, CommSettings, Communicator, comm_choose_backend, comm_ring_socketpairs,
+ *       comm_ring_keep_own, comm_ring_connect_tcp, comm_init_ring, comm_init_nccl,
+ *       comm_nccl_unique_id, comm_share_nccl_id, comm_nccl_version, comm_allreduce_sum,
+ *       comm_allreduce_mean, comm_broadcast, comm_barrier, comm_abort, comm_destroy,
+ *       comm_backend.
  */
 #ifndef COLLECTIVE_H
 #define COLLECTIVE_H
@@ -62,9 +67,9 @@ int comm_choose_backend(const char* request, int gpus, int ranks, Backend* backe
 // rank - 1 (mod world_size). The communicator owns both from now on.
 int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd);
 
-// An NCCL communicator; the unique id (NCCL_UNIQUE_ID_BYTES bytes) comes from rank 0.
+// An NCCL communicator; the unique id (COMM_NCCL_ID_BYTES bytes) comes from rank 0.
 // Init does not block: it is polled until the deadline, then aborted.
-#define NCCL_UNIQUE_ID_BYTES 128
+#define COMM_NCCL_ID_BYTES 128
 int comm_init_nccl(Communicator** comm, CommSettings s, const void* unique_id);
 // Makes a unique id for comm_init_nccl (on rank 0). Returns 0 or -1.
 int comm_nccl_unique_id(void* unique_id);

@@ -8,7 +8,7 @@
  * grace period) and reports failure. SIGINT or SIGTERM to the parent ends
  * every worker, and a worker whose parent dies is killed by the kernel.
  *
- * APIs: WorkerMain, Workers, workers_start, workers_wait.
+ * APIs: WorkerMain, Workers, WorkersPoll, workers_start, workers_wait, workers_stop.
  */
 #ifndef WORKERS_H
 #define WORKERS_H

@@ -93,7 +93,7 @@ static int rank_main(int rank, void* arg) {
     CommSettings s = {
         .rank = rank, .world_size = b->ranks, .timeout_s = b->timeout_s, .k = dev.kernels};
     Communicator* comm = NULL;
-    unsigned char id[NCCL_UNIQUE_ID_BYTES];
+    unsigned char id[COMM_NCCL_ID_BYTES];
     int err = nccl ? comm_share_nccl_id(id, rank, b->ranks, send_fd, recv_fd, b->timeout_s) ||
                          comm_init_nccl(&comm, s, id)
                    : comm_init_ring(&comm, s, send_fd, recv_fd);

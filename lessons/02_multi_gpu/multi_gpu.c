@@ -285,7 +285,7 @@ static int make_communicator(Communicator** comm, const Plan* p, int rank, const
                       .k = dev->kernels};
     if (p->backend == BACKEND_RING)
         return comm_init_ring(comm, s, send_fd, recv_fd);
-    unsigned char id[NCCL_UNIQUE_ID_BYTES];
+    unsigned char id[COMM_NCCL_ID_BYTES];
     if (comm_share_nccl_id(id, rank, p->world_size, send_fd, recv_fd, s.timeout_s) != 0)
         return -1;
     return comm_init_nccl(comm, s, id);

@@ -317,6 +317,10 @@ static int make_id_channels(Agent* a) {
 static int hand_out_nccl_id(Agent* a) {
     double deadline = timer_seconds() + a->opt.timeout_s;
     int first = 0;
+    if (a->opt.node_rank != 0 && !a->world.has_nccl_id) {
+        check_message("the master's WORLD carries no NCCL id, but this node runs NCCL");
+        return -1;
+    }
     if (a->opt.node_rank == 0) {
         NetStatus st =
             net_recv_all(a->id_fds[0][0], a->world.nccl_id, RDZV_NCCL_ID_BYTES, deadline);
@@ -560,7 +564,7 @@ static int make_communicator(Communicator** comm, const Agent* a, int rank, int 
             return -1;
         return comm_init_ring(comm, s, send_fd, recv_fd);
     }
-    unsigned char id[NCCL_UNIQUE_ID_BYTES];
+    unsigned char id[COMM_NCCL_ID_BYTES];
     int fd = a->id_fds[local_rank][1];
     double deadline = timer_seconds() + s.timeout_s;
     if (rank == 0
