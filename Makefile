@@ -116,9 +116,9 @@ $(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(OBJ)/tools/allreduce_
 $(BUILD)/allreduce_bench_mpi: tools/allreduce_bench_mpi.c $(OBJ)/tools/allreduce_sweep.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	$(MPICC) $(filter-out -MMD -MP,$(CFLAGS)) $< $(OBJ)/tools/allreduce_sweep.o $(COMMON_LIB) -o $@ $(LDLIBS)
 
-$(BUILD)/tests/%: $(OBJ)/tests/%.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+$(BUILD)/tests/%: $(OBJ)/tests/%.o $(OBJ)/tests/support/proc.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS) -lcriterion
+	$(CC) $(CFLAGS) $< $(OBJ)/tests/support/proc.o $(COMMON_LIB) -o $@ $(LDLIBS) -lcriterion
 
 $(BUILD)/tests/gpu/%: $(OBJ)/tests/gpu/%.cu.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	@mkdir -p $(dir $@)

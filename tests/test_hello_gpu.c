@@ -2,154 +2,27 @@
  * test_hello_gpu.c - lesson 01's program, run as a user runs it.
  *
  * Each test starts build/hello_gpu (so run from the repository root, as
- * `make test` does), captures its stdout and stderr, and kills it after
- * RUN_DEADLINE_S seconds so that a hanging program fails the test instead of
- * hanging the suite. Covered: the output against a golden file, the loss it
- * reaches at the defaults, every kind of bad input, --help, and --out's files.
+ * `make test` does) through tests/support/proc.h, which captures its stdout and
+ * stderr and kills it after PROC_DEADLINE_S seconds so that a hanging program
+ * fails the test instead of hanging the suite. Covered: the output against a
+ * golden file, the loss it reaches at the defaults, every kind of bad input,
+ * --help, and --out's files.
  */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "support/proc.h"
 
 #define PROGRAM "build/hello_gpu"
 #define GOLDEN "tests/golden/hello_gpu_cpu.txt"
-#define RUN_DEADLINE_S 60
-#define MAX_ARGS 16
 #define MAX_LINES 256
-
-// ----------------------------------------------------------------------------
-// running the program
-
-typedef struct {
-    int status;    // exit status; -1 if it did not exit normally
-    int timed_out; // killed at the deadline
-    char* out;     // everything written on stdout, NUL-terminated
-    char* err;     // everything written on stderr, NUL-terminated
-} Run;
-
-typedef struct {
-    char* text;
-    size_t len, cap;
-} Buffer;
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-// Makes room for at least 4096 more bytes and a NUL after the text.
-static void buffer_reserve(Buffer* b) {
-    if (b->cap - b->len < 4096) {
-        b->cap = 2 * b->cap + 4096;
-        b->text = realloc(b->text, b->cap);
-        cr_assert_not_null(b->text, "out of memory for the program's output");
-        b->text[b->len] = '\0';
-    }
-}
-
-// Reads what is available on fd into b; returns 0 at end of file (or on an error).
-static ssize_t drain(int fd, Buffer* b) {
-    buffer_reserve(b);
-    ssize_t n = read(fd, b->text + b->len, b->cap - b->len - 1);
-    if (n > 0)
-        b->len += (size_t)n;
-    b->text[b->len] = '\0';
-    return n >= 0 ? n : errno == EINTR ? 1 : 0;
-}
-
-static void exec_child(int out_fd, int err_fd, char** argv, const char* path_env) {
-    setpgid(0, 0); // its own process group, so that the deadline also stops its children (gnuplot)
-    int null_fd = open("/dev/null", O_RDONLY);
-    if (null_fd < 0 || dup2(null_fd, STDIN_FILENO) < 0 || dup2(out_fd, STDOUT_FILENO) < 0 ||
-        dup2(err_fd, STDERR_FILENO) < 0)
-        _exit(126);
-    if (path_env != NULL)
-        setenv("PATH", path_env, 1);
-    execv(PROGRAM, argv);
-    _exit(127);
-}
-
-// Runs PROGRAM with args (NULL-terminated), PATH replaced by path_env unless it is NULL.
-static Run run_program_with_path(const char* const* args, const char* path_env) {
-    cr_assert(access(PROGRAM, X_OK) == 0,
-              "%s is missing: build it and run from the repository "
-              "root (make test)",
-              PROGRAM);
-    char* argv[MAX_ARGS + 2] = {PROGRAM};
-    int argc = 1;
-    for (; args[argc - 1] != NULL; argc++) {
-        cr_assert_lt(argc, MAX_ARGS + 1, "too many arguments");
-        argv[argc] = (char*)args[argc - 1];
-    }
-    int out_pipe[2], err_pipe[2];
-    cr_assert(pipe(out_pipe) == 0 && pipe(err_pipe) == 0, "pipe: %s", strerror(errno));
-    fflush(NULL);
-    pid_t pid = fork();
-    cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        close(out_pipe[0]), close(err_pipe[0]);
-        exec_child(out_pipe[1], err_pipe[1], argv, path_env);
-    }
-    setpgid(pid, pid); // also here: whichever of the two runs first, the group exists
-    close(out_pipe[1]), close(err_pipe[1]);
-
-    Buffer out = {0}, err = {0};
-    buffer_reserve(&out), buffer_reserve(&err); // both texts exist, even if empty
-    struct pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
-    Buffer* bufs[2] = {&out, &err};
-    double deadline = now_seconds() + RUN_DEADLINE_S;
-    int open_fds = 2, timed_out = 0;
-    while (open_fds > 0) {
-        int wait_ms = (int)((deadline - now_seconds()) * 1000);
-        if (wait_ms <= 0) {
-            timed_out = 1;
-            kill(-pid, SIGKILL);
-            break;
-        }
-        if (poll(fds, 2, wait_ms) < 0 && errno != EINTR)
-            cr_assert_fail("poll: %s", strerror(errno));
-        for (int i = 0; i < 2; i++)
-            if (fds[i].fd >= 0 && fds[i].revents != 0 && drain(fds[i].fd, bufs[i]) == 0) {
-                close(fds[i].fd);
-                fds[i].fd = -1; // poll skips negative descriptors
-                open_fds--;
-            }
-    }
-    for (int i = 0; i < 2; i++)
-        if (fds[i].fd >= 0)
-            close(fds[i].fd);
-    int wstatus = 0;
-    while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
-    }
-    Run r = {.status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : -1,
-             .timed_out = timed_out,
-             .out = out.text,
-             .err = err.text};
-    cr_assert(!timed_out, "%s was still running after %d s: killed", PROGRAM, RUN_DEADLINE_S);
-    cr_assert_neq(r.status, 127, "%s could not be executed", PROGRAM);
-    return r;
-}
-
-static Run run_program(const char* const* args) {
-    return run_program_with_path(args, NULL);
-}
-
-static void run_free(Run* r) {
-    free(r->out);
-    free(r->err);
-}
 
 // ----------------------------------------------------------------------------
 // reading the output
@@ -230,41 +103,6 @@ static void mask_numbers(char* masked, const char* line, size_t len) {
 // ----------------------------------------------------------------------------
 // files and directories
 
-static char temp_dir[64];
-
-static void make_temp_dir(void) {
-    snprintf(temp_dir, sizeof temp_dir, "/tmp/test_hello_gpu.XXXXXX");
-    cr_assert_not_null(mkdtemp(temp_dir), "mkdtemp: %s", strerror(errno));
-}
-
-// Removes path and, if it is a directory, everything in it.
-static void remove_tree(const char* path) {
-    struct stat st;
-    if (lstat(path, &st) != 0)
-        return;
-    if (S_ISDIR(st.st_mode)) {
-        DIR* d = opendir(path);
-        struct dirent* entry;
-        while (d != NULL && (entry = readdir(d)) != NULL) {
-            if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0)
-                continue;
-            char child[4096];
-            snprintf(child, sizeof child, "%s/%s", path, entry->d_name);
-            remove_tree(child);
-        }
-        if (d != NULL)
-            closedir(d);
-        rmdir(path);
-    } else
-        unlink(path);
-}
-
-// Runs after each test that made temp_dir, even after a failed assertion.
-static void remove_temp_dir(void) {
-    if (temp_dir[0] != '\0')
-        remove_tree(temp_dir);
-}
-
 // The names in dir, comma-separated, into names; returns how many.
 static int list_dir(const char* dir, char* names, size_t len) {
     DIR* d = opendir(dir);
@@ -281,24 +119,6 @@ static int list_dir(const char* dir, char* names, size_t len) {
     }
     closedir(d);
     return count;
-}
-
-// The whole file at path, NUL-terminated; the caller frees it.
-static char* read_file(const char* path, size_t* len) {
-    FILE* f = fopen(path, "rb");
-    cr_assert_not_null(f, "cannot open %s: %s", path, strerror(errno));
-    Buffer b = {0};
-    size_t n;
-    do {
-        buffer_reserve(&b);
-        n = fread(b.text + b.len, 1, b.cap - b.len - 1, f);
-        b.len += n;
-        b.text[b.len] = '\0';
-    } while (n > 0);
-    fclose(f);
-    if (len != NULL)
-        *len = b.len;
-    return b.text;
 }
 
 static int have_gnuplot(void) {
@@ -356,34 +176,36 @@ static void expect_line_matches_golden(const char* got, const char* want, int li
 
 Test(hello_gpu, output_matches_the_golden_file) {
     // The command that made the file; see tests/golden/README.md.
-    Run r = run_program((const char*[]){"--device", "cpu", "--epochs", "5", "--seed", "7", NULL});
-    cr_assert_eq(r.status, 0, "exit status %d; stderr:\n%s", r.status, r.err);
-    cr_assert_str_empty(r.err, "stderr is not empty:\n%s", r.err);
+    Proc r = proc_run(
+        PROGRAM, (const char*[]){"--device", "cpu", "--epochs", "5", "--seed", "7", NULL}, NULL);
+    cr_assert_eq(r.status, 0, "exit status %d; stderr:\n%s", r.status, r.err.text);
+    cr_assert_str_empty(r.err.text, "stderr is not empty:\n%s", r.err.text);
     char* golden = read_file(GOLDEN, NULL);
     char *got_lines[MAX_LINES], *want_lines[MAX_LINES];
-    int n_got = split_lines(r.out, got_lines, MAX_LINES);
+    int n_got = split_lines(r.out.text, got_lines, MAX_LINES);
     int n_want = split_lines(golden, want_lines, MAX_LINES);
     int n = n_got < n_want ? n_got : n_want;
     for (int i = 0; i < n; i++)
         expect_line_matches_golden(got_lines[i], want_lines[i], i + 1);
     cr_assert_eq(n_got, n_want, "%d lines, the golden file has %d", n_got, n_want);
     free(golden);
-    run_free(&r);
+    proc_free(&r);
 }
 
 Test(hello_gpu, eval_loss_decreases_and_the_model_has_4481_parameters) {
-    Run r = run_program((const char*[]){"--device", "cpu", "--epochs", "5", "--seed", "7", NULL});
-    cr_assert_eq(r.status, 0, "exit status %d; stderr:\n%s", r.status, r.err);
-    cr_assert(strstr(r.out, "\nTotal parameters: 4481\n") != NULL,
-              "no 'Total parameters: 4481' line at the default hidden size:\n%s", r.out);
+    Proc r = proc_run(
+        PROGRAM, (const char*[]){"--device", "cpu", "--epochs", "5", "--seed", "7", NULL}, NULL);
+    cr_assert_eq(r.status, 0, "exit status %d; stderr:\n%s", r.status, r.err.text);
+    cr_assert(strstr(r.out.text, "\nTotal parameters: 4481\n") != NULL,
+              "no 'Total parameters: 4481' line at the default hidden size:\n%s", r.out.text);
     EpochLine e[5];
-    cr_assert_eq(epoch_lines(r.out, e, 5), 5, "want 5 epoch lines:\n%s", r.out);
+    cr_assert_eq(epoch_lines(r.out.text, e, 5), 5, "want 5 epoch lines:\n%s", r.out.text);
     for (int i = 0; i < 5; i++)
         cr_assert(e[i].epoch == i + 1 && e[i].epochs == 5, "epoch line %d reads [%d/%d]", i + 1,
                   e[i].epoch, e[i].epochs);
     cr_assert_lt(e[4].eval_loss, e[0].eval_loss, "eval loss went from %.6f to %.6f", e[0].eval_loss,
                  e[4].eval_loss);
-    run_free(&r);
+    proc_free(&r);
 }
 
 // ----------------------------------------------------------------------------
@@ -392,12 +214,12 @@ Test(hello_gpu, eval_loss_decreases_and_the_model_has_4481_parameters) {
 Test(hello_gpu, final_eval_loss_at_the_defaults_is_below_0_05) {
     // sin(x) with noise of std 0.1 cannot go below 0.01; a model that learns
     // nothing stays near var(sin x) = 0.5. The defaults end at ~0.011.
-    Run r = run_program((const char*[]){"--device", "cpu", NULL});
-    cr_assert_eq(r.status, 0, "exit status %d; stderr:\n%s", r.status, r.err);
+    Proc r = proc_run(PROGRAM, (const char*[]){"--device", "cpu", NULL}, NULL);
+    cr_assert_eq(r.status, 0, "exit status %d; stderr:\n%s", r.status, r.err.text);
     EpochLine e[50];
-    cr_assert_eq(epoch_lines(r.out, e, 50), 50, "want 50 epoch lines:\n%s", r.out);
+    cr_assert_eq(epoch_lines(r.out.text, e, 50), 50, "want 50 epoch lines:\n%s", r.out.text);
     cr_assert_lt(e[49].eval_loss, 0.05, "final eval loss %.6f", e[49].eval_loss);
-    run_free(&r);
+    proc_free(&r);
 }
 
 // ----------------------------------------------------------------------------
@@ -405,18 +227,18 @@ Test(hello_gpu, final_eval_loss_at_the_defaults_is_below_0_05) {
 
 // Runs with args and expects status 2, nothing on stdout and one stderr line containing name.
 static void expect_usage_error(const char* const* args, const char* name) {
-    Run r = run_program(args);
+    Proc r = proc_run(PROGRAM, args, NULL);
     char shown[256] = "";
     for (int i = 0; args[i] != NULL; i++)
         snprintf(shown + strlen(shown), sizeof shown - strlen(shown), " %s", args[i]);
     cr_assert_eq(r.status, 2, "hello_gpu%s: exit status %d, want 2; stderr:\n%s", shown, r.status,
-                 r.err);
-    cr_assert_str_empty(r.out, "hello_gpu%s: stdout is not empty:\n%s", shown, r.out);
-    cr_assert_eq(count_lines(r.err), 1, "hello_gpu%s: want one line on stderr, got:\n%s", shown,
-                 r.err);
-    cr_assert_not_null(strstr(r.err, name), "hello_gpu%s: stderr does not name %s: %s", shown, name,
-                       r.err);
-    run_free(&r);
+                 r.err.text);
+    cr_assert_str_empty(r.out.text, "hello_gpu%s: stdout is not empty:\n%s", shown, r.out.text);
+    cr_assert_eq(count_lines(r.err.text), 1, "hello_gpu%s: want one line on stderr, got:\n%s",
+                 shown, r.err.text);
+    cr_assert_not_null(strstr(r.err.text, name), "hello_gpu%s: stderr does not name %s: %s", shown,
+                       name, r.err.text);
+    proc_free(&r);
 }
 
 Test(hello_gpu, bad_flags_exit_2_with_one_line_naming_the_flag) {
@@ -457,8 +279,8 @@ Test(hello_gpu, device_cuda_without_a_usable_gpu_exits_2) {
     expect_usage_error((const char*[]){"--device", "cuda", "--epochs", "1", NULL}, "--device");
 }
 
-Test(hello_gpu, a_bad_flag_with_out_creates_no_files, .init = make_temp_dir,
-     .fini = remove_temp_dir) {
+Test(hello_gpu, a_bad_flag_with_out_creates_no_files, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
     char sub[128], names[512];
     snprintf(sub, sizeof sub, "%s/run", temp_dir);
     expect_usage_error((const char*[]){"--out", temp_dir, "--epochs", "0", NULL}, "--epochs");
@@ -475,8 +297,8 @@ Test(hello_gpu, a_bad_flag_with_out_creates_no_files, .init = make_temp_dir,
     cr_assert_eq(list_dir(temp_dir, names, sizeof names), 0, "files were created: %s", names);
 }
 
-Test(hello_gpu, out_that_is_a_file_exits_2_naming_the_flag, .init = make_temp_dir,
-     .fini = remove_temp_dir) {
+Test(hello_gpu, out_that_is_a_file_exits_2_naming_the_flag, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
     char file[128];
     snprintf(file, sizeof file, "%s/not_a_dir", temp_dir);
     FILE* f = fopen(file, "w");
@@ -486,17 +308,17 @@ Test(hello_gpu, out_that_is_a_file_exits_2_naming_the_flag, .init = make_temp_di
 }
 
 Test(hello_gpu, help_exits_0_and_prints_usage_on_stdout) {
-    Run r = run_program((const char*[]){"--help", NULL});
+    Proc r = proc_run(PROGRAM, (const char*[]){"--help", NULL}, NULL);
     cr_assert_eq(r.status, 0, "exit status %d", r.status);
-    cr_assert_str_empty(r.err, "stderr is not empty:\n%s", r.err);
-    cr_assert(starts_with(r.out, "usage: hello_gpu"), "stdout does not start with usage:\n%s",
-              r.out);
+    cr_assert_str_empty(r.err.text, "stderr is not empty:\n%s", r.err.text);
+    cr_assert(starts_with(r.out.text, "usage: hello_gpu"), "stdout does not start with usage:\n%s",
+              r.out.text);
     const char* flags[] = {"--epochs",      "--batch-size", "--learning-rate", "--data-size",
                            "--hidden-size", "--seed",       "--optimizer",     "--device",
                            "--out",         "--help"};
     for (size_t i = 0; i < sizeof flags / sizeof *flags; i++)
-        cr_assert_not_null(strstr(r.out, flags[i]), "the usage does not mention %s", flags[i]);
-    run_free(&r);
+        cr_assert_not_null(strstr(r.out.text, flags[i]), "the usage does not mention %s", flags[i]);
+    proc_free(&r);
 }
 
 // ----------------------------------------------------------------------------
@@ -540,40 +362,46 @@ static int is_png(const char* path) {
     return ok;
 }
 
-Test(hello_gpu, out_writes_losses_csv_and_a_plot, .init = make_temp_dir, .fini = remove_temp_dir) {
+Test(hello_gpu, out_writes_losses_csv_and_a_plot, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
     char dir[128], png[160], names[512];
     snprintf(dir, sizeof dir, "%s/run", temp_dir); // a directory it must create
     snprintf(png, sizeof png, "%s/loss.png", dir);
-    Run r = run_program((const char*[]){"--device", "cpu", "--epochs", "4", "--out", dir, NULL});
-    cr_assert_eq(r.status, 0, "exit status %d; stderr:\n%s", r.status, r.err);
-    expect_csv_matches_output(dir, r.out, 4);
+    Proc r = proc_run(
+        PROGRAM, (const char*[]){"--device", "cpu", "--epochs", "4", "--out", dir, NULL}, NULL);
+    cr_assert_eq(r.status, 0, "exit status %d; stderr:\n%s", r.status, r.err.text);
+    expect_csv_matches_output(dir, r.out.text, 4);
     if (have_gnuplot()) {
-        cr_assert_str_empty(r.err, "stderr is not empty with gnuplot present:\n%s", r.err);
+        cr_assert_str_empty(r.err.text, "stderr is not empty with gnuplot present:\n%s",
+                            r.err.text);
         cr_assert(access(png, F_OK) == 0 && is_png(png), "%s is missing or not a PNG", png);
         cr_assert_eq(list_dir(dir, names, sizeof names), 2, "%s holds: %s", dir, names);
     } else {
-        cr_assert_not_null(strstr(r.err, "gnuplot"), "no warning about gnuplot: %s", r.err);
+        cr_assert_not_null(strstr(r.err.text, "gnuplot"), "no warning about gnuplot: %s",
+                           r.err.text);
         cr_assert_eq(list_dir(dir, names, sizeof names), 1, "%s holds: %s", dir, names);
     }
-    run_free(&r);
+    proc_free(&r);
 }
 
-Test(hello_gpu, out_without_gnuplot_writes_the_csv_and_warns, .init = make_temp_dir,
-     .fini = remove_temp_dir) {
+Test(hello_gpu, out_without_gnuplot_writes_the_csv_and_warns, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
     // An empty directory as the whole PATH: gnuplot cannot be found.
-    char empty[128], dir[128], names[512];
+    char empty[128], path_env[160], dir[128], names[512];
     snprintf(empty, sizeof empty, "%s/empty", temp_dir);
+    snprintf(path_env, sizeof path_env, "PATH=%s", empty);
     snprintf(dir, sizeof dir, "%s/run", temp_dir);
     cr_assert_eq(mkdir(empty, 0755), 0);
-    Run r = run_program_with_path(
-        (const char*[]){"--device", "cpu", "--epochs", "2", "--out", dir, NULL}, empty);
+    Proc r =
+        proc_run(PROGRAM, (const char*[]){"--device", "cpu", "--epochs", "2", "--out", dir, NULL},
+                 &(ProcOptions){.env = (const char*[]){path_env, NULL}});
     cr_assert_eq(r.status, 0, "a missing gnuplot is only a warning; exit status %d; stderr:\n%s",
-                 r.status, r.err);
-    cr_assert_eq(count_lines(r.err), 1, "want one warning line, got:\n%s", r.err);
-    cr_assert(strstr(r.err, "warning") != NULL && strstr(r.err, "gnuplot") != NULL,
-              "the warning does not mention gnuplot: %s", r.err);
-    expect_csv_matches_output(dir, r.out, 2);
+                 r.status, r.err.text);
+    cr_assert_eq(count_lines(r.err.text), 1, "want one warning line, got:\n%s", r.err.text);
+    cr_assert(strstr(r.err.text, "warning") != NULL && strstr(r.err.text, "gnuplot") != NULL,
+              "the warning does not mention gnuplot: %s", r.err.text);
+    expect_csv_matches_output(dir, r.out.text, 2);
     cr_assert_eq(list_dir(dir, names, sizeof names), 1, "%s holds more than the CSV: %s", dir,
                  names);
-    run_free(&r);
+    proc_free(&r);
 }

@@ -2,10 +2,10 @@
  * test_multi_gpu.c - lesson 02's program, run as a user runs it, and hurt on purpose.
  *
  * Each test starts build/multi_gpu (and, for the equivalence, build/hello_gpu)
- * from the repository root, as `make test` does, in a process group of its
- * own, capturing stdout and stderr. A run still going after RUN_DEADLINE_S is
- * killed with its whole group, and a test that fails midway kills what it
- * started, so no test hangs and none leaves processes behind.
+ * from the repository root, as `make test` does, through tests/support/proc.h:
+ * in a process group of its own, capturing stdout and stderr. A run still going
+ * after PROC_DEADLINE_S is killed with its whole group, and a test that fails
+ * midway kills what it started, so no test hangs and none leaves processes behind.
  *
  * Covered: runs of 1 to 4 CPU ranks (output, training, the replica check);
  * N ranks x batch B == 1 rank x batch N*B, epoch by epoch; a worker killed from
@@ -13,284 +13,20 @@
  * parent says who failed); and every bad flag.
  */
 #include <criterion/criterion.h>
-#include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "support/proc.h"
 
 #define MULTI_GPU "build/multi_gpu"
 #define HELLO_GPU "build/hello_gpu"
-#define RUN_DEADLINE_S 60.0 // a run still going then is killed and fails its test
-#define FAILURE_EXIT_S 5.0  // after a fault the parent must be gone within this
-#define MAX_ARGS 24
-#define MAX_LINES 4096
-
-// ----------------------------------------------------------------------------
-// running a program with a deadline
-
-typedef struct {
-    char* text;
-    size_t len, cap;
-} Buffer;
-
-typedef struct {
-    const char* program;
-    pid_t pid;       // also its process group
-    int fds[2];      // the read ends of its stdout and stderr (-1 once at end of file)
-    Buffer out, err; // everything it wrote, NUL-terminated
-    int reaped;
-    int wstatus;      // from waitpid, once reaped
-    int timed_out;    // killed at the deadline
-    double exited_at; // timer value when it was reaped
-} Proc;
-
-static pid_t started_pid; // the run in progress, ended by end_leftovers if a test fails midway
-static pid_t last_group;  // the process group of the last run, swept by end_leftovers
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-// Makes room for at least 4096 more bytes and a NUL after the text.
-static void buffer_reserve(Buffer* b) {
-    if (b->cap - b->len < 4097) {
-        b->cap = 2 * b->cap + 8192;
-        b->text = realloc(b->text, b->cap);
-        cr_assert_not_null(b->text, "out of memory for a program's output");
-        b->text[b->len] = '\0';
-    }
-}
-
-static void exec_child(const Proc* p, int out_fd, int err_fd, char** argv) {
-    setpgid(0, 0);                    // a group of its own: the deadline ends its workers too
-    prctl(PR_SET_PDEATHSIG, SIGKILL); // and it dies with the test (kept across exec)
-    int null_fd = open("/dev/null", O_RDONLY);
-    if (null_fd < 0 || dup2(null_fd, STDIN_FILENO) < 0 || dup2(out_fd, STDOUT_FILENO) < 0 ||
-        dup2(err_fd, STDERR_FILENO) < 0)
-        _exit(126);
-    execv(p->program, argv);
-    _exit(127);
-}
-
-// Starts program with args (NULL-terminated).
-static void proc_start(Proc* p, const char* program, const char* const* args) {
-    cr_assert(access(program, X_OK) == 0,
-              "%s is missing: build it and run from the repository root (make test)", program);
-    *p = (Proc){.program = program, .fds = {-1, -1}};
-    char* argv[MAX_ARGS + 2] = {(char*)program};
-    for (int i = 0; args[i] != NULL; i++) {
-        cr_assert_lt(i, MAX_ARGS, "too many arguments");
-        argv[i + 1] = (char*)args[i];
-    }
-    int out_pipe[2], err_pipe[2];
-    cr_assert(pipe(out_pipe) == 0 && pipe(err_pipe) == 0, "pipe: %s", strerror(errno));
-    fflush(NULL);
-    p->pid = fork();
-    cr_assert_neq(p->pid, -1, "fork: %s", strerror(errno));
-    if (p->pid == 0) {
-        close(out_pipe[0]), close(err_pipe[0]);
-        exec_child(p, out_pipe[1], err_pipe[1], argv);
-    }
-    setpgid(p->pid, p->pid); // here too: whichever runs first, the group exists
-    started_pid = last_group = p->pid;
-    close(out_pipe[1]), close(err_pipe[1]);
-    p->fds[0] = out_pipe[0], p->fds[1] = err_pipe[0];
-    buffer_reserve(&p->out), buffer_reserve(&p->err);
-}
-
-// Reads what the pipes hold, waiting at most until `until`.
-static void proc_read(Proc* p, double until) {
-    struct pollfd fds[2] = {{p->fds[0], POLLIN, 0}, {p->fds[1], POLLIN, 0}};
-    Buffer* bufs[2] = {&p->out, &p->err};
-    double left = until - now_seconds();
-    if (p->fds[0] < 0 && p->fds[1] < 0) {
-        if (left > 0)
-            usleep(left > 0.01 ? 10000 : (useconds_t)(left * 1e6));
-        return;
-    }
-    if (poll(fds, 2, left > 0 ? (int)(left * 1000) + 1 : 0) < 0 && errno != EINTR)
-        cr_assert_fail("poll: %s", strerror(errno));
-    for (int i = 0; i < 2; i++) {
-        if (fds[i].fd < 0 || fds[i].revents == 0)
-            continue;
-        buffer_reserve(bufs[i]);
-        ssize_t n = read(fds[i].fd, bufs[i]->text + bufs[i]->len, bufs[i]->cap - bufs[i]->len - 1);
-        if (n > 0)
-            bufs[i]->len += (size_t)n;
-        bufs[i]->text[bufs[i]->len] = '\0';
-        if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
-            close(p->fds[i]);
-            p->fds[i] = -1;
-        }
-    }
-}
-
-static int proc_try_reap(Proc* p) {
-    if (!p->reaped && waitpid(p->pid, &p->wstatus, WNOHANG) == p->pid) {
-        p->reaped = 1;
-        p->exited_at = now_seconds();
-    }
-    return p->reaped;
-}
-
-// Reads its output until text appears on stdout; 0 if it ended or the deadline came first.
-static int proc_wait_for_output(Proc* p, const char* text, double deadline) {
-    while (strstr(p->out.text, text) == NULL) {
-        if (now_seconds() > deadline || (p->fds[0] < 0 && proc_try_reap(p)))
-            return 0;
-        proc_read(p, fmin(deadline, now_seconds() + 0.05));
-    }
-    return 1;
-}
-
-// Kills the whole group and reaps the program.
-static void proc_kill(Proc* p) {
-    if (p->reaped)
-        return;
-    kill(-p->pid, SIGKILL);
-    while (waitpid(p->pid, &p->wstatus, 0) < 0 && errno == EINTR) {
-    }
-    p->reaped = 1;
-    p->exited_at = now_seconds();
-}
-
-// Reads its output until it has exited and its pipes are closed, killing it at deadline.
-// Output still held open by a leftover child is read for a moment only.
-static void proc_finish(Proc* p, double deadline) {
-    double drain_until = 0.0;
-    while (p->fds[0] >= 0 || p->fds[1] >= 0 || !p->reaped) {
-        double t = now_seconds();
-        if (t > deadline && !p->reaped) {
-            p->timed_out = 1;
-            proc_kill(p);
-        }
-        if (proc_try_reap(p) && drain_until == 0.0)
-            drain_until = now_seconds() + 1.0;
-        if (p->reaped && now_seconds() > drain_until)
-            break;
-        proc_read(p, fmin(deadline, now_seconds() + 0.02));
-    }
-    for (int i = 0; i < 2; i++)
-        if (p->fds[i] >= 0)
-            close(p->fds[i]), p->fds[i] = -1;
-    started_pid = 0;
-}
-
-static void proc_free(Proc* p) {
-    free(p->out.text);
-    free(p->err.text);
-    p->out.text = p->err.text = NULL;
-}
-
-// .fini of every test: a run left by a failed assertion is killed, and so is anything
-// left in the last run's process group.
-static void end_leftovers(void) {
-    if (last_group > 0)
-        kill(-last_group, SIGKILL);
-    if (started_pid > 0)
-        waitpid(started_pid, NULL, 0);
-    started_pid = last_group = 0;
-}
-
-// Runs program with args to the end (or RUN_DEADLINE_S); asserts it was not killed there.
-static Proc run(const char* program, const char* const* args) {
-    Proc p;
-    proc_start(&p, program, args);
-    proc_finish(&p, now_seconds() + RUN_DEADLINE_S);
-    cr_assert(!p.timed_out, "%s was still running after %.0f s: killed; stderr:\n%s", program,
-              RUN_DEADLINE_S, p.err.text);
-    cr_assert(WIFEXITED(p.wstatus) && WEXITSTATUS(p.wstatus) != 127, "%s could not be executed",
-              program);
-    return p;
-}
-
-static int exit_status(const Proc* p) {
-    return WIFEXITED(p->wstatus) ? WEXITSTATUS(p->wstatus) : -1;
-}
-
-// ----------------------------------------------------------------------------
-// the processes of a run
-
-// The pids whose parent is `parent`, from /proc/PID/stat; returns how many.
-static int children_of(pid_t parent, pid_t* pids, int max) {
-    DIR* d = opendir("/proc");
-    cr_assert_not_null(d, "opendir /proc: %s", strerror(errno));
-    int n = 0;
-    struct dirent* e;
-    while ((e = readdir(d)) != NULL && n < max) {
-        if (!isdigit((unsigned char)e->d_name[0]))
-            continue;
-        char path[300], stat[512];
-        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
-        FILE* f = fopen(path, "r");
-        if (f == NULL)
-            continue; // it has just gone
-        size_t len = fread(stat, 1, sizeof stat - 1, f);
-        fclose(f);
-        stat[len] = '\0';
-        // "pid (comm) state ppid ...": comm may hold spaces and parentheses
-        char* close_paren = strrchr(stat, ')');
-        char state;
-        int ppid;
-        if (close_paren != NULL && sscanf(close_paren + 1, " %c %d", &state, &ppid) == 2 &&
-            ppid == parent)
-            pids[n++] = (pid_t)atoi(e->d_name);
-    }
-    closedir(d);
-    return n;
-}
-
-// Waits (bounded) until parent has `want` children; fills pids in the order they were forked.
-static void workers_of(pid_t parent, pid_t* pids, int want) {
-    double deadline = now_seconds() + 10.0;
-    int n = 0;
-    while ((n = children_of(parent, pids, want + 1)) != want && now_seconds() < deadline)
-        usleep(10000);
-    cr_assert_eq(n, want, "%s (pid %d) has %d children, want %d workers", MULTI_GPU, parent, n,
-                 want);
-    // Pids rise in fork order but wrap at pid_max: order by distance from the lowest, unless
-    // the gap is so wide that the numbers wrapped in between.
-    int pid_max = 32768;
-    FILE* f = fopen("/proc/sys/kernel/pid_max", "r");
-    if (f != NULL) {
-        if (fscanf(f, "%d", &pid_max) != 1)
-            pid_max = 32768;
-        fclose(f);
-    }
-    for (int i = 0; i < n; i++)
-        for (int j = i + 1; j < n; j++) {
-            int later = pids[j] < pids[i];
-            if (abs(pids[j] - pids[i]) > pid_max / 2)
-                later = !later;
-            if (later) {
-                pid_t t = pids[i];
-                pids[i] = pids[j], pids[j] = t;
-            }
-        }
-}
-
-// Every pid in pids (n) is gone: not running, and not a zombie either (its parent reaped it).
-static void expect_all_gone(const pid_t* pids, int n, const char* when) {
-    for (int i = 0; i < n; i++) {
-        int alive = kill(pids[i], 0) == 0 || errno != ESRCH;
-        if (alive)
-            kill(pids[i], SIGKILL); // not ours to reap, but it will not run on
-        cr_assert(!alive, "%s: worker %d (pid %d) is still there", when, i, pids[i]);
-    }
-}
+#define FAILURE_EXIT_S 5.0 // after a fault the parent must be gone within this
 
 // ----------------------------------------------------------------------------
 // reading the output
@@ -343,10 +79,10 @@ static void expect_a_good_run(int ranks, int epochs) {
     char gpus[16], epochs_text[16];
     snprintf(gpus, sizeof gpus, "%d", ranks);
     snprintf(epochs_text, sizeof epochs_text, "%d", epochs);
-    Proc p = run(MULTI_GPU,
-                 (const char*[]){"--device", "cpu", "--gpus", gpus, "--epochs", epochs_text, NULL});
-    cr_assert_eq(exit_status(&p), 0, "%d ranks: exit status %d; stderr:\n%s", ranks,
-                 exit_status(&p), p.err.text);
+    Proc p = proc_run(
+        MULTI_GPU,
+        (const char*[]){"--device", "cpu", "--gpus", gpus, "--epochs", epochs_text, NULL}, NULL);
+    cr_assert_eq(p.status, 0, "%d ranks: exit status %d; stderr:\n%s", ranks, p.status, p.err.text);
     cr_assert_str_empty(p.err.text, "%d ranks: stderr is not empty:\n%s", ranks, p.err.text);
     const char* out = p.out.text;
     char want[96];
@@ -377,16 +113,19 @@ static void expect_a_good_run(int ranks, int epochs) {
     proc_free(&p);
 }
 
-Test(multi_gpu, one_to_four_cpu_ranks_train_and_end_with_equal_replicas, .fini = end_leftovers) {
+Test(multi_gpu, one_to_four_cpu_ranks_train_and_end_with_equal_replicas,
+     .fini = proc_end_leftovers) {
     for (int ranks = 1; ranks <= 4; ranks++)
         expect_a_good_run(ranks, 4);
 }
 
-Test(multi_gpu, a_batch_of_exactly_each_ranks_share_is_accepted, .fini = end_leftovers) {
+Test(multi_gpu, a_batch_of_exactly_each_ranks_share_is_accepted, .fini = proc_end_leftovers) {
     // 2000 samples: 1600 for training, 400 per rank of 4.
-    Proc p = run(MULTI_GPU, (const char*[]){"--device", "cpu", "--gpus", "4", "--batch-size", "400",
-                                            "--epochs", "1", NULL});
-    cr_assert_eq(exit_status(&p), 0, "exit status %d; stderr:\n%s", exit_status(&p), p.err.text);
+    Proc p = proc_run(MULTI_GPU,
+                      (const char*[]){"--device", "cpu", "--gpus", "4", "--batch-size", "400",
+                                      "--epochs", "1", NULL},
+                      NULL);
+    cr_assert_eq(p.status, 0, "exit status %d; stderr:\n%s", p.status, p.err.text);
     cr_assert_not_null(strstr(p.out.text, "Replicas agree: yes (4 ranks"), "%s", p.out.text);
     proc_free(&p);
 }
@@ -398,40 +137,6 @@ Test(multi_gpu, a_batch_of_exactly_each_ranks_share_is_accepted, .fini = end_lef
 // 1e-5. losses.csv has 9 significant digits, which give back the float exactly.
 #define EQUIVALENCE_RTOL 1e-5
 #define EQUIVALENCE_EPOCHS 3
-
-static char temp_dir[64];
-
-static void make_temp_dir(void) {
-    snprintf(temp_dir, sizeof temp_dir, "/tmp/test_multi_gpu.XXXXXX");
-    cr_assert_not_null(mkdtemp(temp_dir), "mkdtemp: %s", strerror(errno));
-}
-
-static void remove_tree(const char* path) {
-    struct stat st;
-    if (lstat(path, &st) != 0)
-        return;
-    if (S_ISDIR(st.st_mode)) {
-        DIR* d = opendir(path);
-        struct dirent* e;
-        while (d != NULL && (e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            char child[512];
-            snprintf(child, sizeof child, "%s/%s", path, e->d_name);
-            remove_tree(child);
-        }
-        if (d != NULL)
-            closedir(d);
-        rmdir(path);
-    } else
-        unlink(path);
-}
-
-static void end_leftovers_and_remove_temp_dir(void) {
-    end_leftovers();
-    if (temp_dir[0] != '\0')
-        remove_tree(temp_dir);
-}
 
 // Reads dir/losses.csv: losses[e][0] train and losses[e][1] eval; returns the row count.
 static int read_losses(const char* dir, double (*losses)[2], int max) {
@@ -483,16 +188,18 @@ static void expect_equivalent_runs(int ranks, int batch) {
     snprintf(nb, sizeof nb, "%d", ranks * batch);
     // 2000 samples: 1600 for training, divisible by ranks * batch, so every step of
     // the N ranks covers the same samples as a step of the single process.
-    Proc m = run(MULTI_GPU, (const char*[]){"--device", "cpu", "--gpus", gpus, "--batch-size", b,
-                                            "--epochs", "3", "--data-size", "2000", "--seed", "11",
-                                            "--out", dir_multi, NULL});
-    cr_assert_eq(exit_status(&m), 0, "multi_gpu: exit status %d; stderr:\n%s", exit_status(&m),
-                 m.err.text);
-    Proc h = run(HELLO_GPU,
+    Proc m = proc_run(MULTI_GPU,
+                      (const char*[]){"--device", "cpu", "--gpus", gpus, "--batch-size", b,
+                                      "--epochs", "3", "--data-size", "2000", "--seed", "11",
+                                      "--out", dir_multi, NULL},
+                      NULL);
+    cr_assert_eq(m.status, 0, "multi_gpu: exit status %d; stderr:\n%s", m.status, m.err.text);
+    Proc h =
+        proc_run(HELLO_GPU,
                  (const char*[]){"--device", "cpu", "--batch-size", nb, "--epochs", "3",
-                                 "--data-size", "2000", "--seed", "11", "--out", dir_hello, NULL});
-    cr_assert_eq(exit_status(&h), 0, "hello_gpu: exit status %d; stderr:\n%s", exit_status(&h),
-                 h.err.text);
+                                 "--data-size", "2000", "--seed", "11", "--out", dir_hello, NULL},
+                 NULL);
+    cr_assert_eq(h.status, 0, "hello_gpu: exit status %d; stderr:\n%s", h.status, h.err.text);
     char what[128];
     snprintf(what, sizeof what, "%d ranks x batch %d against 1 rank x batch %d", ranks, batch,
              ranks * batch);
@@ -501,8 +208,8 @@ static void expect_equivalent_runs(int ranks, int batch) {
     proc_free(&h);
 }
 
-Test(multi_gpu, n_ranks_with_batch_b_match_one_process_with_batch_n_times_b, .init = make_temp_dir,
-     .fini = end_leftovers_and_remove_temp_dir) {
+Test(multi_gpu, n_ranks_with_batch_b_match_one_process_with_batch_n_times_b, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
     expect_equivalent_runs(2, 16);
     expect_equivalent_runs(4, 8);
 }
@@ -515,22 +222,24 @@ Test(multi_gpu, n_ranks_with_batch_b_match_one_process_with_batch_n_times_b, .in
 static void start_long_run(Proc* p, pid_t* pids) {
     proc_start(p, MULTI_GPU,
                (const char*[]){"--device", "cpu", "--gpus", "2", "--epochs", "1000000",
-                               "--data-size", "200", NULL});
-    cr_assert(proc_wait_for_output(p, "Epoch [", now_seconds() + RUN_DEADLINE_S),
+                               "--data-size", "200", NULL},
+               NULL);
+    cr_assert(proc_wait_for(p, PROC_STDOUT, "Epoch [", 1, now_seconds() + PROC_DEADLINE_S),
               "no epoch line came; stdout:\n%s\nstderr:\n%s", p->out.text, p->err.text);
-    workers_of(p->pid, pids, 2);
+    proc_wait_for_children(p, pids, 2);
 }
 
-Test(multi_gpu, a_worker_killed_from_outside_ends_the_run_and_is_named, .fini = end_leftovers) {
+Test(multi_gpu, a_worker_killed_from_outside_ends_the_run_and_is_named,
+     .fini = proc_end_leftovers) {
     Proc p;
     pid_t workers[2];
     start_long_run(&p, workers);
     double killed_at = now_seconds();
     cr_assert_eq(kill(workers[1], SIGKILL), 0, "kill rank 1 (pid %d): %s", workers[1],
                  strerror(errno));
-    proc_finish(&p, killed_at + RUN_DEADLINE_S);
+    proc_finish(&p, killed_at + PROC_DEADLINE_S);
     cr_assert(!p.timed_out, "still running %.0f s after rank 1 was killed; stderr:\n%s",
-              RUN_DEADLINE_S, p.err.text);
+              PROC_DEADLINE_S, p.err.text);
     double took = p.exited_at - killed_at;
     cr_assert_lt(took, FAILURE_EXIT_S, "the parent exited %.2f s after rank 1 was killed", took);
     cr_assert(WIFEXITED(p.wstatus) && WEXITSTATUS(p.wstatus) != 0,
@@ -538,18 +247,18 @@ Test(multi_gpu, a_worker_killed_from_outside_ends_the_run_and_is_named, .fini = 
               p.err.text);
     cr_assert_not_null(strstr(p.err.text, "[Rank 1] killed by signal 9"),
                        "stderr does not say that rank 1 was killed by signal 9:\n%s", p.err.text);
-    expect_all_gone(workers, 2, "after rank 1 was killed");
+    expect_pids_gone(workers, 2, 0.0, "after rank 1 was killed");
     proc_free(&p);
 }
 
-Test(multi_gpu, sigterm_to_the_parent_ends_every_worker, .fini = end_leftovers) {
+Test(multi_gpu, sigterm_to_the_parent_ends_every_worker, .fini = proc_end_leftovers) {
     Proc p;
     pid_t workers[2];
     start_long_run(&p, workers);
     double signalled_at = now_seconds();
     cr_assert_eq(kill(p.pid, SIGTERM), 0, "kill parent: %s", strerror(errno));
-    proc_finish(&p, signalled_at + RUN_DEADLINE_S);
-    cr_assert(!p.timed_out, "still running %.0f s after SIGTERM; stderr:\n%s", RUN_DEADLINE_S,
+    proc_finish(&p, signalled_at + PROC_DEADLINE_S);
+    cr_assert(!p.timed_out, "still running %.0f s after SIGTERM; stderr:\n%s", PROC_DEADLINE_S,
               p.err.text);
     double took = p.exited_at - signalled_at;
     cr_assert_lt(took, FAILURE_EXIT_S, "the parent exited %.2f s after SIGTERM", took);
@@ -558,7 +267,7 @@ Test(multi_gpu, sigterm_to_the_parent_ends_every_worker, .fini = end_leftovers) 
               p.wstatus, p.err.text);
     cr_assert_not_null(strstr(p.err.text, "signal 15"), "stderr does not name the signal:\n%s",
                        p.err.text);
-    expect_all_gone(workers, 2, "after SIGTERM to the parent");
+    expect_pids_gone(workers, 2, 0.0, "after SIGTERM to the parent");
     proc_free(&p);
 }
 
@@ -566,19 +275,8 @@ Test(multi_gpu, sigterm_to_the_parent_ends_every_worker, .fini = end_leftovers) 
 // nobody reaps (a worker orphaned by a killed parent belongs to init).
 static void expect_all_dead_within(const pid_t* pids, int n, double seconds, const char* when) {
     double deadline = now_seconds() + seconds;
-    for (int i = 0; i < n; i++) {
-        char path[64], stat[512];
-        snprintf(path, sizeof path, "/proc/%d/stat", (int)pids[i]);
-        for (;;) {
-            FILE* f = fopen(path, "r");
-            size_t len = f != NULL ? fread(stat, 1, sizeof stat - 1, f) : 0;
-            if (f != NULL)
-                fclose(f);
-            stat[len] = '\0';
-            char* close_paren = strrchr(stat, ')');
-            if (f == NULL ||
-                (close_paren != NULL && close_paren[1] == ' ' && close_paren[2] == 'Z'))
-                break;
+    for (int i = 0; i < n; i++)
+        while (pid_runs(pids[i])) {
             if (now_seconds() > deadline) {
                 kill(pids[i], SIGKILL); // not ours to reap, but it will not run on
                 cr_assert_fail("%s: worker %d (pid %d) still runs %.0f s later", when, i,
@@ -586,10 +284,10 @@ static void expect_all_dead_within(const pid_t* pids, int n, double seconds, con
             }
             usleep(10000);
         }
-    }
 }
 
-Test(multi_gpu, a_parent_killed_with_sigkill_takes_its_workers_with_it, .fini = end_leftovers) {
+Test(multi_gpu, a_parent_killed_with_sigkill_takes_its_workers_with_it,
+     .fini = proc_end_leftovers) {
     // The parent cannot clean up after SIGKILL: the kernel ends the workers
     // (PR_SET_PDEATHSIG), or they would train on alone for minutes.
     Proc p;
@@ -599,7 +297,7 @@ Test(multi_gpu, a_parent_killed_with_sigkill_takes_its_workers_with_it, .fini = 
     // Checked while the output pipes are still open: closing them would end rank 0 too
     // (SIGPIPE), whether or not the kernel does its part.
     expect_all_dead_within(workers, 2, FAILURE_EXIT_S, "after SIGKILL to the parent");
-    proc_finish(&p, now_seconds() + RUN_DEADLINE_S);
+    proc_finish(&p, now_seconds() + PROC_DEADLINE_S);
     proc_free(&p);
 }
 
@@ -627,9 +325,9 @@ static void expect_usage_error(const char* const* args, const char* name) {
     char shown[256] = "";
     for (int i = 0; args[i] != NULL; i++)
         snprintf(shown + strlen(shown), sizeof shown - strlen(shown), " %s", args[i]);
-    Proc p = run(MULTI_GPU, args);
-    cr_assert_eq(exit_status(&p), 2, "multi_gpu%s: exit status %d, want 2; stderr:\n%s", shown,
-                 exit_status(&p), p.err.text);
+    Proc p = proc_run(MULTI_GPU, args, NULL);
+    cr_assert_eq(p.status, 2, "multi_gpu%s: exit status %d, want 2; stderr:\n%s", shown, p.status,
+                 p.err.text);
     cr_assert_str_empty(p.out.text, "multi_gpu%s: stdout is not empty:\n%s", shown, p.out.text);
     cr_assert_eq(count_lines(p.err.text), 1, "multi_gpu%s: want one line on stderr, got:\n%s",
                  shown, p.err.text);
@@ -638,7 +336,7 @@ static void expect_usage_error(const char* const* args, const char* name) {
     proc_free(&p);
 }
 
-Test(multi_gpu, bad_flags_exit_2_with_one_line_naming_the_flag, .fini = end_leftovers) {
+Test(multi_gpu, bad_flags_exit_2_with_one_line_naming_the_flag, .fini = proc_end_leftovers) {
     struct {
         const char* args[8];
         const char* name;
@@ -662,7 +360,7 @@ Test(multi_gpu, bad_flags_exit_2_with_one_line_naming_the_flag, .fini = end_left
         expect_usage_error(cases[i].args, cases[i].name);
 }
 
-Test(multi_gpu, backend_nccl_without_a_gpu_for_every_rank_exits_2, .fini = end_leftovers) {
+Test(multi_gpu, backend_nccl_without_a_gpu_for_every_rank_exits_2, .fini = proc_end_leftovers) {
     if (BUILT_WITH_NCCL && gpu_present())
         cr_skip_test("a GPU and NCCL are present: --backend nccl is expected to work here");
     expect_usage_error((const char*[]){"--backend", "nccl", "--gpus", "2", NULL}, "--backend");
@@ -670,16 +368,16 @@ Test(multi_gpu, backend_nccl_without_a_gpu_for_every_rank_exits_2, .fini = end_l
                        "--backend");
 }
 
-Test(multi_gpu, device_cuda_without_a_usable_gpu_exits_2, .fini = end_leftovers) {
+Test(multi_gpu, device_cuda_without_a_usable_gpu_exits_2, .fini = proc_end_leftovers) {
     if (BUILT_WITH_CUDA && gpu_present())
         cr_skip_test("a GPU is present: --device cuda is expected to work here");
     expect_usage_error((const char*[]){"--device", "cuda", "--epochs", "1", NULL}, "--device");
     expect_usage_error((const char*[]){"--device", "cuda", "--gpus", "2", NULL}, "--device");
 }
 
-Test(multi_gpu, help_exits_0_and_names_the_lessons_flags, .fini = end_leftovers) {
-    Proc p = run(MULTI_GPU, (const char*[]){"--help", NULL});
-    cr_assert_eq(exit_status(&p), 0, "exit status %d", exit_status(&p));
+Test(multi_gpu, help_exits_0_and_names_the_lessons_flags, .fini = proc_end_leftovers) {
+    Proc p = proc_run(MULTI_GPU, (const char*[]){"--help", NULL}, NULL);
+    cr_assert_eq(p.status, 0, "exit status %d", p.status);
     cr_assert_str_empty(p.err.text, "stderr is not empty:\n%s", p.err.text);
     const char* flags[] = {"--gpus",   "--nproc-per-node", "--backend", "--timeout", "--debug",
                            "--epochs", "--batch-size",     "--device",  "--out"};
@@ -701,15 +399,17 @@ static void expect_gpu_run_matches_cpu(const char* backend, const char* ranks) {
     char dir_gpu[128], dir_cpu[128], what[128];
     snprintf(dir_gpu, sizeof dir_gpu, "%s/gpu_%s_%s", temp_dir, backend, ranks);
     snprintf(dir_cpu, sizeof dir_cpu, "%s/cpu_%s", temp_dir, ranks);
-    Proc g = run(MULTI_GPU, (const char*[]){"--device", "cuda", "--backend", backend, "--gpus",
-                                            ranks, "--epochs", "3", "--out", dir_gpu, NULL});
-    cr_assert_eq(exit_status(&g), 0, "on the GPU: exit status %d; stderr:\n%s", exit_status(&g),
-                 g.err.text);
+    Proc g = proc_run(MULTI_GPU,
+                      (const char*[]){"--device", "cuda", "--backend", backend, "--gpus", ranks,
+                                      "--epochs", "3", "--out", dir_gpu, NULL},
+                      NULL);
+    cr_assert_eq(g.status, 0, "on the GPU: exit status %d; stderr:\n%s", g.status, g.err.text);
     cr_assert(strstr(g.out.text, "Replicas agree: yes") != NULL, "on the GPU:\n%s", g.out.text);
-    Proc c = run(MULTI_GPU, (const char*[]){"--device", "cpu", "--gpus", ranks, "--epochs", "3",
-                                            "--out", dir_cpu, NULL});
-    cr_assert_eq(exit_status(&c), 0, "on the CPU: exit status %d; stderr:\n%s", exit_status(&c),
-                 c.err.text);
+    Proc c = proc_run(MULTI_GPU,
+                      (const char*[]){"--device", "cpu", "--gpus", ranks, "--epochs", "3", "--out",
+                                      dir_cpu, NULL},
+                      NULL);
+    cr_assert_eq(c.status, 0, "on the CPU: exit status %d; stderr:\n%s", c.status, c.err.text);
     snprintf(what, sizeof what, "%s backend, %s rank(s) on the GPU against the CPU", backend,
              ranks);
     expect_same_losses(what, dir_gpu, dir_cpu, GPU_CPU_RTOL);
@@ -717,12 +417,12 @@ static void expect_gpu_run_matches_cpu(const char* backend, const char* ranks) {
     proc_free(&c);
 }
 
-Test(multi_gpu_on_a_gpu, nccl_with_one_rank_matches_the_cpu, .init = make_temp_dir,
-     .fini = end_leftovers_and_remove_temp_dir) {
+Test(multi_gpu_on_a_gpu, nccl_with_one_rank_matches_the_cpu, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
     expect_gpu_run_matches_cpu("nccl", "1");
 }
 
 Test(multi_gpu_on_a_gpu, the_ring_with_two_ranks_sharing_one_gpu_matches_the_cpu,
-     .init = make_temp_dir, .fini = end_leftovers_and_remove_temp_dir) {
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
     expect_gpu_run_matches_cpu("ring", "2");
 }

@@ -5,7 +5,7 @@
  * does on a cluster) from the repository root, as `make test` does, with
  * --master-addr 127.0.0.1 and a port of its own (Criterion runs tests in
  * parallel). Every agent runs in a process group of its own with its stdout and
- * stderr captured; an agent still going at its deadline is killed with its
+ * stderr captured (tests/support/proc.h); an agent still going at its deadline is killed with its
  * group, a test that fails midway kills everything it started, and every test
  * checks that no process of an agent's group is left.
  *
@@ -17,32 +17,23 @@
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
-#include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "support/proc.h"
 
 #define MULTI_NODE "build/multi_node"
 #define MULTI_GPU "build/multi_gpu"
-#define RUN_DEADLINE_S 60.0 // an agent still going then is killed and fails its test
 #define FAILURE_EXIT_S 10.0 // after a fault every node must be gone within this
 #define GONE_WAIT_S 3.0     // how long an agent's group may take to vanish once it exited
-#define MAX_ARGS 32
-#define MAX_PROCS 8
 
 // Every test has its own ports (Criterion runs tests in parallel): PORT_BASE + a
 // distinct offset, all below the ephemeral range the ring's listeners come from.
@@ -50,307 +41,19 @@
 #define BAD_FLAGS_PORT "29714" // PORT_BASE + 14
 
 // ----------------------------------------------------------------------------
-// running agents with a deadline
-
-typedef struct {
-    char* text;
-    size_t len, cap;
-} Buffer;
-
-typedef struct {
-    char name[32];   // "node 1", for messages
-    pid_t pid;       // also its process group
-    int fds[2];      // the read ends of its stdout and stderr (-1 once at end of file)
-    Buffer out, err; // everything it wrote, NUL-terminated
-    int reaped;
-    int wstatus;       // from waitpid, once reaped
-    int timed_out;     // killed at the deadline
-    double started_at; // timer values
-    double exited_at;
-    char arg_text[MAX_ARGS][96];
-    char* argv[MAX_ARGS + 2];
-} Proc;
-
-static Proc* running[MAX_PROCS]; // started and not yet finished: end_leftovers kills them
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-// Makes room for at least 4096 more bytes and a NUL after the text.
-static void buffer_reserve(Buffer* b) {
-    if (b->cap - b->len < 4097) {
-        b->cap = 2 * b->cap + 8192;
-        b->text = realloc(b->text, b->cap);
-        cr_assert_not_null(b->text, "out of memory for a program's output");
-        b->text[b->len] = '\0';
-    }
-}
-
-static void forget(const Proc* p) {
-    for (int i = 0; i < MAX_PROCS; i++)
-        if (running[i] == p)
-            running[i] = NULL;
-}
-
-static void remember(Proc* p) {
-    for (int i = 0; i < MAX_PROCS; i++)
-        if (running[i] == NULL) {
-            running[i] = p;
-            return;
-        }
-    cr_assert_fail("more than %d programs at once", MAX_PROCS);
-}
-
-// The child: a group of its own, the test's death is its own, a clean environment
-// (the torchrun variables would change the defaults) plus env ("KEY=value"...).
-static void exec_child(Proc* p, int out_fd, int err_fd, const char* const* env) {
-    setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    const char* vars[] = {"MASTER_ADDR", "MASTER_PORT", "NNODES",     "NODE_RANK",
-                          "WORLD_SIZE",  "RANK",        "LOCAL_RANK", "DDP_TOKEN"};
-    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++)
-        unsetenv(vars[i]);
-    for (int i = 0; env != NULL && env[i] != NULL; i++)
-        putenv((char*)env[i]);
-    int null_fd = open("/dev/null", O_RDONLY);
-    if (null_fd < 0 || dup2(null_fd, STDIN_FILENO) < 0 || dup2(out_fd, STDOUT_FILENO) < 0 ||
-        dup2(err_fd, STDERR_FILENO) < 0)
-        _exit(126);
-    execv(p->argv[0], p->argv);
-    _exit(127);
-}
-
-// Starts program with args and env (both NULL-terminated; env may be NULL).
-static void proc_start(Proc* p, const char* name, const char* program, const char* const* args,
-                       const char* const* env) {
-    cr_assert(access(program, X_OK) == 0,
-              "%s is missing: build it and run from the repository root (make test)", program);
-    memset(p, 0, sizeof *p);
-    snprintf(p->name, sizeof p->name, "%s", name);
-    p->fds[0] = p->fds[1] = -1;
-    p->argv[0] = (char*)program;
-    for (int i = 0; args[i] != NULL; i++) {
-        cr_assert_lt(i, MAX_ARGS, "too many arguments");
-        snprintf(p->arg_text[i], sizeof p->arg_text[i], "%s", args[i]);
-        p->argv[i + 1] = p->arg_text[i];
-    }
-    int out_pipe[2], err_pipe[2];
-    cr_assert(pipe(out_pipe) == 0 && pipe(err_pipe) == 0, "pipe: %s", strerror(errno));
-    fflush(NULL);
-    p->started_at = now_seconds();
-    p->pid = fork();
-    cr_assert_neq(p->pid, -1, "fork: %s", strerror(errno));
-    if (p->pid == 0) {
-        close(out_pipe[0]), close(err_pipe[0]);
-        exec_child(p, out_pipe[1], err_pipe[1], env);
-    }
-    setpgid(p->pid, p->pid); // here too: whichever runs first, the group exists
-    remember(p);
-    close(out_pipe[1]), close(err_pipe[1]);
-    p->fds[0] = out_pipe[0], p->fds[1] = err_pipe[0];
-    for (int i = 0; i < 2; i++)
-        fcntl(p->fds[i], F_SETFL, fcntl(p->fds[i], F_GETFL) | O_NONBLOCK);
-    buffer_reserve(&p->out), buffer_reserve(&p->err);
-}
-
-static void proc_try_reap(Proc* p) {
-    if (!p->reaped && waitpid(p->pid, &p->wstatus, WNOHANG) == p->pid) {
-        p->reaped = 1;
-        p->exited_at = now_seconds();
-    }
-}
-
-// Reads what every running program has written, waiting at most until `until`, and
-// reaps those that exited. Every program is read, so that none blocks on a full pipe.
-static void pump(double until) {
-    struct pollfd fds[2 * MAX_PROCS];
-    Proc* owner[2 * MAX_PROCS];
-    int which[2 * MAX_PROCS], n = 0;
-    for (int i = 0; i < MAX_PROCS; i++)
-        for (int s = 0; running[i] != NULL && s < 2; s++)
-            if (running[i]->fds[s] >= 0) {
-                fds[n] = (struct pollfd){.fd = running[i]->fds[s], .events = POLLIN};
-                owner[n] = running[i], which[n] = s, n++;
-            }
-    double left = until - now_seconds();
-    int ms = left > 0 ? (int)(fmin(left, 0.02) * 1000) + 1 : 0; // reap at least every 20 ms
-    if (poll(fds, (nfds_t)n, ms) < 0 && errno != EINTR)
-        cr_assert_fail("poll: %s", strerror(errno));
-    for (int k = 0; k < n; k++) {
-        if (fds[k].revents == 0)
-            continue;
-        Buffer* b = which[k] == 0 ? &owner[k]->out : &owner[k]->err;
-        buffer_reserve(b);
-        ssize_t got = read(fds[k].fd, b->text + b->len, b->cap - b->len - 1);
-        if (got > 0)
-            b->len += (size_t)got;
-        b->text[b->len] = '\0';
-        if (got == 0 || (got < 0 && errno != EINTR && errno != EAGAIN)) {
-            close(owner[k]->fds[which[k]]);
-            owner[k]->fds[which[k]] = -1;
-        }
-    }
-    for (int i = 0; i < MAX_PROCS; i++)
-        if (running[i] != NULL)
-            proc_try_reap(running[i]);
-}
-
-// Kills the whole group and reaps the program.
-static void proc_kill(Proc* p) {
-    if (p->reaped)
-        return;
-    kill(-p->pid, SIGKILL);
-    while (waitpid(p->pid, &p->wstatus, 0) < 0 && errno == EINTR) {
-    }
-    p->reaped = 1;
-    p->exited_at = now_seconds();
-}
-
-// Reads its output until it has exited and its pipes are closed, killing it at the
-// deadline. Output still held open by a leftover child is read for a moment only.
-static void proc_finish(Proc* p, double deadline) {
-    double drain_until = 0.0;
-    while (p->fds[0] >= 0 || p->fds[1] >= 0 || !p->reaped) {
-        if (now_seconds() > deadline && !p->reaped) {
-            p->timed_out = 1;
-            proc_kill(p);
-        }
-        if (p->reaped && drain_until == 0.0)
-            drain_until = now_seconds() + 1.0;
-        if (p->reaped && now_seconds() > drain_until)
-            break;
-        pump(fmin(deadline, now_seconds() + 0.02));
-    }
-    for (int i = 0; i < 2; i++)
-        if (p->fds[i] >= 0)
-            close(p->fds[i]), p->fds[i] = -1;
-    forget(p);
-}
-
-// Reads every program's output until text appears in p's stream (0: stdout, 1: stderr)
-// count times. 0 if p ended or the deadline came first.
-static int proc_wait_for(Proc* p, int stream, const char* text, int count, double deadline) {
-    for (;;) {
-        const char* s = stream == 0 ? p->out.text : p->err.text;
-        int n = 0;
-        for (const char* at = strstr(s, text); at != NULL; at = strstr(at + 1, text))
-            n++;
-        if (n >= count)
-            return 1;
-        if (now_seconds() > deadline || (p->reaped && p->fds[stream] < 0))
-            return 0;
-        pump(fmin(deadline, now_seconds() + 0.05));
-    }
-}
-
-static void proc_free(Proc* p) {
-    free(p->out.text);
-    free(p->err.text);
-    p->out.text = p->err.text = NULL;
-}
-
-// .fini of every test: what a failed assertion left running is killed, with its group.
-static void end_leftovers(void) {
-    for (int i = 0; i < MAX_PROCS; i++)
-        if (running[i] != NULL) {
-            proc_kill(running[i]);
-            for (int s = 0; s < 2; s++)
-                if (running[i]->fds[s] >= 0)
-                    close(running[i]->fds[s]);
-            running[i] = NULL;
-        }
-}
-
-static int exit_status(const Proc* p) {
-    return WIFEXITED(p->wstatus) ? WEXITSTATUS(p->wstatus) : -1;
-}
-
-// Asserts that p ended by itself (not at the deadline) and could be executed.
-static void expect_ended(const Proc* p) {
-    cr_assert(!p->timed_out, "%s was still running after its deadline: killed; stderr:\n%s",
-              p->name, p->err.text);
-    cr_assert(WIFEXITED(p->wstatus) && WEXITSTATUS(p->wstatus) != 127,
-              "%s could not be executed or died (wait status 0x%x); stderr:\n%s", p->name,
-              p->wstatus, p->err.text);
-}
-
-// ----------------------------------------------------------------------------
-// the processes of a run
-
-// The pids whose field `field` (4: parent, 5: process group) of /proc/PID/stat is id.
-static int pids_with(int field, pid_t id, pid_t* pids, int max) {
-    DIR* d = opendir("/proc");
-    cr_assert_not_null(d, "opendir /proc: %s", strerror(errno));
-    int n = 0;
-    struct dirent* e;
-    while ((e = readdir(d)) != NULL && n < max) {
-        if (!isdigit((unsigned char)e->d_name[0]))
-            continue;
-        char path[300], stat[512];
-        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
-        FILE* f = fopen(path, "r");
-        if (f == NULL)
-            continue; // it has just gone
-        size_t len = fread(stat, 1, sizeof stat - 1, f);
-        fclose(f);
-        stat[len] = '\0';
-        // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
-        char* close_paren = strrchr(stat, ')');
-        char state;
-        int ppid, pgrp;
-        if (close_paren != NULL &&
-            sscanf(close_paren + 1, " %c %d %d", &state, &ppid, &pgrp) == 3 &&
-            (field == 4 ? ppid : pgrp) == id)
-            pids[n++] = (pid_t)atoi(e->d_name);
-    }
-    closedir(d);
-    return n;
-}
-
-// Waits (bounded) until the agent has `want` children, its workers.
-static void workers_of(const Proc* agent, pid_t* pids, int want) {
-    double deadline = now_seconds() + 10.0;
-    int n = 0;
-    while ((n = pids_with(4, agent->pid, pids, want + 1)) != want && now_seconds() < deadline)
-        usleep(10000);
-    cr_assert_eq(n, want, "%s (pid %d) has %d children, want %d workers", agent->name, agent->pid,
-                 n, want);
-}
-
-// Nothing of the agent's process group is left (its workers included), once it exited.
-static void expect_no_process_left(const Proc* p) {
-    cr_assert(p->reaped, "%s has not exited", p->name);
-    double deadline = now_seconds() + GONE_WAIT_S;
-    while (kill(-p->pid, 0) == 0 && now_seconds() < deadline)
-        usleep(10000); // an orphaned zombie is reaped by init in a moment
-    if (kill(-p->pid, 0) == 0 || errno != ESRCH) {
-        pid_t left[16];
-        int n = pids_with(5, p->pid, left, 16);
-        kill(-p->pid, SIGKILL);
-        cr_assert_fail("%s exited but %d process%s of its group %d %s still there (first: pid %d)",
-                       p->name, n, n == 1 ? "" : "es", p->pid, n == 1 ? "is" : "are",
-                       n > 0 ? left[0] : 0);
-    }
-}
-
-// Every pid in pids (n) is gone: not running, and not a zombie either.
-static void expect_all_gone(const pid_t* pids, int n, const char* when) {
-    double deadline = now_seconds() + GONE_WAIT_S;
-    for (int i = 0; i < n; i++) {
-        while (kill(pids[i], 0) == 0 && now_seconds() < deadline)
-            usleep(10000);
-        int alive = kill(pids[i], 0) == 0 || errno != ESRCH;
-        if (alive)
-            kill(pids[i], SIGKILL);
-        cr_assert(!alive, "%s: worker pid %d is still there", when, pids[i]);
-    }
-}
-
-// ----------------------------------------------------------------------------
 // starting nodes
+
+// Unset for every program: the torchrun variables would change the defaults.
+static const char* const TORCHRUN_VARS[] = {"MASTER_ADDR", "MASTER_PORT", "NNODES",
+                                            "NODE_RANK",   "WORLD_SIZE",  "RANK",
+                                            "LOCAL_RANK",  "DDP_TOKEN",   NULL};
+
+// Starts program with args in a clean environment plus env ("KEY=value"..., may be NULL).
+static void start_clean(Proc* p, const char* name, const char* program, const char* const* args,
+                        const char* const* env) {
+    proc_start(p, program, args,
+               &(ProcOptions){.name = name, .env = env, .unset_env = TORCHRUN_VARS});
+}
 
 typedef struct {
     int nnodes, node_rank, port;
@@ -373,7 +76,7 @@ static void start_node(Proc* p, const Node* n) {
     snprintf(text[5], 16, "%d", n->data_size > 0 ? n->data_size : 400);
     char timeout[16];
     snprintf(timeout, sizeof timeout, "%d", n->rdzv_timeout > 0 ? n->rdzv_timeout : 30);
-    const char* args[MAX_ARGS + 1] = {
+    const char* args[PROC_MAX_ARGS + 1] = {
         "--nnodes",      text[0], "--node-rank",      text[1], "--master-addr",  "127.0.0.1",
         "--master-port", text[2], "--nproc-per-node", text[3], "--epochs",       text[4],
         "--data-size",   text[5], "--device",         "cpu",   "--rdzv-timeout", timeout};
@@ -387,20 +90,21 @@ static void start_node(Proc* p, const Node* n) {
     args[k] = NULL;
     char name[32];
     snprintf(name, sizeof name, "node %d", n->node_rank);
-    proc_start(p, name, MULTI_NODE, args, n->env);
+    start_clean(p, name, MULTI_NODE, args, n->env);
 }
 
 // Waits until the master listens: it says so (the loopback warning) before anything else.
 static void wait_until_listening(Proc* master) {
-    cr_assert(proc_wait_for(master, 1, "the master listens on 127.0.0.1", 1, now_seconds() + 20.0),
+    cr_assert(proc_wait_for(master, PROC_STDERR, "the master listens on 127.0.0.1", 1,
+                            now_seconds() + 20.0),
               "the master did not start listening; stderr:\n%s", master->err.text);
 }
 
 // Runs p to its end; asserts it exited non-zero, and that its stderr holds every text.
 static void expect_refused(Proc* p, const char* const* texts) {
-    proc_finish(p, now_seconds() + RUN_DEADLINE_S);
-    expect_ended(p);
-    cr_assert_neq(exit_status(p), 0, "%s was not refused: exit status 0; stderr:\n%s", p->name,
+    proc_finish(p, now_seconds() + PROC_DEADLINE_S);
+    proc_expect_ended(p);
+    cr_assert_neq(p->status, 0, "%s was not refused: exit status 0; stderr:\n%s", p->name,
                   p->err.text);
     const char* from = p->err.text;
     for (int i = 0; texts[i] != NULL; i++) {
@@ -409,19 +113,19 @@ static void expect_refused(Proc* p, const char* const* texts) {
                            p->name, texts[i], p->err.text);
         from = at + strlen(texts[i]);
     }
-    expect_no_process_left(p);
+    proc_expect_group_gone(p, GONE_WAIT_S);
 }
 
 // Runs every node to its end and expects each to exit 0 with nothing left behind.
 static void expect_job_completes(Proc* nodes, int n) {
     for (int i = 0; i < n; i++) {
-        proc_finish(&nodes[i], nodes[i].started_at + RUN_DEADLINE_S);
-        expect_ended(&nodes[i]);
+        proc_finish(&nodes[i], nodes[i].started_at + PROC_DEADLINE_S);
+        proc_expect_ended(&nodes[i]);
     }
     for (int i = 0; i < n; i++) {
-        cr_assert_eq(exit_status(&nodes[i]), 0, "%s: exit status %d; stderr:\n%s", nodes[i].name,
-                     exit_status(&nodes[i]), nodes[i].err.text);
-        expect_no_process_left(&nodes[i]);
+        cr_assert_eq(nodes[i].status, 0, "%s: exit status %d; stderr:\n%s", nodes[i].name,
+                     nodes[i].status, nodes[i].err.text);
+        proc_expect_group_gone(&nodes[i], GONE_WAIT_S);
     }
     cr_assert_not_null(strstr(nodes[0].out.text, "Replicas agree: yes ("),
                        "the master did not print that the replicas agree:\n%s", nodes[0].out.text);
@@ -474,41 +178,7 @@ static int eval_losses(const char* out, double* losses, int max) {
 }
 
 // ----------------------------------------------------------------------------
-// temporary directories for --out and token files
-
-static char temp_dir[64];
-
-static void make_temp_dir(void) {
-    snprintf(temp_dir, sizeof temp_dir, "/tmp/test_multi_node.XXXXXX");
-    cr_assert_not_null(mkdtemp(temp_dir), "mkdtemp: %s", strerror(errno));
-}
-
-static void remove_tree(const char* path) {
-    struct stat st;
-    if (lstat(path, &st) != 0)
-        return;
-    if (S_ISDIR(st.st_mode)) {
-        DIR* d = opendir(path);
-        struct dirent* e;
-        while (d != NULL && (e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            char child[512];
-            snprintf(child, sizeof child, "%s/%s", path, e->d_name);
-            remove_tree(child);
-        }
-        if (d != NULL)
-            closedir(d);
-        rmdir(path);
-    } else
-        unlink(path);
-}
-
-static void end_leftovers_and_remove_temp_dir(void) {
-    end_leftovers();
-    if (temp_dir[0] != '\0')
-        remove_tree(temp_dir);
-}
+// losses.csv
 
 // Reads dir/losses.csv: losses[e][0] train and losses[e][1] eval; returns the row count.
 static int read_losses(const char* dir, double (*losses)[2], int max) {
@@ -582,14 +252,13 @@ static void expect_losses_of_multi_gpu(const char* node_dir, int world) {
     snprintf(gpu_dir, sizeof gpu_dir, "%s/multi_gpu", temp_dir);
     snprintf(ranks, sizeof ranks, "%d", world);
     Proc g;
-    proc_start(&g, "multi_gpu", MULTI_GPU,
-               (const char*[]){"--device", "cpu", "--gpus", ranks, "--epochs", "3", "--data-size",
-                               "400", "--out", gpu_dir, NULL},
-               NULL);
-    proc_finish(&g, now_seconds() + RUN_DEADLINE_S);
-    expect_ended(&g);
-    cr_assert_eq(exit_status(&g), 0, "multi_gpu: exit status %d; stderr:\n%s", exit_status(&g),
-                 g.err.text);
+    start_clean(&g, "multi_gpu", MULTI_GPU,
+                (const char*[]){"--device", "cpu", "--gpus", ranks, "--epochs", "3", "--data-size",
+                                "400", "--out", gpu_dir, NULL},
+                NULL);
+    proc_finish(&g, now_seconds() + PROC_DEADLINE_S);
+    proc_expect_ended(&g);
+    cr_assert_eq(g.status, 0, "multi_gpu: exit status %d; stderr:\n%s", g.status, g.err.text);
     double ln[JOB_EPOCHS + 1][2], lg[JOB_EPOCHS + 1][2];
     cr_assert_eq(read_losses(node_dir, ln, JOB_EPOCHS + 1), JOB_EPOCHS);
     cr_assert_eq(read_losses(gpu_dir, lg, JOB_EPOCHS + 1), JOB_EPOCHS);
@@ -635,27 +304,27 @@ static void expect_a_job_like_multi_gpu(int nnodes, int nproc, int port, int fir
 }
 
 Test(multi_node, two_nodes_of_one_worker_train_exactly_like_multi_gpu_with_two_ranks,
-     .init = make_temp_dir, .fini = end_leftovers_and_remove_temp_dir) {
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
     expect_a_job_like_multi_gpu(2, 1, PORT_BASE + 0, 0, 0.0);
 }
 
 Test(multi_node, two_nodes_of_two_workers_train_exactly_like_multi_gpu_with_four_ranks,
-     .init = make_temp_dir, .fini = end_leftovers_and_remove_temp_dir) {
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
     expect_a_job_like_multi_gpu(2, 2, PORT_BASE + 1, 0, 0.0);
 }
 
 Test(multi_node, three_nodes_of_one_worker_train_exactly_like_multi_gpu_with_three_ranks,
-     .init = make_temp_dir, .fini = end_leftovers_and_remove_temp_dir) {
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
     expect_a_job_like_multi_gpu(3, 1, PORT_BASE + 2, 0, 0.0);
 }
 
 Test(multi_node, three_nodes_of_two_workers_train_exactly_like_multi_gpu_with_six_ranks,
-     .init = make_temp_dir, .fini = end_leftovers_and_remove_temp_dir) {
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
     expect_a_job_like_multi_gpu(3, 2, PORT_BASE + 3, 0, 0.0);
 }
 
 Test(multi_node, a_worker_node_started_a_second_before_the_master_waits_for_it,
-     .init = make_temp_dir, .fini = end_leftovers_and_remove_temp_dir) {
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
     expect_a_job_like_multi_gpu(2, 1, PORT_BASE + 4, 1, 1.0);
 }
 
@@ -663,7 +332,7 @@ Test(multi_node, a_worker_node_started_a_second_before_the_master_waits_for_it,
 // 2a) a worker killed on node 1
 
 Test(multi_node, a_worker_killed_on_node_1_stops_every_node_and_each_names_it,
-     .fini = end_leftovers) {
+     .fini = proc_end_leftovers) {
     enum { NNODES = 3 };
     Proc nodes[NNODES];
     for (int n = 0; n < NNODES; n++)
@@ -672,28 +341,27 @@ Test(multi_node, a_worker_killed_on_node_1_stops_every_node_and_each_names_it,
                                       .port = PORT_BASE + 5,
                                       .epochs = 100000,
                                       .data_size = 200});
-    cr_assert(proc_wait_for(&nodes[0], 0, "Epoch [", 1, now_seconds() + RUN_DEADLINE_S),
+    cr_assert(proc_wait_for(&nodes[0], PROC_STDOUT, "Epoch [", 1, now_seconds() + PROC_DEADLINE_S),
               "no epoch line came; node 0's stdout:\n%s\nstderr:\n%s", nodes[0].out.text,
               nodes[0].err.text);
     pid_t workers[NNODES];
     for (int n = 0; n < NNODES; n++)
-        workers_of(&nodes[n], &workers[n], 1);
+        proc_wait_for_children(&nodes[n], &workers[n], 1);
     double killed_at = now_seconds();
     cr_assert_eq(kill(workers[1], SIGKILL), 0, "kill node 1's worker (pid %d): %s", workers[1],
                  strerror(errno));
     for (int n = 0; n < NNODES; n++) {
-        proc_finish(&nodes[n], killed_at + RUN_DEADLINE_S);
-        expect_ended(&nodes[n]);
+        proc_finish(&nodes[n], killed_at + PROC_DEADLINE_S);
+        proc_expect_ended(&nodes[n]);
     }
     for (int n = 0; n < NNODES; n++) {
         double took = nodes[n].exited_at - killed_at;
         cr_assert_lt(took, FAILURE_EXIT_S, "%s exited %.2f s after node 1's worker was killed",
                      nodes[n].name, took);
-        cr_assert_neq(exit_status(&nodes[n]), 0, "%s exited 0 after a worker was killed",
-                      nodes[n].name);
-        expect_no_process_left(&nodes[n]);
+        cr_assert_neq(nodes[n].status, 0, "%s exited 0 after a worker was killed", nodes[n].name);
+        proc_expect_group_gone(&nodes[n], GONE_WAIT_S);
     }
-    expect_all_gone(workers, NNODES, "after node 1's worker was killed");
+    expect_pids_gone(workers, NNODES, GONE_WAIT_S, "after node 1's worker was killed");
     // Principle 4: every node names who failed and why, not only its own echo of it.
     for (int n = 0; n < NNODES; n++) {
         char prefix[64], line[1024];
@@ -712,20 +380,20 @@ Test(multi_node, a_worker_killed_on_node_1_stops_every_node_and_each_names_it,
 // 2b) the master never started
 
 Test(multi_node, a_node_whose_master_never_started_gives_up_at_its_rdzv_timeout,
-     .fini = end_leftovers) {
+     .fini = proc_end_leftovers) {
     Proc p;
     start_node(&p, &(Node){.nnodes = 2, .node_rank = 1, .port = PORT_BASE + 6, .rdzv_timeout = 2});
-    proc_finish(&p, now_seconds() + RUN_DEADLINE_S);
-    expect_ended(&p);
+    proc_finish(&p, now_seconds() + PROC_DEADLINE_S);
+    proc_expect_ended(&p);
     double took = p.exited_at - p.started_at;
-    cr_assert_neq(exit_status(&p), 0, "exit status 0 without a master");
+    cr_assert_neq(p.status, 0, "exit status 0 without a master");
     cr_assert(took > 1.0 && took < 6.0, "gave up after %.2f s with --rdzv-timeout 2", took);
     const char* want[] = {"cannot reach the master", "Connection refused",
                           "is the master started, and is the port right?", "--rdzv-timeout"};
     for (size_t i = 0; i < sizeof want / sizeof *want; i++)
         cr_assert_not_null(strstr(p.err.text, want[i]), "stderr does not say '%s':\n%s", want[i],
                            p.err.text);
-    expect_no_process_left(&p);
+    proc_expect_group_gone(&p, GONE_WAIT_S);
     proc_free(&p);
 }
 
@@ -733,14 +401,14 @@ Test(multi_node, a_node_whose_master_never_started_gives_up_at_its_rdzv_timeout,
 // 2c) tokens
 
 Test(multi_node, a_node_with_the_wrong_token_is_refused_and_the_right_one_still_joins,
-     .fini = end_leftovers) {
+     .fini = proc_end_leftovers) {
     int port = PORT_BASE + 7;
     Proc nodes[2], wrong;
     start_node(&nodes[0], &(Node){.nnodes = 2, .port = port, .env = {"DDP_TOKEN=right"}});
     start_node(&wrong,
                &(Node){.nnodes = 2, .node_rank = 1, .port = port, .env = {"DDP_TOKEN=wrong"}});
     expect_refused(&wrong, (const char*[]){"refused", "wrong token", NULL});
-    cr_assert(proc_wait_for(&nodes[0], 1, "wrong token", 1, now_seconds() + 10.0),
+    cr_assert(proc_wait_for(&nodes[0], PROC_STDERR, "wrong token", 1, now_seconds() + 10.0),
               "the master does not log the refusal; stderr:\n%s", nodes[0].err.text);
     cr_assert_not_null(strstr(nodes[0].err.text, "refused node 1 from 127.0.0.1:"),
                        "the master's log does not say whom it refused:\n%s", nodes[0].err.text);
@@ -752,21 +420,14 @@ Test(multi_node, a_node_with_the_wrong_token_is_refused_and_the_right_one_still_
         proc_free(&nodes[n]);
 }
 
-static void write_file(const char* path, const char* text) {
-    FILE* f = fopen(path, "w");
-    cr_assert_not_null(f, "cannot write %s: %s", path, strerror(errno));
-    fputs(text, f);
-    cr_assert_eq(fclose(f), 0, "cannot write %s", path);
-}
-
-Test(multi_node, token_files_are_checked_like_ddp_token, .init = make_temp_dir,
-     .fini = end_leftovers_and_remove_temp_dir) {
+Test(multi_node, token_files_are_checked_like_ddp_token, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
     int port = PORT_BASE + 8;
     char right[128], wrong[128];
     snprintf(right, sizeof right, "%s/right", temp_dir);
     snprintf(wrong, sizeof wrong, "%s/wrong", temp_dir);
-    write_file(right, "s3cret-right\n");
-    write_file(wrong, "s3cret-wrong\n");
+    write_file(right, "s3cret-right\n", 0644);
+    write_file(wrong, "s3cret-wrong\n", 0644);
     Proc nodes[2], bad, none;
     start_node(&nodes[0], &(Node){.nnodes = 2, .port = port, .extra = {"--token-file", right}});
     start_node(
@@ -774,7 +435,7 @@ Test(multi_node, token_files_are_checked_like_ddp_token, .init = make_temp_dir,
     expect_refused(&bad, (const char*[]){"refused", "wrong token", NULL});
     start_node(&none, &(Node){.nnodes = 2, .node_rank = 1, .port = port}); // no token at all
     expect_refused(&none, (const char*[]){"refused", "wrong token", NULL});
-    cr_assert(proc_wait_for(&nodes[0], 1, "wrong token", 2, now_seconds() + 10.0),
+    cr_assert(proc_wait_for(&nodes[0], PROC_STDERR, "wrong token", 2, now_seconds() + 10.0),
               "the master does not log both refusals; stderr:\n%s", nodes[0].err.text);
     start_node(
         &nodes[1],
@@ -790,13 +451,13 @@ Test(multi_node, token_files_are_checked_like_ddp_token, .init = make_temp_dir,
 // 2d) a node rank taken twice, 2e) other settings
 
 Test(multi_node, a_second_node_with_a_taken_node_rank_is_refused_and_the_job_still_forms,
-     .fini = end_leftovers) {
+     .fini = proc_end_leftovers) {
     int port = PORT_BASE + 9;
     Proc nodes[3], twin;
     // --debug: the master says when node 1 has joined, so the twin comes second.
     start_node(&nodes[0], &(Node){.nnodes = 3, .port = port, .extra = {"--debug"}});
     start_node(&nodes[1], &(Node){.nnodes = 3, .node_rank = 1, .port = port});
-    cr_assert(proc_wait_for(&nodes[0], 1, "node 1 joined", 1, now_seconds() + 20.0),
+    cr_assert(proc_wait_for(&nodes[0], PROC_STDERR, "node 1 joined", 1, now_seconds() + 20.0),
               "node 1 did not join; master's stderr:\n%s", nodes[0].err.text);
     start_node(&twin, &(Node){.nnodes = 3, .node_rank = 1, .port = port});
     expect_refused(&twin, (const char*[]){"refused", "node rank 1 is taken already", NULL});
@@ -809,13 +470,14 @@ Test(multi_node, a_second_node_with_a_taken_node_rank_is_refused_and_the_job_sti
         proc_free(&nodes[n]);
 }
 
-Test(multi_node, a_node_with_other_settings_is_refused_naming_the_setting, .fini = end_leftovers) {
+Test(multi_node, a_node_with_other_settings_is_refused_naming_the_setting,
+     .fini = proc_end_leftovers) {
     int port = PORT_BASE + 10;
     Proc nodes[2], other;
     start_node(&nodes[0], &(Node){.nnodes = 2, .port = port, .epochs = 3});
     start_node(&other, &(Node){.nnodes = 2, .node_rank = 1, .port = port, .epochs = 4});
     expect_refused(&other, (const char*[]){"refused", "epochs=3", "epochs=4", NULL});
-    cr_assert(proc_wait_for(&nodes[0], 1, "epochs=4", 1, now_seconds() + 10.0),
+    cr_assert(proc_wait_for(&nodes[0], PROC_STDERR, "epochs=4", 1, now_seconds() + 10.0),
               "the master does not log the refusal; stderr:\n%s", nodes[0].err.text);
     start_node(&nodes[1], &(Node){.nnodes = 2, .node_rank = 1, .port = port, .epochs = 3});
     expect_job_completes(nodes, 2);
@@ -831,18 +493,17 @@ Test(multi_node, a_node_with_other_settings_is_refused_naming_the_setting, .fini
 static void expect_port_in_use(int port) {
     Proc p;
     start_node(&p, &(Node){.nnodes = 2, .port = port});
-    proc_finish(&p, now_seconds() + RUN_DEADLINE_S);
-    expect_ended(&p);
+    proc_finish(&p, now_seconds() + PROC_DEADLINE_S);
+    proc_expect_ended(&p);
     char want[160];
     snprintf(want, sizeof want,
              "bind 127.0.0.1:%d: Address already in use; use --master-port or stop the old run",
              port);
-    cr_assert_eq(exit_status(&p), 2, "exit status %d, want 2; stderr:\n%s", exit_status(&p),
-                 p.err.text);
+    cr_assert_eq(p.status, 2, "exit status %d, want 2; stderr:\n%s", p.status, p.err.text);
     cr_assert_not_null(strstr(p.err.text, want), "stderr does not say '%s':\n%s", want, p.err.text);
     double took = p.exited_at - p.started_at;
     cr_assert_lt(took, 1.0, "took %.2f s to give up on a port in use", took);
-    expect_no_process_left(&p);
+    proc_expect_group_gone(&p, GONE_WAIT_S);
     proc_free(&p);
 }
 
@@ -857,7 +518,8 @@ static int listen_on(int port) {
     return fd;
 }
 
-Test(multi_node, a_master_on_a_port_in_use_exits_2_at_once_and_says_so, .fini = end_leftovers) {
+Test(multi_node, a_master_on_a_port_in_use_exits_2_at_once_and_says_so,
+     .fini = proc_end_leftovers) {
     int fd = listen_on(PORT_BASE + 11);
     expect_port_in_use(PORT_BASE + 11);
     close(fd);
@@ -868,7 +530,7 @@ Test(multi_node, a_master_on_a_port_in_use_exits_2_at_once_and_says_so, .fini = 
     expect_port_in_use(PORT_BASE + 12);
     cr_assert(!first.reaped, "the first master ended: %s", first.err.text);
     proc_kill(&first);
-    expect_no_process_left(&first);
+    proc_expect_group_gone(&first, GONE_WAIT_S);
     proc_free(&first);
 }
 
@@ -915,7 +577,7 @@ static void send_garbage(Proc* master, int port, const void* bytes, size_t len, 
     if (hang_up)
         close(fd), fd = -1;
     const char* logged = "rendezvous: ignored a connection from 127.0.0.1:";
-    cr_assert(proc_wait_for(master, 1, logged, count, now_seconds() + 10.0),
+    cr_assert(proc_wait_for(master, PROC_STDERR, logged, count, now_seconds() + 10.0),
               "the master did not log connection %d (%s); stderr:\n%s", count, reason,
               master->err.text);
     const char* last = master->err.text;
@@ -936,7 +598,7 @@ static void send_garbage(Proc* master, int port, const void* bytes, size_t len, 
     }
 }
 
-Test(multi_node, garbage_on_the_master_port_is_logged_and_ignored, .fini = end_leftovers) {
+Test(multi_node, garbage_on_the_master_port_is_logged_and_ignored, .fini = proc_end_leftovers) {
     int port = PORT_BASE + 13;
     Proc nodes[2];
     start_node(&nodes[0], &(Node){.nnodes = 2, .port = port});
@@ -989,21 +651,21 @@ static void expect_usage_error(const char* const* args, const char* const* env, 
     for (int i = 0; args[i] != NULL; i++)
         snprintf(shown + strlen(shown), sizeof shown - strlen(shown), " %s", args[i]);
     Proc p;
-    proc_start(&p, "multi_node", MULTI_NODE, args, env);
-    proc_finish(&p, now_seconds() + RUN_DEADLINE_S);
-    expect_ended(&p);
-    cr_assert_eq(exit_status(&p), 2, "%s: exit status %d, want 2; stderr:\n%s", shown,
-                 exit_status(&p), p.err.text);
+    start_clean(&p, "multi_node", MULTI_NODE, args, env);
+    proc_finish(&p, now_seconds() + PROC_DEADLINE_S);
+    proc_expect_ended(&p);
+    cr_assert_eq(p.status, 2, "%s: exit status %d, want 2; stderr:\n%s", shown, p.status,
+                 p.err.text);
     cr_assert_str_empty(p.out.text, "%s: stdout is not empty:\n%s", shown, p.out.text);
     cr_assert_eq(count_lines(p.err.text), 1, "%s: want one line on stderr, got:\n%s", shown,
                  p.err.text);
     cr_assert_not_null(strstr(p.err.text, name), "%s: stderr does not name %s: %s", shown, name,
                        p.err.text);
-    expect_no_process_left(&p);
+    proc_expect_group_gone(&p, GONE_WAIT_S);
     proc_free(&p);
 }
 
-Test(multi_node, bad_flags_exit_2_with_one_line_naming_the_flag, .fini = end_leftovers) {
+Test(multi_node, bad_flags_exit_2_with_one_line_naming_the_flag, .fini = proc_end_leftovers) {
     // Each keeps to this test's port, should it get as far as listening.
     struct {
         const char* args[10];
