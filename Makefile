@@ -30,13 +30,15 @@ LDLIBS := -Wl,--as-needed -lm
 BUILD := build
 ifneq ($(NVCC),)
 CONFIG := cuda
-# Without a GPU to ask, build for every architecture from Turing to Hopper.
-CUDA_ARCH ?= $(if $(shell nvidia-smi -L 2>/dev/null),-arch=native,$(foreach a,75 80 86 89 90,-gencode arch=compute_$(a),code=sm_$(a)))
+# Without a GPU to ask, build for every architecture from Turing to Hopper, plus PTX
+# that the driver can compile for a newer GPU.
+CUDA_ARCH ?= $(if $(shell nvidia-smi -L 2>/dev/null),-arch=native,$(foreach a,75 80 86 89 90,-gencode arch=compute_$(a),code=sm_$(a)) -gencode arch=compute_90,code=compute_90)
 NVCCFLAGS := -O3 $(CUDA_ARCH) -Icommon -DHAVE_CUDA -Xcompiler -Wall,-Wextra,-Werror
 CFLAGS += -DHAVE_CUDA -I$(CUDA_HOME)/include
 LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart_static -lstdc++ -ldl -lrt -lpthread
 ifneq ($(NCCL_HEADER),)
 ifneq ($(NCCL_LIB),)
+HAVE_NCCL := yes
 CFLAGS += -DHAVE_NCCL
 # NCCL is a shared library: the rpath lets the programs find it without LD_LIBRARY_PATH.
 LDLIBS += -L$(NCCL_LIB) -Wl,-rpath,$(NCCL_LIB) -lnccl
@@ -70,7 +72,7 @@ all: found $(LESSONS) $(TOOLS)
 found:
 	@echo "nvcc: $(if $(NVCC),found ($(NVCC)): building with CUDA,$(if $(NO_CUDA),skipped (NO_CUDA=1),not found): CPU-only binaries)"
 	@echo "MPI: $(if $(MPICC),found ($(MPICC)): build/allreduce_bench_mpi,not found: no MPI comparison)"
-	@echo "NCCL: $(if $(NCCL_HEADER),found ($(NCCL_HEADER)),$(if $(NVCC),not found,not used without CUDA)): $(if $(NCCL_HEADER),NCCL and ring backends,ring backend only)"
+	@echo "NCCL: $(if $(HAVE_NCCL),found ($(NCCL_HEADER), $(NCCL_LIB)),$(if $(NVCC),not found (header and library),not used without CUDA)): $(if $(HAVE_NCCL),NCCL and ring backends,ring backend only)"
 
 lesson-01: found $(BUILD)/hello_gpu
 lesson-02: found $(BUILD)/multi_gpu
