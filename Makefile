@@ -47,16 +47,29 @@ endif
 else
 CONFIG := cpu
 endif
+ifneq ($(MPICC),)
+CONFIG := $(CONFIG)-mpi
+endif
 OBJ := $(BUILD)/obj-$(CONFIG)
 
-COMMON_C := $(wildcard common/*.c)
+COMMON_C := $(filter-out common/mpi_world.c,$(wildcard common/*.c))
 COMMON_CU := $(if $(NVCC),$(wildcard common/*.cu))
 COMMON_OBJ := $(COMMON_C:common/%.c=$(OBJ)/common/%.o) $(COMMON_CU:common/%.cu=$(OBJ)/common/%.cu.o)
 # An archive, so that each program links only the modules it uses.
 COMMON_LIB := $(OBJ)/libcommon.a
 
 LESSONS := $(BUILD)/hello_gpu $(BUILD)/multi_gpu $(BUILD)/multi_node
-TOOLS := $(BUILD)/allreduce_bench $(if $(MPICC),$(BUILD)/allreduce_bench_mpi)
+TOOLS := $(BUILD)/allreduce_bench
+
+# Open MPI (optional): lesson 03's agent and the all-reduce benchmark learn to run under
+# mpirun. Only they are compiled and linked with mpicc; nothing else needs MPI.
+MPI_OBJ := $(if $(MPICC),$(OBJ)/common/mpi_world.o)
+MPI_USERS := $(OBJ)/lessons/03_multi_node/multi_node.o $(OBJ)/tools/allreduce_bench.o
+LINK_MPI := $(or $(MPICC),$(CC))
+ifneq ($(MPICC),)
+$(MPI_USERS) $(MPI_OBJ): CC := $(MPICC)
+$(MPI_USERS): CFLAGS += -DHAVE_MPI
+endif
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 GPU_TEST_SRC := $(if $(NVCC),$(wildcard tests/gpu/test_*.cu))
@@ -71,7 +84,7 @@ all: found $(LESSONS) $(TOOLS)
 # One line per optional part, so that a build says what it could use.
 found:
 	@echo "nvcc: $(if $(NVCC),found ($(NVCC)): building with CUDA,$(if $(NO_CUDA),skipped (NO_CUDA=1),not found): CPU-only binaries)"
-	@echo "MPI: $(if $(MPICC),found ($(MPICC)): build/allreduce_bench_mpi,not found: no MPI comparison)"
+	@echo "MPI: $(if $(MPICC),found ($(MPICC)): lesson 03 and allreduce_bench also run under mpirun,not found: no mpirun support)"
 	@echo "NCCL: $(if $(HAVE_NCCL),found ($(NCCL_HEADER), $(NCCL_LIB)),$(if $(NVCC),not found (header and library),not used without CUDA)): $(if $(HAVE_NCCL),NCCL and ring backends,ring backend only)"
 
 lesson-01: found $(BUILD)/hello_gpu
@@ -109,18 +122,16 @@ $(OBJ)/lessons/03_multi_node/multi_node.o: $(BUILD)/build-id-$(BUILD_ID)
 $(BUILD)/build-id-$(BUILD_ID):
 	@mkdir -p $(BUILD) && rm -f $(BUILD)/build-id-* && touch $@
 
-$(BUILD)/multi_node: $(OBJ)/lessons/03_multi_node/multi_node.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
-	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
+$(BUILD)/multi_node: $(OBJ)/lessons/03_multi_node/multi_node.o $(MPI_OBJ) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+	$(LINK_MPI) $(CFLAGS) $(filter %.o,$^) $(COMMON_LIB) -o $@ $(LDLIBS)
 
-$(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(OBJ)/tools/allreduce_sweep.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
-	$(CC) $(CFLAGS) $(filter %.o,$^) $(COMMON_LIB) -o $@ $(LDLIBS)
+$(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(OBJ)/tools/allreduce_sweep.o $(MPI_OBJ) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+	$(LINK_MPI) $(CFLAGS) $(filter %.o,$^) $(COMMON_LIB) -o $@ $(LDLIBS)
 
-$(BUILD)/allreduce_bench_mpi: tools/allreduce_bench_mpi.c $(OBJ)/tools/allreduce_sweep.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
-	$(MPICC) $(filter-out -MMD -MP,$(CFLAGS)) $< $(OBJ)/tools/allreduce_sweep.o $(COMMON_LIB) -o $@ $(LDLIBS)
-
-$(BUILD)/tests/%: $(OBJ)/tests/%.o $(OBJ)/tests/support/proc.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+TEST_SUPPORT := $(OBJ)/tests/support/proc.o $(OBJ)/tests/support/losses.o
+$(BUILD)/tests/%: $(OBJ)/tests/%.o $(TEST_SUPPORT) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< $(OBJ)/tests/support/proc.o $(COMMON_LIB) -o $@ $(LDLIBS) -lcriterion
+	$(CC) $(CFLAGS) $< $(TEST_SUPPORT) $(COMMON_LIB) -o $@ $(LDLIBS) -lcriterion
 
 $(BUILD)/tests/gpu/%: $(OBJ)/tests/gpu/%.cu.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	@mkdir -p $(dir $@)

@@ -4,6 +4,7 @@
 #   ./setup.sh          as root: installs missing packages (compiler, Criterion, gnuplot)
 #                       otherwise: prints the exact apt-get line to run, exits 1
 #   ./setup.sh --bench        also installs PyTorch (python3-torch), the benchmark's reference
+#   ./setup.sh --mpi          also installs Open MPI (mpirun support in lesson 03 and the benchmark)
 #   ./setup.sh --multi-node   then checks what a multi-node job needs (see check_multi_node)
 # Safe to run again: it installs only what is missing. The CUDA toolkit, NCCL and a
 # GPU are optional; it reports whether it found them but never installs them.
@@ -17,8 +18,9 @@ multi_node=0
 for option in "$@"; do
     case "$option" in
     --bench) PACKAGES+=(python3-torch) ;;
+    --mpi) PACKAGES+=(libopenmpi-dev openmpi-bin) ;;
     --multi-node) multi_node=1 ;;
-    -h | --help) sed -n '2,9s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,10s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$option' (see --help)" >&2; exit 2 ;;
     esac
 done

@@ -37,7 +37,8 @@ struct Communicator {
     float* host;     // (capacity) host copy of a device buffer (GPU ranks only)
     float* incoming; // (capacity / world_size + 1) the chunk arriving from the left
     size_t capacity;
-    uint32_t sequence; // ring collectives run so far: the same on every rank, or a bug
+    uint32_t sequence;        // ring collectives run so far: the same on every rank, or a bug
+    HostCollectives host_ops; // BACKEND_HOST only
 #ifdef HAVE_NCCL
     ncclComm_t nccl;
     cudaStream_t stream;
@@ -141,6 +142,18 @@ int comm_ring_connect_tcp(int listen_fd, int rank, int world_size, const char* r
     }
     *recv_fd = accept_left(listen_fd, (rank + world_size - 1) % world_size, deadline);
     return *recv_fd < 0 ? -1 : 0;
+}
+
+int comm_init_host(Communicator** comm, CommSettings s, HostCollectives ops) {
+    Communicator* c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        check_message("comm_init_host: out of memory");
+        return -1;
+    }
+    *c = (Communicator){
+        .s = s, .backend = BACKEND_HOST, .send_fd = -1, .recv_fd = -1, .host_ops = ops};
+    *comm = c;
+    return 0;
 }
 
 // Grows the host buffers to hold count elements (the staging copy only if staged).
@@ -260,7 +273,8 @@ static int ring_broadcast_host(Communicator* c, float* data, size_t count, int r
 
 typedef enum { RING_SUM, RING_MEAN, RING_BROADCAST } RingOp;
 
-// Runs op on host memory: buf itself on the CPU, a staged copy of a GPU buffer.
+// Runs op on host memory (the ring's, or the program's host collectives): buf itself on
+// the CPU, a staged copy of a GPU buffer.
 static int ring_run(Communicator* c, RingOp op, float* buf, size_t count, int root) {
     if (c->s.world_size == 1 || count == 0)
         return 0;
@@ -270,7 +284,11 @@ static int ring_run(Communicator* c, RingOp op, float* buf, size_t count, int ro
     float* data = staged ? c->host : buf;
     if (staged)
         RETURN_IF_FAILED(c->s.k->download(data, buf, count * sizeof(float)));
-    if (op == RING_BROADCAST)
+    const HostCollectives* h = &c->host_ops;
+    if (c->backend == BACKEND_HOST)
+        RETURN_IF_FAILED(op == RING_BROADCAST ? h->broadcast(h->ctx, data, count, root)
+                                              : h->allreduce_sum(h->ctx, data, count));
+    else if (op == RING_BROADCAST)
         RETURN_IF_FAILED(ring_broadcast_host(c, data, count, root));
     else
         RETURN_IF_FAILED(ring_allreduce_host(c, data, count));
@@ -479,6 +497,8 @@ int comm_barrier(Communicator* c) {
     if (c->backend == BACKEND_NCCL)
         return nccl_allreduce(c, c->one_float, 1, ncclSum);
 #endif
+    if (c->backend == BACKEND_HOST)
+        return c->host_ops.barrier(c->host_ops.ctx);
     float token = 0.0f; // in host memory, whatever the device
     if (c->s.world_size == 1)
         return 0;

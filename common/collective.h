@@ -1,7 +1,7 @@
 /*
  * collective.h - what ranks do together: all-reduce, broadcast, barrier.
  *
- * One small interface, two engines:
+ * One small interface, two engines (and a third a program may bring, such as MPI):
  *   - NCCL on GPUs, one rank per GPU;
  *   - a ring over sockets, the algorithm NCCL and gloo use: reduce-scatter, then
  *     all-gather. It serves CPU ranks, and GPU ranks that share a GPU (it stages
@@ -13,9 +13,9 @@
  * (created with cudaStreamCreate), so it is ordered after the model's kernels,
  * which run on the default stream; the build keeps nvcc's legacy default stream.
  *
- * APIs: Backend, CommSettings, Communicator, comm_choose_backend, comm_ring_socketpairs,
- *       comm_ring_keep_own, comm_ring_connect_tcp, comm_init_ring, comm_init_nccl,
- *       comm_nccl_unique_id, comm_share_nccl_id, comm_nccl_version, comm_allreduce_sum,
+ * APIs: Backend, CommSettings, HostCollectives, Communicator, comm_choose_backend,
+ * comm_ring_socketpairs, comm_ring_keep_own, comm_ring_connect_tcp, comm_init_ring, comm_init_host,
+ * comm_init_nccl, comm_nccl_unique_id, comm_share_nccl_id, comm_nccl_version, comm_allreduce_sum,
  *       comm_allreduce_mean, comm_broadcast, comm_barrier, comm_abort, comm_destroy,
  *       comm_backend.
  */
@@ -31,7 +31,17 @@
 extern "C" {
 #endif
 
-typedef enum { BACKEND_RING, BACKEND_NCCL } Backend;
+typedef enum { BACKEND_RING, BACKEND_NCCL, BACKEND_HOST } Backend;
+
+// Collectives on host memory that a program brings along (lesson 03's MPI under mpirun):
+// the communicator stages GPU buffers through the host for them, as it does for the ring.
+typedef struct {
+    const char* name; // "mpi"
+    int (*allreduce_sum)(void* ctx, float* buf, size_t count);
+    int (*broadcast)(void* ctx, float* buf, size_t count, int root);
+    int (*barrier)(void* ctx);
+    void* ctx;
+} HostCollectives;
 
 typedef struct Communicator Communicator;
 
@@ -66,6 +76,9 @@ int comm_choose_backend(const char* request, int gpus, int ranks, Backend* backe
 // A ring whose sockets are already connected: send_fd to rank + 1, recv_fd from
 // rank - 1 (mod world_size). The communicator owns both from now on.
 int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd);
+
+// A communicator whose collectives are ops (see HostCollectives).
+int comm_init_host(Communicator** comm, CommSettings s, HostCollectives ops);
 
 // An NCCL communicator; the unique id (COMM_NCCL_ID_BYTES bytes) comes from rank 0.
 // Init does not block: it is polled until the deadline, then aborted.

@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "support/losses.h"
 #include "support/proc.h"
 
 #define MULTI_GPU "build/multi_gpu"
@@ -139,46 +140,6 @@ Test(multi_gpu, a_batch_of_exactly_each_ranks_share_is_accepted, .fini = proc_en
 #define EQUIVALENCE_EPOCHS 3
 
 // Reads dir/losses.csv: losses[e][0] train and losses[e][1] eval; returns the row count.
-static int read_losses(const char* dir, double (*losses)[2], int max) {
-    char path[256], line[256];
-    snprintf(path, sizeof path, "%s/losses.csv", dir);
-    FILE* f = fopen(path, "r");
-    cr_assert_not_null(f, "cannot open %s: %s", path, strerror(errno));
-    cr_assert_not_null(fgets(line, sizeof line, f), "%s is empty", path);
-    cr_assert_str_eq(line, "epoch,train_loss,eval_loss,seconds\n", "%s: header", path);
-    int n = 0, epoch;
-    double seconds;
-    while (n < max && fgets(line, sizeof line, f) != NULL) {
-        cr_assert_eq(sscanf(line, "%d,%lf,%lf,%lf", &epoch, &losses[n][0], &losses[n][1], &seconds),
-                     4, "%s: row %d: %s", path, n + 1, line);
-        cr_assert_eq(epoch, n + 1, "%s: row %d is epoch %d", path, n + 1, epoch);
-        n++;
-    }
-    fclose(f);
-    return n;
-}
-
-// Both runs' losses.csv hold EQUIVALENCE_EPOCHS epochs whose losses agree within rtol.
-static void expect_same_losses(const char* what, const char* dir_a, const char* dir_b,
-                               double rtol) {
-    double la[EQUIVALENCE_EPOCHS + 1][2], lb[EQUIVALENCE_EPOCHS + 1][2];
-    cr_assert_eq(read_losses(dir_a, la, EQUIVALENCE_EPOCHS + 1), EQUIVALENCE_EPOCHS);
-    cr_assert_eq(read_losses(dir_b, lb, EQUIVALENCE_EPOCHS + 1), EQUIVALENCE_EPOCHS);
-    double worst_rel = 0.0;
-    int worst_epoch = 0, worst_kind = 0;
-    for (int e = 0; e < EQUIVALENCE_EPOCHS; e++)
-        for (int k = 0; k < 2; k++) {
-            double rel = fabs(la[e][k] - lb[e][k]) / fabs(lb[e][k]);
-            if (!(rel <= worst_rel)) // a NaN is the worst of all
-                worst_rel = rel, worst_epoch = e, worst_kind = k;
-        }
-    const char* kind[2] = {"train", "eval"};
-    cr_assert(worst_rel <= rtol,
-              "%s: worst at epoch %d, %s loss %.9g against %.9g: relative difference %.3g > %.0e",
-              what, worst_epoch + 1, kind[worst_kind], la[worst_epoch][worst_kind],
-              lb[worst_epoch][worst_kind], worst_rel, rtol);
-}
-
 static void expect_equivalent_runs(int ranks, int batch) {
     char dir_multi[128], dir_hello[128], gpus[16], b[16], nb[16];
     snprintf(dir_multi, sizeof dir_multi, "%s/multi_%d", temp_dir, ranks);
@@ -203,7 +164,7 @@ static void expect_equivalent_runs(int ranks, int batch) {
     char what[128];
     snprintf(what, sizeof what, "%d ranks x batch %d against 1 rank x batch %d", ranks, batch,
              ranks * batch);
-    expect_same_losses(what, dir_multi, dir_hello, EQUIVALENCE_RTOL);
+    expect_same_losses(what, dir_multi, dir_hello, EQUIVALENCE_EPOCHS, EQUIVALENCE_RTOL);
     proc_free(&m);
     proc_free(&h);
 }
@@ -412,7 +373,7 @@ static void expect_gpu_run_matches_cpu(const char* backend, const char* ranks) {
     cr_assert_eq(c.status, 0, "on the CPU: exit status %d; stderr:\n%s", c.status, c.err.text);
     snprintf(what, sizeof what, "%s backend, %s rank(s) on the GPU against the CPU", backend,
              ranks);
-    expect_same_losses(what, dir_gpu, dir_cpu, GPU_CPU_RTOL);
+    expect_same_losses(what, dir_gpu, dir_cpu, EQUIVALENCE_EPOCHS, GPU_CPU_RTOL);
     proc_free(&g);
     proc_free(&c);
 }

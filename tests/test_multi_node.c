@@ -28,6 +28,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "support/losses.h"
 #include "support/proc.h"
 
 #define MULTI_NODE "build/multi_node"
@@ -178,29 +179,6 @@ static int eval_losses(const char* out, double* losses, int max) {
 }
 
 // ----------------------------------------------------------------------------
-// losses.csv
-
-// Reads dir/losses.csv: losses[e][0] train and losses[e][1] eval; returns the row count.
-static int read_losses(const char* dir, double (*losses)[2], int max) {
-    char path[256], line[256];
-    snprintf(path, sizeof path, "%s/losses.csv", dir);
-    FILE* f = fopen(path, "r");
-    cr_assert_not_null(f, "cannot open %s: %s", path, strerror(errno));
-    cr_assert_not_null(fgets(line, sizeof line, f), "%s is empty", path);
-    cr_assert_str_eq(line, "epoch,train_loss,eval_loss,seconds\n", "%s: header", path);
-    int n = 0, epoch;
-    double seconds;
-    while (n < max && fgets(line, sizeof line, f) != NULL) {
-        cr_assert_eq(sscanf(line, "%d,%lf,%lf,%lf", &epoch, &losses[n][0], &losses[n][1], &seconds),
-                     4, "%s: row %d: %s", path, n + 1, line);
-        cr_assert_eq(epoch, n + 1, "%s: row %d is epoch %d", path, n + 1, epoch);
-        n++;
-    }
-    fclose(f);
-    return n;
-}
-
-// ----------------------------------------------------------------------------
 // 1) jobs of several nodes train like lesson 02 with the same world size
 
 #define JOB_EPOCHS 3
@@ -259,23 +237,9 @@ static void expect_losses_of_multi_gpu(const char* node_dir, int world) {
     proc_finish(&g, now_seconds() + PROC_DEADLINE_S);
     proc_expect_ended(&g);
     cr_assert_eq(g.status, 0, "multi_gpu: exit status %d; stderr:\n%s", g.status, g.err.text);
-    double ln[JOB_EPOCHS + 1][2], lg[JOB_EPOCHS + 1][2];
-    cr_assert_eq(read_losses(node_dir, ln, JOB_EPOCHS + 1), JOB_EPOCHS);
-    cr_assert_eq(read_losses(gpu_dir, lg, JOB_EPOCHS + 1), JOB_EPOCHS);
-    double worst = 0.0;
-    int worst_epoch = 0, worst_kind = 0;
-    for (int e = 0; e < JOB_EPOCHS; e++)
-        for (int k = 0; k < 2; k++) {
-            double rel = fabs(ln[e][k] - lg[e][k]) / fabs(lg[e][k]);
-            if (!(rel <= worst)) // a NaN is the worst of all
-                worst = rel, worst_epoch = e, worst_kind = k;
-        }
-    const char* kind[2] = {"train", "eval"};
-    cr_assert(worst <= EQUAL_RTOL,
-              "%d ranks: multi_node against multi_gpu: worst at epoch %d, %s loss %.9g against "
-              "%.9g: relative difference %.3g > %.0e",
-              world, worst_epoch + 1, kind[worst_kind], ln[worst_epoch][worst_kind],
-              lg[worst_epoch][worst_kind], worst, EQUAL_RTOL);
+    char what[64];
+    snprintf(what, sizeof what, "%d ranks: multi_node against multi_gpu", world);
+    expect_same_losses(what, node_dir, gpu_dir, JOB_EPOCHS, EQUAL_RTOL);
     proc_free(&g);
 }
 

@@ -5,7 +5,8 @@
  *
  * Forks one process per rank (on GPUs with NCCL: one per GPU) and hands the
  * communicator to sweep_run (allreduce_sweep.h), which checks and times every size.
- * build/allreduce_bench_mpi prints the same table for MPI_Allreduce.
+ * Under mpirun, --backend mpi prints the same table for MPI_Allreduce:
+ *   mpirun -np 2 build/allreduce_bench --backend mpi
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,9 @@
 #include "device.h"
 #include "timer.h"
 #include "workers.h"
+#ifdef HAVE_MPI
+#include "mpi_world.h"
+#endif
 
 #include "allreduce_sweep.h"
 
@@ -39,13 +43,14 @@ static void parse_args(Bench* b, int argc, char** argv) {
         char flag[64];
         const char* value;
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            printf("usage: allreduce_bench [--backend ring|nccl] [--ranks N] [--min-bytes B] "
-                   "[--max-bytes B] [--timeout SECONDS]\n");
+            printf("usage: allreduce_bench [--backend ring|nccl|mpi] [--ranks N] [--min-bytes B] "
+                   "[--max-bytes B] [--timeout SECONDS]\n"
+                   "  --backend mpi: MPI_Allreduce, under mpirun -np N (which sets the ranks)\n");
             exit(0);
         }
         int err = config_split_flag(argc, argv, &i, flag, sizeof flag, &value);
         if (!err && strcmp(flag, "--backend") == 0)
-            err = config_parse_choice(flag, value, "ring|nccl", &b->backend);
+            err = config_parse_choice(flag, value, "ring|nccl|mpi", &b->backend);
         else if (!err && strcmp(flag, "--ranks") == 0)
             err = config_parse_int(flag, value, 1, WORKERS_MAX, &b->ranks);
         else if (!err && strcmp(flag, "--min-bytes") == 0)
@@ -104,10 +109,35 @@ static int rank_main(int rank, void* arg) {
     return 0;
 }
 
+// Under mpirun every process is a rank already: MPI_Allreduce, the same table.
+static int run_mpi(const Bench* b) {
+#ifdef HAVE_MPI
+    int rank, world_size, local_rank;
+    if (!mpi_launched()) {
+        fprintf(stderr, "error: --backend mpi: start it with mpirun -np N %s\n", "allreduce_bench");
+        return EXIT_USAGE;
+    }
+    if (mpi_world_init(&rank, &world_size, &local_rank) != 0)
+        return EXIT_FAILURE;
+    HostCollectives mpi = mpi_collectives();
+    SweepEngine engine = {"mpi",      rank, world_size, &kernels_cpu, NULL, mpi.allreduce_sum,
+                          mpi.barrier};
+    int status = sweep_run(&engine, b->min_bytes, b->max_bytes) == 0 ? 0 : EXIT_FAILURE;
+    mpi_world_finalize();
+    return status;
+#else
+    (void)b;
+    fprintf(stderr, "error: --backend mpi: this build has no MPI (mpicc was not found)\n");
+    return EXIT_USAGE;
+#endif
+}
+
 int main(int argc, char** argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     Bench b;
     parse_args(&b, argc, argv);
+    if (strcmp(b.backend, "mpi") == 0)
+        return run_mpi(&b);
     Workers workers;
     if (comm_ring_socketpairs(b.ring_fds, b.ranks) != 0 ||
         workers_start(&workers, b.ranks, 0, rank_main, &b) != 0)

@@ -1,8 +1,8 @@
 /*
  * allreduce_sweep.h - the measuring half of the all-reduce benchmarks.
  *
- * One table, whatever does the all-reduce: build/allreduce_bench (the ring or NCCL)
- * and build/allreduce_bench_mpi (MPI_Allreduce) hand an engine to sweep_run, which
+ * One table, whatever does the all-reduce: build/allreduce_bench hands the ring, NCCL
+ * or MPI_Allreduce (under mpirun) to sweep_run as an engine, which
  * checks each size on integer data outside the timed loop and times the mean of many
  * calls, as nccl-tests does.
  *

@@ -35,6 +35,13 @@
 #include "timer.h"
 #include "workers.h"
 
+#ifdef HAVE_MPI
+#include "mpi_world.h"
+#define MPI_BUILT 1
+#else
+#define MPI_BUILT 0
+#endif
+
 #ifndef BUILD_ID
 #define BUILD_ID "unknown"
 #endif
@@ -70,8 +77,9 @@ static void print_usage(void) {
           "  --rdzv-timeout SECONDS\n"
           "                        how long to wait for every node (default 300)\n"
           "  --token-file FILE     the job's shared secret (default: env DDP_TOKEN)\n"
-          "  --backend NAME        auto, nccl or ring (default auto: NCCL when every worker has\n"
-          "                        its own GPU, the ring all-reduce otherwise)\n"
+          "  --backend NAME        auto, nccl, ring or mpi (default auto: NCCL when every worker\n"
+          "                        has its own GPU, the ring all-reduce otherwise; mpi:\n"
+          "                        MPI_Allreduce, under mpirun -np N multi_node)\n"
           "  --timeout SECONDS     deadline of every collective (default 60)\n"
           "  --debug               print every rendezvous and collective step on stderr\n"
           "  --help                print this help and exit\n",
@@ -109,7 +117,7 @@ static int parse_node_flag(Options* o, const char* flag, const char* value) {
     if (strcmp(flag, "--gpus") == 0 || strcmp(flag, "--nproc-per-node") == 0)
         err = config_parse_int(flag, value, 1, WORKERS_MAX, &o->nproc);
     else if (strcmp(flag, "--backend") == 0)
-        err = config_parse_choice(flag, value, "auto|nccl|ring", &o->backend);
+        err = config_parse_choice(flag, value, "auto|nccl|ring|mpi", &o->backend);
     else if (strcmp(flag, "--timeout") == 0)
         err = config_parse_int(flag, value, 1, 86400, &o->timeout_s);
     else if (strcmp(flag, "--nnodes") == 0)
@@ -189,6 +197,11 @@ typedef struct {
 static void make_plan(Agent* a, const Options* o) {
     char why[512];
     a->opt = *o;
+    if (strcmp(o->backend, "mpi") == 0) {
+        fprintf(stderr, "error: --backend mpi: start the job with mpirun -np N multi_node%s\n",
+                MPI_BUILT ? "" : " (and build with mpicc installed: this build has no MPI)");
+        exit(EXIT_USAGE);
+    }
     a->gpus = device_gpus_for_workers(o->train.device, why, sizeof why);
     a->nproc = o->nproc > 0 ? o->nproc : (a->gpus > 0 ? a->gpus : 2);
     if (a->gpus < 0 ||
@@ -498,6 +511,15 @@ static void print_banner(const Agent* a) {
     printf("  Backend: %s\n", a->backend == BACKEND_NCCL ? "nccl" : "ring");
 }
 
+#ifdef HAVE_MPI
+static void print_mpi_banner(const TrainConfig* c, int world_size, Backend backend) {
+    config_print_banner(c);
+    printf("  Launcher: mpirun\n");
+    printf("  World size: %d\n", world_size);
+    printf("  Backend: %s\n", backend == BACKEND_NCCL ? "nccl" : "mpi");
+}
+#endif
+
 static void print_process_initialized(const Device* dev, int rank, int local_rank, int world_size) {
     char description[512], host[256] = "unknown";
     device_describe(dev, description, sizeof description);
@@ -614,12 +636,76 @@ static int worker_main(int local_rank, void* arg) {
     return status;
 }
 
+#ifdef HAVE_MPI
+// ----------------------------------------------------------------------------
+// under mpirun: no agents, no rendezvous; MPI numbers the ranks and carries the data
+
+// The engine under mpirun: NCCL (its id through MPI_Bcast) or MPI_Allreduce itself.
+static int make_mpi_communicator(Communicator** comm, const Options* o, const Device* dev, int rank,
+                                 int world_size) {
+    CommSettings s = {.rank = rank,
+                      .world_size = world_size,
+                      .timeout_s = o->timeout_s,
+                      .debug = o->debug,
+                      .k = dev->kernels};
+    bool nccl = strcmp(o->backend, "nccl") == 0 ||
+                (strcmp(o->backend, "auto") == 0 && dev->kind == DEVICE_CUDA &&
+                 strcmp(comm_nccl_version(), "none") != 0);
+    if (strcmp(o->backend, "ring") == 0) {
+        check_message("--backend ring needs the agents' rendezvous; under mpirun use mpi or nccl");
+        return -1;
+    }
+    if (!nccl)
+        return comm_init_host(comm, s, mpi_collectives());
+    unsigned char id[COMM_NCCL_ID_BYTES];
+    if ((rank == 0 && comm_nccl_unique_id(id) != 0) || mpi_broadcast_bytes(id, sizeof id, 0) != 0)
+        return -1;
+    return comm_init_nccl(comm, s, id);
+}
+
+// Every process is a worker; a failure ends the whole job through MPI_Abort, which
+// mpirun reports with the rank that failed.
+static int run_under_mpi(const Options* o) {
+    int rank, world_size, local_rank;
+    if (mpi_world_init(&rank, &world_size, &local_rank) != 0)
+        return EXIT_FAILURE;
+    check_set_rank(rank);
+    const TrainConfig* c = &o->train;
+    int gpus = strcmp(c->device, "cpu") == 0 ? 0 : device_gpu_count(); // no fork: CUDA is fine
+    Device dev;
+    char why[512];
+    Communicator* comm = NULL;
+    int status = 1;
+    if (device_open(&dev, c->device, gpus > 0 ? local_rank % gpus : 0, why, sizeof why) != 0)
+        check_message("%s", why);
+    else if (config_check(c, world_size) == 0 &&
+             (rank != 0 || c->out_dir == NULL || report_prepare_dir(c->out_dir) == 0) &&
+             make_mpi_communicator(&comm, o, &dev, rank, world_size) == 0) {
+        if (rank == 0)
+            print_mpi_banner(c, world_size, comm_backend(comm));
+        print_process_initialized(&dev, rank, local_rank, world_size);
+        status = train_rank(c, &dev, comm, rank, world_size);
+    }
+    if (status != 0) {
+        check_message("failed: ending the MPI job");
+        mpi_world_abort(status);
+    }
+    comm_destroy(comm);
+    mpi_world_finalize();
+    return 0;
+}
+#endif
+
 // ----------------------------------------------------------------------------
 
 int main(int argc, char** argv) {
     setvbuf(stdout, NULL, _IOLBF, 0); // whole lines, even into a pipe
     Options o;
     parse_args(&o, argc, argv);
+#ifdef HAVE_MPI
+    if (mpi_launched())
+        return run_under_mpi(&o);
+#endif
     Agent a = {0};
     make_plan(&a, &o);
     char token[RDZV_TOKEN_BYTES + 2];
