@@ -83,7 +83,9 @@ check_multi_node() {
     else
         echo "token: $token_file exists"
     fi
-    if ss -Htln "sport = :$port" 2>/dev/null | grep -q .; then
+    if ! command -v ss >/dev/null 2>&1; then
+        echo "port: cannot check whether $port is free (ss not found: apt-get install iproute2)"
+    elif ss -Htln "sport = :$port" 2>/dev/null | grep -q .; then
         echo "port: $port is in use here: stop the old run or choose another MASTER_PORT"
         problems=$((problems + 1))
     else

@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -319,6 +320,14 @@ static void check_hello(const Rdzv* r, const RdzvHello* own, const RdzvHello* h,
                  h->nproc, ranks_in(r) + h->nproc, RDZV_MAX_RANKS);
 }
 
+// Whether the node at the other end of fd (if any) has hung up: a restarted node gives up
+// the place that its first connection took.
+static bool peer_gone(int fd) {
+    char byte;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return fd >= 0 && poll(&p, 1, 0) == 1 && recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 // Takes one connection from the listener: its HELLO is accepted, or refused with a reason.
 static void admit_one(Rdzv* r, const RdzvHello* own, int fd) {
     char peer[64], why[512];
@@ -336,6 +345,12 @@ static void admit_one(Rdzv* r, const RdzvHello* own, int fd) {
         check_message("rendezvous: ignored a connection from %s: %s", peer, why);
         close(fd);
         return;
+    }
+    if (h.node_rank >= 1 && h.node_rank < r->nnodes && peer_gone(r->control_fd[h.node_rank])) {
+        check_message("rendezvous: node %d left before the world formed; %s takes its place",
+                      h.node_rank, peer);
+        close(r->control_fd[h.node_rank]);
+        r->control_fd[h.node_rank] = -1;
     }
     check_hello(r, own, &h, why, sizeof why);
     if (why[0] != '\0') {
