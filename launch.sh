@@ -18,7 +18,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 die() { echo "launch.sh: $*" >&2; exit 2; }
 usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
 
-mode= gpus= master= workers= gpus_per_node= port=29500
+mode='' gpus='' master='' workers='' gpus_per_node='' port=29500
 args=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -52,11 +52,11 @@ nodes=("$master" "${worker_list[@]}")
 
 # Runs CMD on HOST through the remote shell.
 remote() {
-    local host=$1 cmd=$2
+    local host=$1 command=$2
     if [ -n "${DDP_RSH:-}" ]; then
-        $DDP_RSH "$host" bash -c "$cmd"
+        $DDP_RSH "$host" bash -c "$command"
     else
-        ssh -o BatchMode=yes -o ConnectTimeout=10 "$host" "$cmd"
+        ssh -o BatchMode=yes -o ConnectTimeout=10 "$host" "$command"
     fi
 }
 
@@ -64,7 +64,8 @@ remote() {
 node_command() {
     local i=$1 role=worker
     [ "$i" -eq 0 ] && role=master
-    local env="MASTER_ADDR=$(printf %q "$master") MASTER_PORT=$port NNODES=${#nodes[@]} NODE_RANK=$i"
+    local env
+    env="MASTER_ADDR=$(printf %q "$master") MASTER_PORT=$port NNODES=${#nodes[@]} NODE_RANK=$i"
     [ -z "$gpus_per_node" ] || env+=" GPUS_PER_NODE=$(printf %q "$gpus_per_node")"
     [ -z "${DDP_TOKEN:-}" ] || env+=" DDP_TOKEN=$(printf %q "$DDP_TOKEN")"
     printf 'cd %q && %s exec ./start_multi_node.sh %s' "$here" "$env" "$role"

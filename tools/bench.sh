@@ -94,7 +94,7 @@ parse_run() {
 bench_config() {
     local name=$1 impl=$2 device=$3 backend=$4 nodes=$5 ranks=$6 scaling=$7 data=$8
     shift 8
-    local times=() all=() loss= out
+    local times=() all=() loss='' out
     echo "bench: $name: $*" >&2
     for ((r = 0; r <= repeats; r++)); do
         if ! out=$("$@" 2>&1 | parse_run); then
@@ -110,7 +110,7 @@ bench_config() {
     if [ "$impl" = torch ]; then
         "$@" 2>/dev/null | awk -F'[][/:, ]+' 'BEGIN { print "epoch,train_loss,eval_loss" } /^Epoch \[/ { print $2 "," $7 "," $10 }' >"$curves/$name.csv"
     else
-        "$@" --out "$curves/$name" >/dev/null 2>&1 && mv "$curves/$name/losses.csv" "$curves/$name.csv" && rm -rf "$curves/$name"
+        "$@" --out "$curves/$name" >/dev/null 2>&1 && mv "$curves/$name/losses.csv" "$curves/$name.csv" && rm -rf "${curves:?}/$name"
     fi
     local n_train=$((data * 8 / 10))
     median_min_max "${times[@]}" | awk -v row="$name,$impl,$device,$backend,$nodes,$ranks,$scaling,$data" \

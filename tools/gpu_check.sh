@@ -155,11 +155,12 @@ losses_agree() {
 }
 
 lesson02_gpu() {
-    local run
+    local run out
     for run in "--backend ring --gpus 2" "--backend nccl --gpus 1"; do
         # shellcheck disable=SC2086 # the flags are meant to split
-        timeout 120 build/multi_gpu --device cuda $run --epochs 3 | tee /dev/stderr |
-            grep -q '^Replicas agree: yes' || return 1
+        out=$(timeout 120 build/multi_gpu --device cuda $run --epochs 3) || return 1
+        printf '%s\n' "$out"
+        grep -q '^Replicas agree: yes' <<<"$out" || return 1
     done
 }
 
