@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -191,6 +192,21 @@ void net_peer_name(int fd, char* out, size_t out_len) {
     if (getpeername(fd, (struct sockaddr*)&sa, &len) == 0)
         inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof ip);
     snprintf(out, out_len, "%s:%d", ip, ntohs(sa.sin_port));
+}
+
+void net_interface_of(const char* addr, char* out, size_t out_len) {
+    struct in_addr want;
+    struct ifaddrs* list = NULL;
+    snprintf(out, out_len, "?");
+    if (inet_pton(AF_INET, addr, &want) != 1 || getifaddrs(&list) != 0)
+        return;
+    for (struct ifaddrs* i = list; i != NULL; i = i->ifa_next)
+        if (i->ifa_addr != NULL && i->ifa_addr->sa_family == AF_INET &&
+            ((struct sockaddr_in*)i->ifa_addr)->sin_addr.s_addr == want.s_addr) {
+            snprintf(out, out_len, "%s", i->ifa_name);
+            break;
+        }
+    freeifaddrs(list);
 }
 
 // One connection attempt, bounded by deadline. Returns the fd or -1 with errno.

@@ -7,7 +7,8 @@
  * that no call can wait past the deadline. Writes never raise SIGPIPE.
  *
  * APIs: NetStatus, net_set_nonblocking, net_send_all, net_recv_all, net_exchange, net_status_str,
- *       net_listen, net_local_port, net_local_addr, net_peer_name, net_connect_retry, net_accept.
+ *       net_listen, net_local_port, net_local_addr, net_peer_name, net_interface_of,
+ *       net_connect_retry, net_accept.
  */
 #ifndef NET_H
 #define NET_H
@@ -49,6 +50,9 @@ int net_local_port(int fd);
 void net_local_addr(int fd, char* out, size_t out_len);
 // The address of the connected peer as text ("127.0.0.2:51234").
 void net_peer_name(int fd, char* out, size_t out_len);
+// The name of this machine's network interface that has IPv4 address addr ("eth0",
+// "lo"), or "?" if none has it.
+void net_interface_of(const char* addr, char* out, size_t out_len);
 // Connects to addr:port, retrying with back-off (refused, unreachable, timed out)
 // until the deadline; a non-blocking fd, or -1 with the last error in why.
 int net_connect_retry(const char* addr, int port, double deadline, char* why, size_t why_len);

@@ -577,10 +577,13 @@ static int make_communicator(Communicator** comm, const Agent* a, int rank, int 
                       .k = dev->kernels};
     if (a->backend == BACKEND_RING) {
         int next = (rank + 1) % N, send_fd, recv_fd;
-        if (a->opt.debug)
-            check_message("ring: listening on %s:%d, sending to rank %d at %s:%d",
-                          a->world.ring_addr[rank], a->world.ring_port[rank], next,
+        if (a->opt.debug) {
+            char interface[64];
+            net_interface_of(a->world.ring_addr[rank], interface, sizeof interface);
+            check_message("ring: listening on %s:%d (interface %s), sending to rank %d at %s:%d",
+                          a->world.ring_addr[rank], a->world.ring_port[rank], interface, next,
                           a->world.ring_addr[next], a->world.ring_port[next]);
+        }
         if (comm_ring_connect_tcp(a->ring_listen_fds[local_rank], rank, N, a->world.ring_addr[next],
                                   a->world.ring_port[next], s.timeout_s, &send_fd, &recv_fd) != 0)
             return -1;
