@@ -75,8 +75,10 @@ TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 GPU_TEST_SRC := $(if $(NVCC),$(wildcard tests/gpu/test_*.cu))
 GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 
-# Keep the objects of tests and tools between builds (make would delete them as intermediates).
-.SECONDARY:
+# Keep the objects of tests and tools between builds (make would delete them as
+# intermediates); .PRECIOUS, not a bare .SECONDARY, which would also stop the stamps
+# below from forcing a relink when the configuration or the build id changes.
+.PRECIOUS: $(OBJ)/%.o $(OBJ)/%.cu.o
 
 .PHONY: all lesson-01 lesson-02 lesson-03 run tests test bench bench-quick bench-01 bench-02 diff-02 diff-03 demo-multinode clean found
 all: found $(LESSONS) $(TOOLS)

@@ -86,11 +86,12 @@ trap 'echo "launch.sh: interrupted, stopping every node" >&2; stop_all; exit 130
 
 # A node's lines start with its name, or with name#rank where a name comes twice.
 repeated=$(printf '%s\n' "${nodes[@]}" | sort | uniq -d)
+labels=()
 for i in "${!nodes[@]}"; do
     host=${nodes[$i]}
-    label=$host
-    [ -z "$repeated" ] || label="$host#$i"
-    ( remote "$host" "$(node_command "$i")" 2>&1 | sed -u "s/^/[$label] /" ) &
+    labels[i]=$host
+    [ -z "$repeated" ] || labels[i]="$host#$i"
+    ( remote "$host" "$(node_command "$i")" 2>&1 | sed -u "s/^/[${labels[i]}] /" ) &
     pids+=($!)
 done
 set +m # the groups exist now; without job control bash prints no job notices
@@ -109,7 +110,7 @@ while [ ${#finished[@]} -lt ${#pids[@]} ]; do
         if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then
             hint=
             [ "$rc" -eq 255 ] && hint=" (the remote shell failed: is the host reachable, with ssh keys set up? see ./setup.sh --multi-node)"
-            echo "launch.sh: node ${nodes[$i]} failed with status $rc$hint; stopping the others" >&2
+            echo "launch.sh: node ${labels[i]} failed with status $rc$hint; stopping the others" >&2
             status=$rc
             stop_all
         fi

@@ -95,9 +95,9 @@ check_multi_node() {
     for host in $(printf '%s\n' "${hosts[@]}" | sort -u); do
         local remote_build
         if [ -n "${DDP_RSH:-}" ]; then
-            remote_build=$($DDP_RSH "$host" bash -c "git -C $(printf %q "$here") describe --always --dirty" 2>&1) || remote_build=
+            remote_build=$($DDP_RSH "$host" bash -c "git -C $(printf %q "$here") describe --always --dirty" 2>/dev/null) || remote_build=
         else
-            remote_build=$(ssh -o BatchMode=yes -o ConnectTimeout=10 "$host" "git -C $(printf %q "$here") describe --always --dirty" 2>&1) || remote_build=
+            remote_build=$(ssh -o BatchMode=yes -o ConnectTimeout=10 "$host" "git -C $(printf %q "$here") describe --always --dirty" 2>/dev/null) || remote_build=
         fi
         if [ -z "$remote_build" ]; then
             echo "$host: cannot run commands there without a password: ssh-copy-id $host (and check that $here exists there)"

@@ -9,7 +9,9 @@
 #include "check.h"
 
 bool mpi_launched(void) {
-    const char* vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"};
+    // Set for each rank by the launcher itself, not merely inside a batch job: Open MPI's
+    // mpirun, PMI (MPICH's Hydra, srun --mpi=pmi2) and PMIx (srun --mpi=pmix, prterun).
+    const char* vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"};
     for (size_t i = 0; i < sizeof vars / sizeof *vars; i++)
         if (getenv(vars[i]) != NULL)
             return true;

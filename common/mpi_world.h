@@ -22,7 +22,8 @@
 extern "C" {
 #endif
 
-// Whether an MPI launcher started this process (Open MPI, MPICH/Hydra, PMIx or Slurm).
+// Whether an MPI launcher started this process (Open MPI's mpirun, PMI or PMIx, as srun
+// with --mpi=pmi2 or pmix).
 bool mpi_launched(void);
 // MPI_Init, then this process's rank, the world size and its local rank. 0 or -1.
 int mpi_world_init(int* rank, int* world_size, int* local_rank);

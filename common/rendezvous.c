@@ -283,6 +283,14 @@ static void first_setting_difference(const char* mine, const char* theirs, int n
              y ? y : "(nothing)", node);
 }
 
+// Whether the node at the other end of fd (if any) has hung up: a restarted node gives up
+// the place that its first connection took.
+static bool peer_gone(int fd) {
+    char byte;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return fd >= 0 && poll(&p, 1, 0) == 1 && recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 // Ranks of the nodes admitted so far, the master's included.
 static int ranks_in(const Rdzv* r) {
     int ranks = r->hello[0].nproc;
@@ -312,20 +320,12 @@ static void check_hello(const Rdzv* r, const RdzvHello* own, const RdzvHello* h,
                  "node rank %d is out of range: --nnodes %d allows 1 to %d besides the "
                  "master",
                  h->node_rank, r->nnodes, r->nnodes - 1);
-    else if (r->control_fd[h->node_rank] >= 0)
+    else if (r->control_fd[h->node_rank] >= 0 && !peer_gone(r->control_fd[h->node_rank]))
         snprintf(why, n, "node rank %d is taken already (two nodes with the same --node-rank?)",
                  h->node_rank);
     else if (ranks_in(r) + h->nproc > RDZV_MAX_RANKS)
         snprintf(why, n, "with its %d workers the world would have %d ranks, more than %d",
                  h->nproc, ranks_in(r) + h->nproc, RDZV_MAX_RANKS);
-}
-
-// Whether the node at the other end of fd (if any) has hung up: a restarted node gives up
-// the place that its first connection took.
-static bool peer_gone(int fd) {
-    char byte;
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    return fd >= 0 && poll(&p, 1, 0) == 1 && recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
 }
 
 // Takes one connection from the listener: its HELLO is accepted, or refused with a reason.
@@ -346,18 +346,17 @@ static void admit_one(Rdzv* r, const RdzvHello* own, int fd) {
         close(fd);
         return;
     }
-    if (h.node_rank >= 1 && h.node_rank < r->nnodes && peer_gone(r->control_fd[h.node_rank])) {
-        check_message("rendezvous: node %d left before the world formed; %s takes its place",
-                      h.node_rank, peer);
-        close(r->control_fd[h.node_rank]);
-        r->control_fd[h.node_rank] = -1;
-    }
     check_hello(r, own, &h, why, sizeof why);
     if (why[0] != '\0') {
         check_message("rendezvous: refused node %d from %s: %s", h.node_rank, peer, why);
         send_msg(fd, MSG_REFUSE, why, strlen(why) + 1, timer_seconds() + 1.0);
         close(fd);
         return;
+    }
+    if (r->control_fd[h.node_rank] >= 0) { // check_hello found its first holder gone
+        check_message("rendezvous: node %d left before the world formed; %s takes its place",
+                      h.node_rank, peer);
+        close(r->control_fd[h.node_rank]);
     }
     r->control_fd[h.node_rank] = fd;
     r->hello[h.node_rank] = h;

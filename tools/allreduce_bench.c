@@ -66,6 +66,14 @@ static void parse_args(Bench* b, int argc, char** argv) {
         if (err)
             exit(EXIT_USAGE);
     }
+    char why[512];
+    Backend engine;
+    if (strcmp(b->backend, "nccl") == 0 &&
+        comm_choose_backend("nccl", device_gpu_count_forked(), b->ranks, &engine, why,
+                            sizeof why) != 0) {
+        fprintf(stderr, "error: %s\n", why);
+        exit(EXIT_USAGE);
+    }
     if (b->min_bytes > b->max_bytes) {
         fprintf(stderr, "error: --min-bytes (%ld) must not exceed --max-bytes (%ld)\n",
                 b->min_bytes, b->max_bytes);
