@@ -406,7 +406,7 @@ Test(launch, multi_node_on_two_local_nodes_prefixes_every_line_and_agrees) {
     cr_assert_not_null(strstr(r.out.text, "Replicas agree: yes (2 ranks"), "stdout:\n%s",
                        r.out.text);
     for (int rank = 0; rank < 2; rank++) {
-        char want[PATH_MAX + 64];
+        char want[PATH_MAX + 128];
         snprintf(want, sizeof want,
                  "[127.0.0.1#%d] + %s/build/multi_node --nnodes 2 --node-rank %d ", rank, repo,
                  rank);

@@ -85,6 +85,13 @@ static int upload_data(DeviceData* d, const Kernels* k, const Dataset* data, con
     return err ? -1 : 0;
 }
 
+static void release_data(DeviceData* d, const Kernels* k) {
+    void* buffers[] = {d->x, d->y, d->train_indices, d->eval_indices};
+    for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++)
+        if (buffers[i] != NULL)
+            k->release(buffers[i]);
+}
+
 // ----------------------------------------------------------------------------
 // training and evaluation
 
@@ -187,9 +194,14 @@ int main(int argc, char** argv) {
         return EXIT_FAILURE;
     print_model_summary(&model);
 
-    if (train(&model, &c, &data, &d, &sampler, stats) != 0)
-        return EXIT_FAILURE;
-    if (c.out_dir != NULL && report_write(c.out_dir, stats, c.epochs) != 0)
-        return EXIT_FAILURE;
-    return EXIT_SUCCESS;
+    int status = train(&model, &c, &data, &d, &sampler, stats) == 0 &&
+                         (c.out_dir == NULL || report_write(c.out_dir, stats, c.epochs) == 0)
+                     ? EXIT_SUCCESS
+                     : EXIT_FAILURE;
+    release_data(&d, dev.kernels);
+    mlp_free(&model);
+    sampler_free(&sampler);
+    dataset_free(&data);
+    free(stats);
+    return status;
 }

@@ -147,6 +147,13 @@ static int upload_data(DeviceData* d, const Kernels* k, const Dataset* data, con
     return err ? -1 : 0;
 }
 
+static void release_data(DeviceData* d, const Kernels* k) {
+    void* buffers[] = {d->x, d->y, d->train_indices, d->eval_indices};
+    for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++)
+        if (buffers[i] != NULL)
+            k->release(buffers[i]);
+}
+
 // ----------------------------------------------------------------------------
 // training and evaluation
 
@@ -264,13 +271,18 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
     if (rank == 0)
         print_model_summary(&model);
 
-    if (train(&model, c, &d, &sampler, comm, rank == 0, stats) != 0 ||
-        replicas_check(comm, model.k, model.params, (size_t)model.num_params, rank, world_size) !=
-            0)
-        return 1;
-    if (rank == 0 && c->out_dir != NULL && report_write(c->out_dir, stats, c->epochs) != 0)
-        return 1;
-    return 0;
+    int status = 1;
+    if (train(&model, c, &d, &sampler, comm, rank == 0, stats) == 0 &&
+        replicas_check(comm, model.k, model.params, (size_t)model.num_params, rank, world_size) ==
+            0 &&
+        (rank != 0 || c->out_dir == NULL || report_write(c->out_dir, stats, c->epochs) == 0))
+        status = 0;
+    release_data(&d, dev->kernels);
+    mlp_free(&model);
+    sampler_free(&sampler);
+    dataset_free(&data);
+    free(stats);
+    return status;
 }
 
 // ----------------------------------------------------------------------------
