@@ -100,7 +100,8 @@ static int open_gpu(Device* d, int gpu_index, char* why, size_t why_len) {
 }
 #endif
 
-void device_explain_no_gpu(char* why, size_t why_len) {
+// Why "--device cuda" cannot be had here: no GPU, or no CUDA in this build.
+static void device_explain_no_gpu(char* why, size_t why_len) {
 #ifdef HAVE_CUDA
     snprintf(why, why_len,
              "--device cuda: no usable GPU was found (is the NVIDIA driver loaded? "

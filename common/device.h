@@ -6,8 +6,7 @@
  * with an error rather than 0; any error there means "no GPU". A build without
  * CUDA (no nvcc, or make NO_CUDA=1) knows no GPU at all.
  *
- * APIs: Device, device_gpu_count, device_gpu_count_forked, device_explain_no_gpu,
- *       device_gpus_for_workers, device_open,
+ * APIs: Device, device_gpu_count, device_gpu_count_forked, device_gpus_for_workers, device_open,
  *       device_describe.
  */
 #ifndef DEVICE_H
@@ -38,9 +37,6 @@ int device_gpu_count(void);
 // The same, asked in a short-lived child process, so that this process does not
 // touch CUDA before it forks its workers.
 int device_gpu_count_forked(void);
-
-// Why "--device cuda" cannot be had here: no GPU, or no CUDA in this build.
-void device_explain_no_gpu(char* why, size_t why_len);
 
 // How many GPUs the workers of a process that has not touched CUDA can use, with
 // request "auto", "cpu" (0) or "cuda". Returns the count, or -1 with the reason in

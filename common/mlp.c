@@ -4,6 +4,7 @@
 #include "mlp.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "check.h"
@@ -161,4 +162,12 @@ int mlp_take_loss(Mlp* m, float* host_loss) {
 
 int mlp_get_params(const Mlp* m, float* host_params) {
     return m->k->download(host_params, m->params, (size_t)m->num_params * sizeof(float));
+}
+
+void mlp_print_summary(const Mlp* m) {
+    int H = m->hidden;
+    printf("Model: Linear(1, %d) -> ReLU -> Linear(%d, %d) -> LayerNorm(%d) -> ReLU -> "
+           "Linear(%d, 1)\n",
+           H, H, H, H, H);
+    printf("Total parameters: %d\n", m->num_params);
 }

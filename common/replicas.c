@@ -8,7 +8,8 @@
 
 #include "check.h"
 
-uint64_t replicas_hash(const void* bytes, size_t len) {
+// FNV-1a, 64 bits, over len bytes.
+static uint64_t replicas_hash(const void* bytes, size_t len) {
     const unsigned char* p = bytes;
     uint64_t h = 0xcbf29ce484222325ull;
     for (size_t i = 0; i < len; i++) {

@@ -6,7 +6,7 @@
  * parameters and every rank learns every hash, so a rank that drifted (a
  * missed all-reduce, a non-deterministic kernel) is named, not guessed at.
  *
- * APIs: replicas_hash, replicas_gather_hashes, replicas_check.
+ * APIs: replicas_gather_hashes, replicas_check.
  */
 #ifndef REPLICAS_H
 #define REPLICAS_H
@@ -19,9 +19,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-// FNV-1a, 64 bits, over len bytes.
-uint64_t replicas_hash(const void* bytes, size_t len);
 
 // hashes (world_size) = every rank's hash, on every rank. Returns 0 or -1.
 int replicas_gather_hashes(Communicator* comm, const Kernels* k, int rank, int world_size,

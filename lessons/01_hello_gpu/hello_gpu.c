@@ -147,14 +147,6 @@ static int train(Mlp* m, const TrainConfig* c, const Dataset* data, const Device
 // ----------------------------------------------------------------------------
 // output
 
-static void print_model_summary(const Mlp* m) {
-    int H = m->hidden;
-    printf("Model: Linear(1, %d) -> ReLU -> Linear(%d, %d) -> LayerNorm(%d) -> ReLU -> "
-           "Linear(%d, 1)\n",
-           H, H, H, H, H);
-    printf("Total parameters: %d\n", m->num_params);
-}
-
 static void print_device(const Device* dev, const char* requested) {
     char description[512];
     device_describe(dev, description, sizeof description);
@@ -192,7 +184,7 @@ int main(int argc, char** argv) {
         mlp_create(&model, dev.kernels, c.hidden_size, c.batch_size) != 0 ||
         mlp_init_params(&model, c.seed) != 0 || upload_data(&d, dev.kernels, &data, &sampler) != 0)
         return EXIT_FAILURE;
-    print_model_summary(&model);
+    mlp_print_summary(&model);
 
     int status = train(&model, &c, &data, &d, &sampler, stats) == 0 &&
                          (c.out_dir == NULL || report_write(c.out_dir, stats, c.epochs) == 0)

@@ -228,14 +228,6 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
 // ----------------------------------------------------------------------------
 // output
 
-static void print_model_summary(const Mlp* m) {
-    int H = m->hidden;
-    printf("Model: Linear(1, %d) -> ReLU -> Linear(%d, %d) -> LayerNorm(%d) -> ReLU -> "
-           "Linear(%d, 1)\n",
-           H, H, H, H, H);
-    printf("Total parameters: %d\n", m->num_params);
-}
-
 static void print_process_initialized(const Device* dev, int rank, int local_rank, int world_size) {
     char description[512], host[256] = "unknown";
     device_describe(dev, description, sizeof description);
@@ -269,7 +261,7 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
     if (comm_broadcast(comm, model.params, (size_t)model.num_params, 0) != 0)
         return 1;
     if (rank == 0)
-        print_model_summary(&model);
+        mlp_print_summary(&model);
 
     int status = 1;
     if (train(&model, c, &d, &sampler, comm, rank == 0, stats) == 0 &&
