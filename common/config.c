@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +26,15 @@ void config_defaults(TrainConfig* c) {
         .optimizer = OPTIMIZER_ADAM,
         .device = "auto",
         .out_dir = NULL,
+        .checkpoint_dir = NULL,
+        .checkpoint_every = 1,
+        .resume = RESUME_NO,
     };
+}
+
+// The training flag that takes no value: "--resume --epochs 5" must not swallow "--epochs".
+static bool is_switch(const char* arg) {
+    return strcmp(arg, "--resume") == 0;
 }
 
 int config_split_flag(int argc, char** argv, int* i, char* flag, int flag_len, const char** value) {
@@ -40,7 +49,7 @@ int config_split_flag(int argc, char** argv, int* i, char* flag, int flag_len, c
         *value = equals + 1;
     } else {
         snprintf(flag, (size_t)flag_len, "%s", arg);
-        *value = *i + 1 < argc ? argv[++*i] : NULL;
+        *value = !is_switch(arg) && *i + 1 < argc ? argv[++*i] : NULL;
     }
     return 0;
 }
@@ -100,10 +109,29 @@ int config_parse_choice(const char* flag, const char* value, const char* choices
     return -1;
 }
 
+// A directory flag's value: anything but nothing.
+static int parse_dir(const char* flag, const char* value, const char** out) {
+    if (value == NULL || *value == '\0') {
+        fprintf(stderr, "error: %s needs a directory\n", flag);
+        return -1;
+    }
+    *out = value;
+    return 0;
+}
+
+// A switch's value: none, or it is a mistake like --resume=yes.
+static int parse_switch(const char* flag, const char* value) {
+    if (value != NULL) {
+        fprintf(stderr, "error: %s takes no value, got '%s'\n", flag, value);
+        return -1;
+    }
+    return 0;
+}
+
 int config_parse_training_flag(TrainConfig* c, const char* flag, const char* value) {
     int err = 0;
     if (strcmp(flag, "--epochs") == 0)
-        err = config_parse_int(flag, value, 1, 1000000, &c->epochs);
+        err = config_parse_int(flag, value, 1, CONFIG_MAX_EPOCHS, &c->epochs);
     else if (strcmp(flag, "--batch-size") == 0)
         err = config_parse_int(flag, value, 1, 10000000, &c->batch_size);
     else if (strcmp(flag, "--learning-rate") == 0)
@@ -111,7 +139,7 @@ int config_parse_training_flag(TrainConfig* c, const char* flag, const char* val
     else if (strcmp(flag, "--data-size") == 0)
         err = config_parse_int(flag, value, 10, 100000000, &c->data_size);
     else if (strcmp(flag, "--hidden-size") == 0)
-        err = config_parse_int(flag, value, 1, 4096, &c->hidden_size);
+        err = config_parse_int(flag, value, 1, CONFIG_MAX_HIDDEN, &c->hidden_size);
     else if (strcmp(flag, "--seed") == 0)
         err = parse_seed(value, &c->seed);
     else if (strcmp(flag, "--optimizer") == 0) {
@@ -121,18 +149,26 @@ int config_parse_training_flag(TrainConfig* c, const char* flag, const char* val
             c->optimizer = strcmp(name, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM;
     } else if (strcmp(flag, "--device") == 0) {
         err = config_parse_choice(flag, value, "auto|cpu|cuda", &c->device);
-    } else if (strcmp(flag, "--out") == 0) {
-        if (value == NULL || *value == '\0') {
-            fprintf(stderr, "error: --out needs a directory\n");
-            err = -1;
-        }
-        c->out_dir = value;
+    } else if (strcmp(flag, "--out") == 0)
+        err = parse_dir(flag, value, &c->out_dir);
+    else if (strcmp(flag, "--checkpoint-dir") == 0)
+        err = parse_dir(flag, value, &c->checkpoint_dir);
+    else if (strcmp(flag, "--checkpoint-every") == 0)
+        err = config_parse_int(flag, value, 1, CONFIG_MAX_EPOCHS, &c->checkpoint_every);
+    else if (strcmp(flag, "--resume") == 0) {
+        err = parse_switch(flag, value);
+        c->resume = RESUME_REQUIRED;
     } else
         return 0;
     return err == 0 ? 1 : -1;
 }
 
 int config_check(const TrainConfig* c, int world_size) {
+    if (c->checkpoint_dir == NULL && (c->resume != RESUME_NO || c->checkpoint_every != 1)) {
+        fprintf(stderr, "error: %s needs --checkpoint-dir\n",
+                c->resume != RESUME_NO ? "--resume" : "--checkpoint-every");
+        return -1;
+    }
     // Element counts are ints: one batch's activations, B x H, must fit one.
     if ((long long)c->batch_size * c->hidden_size > INT_MAX) {
         fprintf(stderr, "error: --batch-size %d x --hidden-size %d must be at most %d elements\n",

@@ -2,9 +2,11 @@
  * config.h - the training flags every lesson shares, and how to read them.
  *
  * Flags follow the original app: --epochs --batch-size --learning-rate
- * --data-size --hidden-size --seed --optimizer --device --out, written as
- * "--flag value" or "--flag=value". A bad value is one line on stderr naming
- * the flag and the accepted range; the program then exits with status 2.
+ * --data-size --hidden-size --seed --optimizer --device --out, and its "next
+ * step", checkpoints: --checkpoint-dir --checkpoint-every --resume. Written as
+ * "--flag value" or "--flag=value"; the switch --resume takes no value.
+ * A bad value is one line on stderr naming the flag and the accepted range; the
+ * program then exits with status 2.
  *
  * APIs: TrainConfig, config_defaults, config_split_flag, config_parse_int, config_parse_choice,
  *       config_parse_training_flag, config_check, config_print_banner, CONFIG_TRAINING_HELP.
@@ -21,6 +23,15 @@ extern "C" {
 #endif
 
 #define EXIT_USAGE 2
+#define CONFIG_MAX_EPOCHS 1000000
+#define CONFIG_MAX_HIDDEN 4096
+
+// Whether a run continues from the checkpoint in --checkpoint-dir.
+typedef enum {
+    RESUME_NO,         // a fresh run: an existing checkpoint is an error (it would be overwritten)
+    RESUME_REQUIRED,   // --resume: the checkpoint must be there
+    RESUME_IF_PRESENT, // a restart after a failure: from the checkpoint if one was written
+} ResumeMode;
 
 typedef struct {
     int epochs;
@@ -32,6 +43,9 @@ typedef struct {
     OptimizerKind optimizer;
     const char* device;  // "auto", "cpu" or "cuda"
     const char* out_dir; // NULL: write no files
+    const char* checkpoint_dir; // NULL: no checkpoints
+    int checkpoint_every;       // epochs between two checkpoints
+    ResumeMode resume;
 } TrainConfig;
 
 #define CONFIG_TRAINING_HELP                                                                       \
@@ -43,13 +57,16 @@ typedef struct {
     "  --seed N              decides the data, the initial weights and the shuffle (default 42)\n" \
     "  --optimizer NAME      adam or sgd (SGD with momentum 0.9) (default adam)\n"                 \
     "  --device NAME         auto, cpu or cuda (default auto: a GPU if there is one)\n"            \
-    "  --out DIR             write DIR/losses.csv and DIR/loss.png\n"
+    "  --out DIR             write DIR/losses.csv and DIR/loss.png\n"                          \
+    "  --checkpoint-dir DIR  save the model and optimizer to DIR/checkpoint.bin\n"                \
+    "  --checkpoint-every N  epochs between two checkpoints (default 1; the last one always)\n"   \
+    "  --resume              continue from DIR/checkpoint.bin\n"
 
 void config_defaults(TrainConfig* c);
 
 // Splits argv[*i] into a flag and its value ("--flag=value" or "--flag value",
-// advancing *i). A flag without a value gets value NULL. Returns 0, or -1 with
-// a message when argv[*i] is not a flag at all.
+// advancing *i). The switch --resume, or a flag at the end, gets value NULL.
+// Returns 0, or -1 with a message when argv[*i] is not a flag at all.
 int config_split_flag(int argc, char** argv, int* i, char* flag, int flag_len, const char** value);
 
 // Reads an integer in [min, max] for flag; -1 with a message on stderr otherwise.
@@ -63,8 +80,9 @@ int config_parse_choice(const char* flag, const char* value, const char* choices
 // one, -1 (after a message on stderr) if its value is bad.
 int config_parse_training_flag(TrainConfig* c, const char* flag, const char* value);
 
-// Checks what no single flag can: the batch must fit the training set. world_size
-// ranks share that set. Returns 0, or -1 with a message on stderr.
+// Checks what no single flag can: the batch must fit the training set (world_size
+// ranks share it), checkpoint flags need --checkpoint-dir. Returns 0, or -1 with a
+// message on stderr.
 int config_check(const TrainConfig* c, int world_size);
 
 void config_print_banner(const TrainConfig* c);

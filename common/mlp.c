@@ -164,6 +164,20 @@ int mlp_get_params(const Mlp* m, float* host_params) {
     return m->k->download(host_params, m->params, (size_t)m->num_params * sizeof(float));
 }
 
+int mlp_get_state(const Mlp* m, float* params, float* opt_m, float* opt_v) {
+    size_t bytes = (size_t)m->num_params * sizeof(float);
+    RETURN_IF_FAILED(m->k->download(params, m->params, bytes));
+    RETURN_IF_FAILED(m->k->download(opt_m, m->opt_m, bytes));
+    return m->k->download(opt_v, m->opt_v, bytes);
+}
+
+int mlp_set_state(Mlp* m, const float* params, const float* opt_m, const float* opt_v) {
+    size_t bytes = (size_t)m->num_params * sizeof(float);
+    RETURN_IF_FAILED(m->k->upload(m->params, params, bytes));
+    RETURN_IF_FAILED(m->k->upload(m->opt_m, opt_m, bytes));
+    return m->k->upload(m->opt_v, opt_v, bytes);
+}
+
 void mlp_print_summary(const Mlp* m) {
     int H = m->hidden;
     printf("Model: Linear(1, %d) -> ReLU -> Linear(%d, %d) -> LayerNorm(%d) -> ReLU -> "

@@ -9,7 +9,7 @@
  * Shapes: B batch rows (at most max_batch), H hidden features.
  * APIs: mlp_num_params, mlp_create, mlp_init_params, mlp_load_batch,
  *       mlp_forward, mlp_loss, mlp_backward, mlp_update, mlp_take_loss,
- *       mlp_get_params, mlp_print_summary, mlp_free.
+ *       mlp_get_params, mlp_get_state, mlp_set_state, mlp_print_summary, mlp_free.
  */
 #ifndef MLP_H
 #define MLP_H
@@ -93,6 +93,9 @@ int mlp_update(Mlp* m, Optimizer* opt);
 // Copies the loss sum to the host and resets it to 0.
 int mlp_take_loss(Mlp* m, float* host_loss);
 int mlp_get_params(const Mlp* m, float* host_params);
+// What a checkpoint holds, in host memory: params, opt_m and opt_v (num_params each).
+int mlp_get_state(const Mlp* m, float* params, float* opt_m, float* opt_v);
+int mlp_set_state(Mlp* m, const float* params, const float* opt_m, const float* opt_v);
 // Prints the layers and "Total parameters: N", as the original app does.
 void mlp_print_summary(const Mlp* m);
 

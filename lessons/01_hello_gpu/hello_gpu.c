@@ -9,13 +9,16 @@
  *
  * New in this lesson: device detection (common/device.h), device memory
  * (alloc / upload / download), the training loop (load a batch, forward, loss,
- * backward, update), evaluation, timing, and --out files (common/report.h).
+ * backward, update), evaluation, timing, --out files (common/report.h), and
+ * checkpoints: --checkpoint-dir saves the training every few epochs, --resume
+ * goes on from there (common/checkpoint.h).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
+#include "checkpoint.h"
 #include "config.h"
 #include "data.h"
 #include "device.h"
@@ -125,11 +128,15 @@ static int evaluate(Mlp* m, const DeviceData* d, int n_eval, float* eval_loss) {
     return mlp_take_loss(m, eval_loss);
 }
 
+// Trains from the start, or from the epoch after resume_from's (unless it is NULL).
 static int train(Mlp* m, const TrainConfig* c, const Dataset* data, const DeviceData* d, Sampler* s,
-                 EpochStats* stats) {
+                 const Checkpoint* resume_from, EpochStats* stats) {
     Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
+    int first_epoch = resume_from ? checkpoint_restore(resume_from, c, 1, m, &opt, stats, true) : 0;
+    if (first_epoch < 0)
+        return -1;
     double start = timer_seconds();
-    for (int epoch = 0; epoch < c->epochs; epoch++) {
+    for (int epoch = first_epoch; epoch < c->epochs; epoch++) {
         double epoch_start = timer_seconds();
         EpochStats* e = &stats[epoch];
         RETURN_IF_FAILED(train_epoch(m, &opt, s, d, epoch, c->batch_size, &e->train_loss));
@@ -137,10 +144,12 @@ static int train(Mlp* m, const TrainConfig* c, const Dataset* data, const Device
         e->seconds = timer_seconds() - epoch_start;
         printf("Epoch [%d/%d] - Train Loss: %.6f, Eval Loss: %.6f\n", epoch + 1, c->epochs,
                e->train_loss, e->eval_loss);
+        RETURN_IF_FAILED(checkpoint_save_due(c, 1, m, &opt, stats, epoch + 1));
     }
     double total = timer_seconds() - start;
     printf("Training completed in %.3f seconds\n", total);
-    printf("Average time per epoch: %.6f seconds\n", total / c->epochs);
+    if (c->epochs > first_epoch)
+        printf("Average time per epoch: %.6f seconds\n", total / (c->epochs - first_epoch));
     return 0;
 }
 
@@ -171,6 +180,12 @@ int main(int argc, char** argv) {
     }
     if (c.out_dir != NULL && report_prepare_dir(c.out_dir) != 0)
         return EXIT_USAGE;
+    Checkpoint checkpoint;
+    int resuming = checkpoint_find(&c, &checkpoint, why, sizeof why);
+    if (resuming < 0) {
+        fprintf(stderr, "error: %s\n", why);
+        return EXIT_USAGE;
+    }
     print_device(&dev, c.device);
     config_print_banner(&c);
 
@@ -186,10 +201,11 @@ int main(int argc, char** argv) {
         return EXIT_FAILURE;
     mlp_print_summary(&model);
 
-    int status = train(&model, &c, &data, &d, &sampler, stats) == 0 &&
+    int status = train(&model, &c, &data, &d, &sampler, resuming ? &checkpoint : NULL, stats) == 0 &&
                          (c.out_dir == NULL || report_write(c.out_dir, stats, c.epochs) == 0)
                      ? EXIT_SUCCESS
                      : EXIT_FAILURE;
+    checkpoint_free(&checkpoint);
     release_data(&d, dev.kernels);
     mlp_free(&model);
     sampler_free(&sampler);

@@ -10,7 +10,9 @@
  * New since lesson 01: the parent forks one worker per GPU and supervises them
  * (common/workers.h); the communicator and its two engines, NCCL and a ring
  * all-reduce over sockets (common/collective.h); data sharding (the sampler's
- * world size); rank-0 logging; the replica check (common/replicas.h).
+ * world size); rank-0 logging; the replica check (common/replicas.h); restarts:
+ * with --max-restarts N, a failed worker ends the attempt, and the parent forks
+ * every worker again, resuming from the last checkpoint (common/checkpoint.h).
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -19,6 +21,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "checkpoint.h"
 #include "collective.h"
 #include "config.h"
 #include "data.h"
@@ -38,6 +41,7 @@ typedef struct {
     const char* backend; // --backend auto|nccl|ring
     int timeout_s;       // --timeout: deadline of every collective
     bool debug;          // --debug: print every collective step
+    int max_restarts;    // --max-restarts: new attempts after a worker fails
 } Options;
 
 static void print_usage(void) {
@@ -49,6 +53,8 @@ static void print_usage(void) {
           "  --backend NAME        auto, nccl or ring (default auto: NCCL when every worker has\n"
           "                        its own GPU, the ring all-reduce otherwise)\n"
           "  --timeout SECONDS     deadline of every collective (default 60)\n"
+          "  --max-restarts N      when a worker fails, start every worker again, from the last\n"
+          "                        checkpoint if there is one, up to N times (default 0)\n"
           "  --debug               print every collective step on stderr\n"
           "  --help                print this help and exit\n",
           stdout);
@@ -78,6 +84,8 @@ static void parse_args(Options* o, int argc, char** argv) {
             parsed = config_parse_choice(flag, value, "auto|nccl|ring", &o->backend) == 0 ? 1 : -1;
         else if (parsed == 0 && strcmp(flag, "--timeout") == 0)
             parsed = config_parse_int(flag, value, 1, 86400, &o->timeout_s) == 0 ? 1 : -1;
+        else if (parsed == 0 && strcmp(flag, "--max-restarts") == 0)
+            parsed = config_parse_int(flag, value, 0, 1000, &o->max_restarts) == 0 ? 1 : -1;
         if (parsed == 0)
             fprintf(stderr, "error: unknown flag %s (see --help)\n", flag);
         if (parsed != 1)
@@ -111,6 +119,12 @@ static void make_plan(Plan* p, const Options* o) {
     if (config_check(&o->train, p->world_size) != 0 ||
         (o->train.out_dir != NULL && report_prepare_dir(o->train.out_dir) != 0))
         exit(EXIT_USAGE);
+    Checkpoint checkpoint; // the workers read it; a bad one fails here, before any fork
+    if (checkpoint_find(&o->train, &checkpoint, why, sizeof why) < 0) {
+        fprintf(stderr, "error: %s\n", why);
+        exit(EXIT_USAGE);
+    }
+    checkpoint_free(&checkpoint);
 }
 
 // ----------------------------------------------------------------------------
@@ -198,29 +212,38 @@ static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, float* eval
     return mlp_take_loss(m, eval_loss);
 }
 
-// Trains every epoch; rank 0 (verbose) prints the progress.
+// Trains from the start, or from the epoch after resume_from's (unless it is NULL);
+// rank 0 (verbose) prints the progress and writes the checkpoints.
 static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, Communicator* comm,
-                 bool verbose, EpochStats* stats) {
+                 int world_size, bool verbose, const Checkpoint* resume_from, EpochStats* stats) {
     Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
+    int first_epoch =
+        resume_from ? checkpoint_restore(resume_from, c, world_size, m, &opt, stats, verbose) : 0;
+    if (first_epoch < 0)
+        return -1;
     double comm_seconds = 0.0;
     double start = timer_seconds();
-    for (int epoch = 0; epoch < c->epochs; epoch++) {
+    for (int epoch = first_epoch; epoch < c->epochs; epoch++) {
         double epoch_start = timer_seconds();
         EpochStats* e = &stats[epoch];
         RETURN_IF_FAILED(
             train_epoch(m, &opt, s, d, epoch, c->batch_size, comm, &comm_seconds, &e->train_loss));
         RETURN_IF_FAILED(evaluate(m, d, comm, &e->eval_loss));
         e->seconds = timer_seconds() - epoch_start;
-        if (verbose)
+        if (verbose) {
             printf("Epoch [%d/%d] - Train Loss: %.6f, Eval Loss: %.6f\n", epoch + 1, c->epochs,
                    e->train_loss, e->eval_loss);
+            RETURN_IF_FAILED(checkpoint_save_due(c, world_size, m, &opt, stats, epoch + 1));
+        }
     }
     double total = timer_seconds() - start;
-    if (verbose) {
+    int epochs_run = c->epochs - first_epoch;
+    if (verbose)
         printf("Training completed in %.3f seconds\n", total);
-        printf("Average time per epoch: %.6f seconds\n", total / c->epochs);
+    if (verbose && epochs_run > 0) {
+        printf("Average time per epoch: %.6f seconds\n", total / epochs_run);
         printf("Gradient all-reduce: %.6f seconds per epoch (%.1f%% of the time)\n",
-               comm_seconds / c->epochs, 100.0 * comm_seconds / total);
+               comm_seconds / epochs_run, 100.0 * comm_seconds / total);
     }
     return 0;
 }
@@ -262,13 +285,24 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
         return 1;
     if (rank == 0)
         mlp_print_summary(&model);
+    // Every rank reads the checkpoint that it resumes from, if any: all must read the same.
+    Checkpoint checkpoint;
+    char why[512];
+    int resuming = checkpoint_find(c, &checkpoint, why, sizeof why);
+    if (resuming < 0)
+        check_message("%s", why);
+    if (resuming < 0 || checkpoint_ranks_agree(comm, dev->kernels, rank, world_size,
+                                               resuming ? &checkpoint : NULL) != 0)
+        return 1;
 
     int status = 1;
-    if (train(&model, c, &d, &sampler, comm, rank == 0, stats) == 0 &&
+    if (train(&model, c, &d, &sampler, comm, world_size, rank == 0,
+              resuming ? &checkpoint : NULL, stats) == 0 &&
         replicas_check(comm, model.k, model.params, (size_t)model.num_params, rank, world_size) ==
             0 &&
         (rank != 0 || c->out_dir == NULL || report_write(c->out_dir, stats, c->epochs) == 0))
         status = 0;
+    checkpoint_free(&checkpoint);
     release_data(&d, dev->kernels);
     mlp_free(&model);
     sampler_free(&sampler);
@@ -318,6 +352,18 @@ static int worker_main(int rank, void* arg) {
     return status;
 }
 
+// One attempt at the job: every worker forked, supervised to the end. Returns what
+// workers_wait does; w->failure names the first failure.
+static int run_workers(Workers* w, Plan* p) {
+    // The ring's sockets are made before the fork, so that every worker inherits them.
+    if (comm_ring_socketpairs(p->ring_fds, p->world_size) != 0 ||
+        workers_start(w, p->world_size, 0, worker_main, p) != 0)
+        return EXIT_FAILURE;
+    for (int i = 0; i < p->world_size; i++) // the parent only supervises
+        close(p->ring_fds[i][0]), close(p->ring_fds[i][1]);
+    return workers_wait(w, NULL, NULL);
+}
+
 // ----------------------------------------------------------------------------
 
 int main(int argc, char** argv) {
@@ -331,11 +377,16 @@ int main(int argc, char** argv) {
     printf("  Backend: %s\n", p.backend == BACKEND_NCCL ? "nccl" : "ring");
 
     Workers workers;
-    // The ring's sockets are made before the fork, so that every worker inherits them.
-    if (comm_ring_socketpairs(p.ring_fds, p.world_size) != 0 ||
-        workers_start(&workers, p.world_size, 0, worker_main, &p) != 0)
-        return EXIT_FAILURE;
-    for (int i = 0; i < p.world_size; i++) // the parent only supervises
-        close(p.ring_fds[i][0]), close(p.ring_fds[i][1]);
-    return workers_wait(&workers, NULL, NULL);
+    for (int restart = 1;; restart++) {
+        int status = run_workers(&workers, &p);
+        if (status == 0 || status > 128 || o.max_restarts == 0) // 128 + signal: interrupted
+            return status;
+        if (restart > o.max_restarts) {
+            fprintf(stderr, "no restarts left (%d used): the job ends after: %s\n",
+                    o.max_restarts, workers.failure);
+            return status;
+        }
+        fprintf(stderr, "restart %d/%d after: %s\n", restart, o.max_restarts, workers.failure);
+        p.opt.train.resume = RESUME_IF_PRESENT; // from the last checkpoint, if one was written
+    }
 }

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "checkpoint.h"
 #include "collective.h"
 #include "config.h"
 #include "data.h"
@@ -473,29 +474,38 @@ static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, float* eval
     return mlp_take_loss(m, eval_loss);
 }
 
-// Trains every epoch; rank 0 (verbose) prints the progress.
+// Trains from the start, or from the epoch after resume_from's (unless it is NULL);
+// rank 0 (verbose) prints the progress and writes the checkpoints.
 static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, Communicator* comm,
-                 bool verbose, EpochStats* stats) {
+                 int world_size, bool verbose, const Checkpoint* resume_from, EpochStats* stats) {
     Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
+    int first_epoch =
+        resume_from ? checkpoint_restore(resume_from, c, world_size, m, &opt, stats, verbose) : 0;
+    if (first_epoch < 0)
+        return -1;
     double comm_seconds = 0.0;
     double start = timer_seconds();
-    for (int epoch = 0; epoch < c->epochs; epoch++) {
+    for (int epoch = first_epoch; epoch < c->epochs; epoch++) {
         double epoch_start = timer_seconds();
         EpochStats* e = &stats[epoch];
         RETURN_IF_FAILED(
             train_epoch(m, &opt, s, d, epoch, c->batch_size, comm, &comm_seconds, &e->train_loss));
         RETURN_IF_FAILED(evaluate(m, d, comm, &e->eval_loss));
         e->seconds = timer_seconds() - epoch_start;
-        if (verbose)
+        if (verbose) {
             printf("Epoch [%d/%d] - Train Loss: %.6f, Eval Loss: %.6f\n", epoch + 1, c->epochs,
                    e->train_loss, e->eval_loss);
+            RETURN_IF_FAILED(checkpoint_save_due(c, world_size, m, &opt, stats, epoch + 1));
+        }
     }
     double total = timer_seconds() - start;
-    if (verbose) {
+    int epochs_run = c->epochs - first_epoch;
+    if (verbose)
         printf("Training completed in %.3f seconds\n", total);
-        printf("Average time per epoch: %.6f seconds\n", total / c->epochs);
+    if (verbose && epochs_run > 0) {
+        printf("Average time per epoch: %.6f seconds\n", total / epochs_run);
         printf("Gradient all-reduce: %.6f seconds per epoch (%.1f%% of the time)\n",
-               comm_seconds / c->epochs, 100.0 * comm_seconds / total);
+               comm_seconds / epochs_run, 100.0 * comm_seconds / total);
     }
     return 0;
 }
@@ -553,13 +563,24 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
         return 1;
     if (rank == 0)
         mlp_print_summary(&model);
+    // Every rank reads the checkpoint that it resumes from, if any: all must read the same.
+    Checkpoint checkpoint;
+    char why[512];
+    int resuming = checkpoint_find(c, &checkpoint, why, sizeof why);
+    if (resuming < 0)
+        check_message("%s", why);
+    if (resuming < 0 || checkpoint_ranks_agree(comm, dev->kernels, rank, world_size,
+                                               resuming ? &checkpoint : NULL) != 0)
+        return 1;
 
     int status = 1;
-    if (train(&model, c, &d, &sampler, comm, rank == 0, stats) == 0 &&
+    if (train(&model, c, &d, &sampler, comm, world_size, rank == 0,
+              resuming ? &checkpoint : NULL, stats) == 0 &&
         replicas_check(comm, model.k, model.params, (size_t)model.num_params, rank, world_size) ==
             0 &&
         (rank != 0 || c->out_dir == NULL || report_write(c->out_dir, stats, c->epochs) == 0))
         status = 0;
+    checkpoint_free(&checkpoint);
     release_data(&d, dev->kernels);
     mlp_free(&model);
     sampler_free(&sampler);
