@@ -13,7 +13,9 @@
  *
  * New since lesson 02: the rendezvous (common/rendezvous.h), global and local
  * ranks, the ring over TCP between machines (comm_ring_connect_tcp), NCCL's unique
- * id carried by the rendezvous, and the control channel that spreads failures.
+ * id carried by the rendezvous, the control channel that spreads failures, and
+ * restarts across nodes: with --max-restarts N every node stops its workers, the
+ * nodes meet again at the rendezvous, and training resumes from the last checkpoint.
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -62,6 +64,7 @@ typedef struct {
     int master_port;
     int rdzv_timeout_s;     // --rdzv-timeout: how long to wait for every node
     const char* token_file; // --token-file: the job's shared secret, else DDP_TOKEN
+    int max_restarts;       // --max-restarts: new attempts after a worker fails
 } Options;
 
 static void print_usage(void) {
@@ -82,6 +85,9 @@ static void print_usage(void) {
           "                        has its own GPU, the ring all-reduce otherwise; mpi:\n"
           "                        MPI_Allreduce, under mpirun -np N multi_node)\n"
           "  --timeout SECONDS     deadline of every collective (default 60)\n"
+          "  --max-restarts N      when a worker fails anywhere, every node stops its workers,\n"
+          "                        the nodes meet again and go on from the last checkpoint,\n"
+          "                        up to N times (default 0; the same on every node)\n"
           "  --debug               print every rendezvous and collective step on stderr\n"
           "  --help                print this help and exit\n",
           stdout);
@@ -129,6 +135,8 @@ static int parse_node_flag(Options* o, const char* flag, const char* value) {
         err = config_parse_int(flag, value, 1, 65535, &o->master_port);
     else if (strcmp(flag, "--rdzv-timeout") == 0)
         err = config_parse_int(flag, value, 1, 86400, &o->rdzv_timeout_s);
+    else if (strcmp(flag, "--max-restarts") == 0)
+        err = config_parse_int(flag, value, 0, 1000, &o->max_restarts);
     else if (strcmp(flag, "--master-addr") == 0)
         err = parse_text(flag, value, &o->master_addr);
     else if (strcmp(flag, "--token-file") == 0)
@@ -219,6 +227,12 @@ static void make_plan(Agent* a, const Options* o) {
         (o->node_rank == 0 && o->train.out_dir != NULL &&
          report_prepare_dir(o->train.out_dir) != 0))
         exit(EXIT_USAGE);
+    Checkpoint checkpoint; // the workers read it; a bad one fails here, before any fork
+    if (checkpoint_find(&o->train, &checkpoint, why, sizeof why) < 0) {
+        fprintf(stderr, "error: %s\n", why);
+        exit(EXIT_USAGE);
+    }
+    checkpoint_free(&checkpoint);
 }
 
 // The job's shared secret: the first line of --token-file, else $DDP_TOKEN, else "".
@@ -255,11 +269,11 @@ static void describe_settings(const Agent* a, char* out, size_t len) {
     const TrainConfig* c = &a->opt.train;
     snprintf(out, len,
              "epochs=%d batch_size=%d learning_rate=%.9g data_size=%d hidden_size=%d seed=%llu "
-             "optimizer=%s device=%s backend=%s timeout=%d nnodes=%d",
+             "optimizer=%s device=%s backend=%s timeout=%d nnodes=%d max_restarts=%d",
              c->epochs, c->batch_size, c->learning_rate, c->data_size, c->hidden_size,
              (unsigned long long)c->seed, c->optimizer == OPTIMIZER_SGD ? "sgd" : "adam",
              a->gpus > 0 ? "cuda" : "cpu", a->backend == BACKEND_NCCL ? "nccl" : "ring",
-             a->opt.timeout_s, a->opt.nnodes);
+             a->opt.timeout_s, a->opt.nnodes, a->opt.max_restarts);
 }
 
 // One listening socket per local worker for the ring, on the address by which the
@@ -725,6 +739,41 @@ static int run_under_mpi(const Options* o) {
 #endif
 
 // ----------------------------------------------------------------------------
+// one attempt at the job
+
+// The rendezvous, this node's workers to their end, and the job's end. Returns the
+// node's exit status; a->stop_reason says why when the workers failed.
+static int run_job(Agent* a, const char* token) {
+    if (rendezvous(a, token) != 0)
+        return EXIT_FAILURE;
+    if (a->opt.node_rank == 0)
+        print_banner(a);
+
+    Workers workers;
+    int first_rank = a->world.rank_offset[a->opt.node_rank];
+    if (make_id_channels(a) != 0 ||
+        workers_start(&workers, a->nproc, first_rank, worker_main, a) != 0)
+        return EXIT_FAILURE;
+    for (int i = 0; i < a->nproc; i++) { // the workers have them now
+        close(a->ring_listen_fds[i]);
+        if (a->backend == BACKEND_NCCL)
+            close(a->id_fds[i][1]);
+    }
+    int status = 0;
+    if (a->backend == BACKEND_NCCL)
+        status = hand_out_nccl_id(a);
+    // Step 4) the master sends WORLD once it is complete (with NCCL's id, if any).
+    if (status == 0 && a->opt.node_rank == 0)
+        status = rdzv_master_send_world(&a->rdzv, &a->world);
+    if (status != 0) {
+        workers_stop(&workers);
+        status = 1;
+    } else
+        status = workers_wait(&workers, watch_control, a);
+    return finish(a, &workers, status);
+}
+
+// ----------------------------------------------------------------------------
 
 int main(int argc, char** argv) {
     setvbuf(stdout, NULL, _IOLBF, 0); // whole lines, even into a pipe
@@ -734,36 +783,24 @@ int main(int argc, char** argv) {
     if (mpi_launched())
         return run_under_mpi(&o);
 #endif
-    Agent a = {0};
-    make_plan(&a, &o);
+    Agent plan = {0};
+    make_plan(&plan, &o);
     char token[RDZV_TOKEN_BYTES + 2];
     if (read_token(&o, token, sizeof token) != 0)
         return EXIT_USAGE;
-    if (rendezvous(&a, token) != 0)
-        return EXIT_FAILURE;
-    if (o.node_rank == 0)
-        print_banner(&a);
-
-    Workers workers;
-    int first_rank = a.world.rank_offset[o.node_rank];
-    if (make_id_channels(&a) != 0 ||
-        workers_start(&workers, a.nproc, first_rank, worker_main, &a) != 0)
-        return EXIT_FAILURE;
-    for (int i = 0; i < a.nproc; i++) { // the workers have them now
-        close(a.ring_listen_fds[i]);
-        if (a.backend == BACKEND_NCCL)
-            close(a.id_fds[i][1]);
+    for (int restart = 1;; restart++) {
+        Agent a = plan;
+        int status = run_job(&a, token);
+        // Only a failure of the workers (stop_reason) is worth another attempt.
+        if (status == 0 || status > 128 || a.stop_reason[0] == '\0' || o.max_restarts == 0)
+            return status;
+        if (restart > o.max_restarts) {
+            fprintf(stderr, "node %d: no restarts left (%d used): the job ends after: %s\n",
+                    o.node_rank, o.max_restarts, a.stop_reason);
+            return status;
+        }
+        fprintf(stderr, "node %d: restart %d/%d after: %s\n", o.node_rank, restart,
+                o.max_restarts, a.stop_reason);
+        plan.opt.train.resume = RESUME_IF_PRESENT; // from the last checkpoint, if one was written
     }
-    int status = 0;
-    if (a.backend == BACKEND_NCCL)
-        status = hand_out_nccl_id(&a);
-    // Step 4) the master sends WORLD once it is complete (with NCCL's id, if any).
-    if (status == 0 && o.node_rank == 0)
-        status = rdzv_master_send_world(&a.rdzv, &a.world);
-    if (status != 0) {
-        workers_stop(&workers);
-        status = 1;
-    } else
-        status = workers_wait(&workers, watch_control, &a);
-    return finish(&a, &workers, status);
 }
