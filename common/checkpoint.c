@@ -41,8 +41,9 @@ static uint32_t crc32_of(const unsigned char* bytes, size_t len) {
 
 uint32_t checkpoint_settings_hash(const TrainConfig* c) {
     char text[256];
-    int len = snprintf(text, sizeof text, "batch_size=%d learning_rate=%a data_size=%d optimizer=%d",
-                       c->batch_size, (double)c->learning_rate, c->data_size, (int)c->optimizer);
+    int len =
+        snprintf(text, sizeof text, "batch_size=%d learning_rate=%a data_size=%d optimizer=%d",
+                 c->batch_size, (double)c->learning_rate, c->data_size, (int)c->optimizer);
     return crc32_of((const unsigned char*)text, (size_t)len);
 }
 
@@ -132,13 +133,16 @@ static int decode_header(Checkpoint* ck, const unsigned char* h, size_t len, cha
                  CHECKPOINT_VERSION);
     else if (hidden < 1 || hidden > CONFIG_MAX_HIDDEN ||
              num_params != (uint32_t)mlp_num_params((int)hidden))
-        snprintf(why, why_len, "corrupted: a model of hidden size %" PRIu32 " with %" PRIu32
-                 " parameters is impossible", hidden, num_params);
+        snprintf(why, why_len,
+                 "corrupted: a model of hidden size %" PRIu32 " with %" PRIu32
+                 " parameters is impossible",
+                 hidden, num_params);
     else if (world_size < 1 || world_size > INT_MAX || epochs_done > CONFIG_MAX_EPOCHS ||
              step > INT_MAX)
-        snprintf(why, why_len, "corrupted: world size %" PRIu32 ", %" PRIu32
-                 " epochs done, optimizer step %" PRIu64 " are out of range", world_size,
-                 epochs_done, step);
+        snprintf(why, why_len,
+                 "corrupted: world size %" PRIu32 ", %" PRIu32
+                 " epochs done, optimizer step %" PRIu64 " are out of range",
+                 world_size, epochs_done, step);
     else if (len != file_bytes((int)num_params, (int)epochs_done))
         snprintf(why, why_len, "%s: %zu bytes, its header promises %zu",
                  len < file_bytes((int)num_params, (int)epochs_done) ? "truncated" : "corrupted",
@@ -341,8 +345,8 @@ int checkpoint_find(const TrainConfig* c, Checkpoint* ck, char* why, size_t why_
         }
         if (stat(path, &st) != 0)
             return 0;
-        snprintf(why, why_len, "%s exists: add --resume to go on from it, or remove it to start over",
-                 path);
+        snprintf(why, why_len,
+                 "%s exists: add --resume to go on from it, or remove it to start over", path);
         return -1;
     }
     if (checkpoint_read(c->checkpoint_dir, ck, problem, sizeof problem) != 0) {
@@ -420,8 +424,9 @@ int checkpoint_ranks_agree(Communicator* comm, const Kernels* k, int rank, int w
             if (rank == 0)
                 check_message("rank %d %s than rank 0: --checkpoint-dir must be one directory "
                               "that every node sees",
-                              r, hashes[r] == 0 || hashes[0] == 0 ? "found another checkpoint state"
-                                                                  : "read another checkpoint");
+                              r,
+                              hashes[r] == 0 || hashes[0] == 0 ? "found another checkpoint state"
+                                                               : "read another checkpoint");
         }
     free(hashes);
     return differ ? -1 : 0;

@@ -41,8 +41,8 @@ typedef struct {
     int hidden_size;
     uint64_t seed;
     OptimizerKind optimizer;
-    const char* device;  // "auto", "cpu" or "cuda"
-    const char* out_dir; // NULL: write no files
+    const char* device;         // "auto", "cpu" or "cuda"
+    const char* out_dir;        // NULL: write no files
     const char* checkpoint_dir; // NULL: no checkpoints
     int checkpoint_every;       // epochs between two checkpoints
     ResumeMode resume;
@@ -57,9 +57,9 @@ typedef struct {
     "  --seed N              decides the data, the initial weights and the shuffle (default 42)\n" \
     "  --optimizer NAME      adam or sgd (SGD with momentum 0.9) (default adam)\n"                 \
     "  --device NAME         auto, cpu or cuda (default auto: a GPU if there is one)\n"            \
-    "  --out DIR             write DIR/losses.csv and DIR/loss.png\n"                          \
-    "  --checkpoint-dir DIR  save the model and optimizer to DIR/checkpoint.bin\n"                \
-    "  --checkpoint-every N  epochs between two checkpoints (default 1; the last one always)\n"   \
+    "  --out DIR             write DIR/losses.csv and DIR/loss.png\n"                              \
+    "  --checkpoint-dir DIR  save the model and optimizer to DIR/checkpoint.bin\n"                 \
+    "  --checkpoint-every N  epochs between two checkpoints (default 1; the last one always)\n"    \
     "  --resume              continue from DIR/checkpoint.bin\n"
 
 void config_defaults(TrainConfig* c);

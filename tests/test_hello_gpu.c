@@ -6,7 +6,9 @@
  * stderr and kills it after PROC_DEADLINE_S seconds so that a hanging program
  * fails the test instead of hanging the suite. Covered: the output against a
  * golden file, the loss it reaches at the defaults, every kind of bad input,
- * --help, and --out's files.
+ * --help, --out's files, and checkpoints: a resumed run equals the uninterrupted
+ * one bit for bit, and a checkpoint that is missing, damaged or does not fit is
+ * refused with one line.
  */
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -18,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "support/losses.h"
 #include "support/proc.h"
 
 #define PROGRAM "build/hello_gpu"
@@ -260,6 +263,11 @@ Test(hello_gpu, bad_flags_exit_2_with_one_line_naming_the_flag) {
         {{"--device", "cpu", "--epochs"}, "--epochs"}, // the value is missing
         {{"stray"}, "stray"},
         {{"--epochs", "2", "stray"}, "stray"},
+        {{"--resume"}, "--resume needs --checkpoint-dir"},
+        {{"--checkpoint-every", "2"}, "--checkpoint-every needs --checkpoint-dir"},
+        {{"--checkpoint-every", "0"}, "--checkpoint-every"},
+        {{"--checkpoint-dir", ""}, "--checkpoint-dir"},
+        {{"--resume=yes"}, "--resume takes no value"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         expect_usage_error(cases[i].args, cases[i].name);
@@ -404,4 +412,108 @@ Test(hello_gpu, out_without_gnuplot_writes_the_csv_and_warns, .init = temp_dir_m
     cr_assert_eq(list_dir(dir, names, sizeof names), 1, "%s holds more than the CSV: %s", dir,
                  names);
     proc_free(&r);
+}
+
+// ----------------------------------------------------------------------------
+// e) checkpoints
+
+// Runs hello_gpu on the CPU with args and expects it to succeed; returns the run.
+static Proc run_ok(const char* const* args) {
+    const char* all[PROC_MAX_ARGS + 1] = {"--device", "cpu"};
+    int n = 2;
+    for (int i = 0; args[i] != NULL; i++)
+        all[n++] = args[i];
+    Proc r = proc_run(PROGRAM, all, NULL);
+    cr_assert_eq(r.status, 0, "exit status %d; stderr:\n%s", r.status, r.err.text);
+    return r;
+}
+
+Test(hello_gpu, a_run_resumed_from_its_checkpoint_equals_the_uninterrupted_run_bit_for_bit,
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
+    char whole[128], resumed[128], ck[128];
+    snprintf(whole, sizeof whole, "%s/whole", temp_dir);
+    snprintf(resumed, sizeof resumed, "%s/resumed", temp_dir);
+    snprintf(ck, sizeof ck, "%s/ck", temp_dir);
+    Proc a = run_ok((const char*[]){"--epochs", "8", "--out", whole, NULL});
+    Proc b = run_ok((const char*[]){"--epochs", "5", "--checkpoint-dir", ck, NULL});
+    Proc c = run_ok((const char*[]){"--epochs", "8", "--checkpoint-dir", ck, "--resume", "--out",
+                                    resumed, NULL});
+    cr_assert_not_null(strstr(c.out.text, "checkpoint.bin: 5 of 8 epochs done"),
+                       "the resumed run does not say where it goes on:\n%s", c.out.text);
+    EpochLine e[16];
+    int n = epoch_lines(c.out.text, e, 16);
+    cr_assert(n == 3 && e[0].epoch == 6 && e[2].epoch == 8,
+              "want epochs 6 to 8 after resuming at 5, got %d lines:\n%s", n, c.out.text);
+    // losses.csv holds every epoch, the first five from the checkpoint; 9 digits give a
+    // float back exactly, so a tolerance of 0 asks for the same bits.
+    expect_same_losses("resumed at epoch 5 against the whole run", resumed, whole, 8, 0.0);
+    proc_free(&a);
+    proc_free(&b);
+    proc_free(&c);
+}
+
+// Writes size bytes as the file at path.
+static void write_bytes(const char* path, const void* bytes, size_t size) {
+    FILE* f = fopen(path, "wb");
+    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+    cr_assert_eq(fwrite(bytes, 1, size, f), size);
+    fclose(f);
+}
+
+// dir_NAME/checkpoint.bin = good's bytes, changed by change (may change *size).
+static void damaged_copy(char* dir, size_t dir_len, const char* name, const unsigned char* good,
+                         size_t size, void (*change)(unsigned char*, size_t*)) {
+    unsigned char* bytes = malloc(size);
+    char path[256];
+    cr_assert_not_null(bytes);
+    memcpy(bytes, good, size);
+    change(bytes, &size);
+    snprintf(dir, dir_len, "%s/%s", temp_dir, name);
+    mkdir(dir, 0755);
+    snprintf(path, sizeof path, "%s/checkpoint.bin", dir);
+    write_bytes(path, bytes, size);
+    free(bytes);
+}
+
+static void cut_in_half(unsigned char* b, size_t* size) {
+    (void)b;
+    *size /= 2;
+}
+static void flip_a_weight(unsigned char* b, size_t* size) {
+    b[*size / 2] ^= 0x10;
+}
+static void overwrite_the_magic(unsigned char* b, size_t* size) {
+    (void)size;
+    memcpy(b, "GARBAGE!", 8);
+}
+
+Test(hello_gpu, a_missing_damaged_or_unfitting_checkpoint_exits_2_with_one_line,
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
+    char good[128], path[256], truncated[128], flipped[128], garbage[128], missing[128];
+    snprintf(good, sizeof good, "%s/good", temp_dir);
+    snprintf(missing, sizeof missing, "%s/missing", temp_dir);
+    Proc r = run_ok((const char*[]){"--epochs", "2", "--checkpoint-dir", good, NULL});
+    proc_free(&r);
+    snprintf(path, sizeof path, "%s/checkpoint.bin", good);
+    size_t size;
+    unsigned char* bytes = (unsigned char*)read_file(path, &size);
+    damaged_copy(truncated, sizeof truncated, "truncated", bytes, size, cut_in_half);
+    damaged_copy(flipped, sizeof flipped, "flipped", bytes, size, flip_a_weight);
+    damaged_copy(garbage, sizeof garbage, "garbage", bytes, size, overwrite_the_magic);
+    struct {
+        const char* args[8];
+        const char* name;
+    } cases[] = {
+        {{"--checkpoint-dir", missing, "--resume"}, "No such file"},
+        {{"--checkpoint-dir", truncated, "--resume"}, "truncated"},
+        {{"--checkpoint-dir", flipped, "--resume"}, "CRC-32 does not match"},
+        {{"--checkpoint-dir", garbage, "--resume"}, "not a checkpoint"},
+        {{"--checkpoint-dir", good, "--resume", "--hidden-size", "32"}, "hidden size 64"},
+        {{"--checkpoint-dir", good, "--resume", "--epochs", "1"}, "more than --epochs 1"},
+        {{"--checkpoint-dir", good, "--resume", "--learning-rate", "0.1"}, "other settings"},
+        {{"--checkpoint-dir", good}, "exists: add --resume"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        expect_usage_error(cases[i].args, cases[i].name);
+    free(bytes);
 }

@@ -10,7 +10,8 @@
  * Covered: runs of 1 to 4 CPU ranks (output, training, the replica check);
  * N ranks x batch B == 1 rank x batch N*B, epoch by epoch; a worker killed from
  * outside and SIGTERM to the parent (principle 4: everything ends, fast, and the
- * parent says who failed); and every bad flag.
+ * parent says who failed); restarts (--max-restarts) that resume from the last
+ * checkpoint and end like the uninterrupted run; and every bad flag.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -263,7 +264,99 @@ Test(multi_gpu, a_parent_killed_with_sigkill_takes_its_workers_with_it,
 }
 
 // ----------------------------------------------------------------------------
-// d) bad flags
+// d) restarts from the last checkpoint
+
+// Long enough epochs (20000 samples: ~30 ms) that a kill after epoch 10 lands mid-run.
+#define RESTART_ARGS "--device", "cpu", "--gpus", "2", "--epochs", "30", "--data-size", "20000"
+#define RESTART_EPOCHS 30
+
+// Waits until p's output has shown `count` times text, then kills the worker of rank 1.
+static void kill_rank_1_after(Proc* p, const char* text, int count) {
+    cr_assert(proc_wait_for(p, PROC_STDOUT, text, count, now_seconds() + PROC_DEADLINE_S),
+              "'%s' did not come %d time(s); stdout:\n%s\nstderr:\n%s", text, count, p->out.text,
+              p->err.text);
+    pid_t workers[2];
+    proc_wait_for_children(p, workers, 2);
+    cr_assert_eq(kill(workers[1], SIGKILL), 0, "kill rank 1 (pid %d): %s", workers[1],
+                 strerror(errno));
+}
+
+Test(multi_gpu, a_worker_killed_once_with_max_restarts_1_resumes_and_ends_like_an_unbroken_run,
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
+    char whole[128], restarted[128], ck[128];
+    snprintf(whole, sizeof whole, "%s/whole", temp_dir);
+    snprintf(restarted, sizeof restarted, "%s/restarted", temp_dir);
+    snprintf(ck, sizeof ck, "%s/ck", temp_dir);
+    Proc u = proc_run(MULTI_GPU, (const char*[]){RESTART_ARGS, "--out", whole, NULL}, NULL);
+    cr_assert_eq(u.status, 0, "the unbroken run: exit status %d; stderr:\n%s", u.status,
+                 u.err.text);
+    Proc p;
+    proc_start(&p, MULTI_GPU,
+               (const char*[]){RESTART_ARGS, "--checkpoint-dir", ck, "--max-restarts", "1", "--out",
+                               restarted, NULL},
+               NULL);
+    kill_rank_1_after(&p, "Epoch [10/", 1);
+    proc_finish(&p, now_seconds() + PROC_DEADLINE_S);
+    proc_expect_ended(&p);
+    cr_assert_eq(p.status, 0, "exit status %d after one restart; stderr:\n%s", p.status,
+                 p.err.text);
+    cr_assert_not_null(strstr(p.err.text, "restart 1/1 after: [Rank 1] killed by signal 9"),
+                       "no restart line naming the cause; stderr:\n%s", p.err.text);
+    cr_assert_not_null(strstr(p.out.text, "Resuming from "), "it did not resume:\n%s", p.out.text);
+    cr_assert_not_null(strstr(p.out.text, "Replicas agree: yes (2 ranks"), "%s", p.out.text);
+    expect_same_losses("restarted once against the unbroken run", restarted, whole, RESTART_EPOCHS,
+                       0.0);
+    proc_free(&u);
+    proc_free(&p);
+}
+
+Test(multi_gpu, a_second_failure_with_max_restarts_1_ends_the_job_with_its_cause,
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
+    char ck[128];
+    snprintf(ck, sizeof ck, "%s/ck", temp_dir);
+    Proc p;
+    proc_start(&p, MULTI_GPU,
+               (const char*[]){RESTART_ARGS, "--checkpoint-dir", ck, "--max-restarts", "1", NULL},
+               NULL);
+    kill_rank_1_after(&p, "Epoch [5/", 1);
+    cr_assert(proc_wait_for(&p, PROC_STDERR, "restart 1/1 after: ", 1, now_seconds() + 20.0),
+              "no restart; stderr:\n%s", p.err.text);
+    kill_rank_1_after(&p, "Resuming from ", 1);
+    proc_finish(&p, now_seconds() + PROC_DEADLINE_S);
+    proc_expect_ended(&p);
+    cr_assert_neq(p.status, 0, "the job succeeded after two failures with --max-restarts 1");
+    cr_assert_not_null(strstr(p.err.text, "restart 1/1 after: "), "stderr:\n%s", p.err.text);
+    cr_assert_not_null(
+        strstr(p.err.text, "no restarts left (1 used): the job ends after: [Rank 1] killed"),
+        "the end does not name the last cause; stderr:\n%s", p.err.text);
+    proc_free(&p);
+}
+
+Test(multi_gpu, resuming_with_another_world_size_is_allowed_and_says_so, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
+    char ck[128];
+    snprintf(ck, sizeof ck, "%s/ck", temp_dir);
+    Proc a = proc_run(MULTI_GPU,
+                      (const char*[]){"--device", "cpu", "--gpus", "2", "--epochs", "2",
+                                      "--checkpoint-dir", ck, NULL},
+                      NULL);
+    cr_assert_eq(a.status, 0, "2 ranks: exit status %d; stderr:\n%s", a.status, a.err.text);
+    Proc b = proc_run(MULTI_GPU,
+                      (const char*[]){"--device", "cpu", "--gpus", "1", "--epochs", "4",
+                                      "--checkpoint-dir", ck, "--resume", NULL},
+                      NULL);
+    cr_assert_eq(b.status, 0, "1 rank: exit status %d; stderr:\n%s", b.status, b.err.text);
+    cr_assert_not_null(
+        strstr(b.out.text, "Resuming with world size 1 from a checkpoint of world size 2"),
+        "the resumed run does not say that the world size changed:\n%s", b.out.text);
+    cr_assert_eq(count_lines_starting(b.out.text, "Epoch ["), 2, "want epochs 3 and 4:\n%s",
+                 b.out.text);
+    proc_free(&a);
+    proc_free(&b);
+}
+
+// ----------------------------------------------------------------------------
+// e) bad flags
 
 #ifdef HAVE_CUDA
 #define BUILT_WITH_CUDA 1
@@ -310,6 +403,7 @@ Test(multi_gpu, bad_flags_exit_2_with_one_line_naming_the_flag, .fini = proc_end
         {{"--backend", "foo"}, "--backend"},
         {{"--timeout", "0"}, "--timeout"},
         {{"--timeout", "-5"}, "--timeout"},
+        {{"--max-restarts", "-1"}, "--max-restarts"},
         {{"--epochs", "0", "--device", "cpu"}, "--epochs"},
         // 2000 samples: 1600 for training, 400 per rank of 4
         {{"--device", "cpu", "--gpus", "4", "--batch-size", "401"}, "--batch-size"},
@@ -340,15 +434,16 @@ Test(multi_gpu, help_exits_0_and_names_the_lessons_flags, .fini = proc_end_lefto
     Proc p = proc_run(MULTI_GPU, (const char*[]){"--help", NULL}, NULL);
     cr_assert_eq(p.status, 0, "exit status %d", p.status);
     cr_assert_str_empty(p.err.text, "stderr is not empty:\n%s", p.err.text);
-    const char* flags[] = {"--gpus",   "--nproc-per-node", "--backend", "--timeout", "--debug",
-                           "--epochs", "--batch-size",     "--device",  "--out"};
+    const char* flags[] = {"--gpus",  "--nproc-per-node", "--backend",        "--timeout",
+                           "--debug", "--epochs",         "--batch-size",     "--device",
+                           "--out",   "--max-restarts",   "--checkpoint-dir", "--resume"};
     for (size_t i = 0; i < sizeof flags / sizeof *flags; i++)
         cr_assert_not_null(strstr(p.out.text, flags[i]), "the usage does not mention %s", flags[i]);
     proc_free(&p);
 }
 
 // ----------------------------------------------------------------------------
-// e) on a GPU (skipped without one): each engine matches the same run on the CPU
+// f) on a GPU (skipped without one): each engine matches the same run on the CPU
 
 #define GPU_CPU_RTOL 1e-4
 

@@ -11,7 +11,8 @@
  *
  * Covered: jobs of 2 and 3 nodes with 1 or 2 workers each train exactly like
  * lesson 02 with the same world size; start order does not matter; and the
- * faults of principle 4: a killed worker, no master, a wrong token, a node rank
+ * faults of principle 4: a killed worker (and, with --max-restarts, the restart
+ * that makes up for it), no master, a wrong token, a node rank
  * taken twice, other settings, a port in use, garbage on the master's port,
  * and bad flags.
  */
@@ -336,6 +337,54 @@ Test(multi_node, a_worker_killed_on_node_1_stops_every_node_and_each_names_it,
                            "node 1's worker was killed; stderr:\n%s",
                            nodes[n].name, prefix, nodes[n].err.text);
     }
+    for (int n = 0; n < NNODES; n++)
+        proc_free(&nodes[n]);
+}
+
+// ----------------------------------------------------------------------------
+// 2a) the same with --max-restarts 1: every node restarts, the job ends as if unbroken
+
+Test(multi_node, with_max_restarts_1_a_killed_worker_restarts_every_node_and_changes_no_loss,
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
+    enum { NNODES = 2, EPOCHS = 30 };
+    char whole[128], restarted[128], ck[128];
+    snprintf(whole, sizeof whole, "%s/whole", temp_dir);
+    snprintf(restarted, sizeof restarted, "%s/restarted", temp_dir);
+    snprintf(ck, sizeof ck, "%s/ck", temp_dir);
+    Proc nodes[NNODES];
+    for (int n = 0; n < NNODES; n++) // the unbroken run
+        start_node(&nodes[n], &(Node){.nnodes = NNODES,
+                                      .node_rank = n,
+                                      .port = PORT_BASE + 30,
+                                      .epochs = EPOCHS,
+                                      .data_size = 20000,
+                                      .out = n == 0 ? whole : NULL});
+    expect_job_completes(nodes, NNODES);
+    for (int n = 0; n < NNODES; n++) {
+        proc_free(&nodes[n]);
+        start_node(&nodes[n], &(Node){.nnodes = NNODES,
+                                      .node_rank = n,
+                                      .port = PORT_BASE + 31,
+                                      .epochs = EPOCHS,
+                                      .data_size = 20000,
+                                      .out = n == 0 ? restarted : NULL,
+                                      .extra = {"--checkpoint-dir", ck, "--max-restarts", "1"}});
+    }
+    cr_assert(
+        proc_wait_for(&nodes[0], PROC_STDOUT, "Epoch [10/", 1, now_seconds() + PROC_DEADLINE_S),
+        "no tenth epoch; node 0's stdout:\n%s\nstderr:\n%s", nodes[0].out.text, nodes[0].err.text);
+    pid_t worker;
+    proc_wait_for_children(&nodes[1], &worker, 1);
+    cr_assert_eq(kill(worker, SIGKILL), 0, "kill node 1's worker: %s", strerror(errno));
+    expect_job_completes(nodes, NNODES);
+    for (int n = 0; n < NNODES; n++) {
+        char want[128];
+        snprintf(want, sizeof want,
+                 "node %d: restart 1/1 after: node 1: [Rank 1] killed by signal 9", n);
+        cr_assert_not_null(strstr(nodes[n].err.text, want), "%s: no '%s'; stderr:\n%s",
+                           nodes[n].name, want, nodes[n].err.text);
+    }
+    expect_same_losses("restarted once against the unbroken job", restarted, whole, EPOCHS, 0.0);
     for (int n = 0; n < NNODES; n++)
         proc_free(&nodes[n]);
 }

@@ -201,10 +201,11 @@ int main(int argc, char** argv) {
         return EXIT_FAILURE;
     mlp_print_summary(&model);
 
-    int status = train(&model, &c, &data, &d, &sampler, resuming ? &checkpoint : NULL, stats) == 0 &&
-                         (c.out_dir == NULL || report_write(c.out_dir, stats, c.epochs) == 0)
-                     ? EXIT_SUCCESS
-                     : EXIT_FAILURE;
+    int status =
+        train(&model, &c, &data, &d, &sampler, resuming ? &checkpoint : NULL, stats) == 0 &&
+                (c.out_dir == NULL || report_write(c.out_dir, stats, c.epochs) == 0)
+            ? EXIT_SUCCESS
+            : EXIT_FAILURE;
     checkpoint_free(&checkpoint);
     release_data(&d, dev.kernels);
     mlp_free(&model);

@@ -296,8 +296,8 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
         return 1;
 
     int status = 1;
-    if (train(&model, c, &d, &sampler, comm, world_size, rank == 0,
-              resuming ? &checkpoint : NULL, stats) == 0 &&
+    if (train(&model, c, &d, &sampler, comm, world_size, rank == 0, resuming ? &checkpoint : NULL,
+              stats) == 0 &&
         replicas_check(comm, model.k, model.params, (size_t)model.num_params, rank, world_size) ==
             0 &&
         (rank != 0 || c->out_dir == NULL || report_write(c->out_dir, stats, c->epochs) == 0))
@@ -382,8 +382,8 @@ int main(int argc, char** argv) {
         if (status == 0 || status > 128 || o.max_restarts == 0) // 128 + signal: interrupted
             return status;
         if (restart > o.max_restarts) {
-            fprintf(stderr, "no restarts left (%d used): the job ends after: %s\n",
-                    o.max_restarts, workers.failure);
+            fprintf(stderr, "no restarts left (%d used): the job ends after: %s\n", o.max_restarts,
+                    workers.failure);
             return status;
         }
         fprintf(stderr, "restart %d/%d after: %s\n", restart, o.max_restarts, workers.failure);

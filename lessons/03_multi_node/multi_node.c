@@ -588,8 +588,8 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
         return 1;
 
     int status = 1;
-    if (train(&model, c, &d, &sampler, comm, world_size, rank == 0,
-              resuming ? &checkpoint : NULL, stats) == 0 &&
+    if (train(&model, c, &d, &sampler, comm, world_size, rank == 0, resuming ? &checkpoint : NULL,
+              stats) == 0 &&
         replicas_check(comm, model.k, model.params, (size_t)model.num_params, rank, world_size) ==
             0 &&
         (rank != 0 || c->out_dir == NULL || report_write(c->out_dir, stats, c->epochs) == 0))
@@ -799,8 +799,8 @@ int main(int argc, char** argv) {
                     o.node_rank, o.max_restarts, a.stop_reason);
             return status;
         }
-        fprintf(stderr, "node %d: restart %d/%d after: %s\n", o.node_rank, restart,
-                o.max_restarts, a.stop_reason);
+        fprintf(stderr, "node %d: restart %d/%d after: %s\n", o.node_rank, restart, o.max_restarts,
+                a.stop_reason);
         plan.opt.train.resume = RESUME_IF_PRESENT; // from the last checkpoint, if one was written
     }
 }
