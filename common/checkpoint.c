@@ -243,8 +243,12 @@ static int write_atomically(const char* dir, const char* path, const unsigned ch
     return 0;
 }
 
+// dir/CHECKPOINT_FILE, with one '/' whether or not dir ends with one.
 static int file_path(char* path, size_t len, const char* dir, char* why, size_t why_len) {
-    if (snprintf(path, len, "%s/%s", dir, CHECKPOINT_FILE) >= (int)len) {
+    size_t dir_len = strlen(dir);
+    while (dir_len > 1 && dir[dir_len - 1] == '/')
+        dir_len--;
+    if (snprintf(path, len, "%.*s/%s", (int)dir_len, dir, CHECKPOINT_FILE) >= (int)len) {
         snprintf(why, why_len, "the directory's path is too long");
         errno = ENAMETOOLONG;
         return -1;
@@ -357,8 +361,8 @@ int checkpoint_find(const TrainConfig* c, Checkpoint* ck, char* why, size_t why_
     }
     if (check_fits(ck, c, problem, sizeof problem) == 0)
         return 1;
-    snprintf(why, why_len, "cannot resume: %s/%s does not fit this run: %s", c->checkpoint_dir,
-             CHECKPOINT_FILE, problem);
+    file_path(path, sizeof path, c->checkpoint_dir, why, why_len);
+    snprintf(why, why_len, "cannot resume: %s does not fit this run: %s", path, problem);
     checkpoint_free(ck);
     return -1;
 }
@@ -369,8 +373,9 @@ int checkpoint_restore(const Checkpoint* ck, const TrainConfig* c, int world_siz
     opt->step = ck->optimizer_step;
     memcpy(stats, ck->history, (size_t)ck->epochs_done * sizeof *stats);
     if (verbose) {
-        printf("Resuming from %s/%s: %d of %d epochs done\n", c->checkpoint_dir, CHECKPOINT_FILE,
-               ck->epochs_done, c->epochs);
+        char path[PATH_MAX], why[64];
+        file_path(path, sizeof path, c->checkpoint_dir, why, sizeof why);
+        printf("Resuming from %s: %d of %d epochs done\n", path, ck->epochs_done, c->epochs);
         if (ck->world_size != world_size)
             printf("Resuming with world size %d from a checkpoint of world size %d: allowed at "
                    "an epoch boundary, but the global batch is now %d, not %d\n",
