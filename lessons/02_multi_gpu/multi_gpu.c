@@ -355,6 +355,7 @@ static int worker_main(int rank, void* arg) {
 // One attempt at the job: every worker forked, supervised to the end. Returns what
 // workers_wait does; w->failure names the first failure.
 static int run_workers(Workers* w, Plan* p) {
+    *w = (Workers){0};
     // The ring's sockets are made before the fork, so that every worker inherits them.
     if (comm_ring_socketpairs(p->ring_fds, p->world_size) != 0 ||
         workers_start(w, p->world_size, 0, worker_main, p) != 0)
@@ -379,7 +380,8 @@ int main(int argc, char** argv) {
     Workers workers;
     for (int restart = 1;; restart++) {
         int status = run_workers(&workers, &p);
-        if (status == 0 || status > 128 || o.max_restarts == 0) // 128 + signal: interrupted
+        // Only a failed worker is worth another attempt (128 + signal: interrupted).
+        if (status == 0 || status > 128 || workers.failure[0] == '\0' || o.max_restarts == 0)
             return status;
         if (restart > o.max_restarts) {
             fprintf(stderr, "no restarts left (%d used): the job ends after: %s\n", o.max_restarts,
