@@ -327,3 +327,61 @@ Test(config, check_rejects_a_batch_larger_than_the_training_set_of_a_rank) {
     c.data_size = 10, c.batch_size = 9; // 8 training samples
     expect_check_fails(&c, 1);
 }
+
+// ----------------------------------------------------------------------------
+// checkpoint flags
+
+Test(config, resume_is_a_switch_that_takes_nothing_from_the_next_argument) {
+    char* argv[] = {"prog", "--resume", "--epochs", "5", NULL};
+    int argc = 4, i = 1;
+    char flag[64];
+    const char* value = "untouched";
+    cr_assert_eq(config_split_flag(argc, argv, &i, flag, sizeof flag, &value), 0);
+    cr_assert_str_eq(flag, "--resume");
+    cr_assert_null(value, "--resume took '%s' as its value", value);
+    cr_assert_eq(i, 1, "--resume moved past the next argument");
+    TrainConfig c;
+    config_defaults(&c);
+    expect_accepted(&c, "--resume", NULL);
+    cr_assert_eq(c.resume, RESUME_REQUIRED);
+    expect_rejected(&c, "--resume", "yes");
+}
+
+Test(config, checkpoint_flags_are_stored_and_bad_ones_rejected) {
+    TrainConfig c;
+    config_defaults(&c);
+    cr_assert(c.checkpoint_dir == NULL && c.checkpoint_every == 1 && c.resume == RESUME_NO,
+              "checkpoints are not off by default");
+    expect_accepted(&c, "--checkpoint-dir", "ckpt");
+    expect_accepted(&c, "--checkpoint-every", "5");
+    cr_assert_str_eq(c.checkpoint_dir, "ckpt");
+    cr_assert_eq(c.checkpoint_every, 5);
+    expect_rejected(&c, "--checkpoint-dir", "");
+    expect_rejected(&c, "--checkpoint-dir", NULL);
+    expect_rejected(&c, "--checkpoint-every", "0");
+    expect_rejected(&c, "--checkpoint-every", "1000001");
+}
+
+// config_check(c, 1) must fail with one line containing want.
+static void expect_check_says(const TrainConfig* c, const char* want) {
+    StderrCapture cap;
+    char text[1024];
+    capture_stderr(&cap);
+    int rc = config_check(c, 1);
+    release_stderr(&cap, text, sizeof text);
+    cr_assert_eq(rc, -1, "the check passed; want '%s'", want);
+    cr_assert_eq(count_lines(text), 1, "want one line, got:\n%s", text);
+    cr_assert_not_null(strstr(text, want), "want '%s', got: %s", want, text);
+}
+
+Test(config, check_wants_checkpoint_dir_for_resume_and_checkpoint_every) {
+    TrainConfig c;
+    config_defaults(&c);
+    c.resume = RESUME_REQUIRED;
+    expect_check_says(&c, "--resume needs --checkpoint-dir");
+    config_defaults(&c);
+    c.checkpoint_every = 3;
+    expect_check_says(&c, "--checkpoint-every needs --checkpoint-dir");
+    c.checkpoint_dir = "ckpt";
+    cr_assert_eq(config_check(&c, 1), 0);
+}
