@@ -265,7 +265,7 @@ int rdzv_decode_message(RdzvMessage* out, const unsigned char* bytes, size_t len
     RdzvType type;
     size_t payload_len;
     if (len < RDZV_HEADER_BYTES) {
-        snprintf(why, why_len, "%zu bytes are less than a header", len);
+        snprintf(why, why_len, "%zu bytes are shorter than the 12-byte header", len);
         return -1;
     }
     if (parse_header(bytes, &type, &payload_len, why, why_len) != 0)
@@ -278,8 +278,8 @@ int rdzv_decode_message(RdzvMessage* out, const unsigned char* bytes, size_t len
     return decode_payload(out, type, bytes + RDZV_HEADER_BYTES, payload_len, why, why_len);
 }
 
-// One write for header and payload: they leave in one segment, and a peer that hung up
-// already is found at the end of the message, not in its middle.
+// One write for header and payload: they leave together, and to a peer that has sent its
+// message and hung up already the write still succeeds, so that what it sent is read.
 static NetStatus send_msg(int fd, RdzvType type, const void* payload, size_t len, double deadline) {
     unsigned char header[RDZV_HEADER_BYTES];
     uint32_t magic = htonl(RDZV_MAGIC), length = htonl((uint32_t)len);
