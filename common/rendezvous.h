@@ -17,9 +17,9 @@
  * anything fails, DONE when a node has finished.
  *
  * Every message has a fixed header (magic, version, type, payload length) and
- * is length-checked before use; nothing from the wire is trusted. One decoder,
- * rdzv_decode_message, checks every message that arrives, and takes raw bytes, so
- * that it can be tested (and fuzzed) without a socket.
+ * is length-checked before use; nothing from the wire is trusted. The checks that
+ * every arriving message passes are also rdzv_decode_message, which takes raw bytes,
+ * so that they can be tested (and fuzzed) without a socket.
  *
  * APIs: RdzvHello, RdzvWorld, RdzvType, RdzvMessage, Rdzv, rdzv_init, rdzv_master_listen,
  *       rdzv_master_gather, rdzv_make_world, rdzv_master_send_world, rdzv_connect, rdzv_join,
