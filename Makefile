@@ -26,6 +26,13 @@ CFLAGS ?= -O3 -march=native
 CFLAGS += -fno-math-errno -ffp-contract=fast -fopenmp-simd
 CFLAGS += -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -Icommon -MMD -MP
 LDLIBS := -Wl,--as-needed -lm
+# libsodium: lesson 03's rendezvous proves each node's token with it (random challenges,
+# HMAC-SHA256). Lessons 01 and 02 build without it.
+HAVE_SODIUM := $(shell printf '\043include <sodium.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 && echo yes)
+SODIUM_MISSING := libsodium: not found: lesson 03 needs it (./setup.sh installs libsodium-dev)
+ifneq ($(HAVE_SODIUM),)
+LDLIBS += -lsodium
+endif
 
 BUILD := build
 ifneq ($(NVCC),)
@@ -53,6 +60,10 @@ endif
 OBJ := $(BUILD)/obj-$(CONFIG)
 
 COMMON_C := $(filter-out common/mpi_world.c,$(wildcard common/*.c))
+ifeq ($(HAVE_SODIUM),)
+COMMON_C := $(filter-out common/rendezvous.c,$(COMMON_C))
+NEED_SODIUM := need-sodium
+endif
 COMMON_CU := $(if $(NVCC),$(wildcard common/*.cu))
 COMMON_OBJ := $(COMMON_C:common/%.c=$(OBJ)/common/%.o) $(COMMON_CU:common/%.cu=$(OBJ)/common/%.cu.o)
 # An archive, so that each program links only the modules it uses.
@@ -80,7 +91,7 @@ GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 # below from forcing a relink when the configuration or the build id changes.
 .PRECIOUS: $(OBJ)/%.o $(OBJ)/%.cu.o
 
-.PHONY: all lesson-01 lesson-02 lesson-03 run tests test bench bench-quick bench-01 bench-02 diff-02 diff-03 demo-multinode clean found
+.PHONY: all lesson-01 lesson-02 lesson-03 run tests test bench bench-quick bench-01 bench-02 diff-02 diff-03 demo-multinode clean found need-sodium
 all: found $(LESSONS) $(TOOLS)
 
 # One line per optional part, so that a build says what it could use.
@@ -88,6 +99,12 @@ found:
 	@echo "nvcc: $(if $(NVCC),found ($(NVCC)): building with CUDA,$(if $(NO_CUDA),skipped (NO_CUDA=1),not found): CPU-only binaries)"
 	@echo "MPI: $(if $(MPICC),found ($(MPICC)): lesson 03 and allreduce_bench also run under mpirun,not found: no mpirun support)"
 	@echo "NCCL: $(if $(HAVE_NCCL),found ($(NCCL_HEADER), $(NCCL_LIB)),$(if $(NVCC),not found (header and library),not used without CUDA)): $(if $(HAVE_NCCL),NCCL and ring backends,ring backend only)"
+	@echo "$(if $(HAVE_SODIUM),libsodium: found: lesson 03 authenticates its nodes,$(SODIUM_MISSING))"
+
+# Where libsodium is missing, what needs it stops here with one line, before compiling.
+need-sodium:
+	@echo "error: $(SODIUM_MISSING)" >&2; exit 1
+$(OBJ)/lessons/03_multi_node/multi_node.o $(OBJ)/tests/test_rendezvous.o: | $(NEED_SODIUM)
 
 lesson-01: found $(BUILD)/hello_gpu
 lesson-02: found $(BUILD)/multi_gpu

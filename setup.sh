@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # setup.sh - installs what the course needs on Debian or Ubuntu, and says what it found.
 #
-#   ./setup.sh          as root: installs missing packages (compiler, Criterion, gnuplot)
+#   ./setup.sh          as root: installs missing packages (compiler, Criterion, libsodium, gnuplot)
 #                       otherwise: prints the exact apt-get line to run, exits 1
 #   ./setup.sh --bench        also installs PyTorch (python3-torch), the benchmark's reference
 #   ./setup.sh --mpi          also installs Open MPI (mpirun support in lesson 03 and the benchmark)
@@ -10,7 +10,7 @@
 # GPU are optional; it reports whether it found them but never installs them.
 set -euo pipefail
 
-PACKAGES=(build-essential libcriterion-dev gnuplot-nox)
+PACKAGES=(build-essential libcriterion-dev libsodium-dev gnuplot-nox)
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -27,7 +27,8 @@ done
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
     echo "setup.sh: this script supports Debian and Ubuntu (apt-get); on other systems install" >&2
-    echo "a C compiler, make, Criterion (https://github.com/Snaipe/Criterion) and gnuplot by hand." >&2
+    echo "a C compiler, make, Criterion (https://github.com/Snaipe/Criterion), libsodium" >&2
+    echo "(https://libsodium.org, for lesson 03) and gnuplot by hand." >&2
     exit 1
 fi
 

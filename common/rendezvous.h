@@ -3,20 +3,28 @@
  *
  * Node 0's agent is the master: it listens on --master-addr:--master-port. The
  * other agents connect (retrying until the deadline, so start order does not
- * matter) and introduce themselves with HELLO. The master checks each one and
- * refuses, with a reason, a wrong token, another build, other settings, a node
- * rank out of range or already taken. When every node is in, it stops
- * listening and sends WORLD: the world size, each node's first global rank,
- * and what the collectives need (NCCL's unique id, or where every rank's ring
- * socket listens). The connections stay open as control channels: ABORT
- * travels through them when anything fails, DONE when a node has finished.
+ * matter). The master sends each connection a CHALLENGE of 32 fresh random bytes;
+ * the node answers with HELLO, which introduces it and carries a proof that it
+ * knows the job's token: HMAC-SHA256 keyed with the token over the challenge and
+ * the HELLO's fields. The token itself never crosses the network, and an answer
+ * recorded on one connection is worthless on the next, whose challenge differs.
+ * The master checks each HELLO and refuses, with a reason, a wrong proof (a wrong
+ * token or a replayed answer), another build, other settings, a node rank out of
+ * range or already taken. When every node is in, it stops listening and sends
+ * WORLD: the world size, each node's first global rank, and what the collectives
+ * need (NCCL's unique id, or where every rank's ring socket listens). The
+ * connections stay open as control channels: ABORT travels through them when
+ * anything fails, DONE when a node has finished.
  *
  * Every message has a fixed header (magic, version, type, payload length) and
- * is length-checked before use; nothing from the wire is trusted.
+ * is length-checked before use; nothing from the wire is trusted. The checks that
+ * every arriving message passes are also rdzv_decode_message, which takes raw bytes,
+ * so that they can be tested (and fuzzed) without a socket.
  *
- * APIs: RdzvHello, RdzvWorld, Rdzv, rdzv_init, rdzv_master_listen, rdzv_master_gather,
- *       rdzv_make_world, rdzv_master_send_world, rdzv_connect, rdzv_join, rdzv_send_abort,
- *       rdzv_send_done, rdzv_poll, rdzv_master_wait_done, rdzv_close.
+ * APIs: RdzvHello, RdzvWorld, RdzvType, RdzvMessage, Rdzv, rdzv_init, rdzv_master_listen,
+ *       rdzv_master_gather, rdzv_make_world, rdzv_master_send_world, rdzv_connect, rdzv_join,
+ *       rdzv_send_abort, rdzv_send_done, rdzv_poll, rdzv_master_wait_done, rdzv_close,
+ *       rdzv_decode_message.
  */
 #ifndef RENDEZVOUS_H
 #define RENDEZVOUS_H
@@ -31,7 +39,8 @@ extern "C" {
 #endif
 
 #define RDZV_MAGIC 0x44445052u // "DDPR"
-#define RDZV_VERSION 1
+#define RDZV_VERSION 2         // 2: CHALLENGE, and a proof instead of the token in HELLO
+#define RDZV_HEADER_BYTES 12
 #define RDZV_MAX_NODES 64
 #define RDZV_MAX_RANKS 256
 #define RDZV_MAX_PAYLOAD 65536 // a longer length field is garbage, not a message
@@ -39,17 +48,18 @@ extern "C" {
 #define RDZV_TEXT_BYTES 1024
 #define RDZV_ADDR_BYTES 16
 #define RDZV_NCCL_ID_BYTES 128
+#define RDZV_CHALLENGE_BYTES 32
+#define RDZV_PROOF_BYTES 32 // an HMAC-SHA256
 
 // What a node tells the master about itself.
 typedef struct {
     int node_rank;
-    int nproc;                        // workers on this node
-    char token[RDZV_TOKEN_BYTES + 1]; // the job's shared secret
-    char build_id[64];                // nodes must run the same build
-    char nccl_version[16];            // "2.28.9" or "none"
-    char settings[RDZV_TEXT_BYTES];   // "key=value ..." of everything that must match
-    char ring_addr[RDZV_ADDR_BYTES];  // where this node's workers listen for the ring
-    int ring_ports[WORKERS_MAX];      // (nproc) one port per local worker
+    int nproc;                       // workers on this node
+    char build_id[64];               // nodes must run the same build
+    char nccl_version[16];           // "2.28.9" or "none"
+    char settings[RDZV_TEXT_BYTES];  // "key=value ..." of everything that must match
+    char ring_addr[RDZV_ADDR_BYTES]; // where this node's workers listen for the ring
+    int ring_ports[WORKERS_MAX];     // (nproc) one port per local worker
 } RdzvHello;
 
 // What the master tells every node once all are in.
@@ -64,12 +74,34 @@ typedef struct {
     unsigned char nccl_id[RDZV_NCCL_ID_BYTES];
 } RdzvWorld;
 
+typedef enum {
+    RDZV_HELLO = 1,
+    RDZV_WORLD = 2,
+    RDZV_REFUSE = 3,
+    RDZV_ABORT = 4,
+    RDZV_DONE = 5,
+    RDZV_CHALLENGE = 6,
+} RdzvType;
+
+// One message as rdzv_decode_message found it: the fields of its type are set, the
+// others are zero.
+typedef struct {
+    RdzvType type;
+    RdzvHello hello;                               // HELLO
+    unsigned char proof[RDZV_PROOF_BYTES];         // HELLO: the answer to the challenge
+    size_t signed_len;                             // HELLO: payload bytes the proof covers
+    unsigned char challenge[RDZV_CHALLENGE_BYTES]; // CHALLENGE
+    RdzvWorld world;                               // WORLD
+    char text[RDZV_TEXT_BYTES];                    // REFUSE, ABORT: the reason
+} RdzvMessage;
+
 typedef struct {
     int nnodes;
     int node_rank;
     const char* master_addr;
     int master_port;
-    double timeout_s;    // the whole rendezvous
+    char token[RDZV_TOKEN_BYTES + 1]; // the job's shared secret: the key of every proof
+    double timeout_s;                 // the whole rendezvous
     double world_wait_s; // how much longer a node waits for WORLD: the master's set-up after
                          // the last node is in (0 unless set after rdzv_init)
     bool debug;
@@ -79,15 +111,17 @@ typedef struct {
     RdzvHello hello[RDZV_MAX_NODES]; // master: every node's HELLO
 } Rdzv;
 
-// Prepares r: the settings from the arguments, no connections yet.
+// Prepares r: the settings from the arguments, no connections yet. token is the job's
+// secret ("" for none), at most RDZV_TOKEN_BYTES characters.
 void rdzv_init(Rdzv* r, int nnodes, int node_rank, const char* master_addr, int master_port,
-               double timeout_s, bool debug);
+               const char* token, double timeout_s, bool debug);
 
 // Master: binds master_addr:master_port. Returns 0, or -1 after printing
 // "bind ADDR:PORT: REASON; use --master-port or stop the old run".
 int rdzv_master_listen(Rdzv* r);
-// Master: collects every other node's HELLO (own is node 0's) until all are in or
-// the deadline passes, refusing bad ones. Returns 0, or -1 after a message.
+// Master: challenges every connection and collects every other node's HELLO (own is
+// node 0's) until all are in or the deadline passes, refusing bad ones and logging
+// each one line. Returns 0, or -1 after a message.
 int rdzv_master_gather(Rdzv* r, const RdzvHello* own);
 // Master: the world that the gathered HELLOs describe.
 void rdzv_make_world(const Rdzv* r, RdzvWorld* world);
@@ -95,8 +129,8 @@ int rdzv_master_send_world(Rdzv* r, const RdzvWorld* world);
 // Node: connects to the master, retrying until the deadline. Returns 0, or -1 after
 // a message saying what it tried (refused, timed out, no route) with a hint.
 int rdzv_connect(Rdzv* r);
-// Node: sends own over the connection, waits for WORLD. Returns 0, or -1 after a
-// message (refused, with the master's reason, or timed out).
+// Node: answers the master's CHALLENGE with own in HELLO, waits for WORLD. Returns 0,
+// or -1 after a message (refused, with the master's reason, or timed out).
 int rdzv_join(Rdzv* r, const RdzvHello* own, RdzvWorld* world);
 
 // Node: tells the master; master: tells every node. Best effort, never blocks long.
@@ -108,6 +142,12 @@ int rdzv_poll(Rdzv* r, char* reason, size_t reason_len);
 // Master: waits for DONE from every node until the deadline. Returns 0 or -1.
 int rdzv_master_wait_done(Rdzv* r, double deadline);
 void rdzv_close(Rdzv* r);
+
+// Checks and decodes one message as it came from the wire: the 12-byte header, then the
+// payload, len bytes in all. Returns 0 with out set, or -1 with the reason in why. It
+// reads nothing outside bytes[0, len) and trusts none of them.
+int rdzv_decode_message(RdzvMessage* out, const unsigned char* bytes, size_t len, char* why,
+                        size_t why_len);
 
 #ifdef __cplusplus
 }

@@ -417,16 +417,20 @@ Test(multi_node, a_node_with_the_wrong_token_is_refused_and_the_right_one_still_
      .fini = proc_end_leftovers) {
     int port = PORT_BASE + 7;
     Proc nodes[2], wrong;
-    start_node(&nodes[0], &(Node){.nnodes = 2, .port = port, .env = {"DDP_TOKEN=right"}});
-    start_node(&wrong,
-               &(Node){.nnodes = 2, .node_rank = 1, .port = port, .env = {"DDP_TOKEN=wrong"}});
-    expect_refused(&wrong, (const char*[]){"refused", "wrong token", NULL});
+    start_node(&nodes[0], &(Node){.nnodes = 2, .port = port, .env = {"DDP_TOKEN=tok-right-5e1"}});
+    start_node(
+        &wrong,
+        &(Node){.nnodes = 2, .node_rank = 1, .port = port, .env = {"DDP_TOKEN=tok-wrong-5e1"}});
+    expect_refused(&wrong, (const char*[]){"refused", "wrong token or replayed answer", NULL});
     cr_assert(proc_wait_for(&nodes[0], PROC_STDERR, "wrong token", 1, now_seconds() + 10.0),
               "the master does not log the refusal; stderr:\n%s", nodes[0].err.text);
     cr_assert_not_null(strstr(nodes[0].err.text, "refused node 1 from 127.0.0.1:"),
                        "the master's log does not say whom it refused:\n%s", nodes[0].err.text);
-    start_node(&nodes[1],
-               &(Node){.nnodes = 2, .node_rank = 1, .port = port, .env = {"DDP_TOKEN=right"}});
+    cr_assert(strstr(nodes[0].err.text, "tok-") == NULL && strstr(wrong.err.text, "tok-") == NULL,
+              "a token is in a log:\n%s\n%s", nodes[0].err.text, wrong.err.text);
+    start_node(
+        &nodes[1],
+        &(Node){.nnodes = 2, .node_rank = 1, .port = port, .env = {"DDP_TOKEN=tok-right-5e1"}});
     expect_job_completes(nodes, 2);
     proc_free(&wrong);
     for (int n = 0; n < 2; n++)
@@ -563,7 +567,7 @@ static int connect_to(int port) {
     return fd;
 }
 
-// A message header as the wire format has it: magic, version, type, length.
+// A message header as the wire format has it: magic, version (2), type, length.
 static void put_header(unsigned char* h, uint32_t magic, uint16_t version, uint16_t type,
                        uint32_t length) {
     magic = htonl(magic), length = htonl(length);
@@ -574,14 +578,16 @@ static void put_header(unsigned char* h, uint32_t magic, uint16_t version, uint1
     memcpy(h + 8, &length, 4);
 }
 
+#define VERSION 2
 #define HELLO 1
-// HELLO's payload for one worker: node rank, nproc, token[65], build[64], nccl[16],
-// settings[1024], ring address[16], one port.
-#define HELLO_BYTES (4 + 4 + 65 + 64 + 16 + 1024 + 16 + 4)
+// HELLO's payload for one worker: node rank, nproc, build[64], nccl[16], settings[1024],
+// ring address[16], one port, the proof[32].
+#define HELLO_BYTES (4 + 4 + 64 + 16 + 1024 + 16 + 4 + 32)
+#define CHALLENGE_BYTES (12 + 32) // the master's first message on every connection
 
 // Sends bytes (len) on a new connection (and hangs up at once if hang_up), then waits
 // until the master has logged the count-th ignored connection, saying reason, and
-// has closed it.
+// has closed it (after its CHALLENGE, which the test does not answer).
 static void send_garbage(Proc* master, int port, const void* bytes, size_t len, int hang_up,
                          int count, const char* reason) {
     int fd = connect_to(port);
@@ -602,7 +608,14 @@ static void send_garbage(Proc* master, int port, const void* bytes, size_t len, 
               "the master's log of connection %d does not say '%s':\n%s", count, reason,
               master->err.text);
     if (fd >= 0) {
-        char byte;
+        unsigned char challenge[CHALLENGE_BYTES], byte;
+        for (size_t n = 0; n < sizeof challenge;) {
+            ssize_t got = recv(fd, challenge + n, sizeof challenge - n, 0);
+            cr_assert_gt(got, 0, "connection %d: no CHALLENGE from the master", count);
+            n += (size_t)got;
+        }
+        cr_assert(challenge[7] == 6 && challenge[11] == 32,
+                  "connection %d: the master's first message is not a CHALLENGE", count);
         ssize_t got = recv(fd, &byte, 1, 0);
         cr_assert(got == 0 || (got < 0 && errno == ECONNRESET),
                   "the master kept connection %d open (recv: %zd, %s)", count, got,
@@ -625,24 +638,25 @@ Test(multi_node, garbage_on_the_master_port_is_logged_and_ignored, .fini = proc_
     send_garbage(&nodes[0], port, junk, sizeof junk, 0, 1, "bad magic");
     // ii) a valid header announcing 2 GiB
     unsigned char msg[12 + HELLO_BYTES];
-    put_header(msg, 0x44445052u, 1, HELLO, 0x7fffffffu);
+    put_header(msg, 0x44445052u, VERSION, HELLO, 0x7fffffffu);
     send_garbage(&nodes[0], port, msg, 12, 0, 2, "payload length 2147483647 is over the limit");
     // iii) a valid header, then a hang-up in the middle of the payload
-    put_header(msg, 0x44445052u, 1, HELLO, HELLO_BYTES);
+    put_header(msg, 0x44445052u, VERSION, HELLO, HELLO_BYTES);
     memset(msg + 12, 0, 100);
     send_garbage(&nodes[0], port, msg, 12 + 100, 1, 3,
                  "connection closed by the peer in the middle of a message");
-    // iv) another protocol version
-    put_header(msg, 0x44445052u, 2, HELLO, HELLO_BYTES);
-    send_garbage(&nodes[0], port, msg, 12, 0, 4, "protocol version 2");
-    // v) a HELLO of the right length whose token field holds no NUL byte
+    // iv) another protocol version: an agent of the version before
     put_header(msg, 0x44445052u, 1, HELLO, HELLO_BYTES);
+    send_garbage(&nodes[0], port, msg, 12, 0, 4, "protocol version 1, this build speaks 2");
+    // v) a HELLO of the right length whose text fields hold no NUL byte
+    put_header(msg, 0x44445052u, VERSION, HELLO, HELLO_BYTES);
     memset(msg + 12, 'A', HELLO_BYTES);
     uint32_t one = htonl(1);
     memcpy(msg + 12, &one, 4), memcpy(msg + 16, &one, 4);
     send_garbage(&nodes[0], port, msg, sizeof msg, 0, 5, "not a well-formed HELLO");
     // vi) a connection that says nothing: the master waits a moment only
-    send_garbage(&nodes[0], port, msg, 0, 0, 6, "timed out");
+    send_garbage(&nodes[0], port, msg, 0, 0, 6,
+                 "timed out (no answer to the challenge within 2 s)");
     cr_assert_null(strstr(nodes[0].err.text, "refused"),
                    "the master refused garbage as a node:\n%s", nodes[0].err.text);
     start_node(&nodes[1], &(Node){.nnodes = 2, .node_rank = 1, .port = port});

@@ -7,17 +7,22 @@
  * and what they printed. Children that must arrive in order wait on a pipe
  * (a gate) until the ones before them have connected: the master takes
  * connections in the order they came. Some children speak the wire format by
- * hand, from its documentation (a 12-byte header, u32 magic "DDPR", u16 version 1,
- * u16 type, u32 length, network byte order), to check the layout and to send
- * what no agent would. Before each gather the stack is filled with a pattern, so
- * that a variable the master forgets to set shows up every time. Every wait has a
- * deadline; children die with the test.
+ * hand, from its documentation (a 12-byte header, u32 magic "DDPR", u16 version 2,
+ * u16 type, u32 length, network byte order; HELLO's proof is HMAC-SHA256 keyed with
+ * the token over the CHALLENGE and HELLO's fields), to check the layout and to send
+ * what no agent would. Some tests play the master themselves, to see the bytes a node
+ * sends. Before each gather the stack is filled with a pattern, so that a variable
+ * the master forgets to set shows up every time. Every wait has a deadline; children
+ * die with the test.
  *
  * Covered: WORLD's contents (world size, each node's first rank with different
  * worker counts, ring addresses and ports as sent, NCCL's id), every reason to
- * refuse a node, malformed HELLOs, the listener closed once the world is formed,
- * a node's view of a master that is absent, silent or odd, and the control
- * channels (ABORT, DONE, a node that goes away).
+ * refuse a node, the token (never sent; a wrong one, a replayed answer and a
+ * connection that never answers the challenge are turned away while the job forms),
+ * malformed HELLOs, the decoder on truncated, oversized and garbage bytes, the
+ * listener closed once the world is formed, a node's view of a master that is
+ * absent, silent or odd, and the control channels (ABORT, DONE, a node that goes
+ * away).
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -26,6 +31,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sodium.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -40,7 +46,7 @@
 #include "rendezvous.h"
 
 // Every test has its own ports (Criterion runs tests in parallel); test_multi_node.c
-// uses 29700 to 29759.
+// uses 29700 and up.
 #define PORT_BASE 29760
 #define RDZV_TIMEOUT_S 10.0 // of the master and of every node: a test that waits this long fails
 #define CHILD_DEADLINE_S 20.0
@@ -144,11 +150,12 @@ static pid_t fork_child(Child* c, int* answer_write_fd) {
     return c->pid;
 }
 
-// A node that joins as the agents do: rdzv_connect, then rdzv_join with own; it sends
-// back the WORLD it received. It waits for `wait` bytes on gate `after` before it
-// connects and passes gate `then` once it has connected (either gate may be NULL).
-static void spawn_node(Child* c, int nnodes, int port, const RdzvHello* own, const Gate* after,
-                       int wait, const Gate* then) {
+// A node that joins as the agents do, with the job's token: rdzv_connect, then
+// rdzv_join with own; it sends back the WORLD it received. It waits for `wait` bytes
+// on gate `after` before it connects and passes gate `then` once it has connected
+// (either gate may be NULL).
+static void spawn_node(Child* c, int nnodes, int port, const char* token, const RdzvHello* own,
+                       const Gate* after, int wait, const Gate* then) {
     int answer_fd;
     if (fork_child(c, &answer_fd) != 0)
         return;
@@ -156,7 +163,7 @@ static void spawn_node(Child* c, int nnodes, int port, const RdzvHello* own, con
         _exit(CHILD_GATE_TIMED_OUT);
     Rdzv r;
     RdzvWorld world;
-    rdzv_init(&r, nnodes, own->node_rank, "127.0.0.1", port, RDZV_TIMEOUT_S, false);
+    rdzv_init(&r, nnodes, own->node_rank, "127.0.0.1", port, token, RDZV_TIMEOUT_S, false);
     if (rdzv_connect(&r) != 0)
         _exit(CHILD_CANNOT_CONNECT);
     if (then != NULL)
@@ -266,11 +273,11 @@ static void end_children_and_release_stderr(void) {
 #define TOKEN "job-token-4f1c"
 #define BUILD "test-build"
 #define SETTINGS "epochs=3 batch_size=32 seed=42"
+#define WRONG_PROOF "wrong token or replayed answer (see --token-file or DDP_TOKEN)"
 
-// A node's HELLO: the job's token, build and settings, ring at addr, ports port0 + i.
+// A node's HELLO: the job's build and settings, ring at addr, ports port0 + i.
 static RdzvHello hello_of(int node_rank, int nproc, const char* addr, int port0) {
     RdzvHello h = {.node_rank = node_rank, .nproc = nproc};
-    snprintf(h.token, sizeof h.token, "%s", TOKEN);
     snprintf(h.build_id, sizeof h.build_id, "%s", BUILD);
     snprintf(h.nccl_version, sizeof h.nccl_version, "none");
     snprintf(h.settings, sizeof h.settings, "%s", SETTINGS);
@@ -281,7 +288,7 @@ static RdzvHello hello_of(int node_rank, int nproc, const char* addr, int port0)
 }
 
 static void master_listen(Rdzv* r, int nnodes, int port) {
-    rdzv_init(r, nnodes, 0, "127.0.0.1", port, RDZV_TIMEOUT_S, false);
+    rdzv_init(r, nnodes, 0, "127.0.0.1", port, TOKEN, RDZV_TIMEOUT_S, false);
     cr_assert_eq(rdzv_master_listen(r), 0, "the master cannot listen on port %d", port);
     master_fd = r->listen_fd;
 }
@@ -358,8 +365,8 @@ Test(rendezvous, the_world_numbers_ranks_node_by_node_when_nodes_have_different_
     Rdzv master;
     master_listen(&master, 3, port);
     Child nodes[3];
-    spawn_node(&nodes[2], 3, port, &hellos[2], NULL, 0, NULL); // node 2 first: order is free
-    spawn_node(&nodes[1], 3, port, &hellos[1], NULL, 0, NULL);
+    spawn_node(&nodes[2], 3, port, TOKEN, &hellos[2], NULL, 0, NULL); // node 2 first: order is free
+    spawn_node(&nodes[1], 3, port, TOKEN, &hellos[1], NULL, 0, NULL);
     char log[4096];
     master_gather(&master, &hellos[0], log, sizeof log);
     RdzvWorld world;
@@ -397,7 +404,7 @@ Test(rendezvous, the_master_stops_listening_once_the_world_is_formed,
     Rdzv master;
     master_listen(&master, 2, port);
     Child child;
-    spawn_node(&child, 2, port, &node, NULL, 0, NULL);
+    spawn_node(&child, 2, port, TOKEN, &node, NULL, 0, NULL);
     char log[4096];
     master_gather(&master, &own, log, sizeof log);
     cr_assert_eq(master.listen_fd, -1, "the master still has its listening socket");
@@ -428,7 +435,7 @@ static void form_after_bad_ones(int port, Rdzv* master, Gate* gate, int bad, cha
                                 size_t len) {
     RdzvHello own = hello_of(0, 1, "127.0.0.1", 40000), good = hello_of(1, 1, "127.0.0.1", 40001);
     Child child;
-    spawn_node(&child, 2, port, &good, gate, bad, NULL);
+    spawn_node(&child, 2, port, TOKEN, &good, gate, bad, NULL);
     master_gather(master, &own, log, len);
     cr_assert_eq(master->hello[1].ring_ports[0], 40001, "a bad HELLO was taken for node 1");
     RdzvWorld world;
@@ -446,14 +453,17 @@ Test(rendezvous, each_bad_hello_is_refused_with_its_reason_and_the_job_still_for
     enum { BAD = 7 };
     struct {
         RdzvHello hello;
+        const char* token;
         const char* reason;
     } cases[BAD];
-    for (int i = 0; i < BAD; i++)
+    for (int i = 0; i < BAD; i++) {
         cases[i].hello = hello_of(1, 1, "127.0.0.1", 40001);
-    snprintf(cases[0].hello.token, sizeof cases[0].hello.token, "job-token-4f1d");
-    cases[0].reason = "wrong token (see --token-file or DDP_TOKEN)";
-    cases[1].hello.token[0] = '\0';
-    cases[1].reason = "wrong token";
+        cases[i].token = TOKEN;
+    }
+    cases[0].token = "job-token-4f1d";
+    cases[0].reason = WRONG_PROOF;
+    cases[1].token = ""; // no token at all
+    cases[1].reason = WRONG_PROOF;
     snprintf(cases[2].hello.build_id, sizeof cases[2].hello.build_id, "other-build");
     cases[2].reason = "build other-build differs from the master's test-build";
     snprintf(cases[3].hello.nccl_version, sizeof cases[3].hello.nccl_version, "2.28.9");
@@ -471,7 +481,7 @@ Test(rendezvous, each_bad_hello_is_refused_with_its_reason_and_the_job_still_for
     gate_open(&gate);
     Child bad[BAD];
     for (int i = 0; i < BAD; i++)
-        spawn_node(&bad[i], 2, port, &cases[i].hello, NULL, 0, &gate);
+        spawn_node(&bad[i], 2, port, cases[i].token, &cases[i].hello, NULL, 0, &gate);
     char log[8192];
     form_after_bad_ones(port, &master, &gate, BAD, log, sizeof log);
     for (int i = 0; i < BAD; i++) {
@@ -504,9 +514,9 @@ Test(rendezvous, a_second_node_with_a_taken_node_rank_is_refused,
     Gate first, second;
     gate_open(&first), gate_open(&second);
     Child node1, twin_child, node2;
-    spawn_node(&node1, 3, port, &hellos[1], NULL, 0, &first);
-    spawn_node(&twin_child, 3, port, &twin, &first, 1, &second);
-    spawn_node(&node2, 3, port, &hellos[2], &second, 1, NULL);
+    spawn_node(&node1, 3, port, TOKEN, &hellos[1], NULL, 0, &first);
+    spawn_node(&twin_child, 3, port, TOKEN, &twin, &first, 1, &second);
+    spawn_node(&node2, 3, port, TOKEN, &hellos[2], &second, 1, NULL);
     char log[4096];
     master_gather(&master, &hellos[0], log, sizeof log);
     RdzvWorld world;
@@ -529,6 +539,14 @@ Test(rendezvous, a_second_node_with_a_taken_node_rank_is_refused,
 
 // ----------------------------------------------------------------------------
 // the wire format, by hand
+
+#define WIRE_VERSION 2
+#define HEADER 12
+#define CHALLENGE_TYPE 6
+#define PROOF 32
+// HELLO's fields for one worker: node rank, nproc, build[64], NCCL version[16],
+// settings[1024], ring address[16], one port; the proof follows them.
+#define HELLO_FIELDS_1 (4 + 4 + 64 + 16 + 1024 + 16 + 4)
 
 typedef struct {
     unsigned char b[2 * RDZV_MAX_PAYLOAD];
@@ -558,24 +576,82 @@ static void wire_header(Wire* w, uint16_t version, uint16_t type, uint32_t lengt
     wire_u32(w, length);
 }
 
-// A HELLO message as documented: u32 node rank, u32 nproc, then fixed fields token
-// (65 bytes), build (64), NCCL version (16), settings (1024), ring address (16),
-// then `ports` u32 ring ports (normally nproc of them).
+// A message of the given type around payload.
+static Wire wire_message(uint16_t type, const Wire* payload) {
+    Wire msg = {.n = 0};
+    wire_header(&msg, WIRE_VERSION, type, (uint32_t)payload->n);
+    memcpy(msg.b + msg.n, payload->b, payload->n);
+    msg.n += payload->n;
+    return msg;
+}
+
+// A HELLO message as documented: u32 node rank, u32 nproc, then fixed fields build
+// (64 bytes), NCCL version (16), settings (1024), ring address (16), then `ports` u32
+// ring ports (normally nproc of them), then a 32-byte proof, zero until sign_hello.
 static Wire hello_wire(uint16_t type, int node_rank, int nproc, int ports, const char* settings) {
-    Wire payload = {.n = 0}, msg = {.n = 0};
+    Wire payload = {.n = 0};
     wire_u32(&payload, (uint32_t)node_rank);
     wire_u32(&payload, (uint32_t)nproc);
-    wire_text(&payload, TOKEN, 65);
     wire_text(&payload, BUILD, 64);
     wire_text(&payload, "none", 16);
     wire_text(&payload, settings, 1024);
     wire_text(&payload, "127.0.0.5", 16);
     for (int i = 0; i < ports; i++)
         wire_u32(&payload, 45000u + (uint32_t)i);
-    wire_header(&msg, 1, type, (uint32_t)payload.n);
-    memcpy(msg.b + msg.n, payload.b, payload.n);
-    msg.n += payload.n;
-    return msg;
+    memset(payload.b + payload.n, 0, PROOF);
+    payload.n += PROOF;
+    return wire_message(type, &payload);
+}
+
+// HMAC-SHA256 keyed with token over the challenge and HELLO's fields: the proof of the
+// HELLO message msg (its last 32 bytes), as documented.
+static void hello_proof_of(unsigned char* proof, const Wire* msg, const char* token,
+                           const unsigned char* challenge) {
+    crypto_auth_hmacsha256_state state;
+    crypto_auth_hmacsha256_init(&state, (const unsigned char*)token, strlen(token));
+    crypto_auth_hmacsha256_update(&state, challenge, RDZV_CHALLENGE_BYTES);
+    crypto_auth_hmacsha256_update(&state, msg->b + HEADER, msg->n - HEADER - PROOF);
+    crypto_auth_hmacsha256_final(&state, proof);
+}
+
+static void sign_hello(Wire* msg, const unsigned char* challenge) {
+    hello_proof_of(msg->b + msg->n - PROOF, msg, TOKEN, challenge);
+}
+
+static Wire challenge_wire(const unsigned char* challenge) {
+    Wire payload = {.n = RDZV_CHALLENGE_BYTES};
+    memcpy(payload.b, challenge, RDZV_CHALLENGE_BYTES);
+    return wire_message(CHALLENGE_TYPE, &payload);
+}
+
+// REFUSE (3) or ABORT (4) with its NUL-terminated reason.
+static Wire text_wire(uint16_t type, const char* text) {
+    Wire payload = {.n = strlen(text) + 1};
+    memcpy(payload.b, text, payload.n);
+    return wire_message(type, &payload);
+}
+
+// A WORLD message for nnodes nodes of nproc[n] workers, world_size as given.
+static Wire world_wire(int world_size, int nnodes, const int* nproc) {
+    Wire payload = {.n = 0};
+    wire_u32(&payload, (uint32_t)world_size);
+    wire_u32(&payload, (uint32_t)nnodes);
+    for (int n = 0; n < nnodes; n++)
+        wire_u32(&payload, (uint32_t)nproc[n]);
+    for (int r = 0; r < world_size; r++) {
+        wire_text(&payload, "127.0.0.1", 16);
+        wire_u32(&payload, 40000u + (uint32_t)r);
+    }
+    wire_u32(&payload, 0);
+    memset(payload.b + payload.n, 0, 128);
+    payload.n += 128;
+    return wire_message(2, &payload);
+}
+
+// Appends b to a.
+static void wire_append(Wire* a, const Wire* b) {
+    memcpy(a->b + a->n, b->b, b->n);
+    a->n += b->n;
 }
 
 // A blocking connection to 127.0.0.1:port, tried for 10 s; -1 if none.
@@ -604,16 +680,35 @@ static int recv_all(int fd, void* buf, size_t len) {
     return 0;
 }
 
+static uint32_t u32_at(const unsigned char* p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return ntohl(v);
+}
+
+// Reads the master's first message, which must be a CHALLENGE; its 32 bytes into out.
+static int recv_challenge(int fd, unsigned char* out) {
+    unsigned char m[HEADER + RDZV_CHALLENGE_BYTES];
+    if (recv_all(fd, m, sizeof m) != 0 || u32_at(m) != 0x44445052u ||
+        (m[4] << 8 | m[5]) != WIRE_VERSION || (m[6] << 8 | m[7]) != CHALLENGE_TYPE ||
+        u32_at(m + 8) != RDZV_CHALLENGE_BYTES)
+        return -1;
+    memcpy(out, m + HEADER, RDZV_CHALLENGE_BYTES);
+    return 0;
+}
+
 typedef enum {
-    RAW_EXPECT_WORLD, // reads the answer and sends back its header and payload
-    RAW_EXPECT_CLOSE, // expects the master to close the connection
-    RAW_HANG_UP,      // closes the connection itself, at once
+    RAW_EXPECT_ANSWER, // reads the answer and sends back its header and payload
+    RAW_EXPECT_CLOSE,  // expects the master to close the connection
+    RAW_HANG_UP,       // closes the connection itself, at once
 } RawMode;
 
-// A child that sends msg by hand and then does what mode says. It exits CHILD_BAD_ANSWER
-// if the answer is no message, CHILD_NOT_CLOSED if the master keeps a connection open
-// for 10 s that it should close.
-static void spawn_raw(Child* c, int port, const Wire* msg, RawMode mode, const Gate* then) {
+// A child that reads the master's challenge, sends msg by hand (signed with the
+// challenge if sign) and then does what mode says. It exits CHILD_BAD_ANSWER if the
+// master's messages are not what they should be, CHILD_NOT_CLOSED if the master keeps
+// a connection open for 10 s that it should close.
+static void spawn_raw(Child* c, int port, const Wire* msg, bool sign, RawMode mode,
+                      const Gate* then) {
     int answer_fd;
     if (fork_child(c, &answer_fd) != 0)
         return;
@@ -622,7 +717,14 @@ static void spawn_raw(Child* c, int port, const Wire* msg, RawMode mode, const G
         _exit(CHILD_CANNOT_CONNECT);
     if (then != NULL)
         gate_pass(then);
-    if (send(fd, msg->b, msg->n, MSG_NOSIGNAL) != (ssize_t)msg->n)
+    static Wire out;
+    unsigned char challenge[RDZV_CHALLENGE_BYTES];
+    if (recv_challenge(fd, challenge) != 0)
+        _exit(CHILD_BAD_ANSWER);
+    out = *msg;
+    if (sign)
+        sign_hello(&out, challenge);
+    if (send(fd, out.b, out.n, MSG_NOSIGNAL) != (ssize_t)out.n)
         _exit(CHILD_NOT_CLOSED);
     unsigned char answer[RDZV_MAX_PAYLOAD];
     if (mode == RAW_HANG_UP)
@@ -631,21 +733,13 @@ static void spawn_raw(Child* c, int port, const Wire* msg, RawMode mode, const G
         ssize_t n = recv(fd, answer, 1, 0);
         _exit(n == 0 || (n < 0 && errno == ECONNRESET) ? CHILD_JOINED : CHILD_NOT_CLOSED);
     }
-    uint32_t length;
-    if (recv_all(fd, answer, 12) != 0)
+    if (recv_all(fd, answer, HEADER) != 0)
         _exit(CHILD_BAD_ANSWER);
-    memcpy(&length, answer + 8, 4);
-    length = ntohl(length);
-    if (length > sizeof answer - 12 || recv_all(fd, answer + 12, length) != 0)
+    uint32_t length = u32_at(answer + 8);
+    if (length > sizeof answer - HEADER || recv_all(fd, answer + HEADER, length) != 0)
         _exit(CHILD_BAD_ANSWER);
-    write_all(answer_fd, answer, 12 + length);
+    write_all(answer_fd, answer, HEADER + length);
     _exit(CHILD_JOINED);
-}
-
-static uint32_t u32_at(const unsigned char* p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return ntohl(v);
 }
 
 Test(rendezvous, a_hello_written_by_hand_from_the_documented_layout_is_accepted,
@@ -656,7 +750,7 @@ Test(rendezvous, a_hello_written_by_hand_from_the_documented_layout_is_accepted,
     master_listen(&master, 2, port);
     Wire msg = hello_wire(1, 1, 2, 2, SETTINGS);
     Child raw;
-    spawn_raw(&raw, port, &msg, RAW_EXPECT_WORLD, NULL);
+    spawn_raw(&raw, port, &msg, true, RAW_EXPECT_ANSWER, NULL);
     char log[4096];
     master_gather(&master, &own, log, sizeof log);
     cr_assert_eq(master.hello[1].nproc, 2);
@@ -674,7 +768,7 @@ Test(rendezvous, a_hello_written_by_hand_from_the_documented_layout_is_accepted,
     cr_assert_eq(raw.answer_len, 12 + want_len, "WORLD is %zu bytes, want %zu", raw.answer_len,
                  12 + want_len);
     cr_assert_eq(u32_at(a), 0x44445052u, "magic 0x%08x", u32_at(a));
-    cr_assert_eq(a[4] << 8 | a[5], 1, "version");
+    cr_assert_eq(a[4] << 8 | a[5], WIRE_VERSION, "version");
     cr_assert_eq(a[6] << 8 | a[7], 2, "type: want 2 (WORLD)");
     cr_assert_eq(u32_at(a + 8), want_len, "the length field");
     const unsigned char* p = a + 12;
@@ -693,91 +787,96 @@ Test(rendezvous, a_hello_written_by_hand_from_the_documented_layout_is_accepted,
     rdzv_close(&master);
 }
 
-Test(rendezvous, hellos_that_do_not_parse_are_ignored_and_the_job_still_forms,
-     .fini = end_children_and_release_stderr) {
-    int port = PORT_BASE + 5;
-    char no_nul[1100];
-    memset(no_nul, 'x', 1024);
-    no_nul[1024] = '\0'; // fills the settings field without a NUL byte
-    struct {
-        Wire msg;
-        const char* what;
-    } cases[] = {
-        {hello_wire(1, 1, 0, 0, SETTINGS), "nproc 0"},
-        {hello_wire(1, 1, WORKERS_MAX + 1, WORKERS_MAX + 1, SETTINGS), "nproc over WORKERS_MAX"},
-        {hello_wire(1, 1, 1, 2, SETTINGS), "a port more than nproc"},
-        {hello_wire(1, 1, 2, 1, SETTINGS), "a port less than nproc"},
-        {hello_wire(2, 1, 1, 1, SETTINGS), "a HELLO sent as WORLD (type 2)"},
-        {hello_wire(5, 1, 1, 1, SETTINGS), "a HELLO sent as DONE (type 5)"},
-        {hello_wire(1, 1, 1, 1, no_nul), "a text field without a NUL byte"},
-    };
-    enum { BAD = sizeof cases / sizeof *cases };
+// Connections that each send one of msgs (count) come first, a good node 1 last: the
+// master must ignore each with its reason (nobody refused) and form the job.
+static void expect_ignored_then_formed(int port, const Wire* msgs, const RawMode* modes,
+                                       const char* const* reasons, int count) {
     Rdzv master;
     master_listen(&master, 2, port);
     Gate gate;
     gate_open(&gate);
-    Child bad[BAD];
-    for (int i = 0; i < BAD; i++)
-        spawn_raw(&bad[i], port, &cases[i].msg, RAW_EXPECT_CLOSE, &gate);
+    Child bad[16];
+    for (int i = 0; i < count; i++)
+        spawn_raw(&bad[i], port, &msgs[i], false, modes[i], &gate);
     char log[8192];
-    form_after_bad_ones(port, &master, &gate, BAD, log, sizeof log);
-    for (int i = 0; i < BAD; i++) {
+    form_after_bad_ones(port, &master, &gate, count, log, sizeof log);
+    for (int i = 0; i < count; i++) {
         collect(&bad[i]);
         cr_assert_eq(bad[i].status, CHILD_JOINED,
-                     "%s: the master did not close the connection (status %d)", cases[i].what,
+                     "%s: the master did not close the connection (status %d)", reasons[i],
                      bad[i].status);
     }
-    cr_assert_eq(count_of(log, "rendezvous: ignored a connection from 127.0.0.1:"), BAD,
-                 "want %d ignored connections in the master's log:\n%s", BAD, log);
+    cr_assert_eq(count_of(log, "rendezvous: ignored a connection from 127.0.0.1:"), count,
+                 "want %d ignored connections in the master's log:\n%s", count, log);
     cr_assert_null(strstr(log, "refused"), "the master refused instead of ignoring:\n%s", log);
-    cr_assert_eq(count_of(log, ": not a well-formed HELLO\n"), BAD,
-                 "want each of the %d connections logged as 'not a well-formed HELLO':\n%s", BAD,
-                 log);
+    for (int i = 0; i < count; i++)
+        cr_expect(has_line(log, "rendezvous: ignored a connection from 127.0.0.1:", reasons[i]),
+                  "the master's log does not say why it ignored a connection: '%s':\n%s",
+                  reasons[i], log);
+}
+
+Test(rendezvous, hellos_that_do_not_parse_are_ignored_and_the_job_still_forms,
+     .fini = end_children_and_release_stderr) {
+    char no_nul[1100];
+    memset(no_nul, 'x', 1024);
+    no_nul[1024] = '\0'; // fills the settings field without a NUL byte
+    Wire no_proof = hello_wire(1, 1, 1, 1, SETTINGS), done = {.n = 0};
+    no_proof.n -= PROOF;
+    no_proof.b[11] = (unsigned char)(no_proof.n - HEADER); // the length field's low byte
+    wire_header(&done, WIRE_VERSION, 5, 0);
+    unsigned char zeros[RDZV_CHALLENGE_BYTES] = {0};
+    Wire msgs[] = {
+        hello_wire(1, 1, 0, 0, SETTINGS),                             // nproc 0
+        hello_wire(1, 1, WORKERS_MAX + 1, WORKERS_MAX + 1, SETTINGS), // nproc over WORKERS_MAX
+        hello_wire(1, 1, 1, 2, SETTINGS),                             // a port more than nproc
+        hello_wire(1, 1, 2, 1, SETTINGS),                             // a port less than nproc
+        hello_wire(1, 1, 1, 1, no_nul),                               // a text field without a NUL
+        no_proof,                                                     // no room for the proof
+        hello_wire(2, 1, 1, 1, SETTINGS),                             // a HELLO sent as WORLD
+        hello_wire(5, 1, 1, 1, SETTINGS),                             // a HELLO sent as DONE
+        done,                                                         // a DONE
+        challenge_wire(zeros),                                        // a challenge, not an answer
+    };
+    const char* const reasons[] = {
+        ": not a well-formed HELLO\n",
+        ": not a well-formed HELLO\n",
+        ": not a well-formed HELLO\n",
+        ": not a well-formed HELLO\n",
+        ": not a well-formed HELLO\n",
+        ": not a well-formed HELLO\n",
+        ": not a well-formed WORLD\n",
+        ": not a well-formed DONE\n",
+        ": DONE in answer to the challenge, not HELLO\n",
+        ": CHALLENGE in answer to the challenge, not HELLO\n",
+    };
+    enum { BAD = sizeof msgs / sizeof *msgs };
+    RawMode modes[BAD];
+    for (int i = 0; i < BAD; i++)
+        modes[i] = RAW_EXPECT_CLOSE;
+    expect_ignored_then_formed(PORT_BASE + 5, msgs, modes, reasons, BAD);
 }
 
 Test(rendezvous, a_connection_that_breaks_the_framing_is_ignored_and_logged_with_its_reason,
      .fini = end_children_and_release_stderr) {
-    int port = PORT_BASE + 9;
-    Wire magic = {.n = 0}, version = {.n = 0}, huge = {.n = 0},
+    Wire magic = {.n = 0}, version = {.n = 0}, type = {.n = 0}, huge = {.n = 0},
          cut = hello_wire(1, 1, 1, 1, SETTINGS);
     memset(magic.b, 'X', 64);
     magic.n = 64;
-    wire_header(&version, 2, 1, 1197);
-    wire_header(&huge, 1, 1, 0x7fffffffu);
-    cut.n = 12 + 100; // the header promises 1197 bytes
-    struct {
-        Wire msg;
-        RawMode mode;
-        const char* reason;
-    } cases[] = {
-        {magic, RAW_EXPECT_CLOSE, "bad magic 0x58585858 (not a multi_node agent?)"},
-        {version, RAW_EXPECT_CLOSE, "protocol version 2, this build speaks 1"},
-        {huge, RAW_EXPECT_CLOSE, "payload length 2147483647 is over the limit of 65536 bytes"},
-        {cut, RAW_HANG_UP, "connection closed by the peer in the middle of a message"},
+    wire_header(&version, 1, 1, HELLO_FIELDS_1 + PROOF); // an agent of the previous version
+    wire_header(&type, WIRE_VERSION, 9, 0);
+    wire_header(&huge, WIRE_VERSION, 1, 0x7fffffffu);
+    cut.n = HEADER + 100; // the header promises HELLO_FIELDS_1 + PROOF bytes
+    Wire msgs[] = {magic, version, type, huge, cut};
+    RawMode modes[] = {RAW_EXPECT_CLOSE, RAW_EXPECT_CLOSE, RAW_EXPECT_CLOSE, RAW_EXPECT_CLOSE,
+                       RAW_HANG_UP};
+    const char* const reasons[] = {
+        "bad magic 0x58585858 (not a multi_node agent?)",
+        "protocol version 1, this build speaks 2",
+        "unknown message type 9",
+        "payload length 2147483647 is over the limit of 65536 bytes",
+        "connection closed by the peer in the middle of a message",
     };
-    enum { BAD = sizeof cases / sizeof *cases };
-    Rdzv master;
-    master_listen(&master, 2, port);
-    Gate gate;
-    gate_open(&gate);
-    Child bad[BAD];
-    for (int i = 0; i < BAD; i++)
-        spawn_raw(&bad[i], port, &cases[i].msg, cases[i].mode, &gate);
-    char log[8192];
-    form_after_bad_ones(port, &master, &gate, BAD, log, sizeof log);
-    for (int i = 0; i < BAD; i++) {
-        collect(&bad[i]);
-        cr_assert_eq(bad[i].status, CHILD_JOINED,
-                     "%s: the master did not close the connection (status %d)", cases[i].reason,
-                     bad[i].status);
-    }
-    cr_assert_eq(count_of(log, "rendezvous: ignored a connection from 127.0.0.1:"), BAD,
-                 "want %d ignored connections in the master's log:\n%s", BAD, log);
-    for (int i = 0; i < BAD; i++)
-        cr_expect(
-            has_line(log, "rendezvous: ignored a connection from 127.0.0.1:", cases[i].reason),
-            "the master's log does not say why it ignored a connection: '%s':\n%s", cases[i].reason,
-            log);
+    expect_ignored_then_formed(PORT_BASE + 9, msgs, modes, reasons, sizeof msgs / sizeof *msgs);
 }
 
 // ----------------------------------------------------------------------------
@@ -786,7 +885,7 @@ Test(rendezvous, a_connection_that_breaks_the_framing_is_ignored_and_logged_with
 Test(rendezvous, a_node_without_a_master_gives_up_at_its_deadline_and_says_why,
      .fini = end_children_and_release_stderr) {
     Rdzv node;
-    rdzv_init(&node, 2, 1, "127.0.0.1", PORT_BASE + 6, 1.0, false);
+    rdzv_init(&node, 2, 1, "127.0.0.1", PORT_BASE + 6, TOKEN, 1.0, false);
     char log[4096];
     double start = now_seconds();
     catch_stderr();
@@ -816,22 +915,32 @@ static int listen_on(int port) {
     return fd;
 }
 
-// Joins a master (the test, on listen_fd) that answers with `answer` (n bytes; none
-// if n is 0); returns rdzv_join's result and its message in log.
+// Joins as node 1 of 2 with the job's token a master (the test, on listen_fd) that
+// answers with `answer` (n bytes; none if n is 0); returns rdzv_join's result and its
+// message in log. If sent is not NULL, the message the node sent comes back in it.
 static int join_with_answer(int listen_fd, int port, const void* answer, size_t n, char* log,
-                            size_t log_len) {
+                            size_t log_len, Wire* sent) {
     Rdzv node;
-    rdzv_init(&node, 2, 1, "127.0.0.1", port, 1.0, false);
+    rdzv_init(&node, 2, 1, "127.0.0.1", port, TOKEN, 1.0, false);
     cr_assert_eq(rdzv_connect(&node), 0, "cannot connect to the test's listener");
     int peer = accept(listen_fd, NULL, NULL);
     cr_assert_geq(peer, 0, "accept: %s", strerror(errno));
-    if (n > 0) // sent before the HELLO: it waits in the node's socket
+    if (n > 0) // sent before the node reads: it waits in the node's socket
         cr_assert_eq(send(peer, answer, n, MSG_NOSIGNAL), (ssize_t)n);
     RdzvHello own = hello_of(1, 1, "127.0.0.1", 40001);
     RdzvWorld world;
     catch_stderr();
     int status = rdzv_join(&node, &own, &world);
     release_stderr(log, log_len);
+    if (sent != NULL) {
+        struct timeval t = {.tv_sec = 5};
+        setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &t, sizeof t);
+        cr_assert_eq(recv_all(peer, sent->b, HEADER), 0, "the node sent no message");
+        sent->n = HEADER + u32_at(sent->b + 8);
+        cr_assert(sent->n <= sizeof sent->b &&
+                      recv_all(peer, sent->b + HEADER, sent->n - HEADER) == 0,
+                  "the node's message is cut short");
+    }
     close(peer);
     rdzv_close(&node);
     return status;
@@ -842,66 +951,309 @@ Test(rendezvous, a_node_gives_up_on_a_master_that_never_answers,
     int fd = listen_on(PORT_BASE + 7);
     char log[4096];
     double start = now_seconds();
-    int status = join_with_answer(fd, PORT_BASE + 7, NULL, 0, log, sizeof log);
+    int status = join_with_answer(fd, PORT_BASE + 7, NULL, 0, log, sizeof log, NULL);
     double took = now_seconds() - start;
     close(fd);
     cr_assert_eq(status, -1, "joined a master that said nothing");
     cr_assert(took < 3.0, "waited %.2f s with a deadline of 1 s", took);
-    cr_assert_not_null(strstr(log, "waiting for the master's answer: timed out"), "%s", log);
-}
-
-// A WORLD message for nnodes nodes of nproc[n] workers, world_size as given.
-static Wire world_wire(int world_size, int nnodes, const int* nproc) {
-    Wire payload = {.n = 0}, msg = {.n = 0};
-    wire_u32(&payload, (uint32_t)world_size);
-    wire_u32(&payload, (uint32_t)nnodes);
-    for (int n = 0; n < nnodes; n++)
-        wire_u32(&payload, (uint32_t)nproc[n]);
-    for (int r = 0; r < world_size; r++) {
-        wire_text(&payload, "127.0.0.1", 16);
-        wire_u32(&payload, 40000u + (uint32_t)r);
-    }
-    wire_u32(&payload, 0);
-    memset(payload.b + payload.n, 0, 128);
-    payload.n += 128;
-    wire_header(&msg, 1, 2, (uint32_t)payload.n);
-    memcpy(msg.b + msg.n, payload.b, payload.n);
-    msg.n += payload.n;
-    return msg;
+    cr_assert_not_null(strstr(log, "waiting for the master's CHALLENGE: timed out"), "%s", log);
 }
 
 Test(rendezvous, a_node_takes_only_a_world_that_fits_it_and_reports_a_refusal,
      .fini = end_children_and_release_stderr) {
     int port = PORT_BASE + 8;
     int fd = listen_on(port);
-    Wire refuse = {.n = 0};
-    const char* why = "wrong token (see --token-file or DDP_TOKEN)";
-    wire_header(&refuse, 1, 3, (uint32_t)strlen(why) + 1);
-    memcpy(refuse.b + refuse.n, why, strlen(why) + 1);
-    refuse.n += strlen(why) + 1;
+    unsigned char bytes[RDZV_CHALLENGE_BYTES] = {1, 2, 3};
+    Wire challenge = challenge_wire(bytes), short_challenge = challenge;
+    short_challenge.n--;
+    short_challenge.b[11]--; // a 31-byte challenge
     Wire garbage = {.n = 12};
     memset(garbage.b, 'G', 12);
     struct {
         Wire msg;
+        bool challenged; // the master's challenge comes first
         int joins;
         const char* said;
     } cases[] = {
-        {world_wire(2, 2, (int[]){1, 1}), 1, ""},
-        {world_wire(3, 3, (int[]){1, 1, 1}), 0, "not a WORLD that fits this node"},
-        {world_wire(3, 2, (int[]){1, 2}), 0, "not a WORLD that fits this node"}, // its nproc
-        {world_wire(3, 2, (int[]){1, 1}), 0, "not a WORLD that fits this node"}, // 3 != 1 + 1
-        {refuse, 0, "the master refused this node: wrong token (see --token-file or DDP_TOKEN)"},
-        {garbage, 0, "bad magic"},
+        {world_wire(2, 2, (int[]){1, 1}), true, 1, ""},
+        {world_wire(3, 3, (int[]){1, 1, 1}), true, 0, "not a WORLD that fits this node"},
+        {world_wire(3, 2, (int[]){1, 2}), true, 0, "not a WORLD that fits this node"}, // nproc
+        {world_wire(3, 2, (int[]){1, 1}), true, 0, "the master's WORLD: not a well-formed WORLD"},
+        {text_wire(3, WRONG_PROOF), true, 0, "the master refused this node: " WRONG_PROOF},
+        {text_wire(4, "rendezvous: timed out"), false, 0,
+         "the master gave up: rendezvous: timed out"},
+        {garbage, true, 0, "waiting for the master's WORLD: bad magic"},
+        {world_wire(2, 2, (int[]){1, 1}), false, 0,
+         "the master sent WORLD where CHALLENGE belongs"},
+        {short_challenge, false, 0, "the master's CHALLENGE: not a well-formed CHALLENGE"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        static Wire answer;
+        answer.n = 0;
+        if (cases[i].challenged)
+            wire_append(&answer, &challenge);
+        wire_append(&answer, &cases[i].msg);
         char log[4096];
-        int status = join_with_answer(fd, port, cases[i].msg.b, cases[i].msg.n, log, sizeof log);
+        int status = join_with_answer(fd, port, answer.b, answer.n, log, sizeof log, NULL);
         cr_assert_eq(status == 0, cases[i].joins, "case %zu: rdzv_join returned %d; it said:\n%s",
                      i, status, log);
         cr_assert_not_null(strstr(log, cases[i].said), "case %zu: it does not say '%s':\n%s", i,
                            cases[i].said, log);
     }
     close(fd);
+}
+
+// ----------------------------------------------------------------------------
+// the token
+
+// Plays the master for node 1 (in this process, with the job's token) on port: sends it
+// challenge, then REFUSE once it has answered. Returns the HELLO it sent.
+static void capture_hello(Wire* sent, int port, const unsigned char* challenge) {
+    int fd = listen_on(port);
+    static Wire answer;
+    answer = challenge_wire(challenge);
+    Wire refuse = text_wire(3, "seen enough");
+    wire_append(&answer, &refuse);
+    char log[4096];
+    int status = join_with_answer(fd, port, answer.b, answer.n, log, sizeof log, sent);
+    close(fd);
+    cr_assert_eq(status, -1, "the node joined a master that refused it");
+    cr_assert_not_null(strstr(log, "seen enough"), "the node did not report the refusal:\n%s", log);
+}
+
+static bool contains(const unsigned char* bytes, size_t n, const char* text) {
+    size_t len = strlen(text);
+    for (size_t i = 0; i + len <= n; i++)
+        if (memcmp(bytes + i, text, len) == 0)
+            return true;
+    return false;
+}
+
+// Whether msg's proof is the documented HMAC of its fields under the job's token.
+static bool proof_matches(const Wire* msg, const unsigned char* challenge) {
+    unsigned char want[PROOF];
+    hello_proof_of(want, msg, TOKEN, challenge);
+    return memcmp(want, msg->b + msg->n - PROOF, PROOF) == 0;
+}
+
+Test(rendezvous, the_token_never_appears_in_what_a_node_sends,
+     .fini = end_children_and_release_stderr) {
+    int port = PORT_BASE + 14;
+    unsigned char first[RDZV_CHALLENGE_BYTES], second[RDZV_CHALLENGE_BYTES];
+    memset(first, 0x11, sizeof first);
+    memset(second, 0x22, sizeof second);
+    static Wire a, b;
+    capture_hello(&a, port, first);
+    capture_hello(&b, port, second);
+    cr_assert(!contains(a.b, a.n, TOKEN), "the token '%s' is in the node's HELLO", TOKEN);
+    cr_assert_eq(a.n, HEADER + HELLO_FIELDS_1 + PROOF, "HELLO is %zu bytes, want %d", a.n,
+                 HEADER + HELLO_FIELDS_1 + PROOF);
+    cr_assert_eq(u32_at(a.b), 0x44445052u, "magic");
+    cr_assert_eq(a.b[4] << 8 | a.b[5], WIRE_VERSION, "version");
+    cr_assert_eq(a.b[6] << 8 | a.b[7], 1, "type: want 1 (HELLO)");
+    cr_assert_str_eq((const char*)a.b + HEADER + 8 + 64 + 16, SETTINGS, "the settings field");
+    cr_assert(proof_matches(&a, first),
+              "the proof is not HMAC-SHA256(token, challenge || HELLO's fields)");
+    cr_assert(proof_matches(&b, second), "the second answer's proof is not the documented HMAC");
+    cr_assert_arr_eq(a.b, b.b, a.n - PROOF, "the fields changed between the two answers");
+    cr_assert(memcmp(a.b + a.n - PROOF, b.b + b.n - PROOF, PROOF) != 0,
+              "two challenges got the same proof: an answer could be replayed");
+}
+
+Test(rendezvous, a_hello_replayed_on_a_new_connection_is_refused_and_the_job_still_forms,
+     .fini = end_children_and_release_stderr) {
+    int port = PORT_BASE + 11;
+    unsigned char earlier[RDZV_CHALLENGE_BYTES];
+    memset(earlier, 0x5a, sizeof earlier);
+    static Wire recorded;
+    capture_hello(&recorded, PORT_BASE + 10, earlier); // a right answer, to another challenge
+    cr_assert(proof_matches(&recorded, earlier), "the recorded HELLO is no right answer");
+    Rdzv master;
+    master_listen(&master, 2, port);
+    Gate gate;
+    gate_open(&gate);
+    Child replay;
+    spawn_raw(&replay, port, &recorded, false, RAW_EXPECT_ANSWER, &gate);
+    char log[8192];
+    form_after_bad_ones(port, &master, &gate, 1, log, sizeof log);
+    collect(&replay);
+    cr_assert_eq(replay.status, CHILD_JOINED, "the replay got no answer: status %d", replay.status);
+    cr_assert_eq(replay.answer[6] << 8 | replay.answer[7], 3, "the answer is not a REFUSE");
+    cr_assert_str_eq((const char*)replay.answer + HEADER, WRONG_PROOF, "the REFUSE's reason");
+    cr_assert(has_line(log, "rendezvous: refused node 1 from 127.0.0.1:", WRONG_PROOF),
+              "the master's log has no line for the replay:\n%s", log);
+}
+
+Test(rendezvous, a_node_with_a_wrong_token_is_refused_and_logged_and_the_right_nodes_form_the_job,
+     .fini = end_children_and_release_stderr) {
+    int port = PORT_BASE + 12;
+    RdzvHello hellos[3] = {hello_of(0, 1, "127.0.0.1", 40000), hello_of(1, 1, "127.0.0.1", 40001),
+                           hello_of(2, 1, "127.0.0.1", 40002)};
+    Rdzv master;
+    master_listen(&master, 3, port);
+    Gate first, second;
+    gate_open(&first), gate_open(&second);
+    Child wrong, node1, node2;
+    spawn_node(&wrong, 3, port, "job-token-4f1C", &hellos[2], NULL, 0, &first);
+    spawn_node(&node1, 3, port, TOKEN, &hellos[1], &first, 1, &second);
+    spawn_node(&node2, 3, port, TOKEN, &hellos[2], &second, 1, NULL);
+    char log[4096];
+    master_gather(&master, &hellos[0], log, sizeof log);
+    RdzvWorld world;
+    rdzv_make_world(&master, &world);
+    cr_assert_eq(rdzv_master_send_world(&master, &world), 0);
+    collect(&wrong);
+    cr_assert_eq(wrong.status, CHILD_JOIN_FAILED, "a wrong token joined: status %d:\n%s",
+                 wrong.status, wrong.err);
+    cr_assert_not_null(strstr(wrong.err, "the master refused this node: " WRONG_PROOF),
+                       "the node was not told why:\n%s", wrong.err);
+    cr_assert(has_line(log, "rendezvous: refused node 2 from 127.0.0.1:", WRONG_PROOF),
+              "the master's log has no line for the wrong token:\n%s", log);
+    cr_assert_eq(count_of(log, "refused"), 1, "want one refusal in the master's log:\n%s", log);
+    collect(&node1);
+    collect(&node2);
+    expect_world(joined_world(&node1, "node 1"), hellos, 3, "node 1's world");
+    expect_world(joined_world(&node2, "node 2"), hellos, 3, "node 2's world");
+    rdzv_close(&master);
+}
+
+Test(rendezvous, a_connection_that_never_answers_the_challenge_is_dropped_and_the_job_still_forms,
+     .fini = end_children_and_release_stderr) {
+    int port = PORT_BASE + 13;
+    Rdzv master;
+    master_listen(&master, 2, port);
+    Gate gate;
+    gate_open(&gate);
+    Child silent;
+    Wire nothing = {.n = 0};
+    spawn_raw(&silent, port, &nothing, false, RAW_EXPECT_CLOSE, &gate);
+    char log[8192];
+    double start = now_seconds();
+    form_after_bad_ones(port, &master, &gate, 1, log, sizeof log);
+    double took = now_seconds() - start;
+    collect(&silent);
+    cr_assert_eq(silent.status, CHILD_JOINED, "the master kept the silent connection open");
+    cr_assert(has_line(log, "rendezvous: ignored a connection from 127.0.0.1:",
+                       "timed out (no answer to the challenge within 2 s)"),
+              "the master's log has no line for the silent connection:\n%s", log);
+    cr_assert(took > 1.8 && took < 8.0, "the job formed after %.2f s; the deadline is 2 s", took);
+}
+
+// ----------------------------------------------------------------------------
+// the decoder, without sockets
+
+// Decodes the first n bytes of msg; asserts the result (0 or -1), and a reason for a refusal.
+static void expect_decoded(RdzvMessage* m, const Wire* msg, size_t n, int want, const char* what) {
+    char why[256] = "";
+    int got = rdzv_decode_message(m, msg->b, n, why, sizeof why);
+    cr_assert_eq(got, want, "%s, %zu of %zu bytes: rdzv_decode_message returned %d (%s)", what, n,
+                 msg->n, got, why);
+    if (got != 0)
+        cr_assert_str_not_empty(why, "%s, %zu bytes: refused without a reason", what, n);
+}
+
+// msg decodes; every shorter prefix, and msg with a byte more, do not. With grow_payload,
+// also not msg with a byte more that its header counts.
+static void expect_exact(RdzvMessage* m, const Wire* msg, bool grow_payload, const char* what) {
+    static Wire longer;
+    for (size_t n = 0; n < msg->n; n++)
+        expect_decoded(m, msg, n, -1, what);
+    longer = *msg;
+    longer.b[longer.n++] = 0;
+    expect_decoded(m, &longer, longer.n, -1, what);
+    if (grow_payload) {
+        uint32_t length = htonl(u32_at(longer.b + 8) + 1);
+        memcpy(longer.b + 8, &length, 4);
+        expect_decoded(m, &longer, longer.n, -1, what);
+    }
+    expect_decoded(m, msg, msg->n, 0, what);
+}
+
+Test(rendezvous, the_decoder_takes_each_valid_message_and_refuses_it_cut_short_or_padded) {
+    static RdzvMessage m;
+    static Wire hello, world, refuse, abort_msg, done, challenge;
+    unsigned char bytes[RDZV_CHALLENGE_BYTES] = {9, 8, 7};
+    hello = hello_wire(1, 1, 2, 2, SETTINGS);
+    memset(hello.b + hello.n - PROOF, 0xab, PROOF);
+    world = world_wire(3, 2, (int[]){1, 2});
+    refuse = text_wire(3, WRONG_PROOF);
+    abort_msg = text_wire(4, "node 1: [Rank 1] killed by signal 9 (Killed)");
+    done.n = 0;
+    wire_header(&done, WIRE_VERSION, 5, 0);
+    challenge = challenge_wire(bytes);
+    expect_exact(&m, &hello, true, "HELLO");
+    cr_assert_eq(m.type, RDZV_HELLO);
+    cr_assert(m.hello.node_rank == 1 && m.hello.nproc == 2 && m.hello.ring_ports[1] == 45001);
+    cr_assert_str_eq(m.hello.settings, SETTINGS);
+    cr_assert_str_eq(m.hello.ring_addr, "127.0.0.5");
+    cr_assert_eq(m.signed_len, hello.n - HEADER - PROOF, "the proof covers %zu bytes",
+                 m.signed_len);
+    cr_assert(m.proof[0] == 0xab && m.proof[PROOF - 1] == 0xab, "the proof as sent");
+    expect_exact(&m, &world, true, "WORLD");
+    cr_assert(m.type == RDZV_WORLD && m.world.world_size == 3 && m.world.rank_offset[1] == 1);
+    expect_exact(&m, &refuse, false, "REFUSE");
+    cr_assert(m.type == RDZV_REFUSE);
+    cr_assert_str_eq(m.text, WRONG_PROOF);
+    expect_exact(&m, &abort_msg, false, "ABORT");
+    cr_assert(m.type == RDZV_ABORT);
+    expect_exact(&m, &done, true, "DONE");
+    cr_assert(m.type == RDZV_DONE);
+    expect_exact(&m, &challenge, true, "CHALLENGE");
+    cr_assert(m.type == RDZV_CHALLENGE);
+    cr_assert_arr_eq(m.challenge, bytes, RDZV_CHALLENGE_BYTES);
+}
+
+// n bytes of a fixed pseudo-random sequence (state x) from position `from` of w on.
+static void fill_random(Wire* w, size_t from, size_t n, uint32_t* x) {
+    for (size_t i = from; i < from + n; i++) {
+        *x = *x * 1103515245u + 12345u;
+        w->b[i] = (unsigned char)(*x >> 16);
+    }
+    w->n = from + n;
+}
+
+Test(rendezvous, the_decoder_refuses_oversized_unknown_and_garbage_messages) {
+    static RdzvMessage m;
+    static Wire w;
+    const struct {
+        uint16_t type;
+        uint32_t length;
+        unsigned char fill;
+    } bad[] = {
+        {1, RDZV_MAX_PAYLOAD + 1, 0},     // over the limit, though every byte is there
+        {0, 0, 0},                        // no such type
+        {7, 0, 0},                        // no such type
+        {0xffff, 0, 0},                   // no such type
+        {3, 0, 0},                        // REFUSE without a reason
+        {4, 20, 'x'},                     // ABORT whose reason has no NUL byte
+        {4, RDZV_TEXT_BYTES + 1, 0},      // ABORT over the longest reason
+        {6, RDZV_CHALLENGE_BYTES - 1, 7}, // a short challenge
+        {6, RDZV_CHALLENGE_BYTES + 1, 7}, // a long one
+        {5, 1, 0},                        // DONE with a payload
+        {2, 0, 0},                        // an empty WORLD
+        {1, 0, 0},                        // an empty HELLO
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        w.n = 0;
+        wire_header(&w, WIRE_VERSION, bad[i].type, bad[i].length);
+        memset(w.b + w.n, bad[i].fill, bad[i].length);
+        w.n += bad[i].length;
+        char what[64];
+        snprintf(what, sizeof what, "case %zu (type %u, %u bytes)", i, bad[i].type, bad[i].length);
+        expect_decoded(&m, &w, w.n, -1, what);
+    }
+    // Garbage: random bytes, and random payloads behind valid headers.
+    uint32_t x = 2024;
+    for (int i = 0; i < 3000; i++) {
+        fill_random(&w, 0, (size_t)(x >> 8) % 2000, &x);
+        expect_decoded(&m, &w, w.n, -1, "random bytes");
+        uint16_t type = (uint16_t)(1 + i % 2); // HELLO or WORLD
+        size_t length = type == 1 ? HELLO_FIELDS_1 + PROOF : 4 + 4 + 4 + 20 + 4 + 128;
+        w.n = 0;
+        wire_header(&w, WIRE_VERSION, type, (uint32_t)length);
+        fill_random(&w, HEADER, length, &x);
+        expect_decoded(&m, &w, w.n, -1, "a random payload");
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -913,8 +1265,8 @@ static void pair_up(Rdzv* master, Rdzv* node) {
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0, "socketpair: %s", strerror(errno));
     for (int i = 0; i < 2; i++)
         fcntl(sv[i], F_SETFL, fcntl(sv[i], F_GETFL) | O_NONBLOCK);
-    rdzv_init(master, 2, 0, "127.0.0.1", 1, 1.0, false);
-    rdzv_init(node, 2, 1, "127.0.0.1", 1, 1.0, false);
+    rdzv_init(master, 2, 0, "127.0.0.1", 1, TOKEN, 1.0, false);
+    rdzv_init(node, 2, 1, "127.0.0.1", 1, TOKEN, 1.0, false);
     master->control_fd[1] = sv[0];
     node->control_fd[0] = sv[1];
 }

@@ -295,12 +295,11 @@ static int bind_ring_listeners(Agent* a, const char* addr, RdzvHello* own) {
 static int rendezvous(Agent* a, const char* token) {
     const Options* o = &a->opt;
     RdzvHello own = {.node_rank = o->node_rank, .nproc = a->nproc};
-    snprintf(own.token, sizeof own.token, "%.*s", RDZV_TOKEN_BYTES, token);
     snprintf(own.build_id, sizeof own.build_id, "%s", BUILD_ID);
     snprintf(own.nccl_version, sizeof own.nccl_version, "%s", comm_nccl_version());
     describe_settings(a, own.settings, sizeof own.settings);
-    rdzv_init(&a->rdzv, o->nnodes, o->node_rank, o->master_addr, o->master_port, o->rdzv_timeout_s,
-              o->debug);
+    rdzv_init(&a->rdzv, o->nnodes, o->node_rank, o->master_addr, o->master_port, token,
+              o->rdzv_timeout_s, o->debug);
     a->rdzv.world_wait_s = o->timeout_s; // WORLD waits for NCCL's id from the master's rank 0
     char addr[RDZV_ADDR_BYTES];
     if (o->node_rank == 0) {
