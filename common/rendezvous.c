@@ -197,9 +197,9 @@ static int decode_text(char* text, const unsigned char* buf, size_t len) {
 // messages
 
 static const char* type_name(RdzvType type) {
-    static const char* const names[] = {"?",     "HELLO", "WORLD",    "REFUSE",
-                                        "ABORT", "DONE",  "CHALLENGE"};
-    return type >= RDZV_HELLO && type <= RDZV_CHALLENGE ? names[type] : names[0];
+    static const char* const names[] = {"?",     "HELLO", "WORLD",     "REFUSE",
+                                        "ABORT", "DONE",  "CHALLENGE", "STOP"};
+    return type >= RDZV_HELLO && type <= RDZV_STOP ? names[type] : names[0];
 }
 
 // Checks a 12-byte header; its type and payload length. 0, or -1 with why set.
@@ -216,7 +216,7 @@ static int parse_header(const unsigned char* header, RdzvType* type, size_t* len
         snprintf(why, why_len, "bad magic 0x%08x (not a multi_node agent?)", magic);
     else if (version != RDZV_VERSION)
         snprintf(why, why_len, "protocol version %u, this build speaks %u", version, RDZV_VERSION);
-    else if (kind < RDZV_HELLO || kind > RDZV_CHALLENGE)
+    else if (kind < RDZV_HELLO || kind > RDZV_STOP)
         snprintf(why, why_len, "unknown message type %u", kind);
     else if (length > RDZV_MAX_PAYLOAD)
         snprintf(why, why_len, "payload length %u is over the limit of %d bytes", length,
@@ -244,6 +244,7 @@ static int decode_payload(RdzvMessage* m, RdzvType type, const unsigned char* pa
         break;
     case RDZV_REFUSE:
     case RDZV_ABORT:
+    case RDZV_STOP:
         bad = decode_text(m->text, payload, len);
         break;
     case RDZV_DONE:
@@ -527,7 +528,7 @@ int rdzv_master_gather(Rdzv* r, const RdzvHello* own) {
                  errno == ETIMEDOUT ? "timed out" : strerror(errno), r->timeout_s, nodes_in(r),
                  r->nnodes, strchr(missing + 1, ' ') ? "s" : "", missing);
         check_message("%s", reason);
-        rdzv_send_abort(r, reason); // the nodes that came need not wait any longer
+        rdzv_send_abort(r, reason, true); // the nodes that came need not wait any longer
         return -1;
     }
     // Step 3) everyone is in: stop listening, so that nobody else can join.
@@ -653,10 +654,10 @@ static void send_text(int fd, RdzvType type, const char* text) {
         send_msg(fd, type, field, strlen(field) + 1, timer_seconds() + 1.0);
 }
 
-void rdzv_send_abort(Rdzv* r, const char* reason) {
+void rdzv_send_abort(Rdzv* r, const char* reason, bool for_good) {
     for (int n = 0; n < r->nnodes; n++)
         if (!r->done[n])
-            send_text(r->control_fd[n], RDZV_ABORT, reason);
+            send_text(r->control_fd[n], for_good ? RDZV_STOP : RDZV_ABORT, reason);
 }
 
 int rdzv_send_done(Rdzv* r) {
@@ -665,8 +666,8 @@ int rdzv_send_done(Rdzv* r) {
                : -1;
 }
 
-// Reads what channel n has to say, if anything. 1: the job must stop (reason set).
-static int read_control(Rdzv* r, int n, char* reason, size_t reason_len) {
+// Reads what channel n has to say, if anything (the cause of a stop into reason).
+static RdzvPoll read_control(Rdzv* r, int n, char* reason, size_t reason_len) {
     struct pollfd p = {.fd = r->control_fd[n], .events = POLLIN};
     if (p.fd < 0 || poll(&p, 1, 0) <= 0)
         return 0;
@@ -678,23 +679,26 @@ static int read_control(Rdzv* r, int n, char* reason, size_t reason_len) {
         close(r->control_fd[n]);
         r->control_fd[n] = -1;
         if (r->done[n])
-            return 0; // a node that finished may leave
+            return RDZV_ALL_WELL; // a node that finished may leave
         snprintf(reason, reason_len, "%s %d went away (%s)", who, n, why);
-        return 1;
+        return RDZV_JOB_FAILED;
     }
     if (m.type == RDZV_DONE) {
         r->done[n] = true;
-        return 0;
+        return RDZV_ALL_WELL;
     }
-    snprintf(reason, reason_len, "%s", m.type == RDZV_ABORT ? m.text : "unexpected message");
-    return 1;
+    bool told = m.type == RDZV_ABORT || m.type == RDZV_STOP;
+    snprintf(reason, reason_len, "%s", told ? m.text : "unexpected message");
+    return m.type == RDZV_STOP ? RDZV_JOB_STOPPED : RDZV_JOB_FAILED;
 }
 
-int rdzv_poll(Rdzv* r, char* reason, size_t reason_len) {
-    for (int n = 0; n < r->nnodes; n++)
-        if (n != r->node_rank && read_control(r, n, reason, reason_len) != 0)
-            return 1;
-    return 0;
+RdzvPoll rdzv_poll(Rdzv* r, char* reason, size_t reason_len) {
+    for (int n = 0; n < r->nnodes; n++) {
+        RdzvPoll found = n != r->node_rank ? read_control(r, n, reason, reason_len) : RDZV_ALL_WELL;
+        if (found != RDZV_ALL_WELL)
+            return found;
+    }
+    return RDZV_ALL_WELL;
 }
 
 int rdzv_master_wait_done(Rdzv* r, double deadline) {

@@ -14,7 +14,8 @@
  * WORLD: the world size, each node's first global rank, and what the collectives
  * need (NCCL's unique id, or where every rank's ring socket listens). The
  * connections stay open as control channels: ABORT travels through them when
- * anything fails, DONE when a node has finished.
+ * anything fails (the job may restart), STOP when an agent was interrupted (the
+ * job ends for good), DONE when a node has finished.
  *
  * Every message has a fixed header (magic, version, type, payload length) and
  * is length-checked before use; nothing from the wire is trusted. The checks that
@@ -81,6 +82,7 @@ typedef enum {
     RDZV_ABORT = 4,
     RDZV_DONE = 5,
     RDZV_CHALLENGE = 6,
+    RDZV_STOP = 7,
 } RdzvType;
 
 // One message as rdzv_decode_message found it: the fields of its type are set, the
@@ -92,7 +94,7 @@ typedef struct {
     size_t signed_len;                             // HELLO: payload bytes the proof covers
     unsigned char challenge[RDZV_CHALLENGE_BYTES]; // CHALLENGE
     RdzvWorld world;                               // WORLD
-    char text[RDZV_TEXT_BYTES];                    // REFUSE, ABORT: the reason
+    char text[RDZV_TEXT_BYTES];                    // REFUSE, ABORT, STOP: the reason
 } RdzvMessage;
 
 typedef struct {
@@ -133,12 +135,18 @@ int rdzv_connect(Rdzv* r);
 // or -1 after a message (refused, with the master's reason, or timed out).
 int rdzv_join(Rdzv* r, const RdzvHello* own, RdzvWorld* world);
 
-// Node: tells the master; master: tells every node. Best effort, never blocks long.
-void rdzv_send_abort(Rdzv* r, const char* reason);
+// Node: tells the master; master: tells every node that the job stops: as ABORT, or as
+// STOP when for_good (no restart). Best effort, never blocks long.
+void rdzv_send_abort(Rdzv* r, const char* reason, bool for_good);
 int rdzv_send_done(Rdzv* r);
-// Looks at the control channels without waiting. Returns 0 when all is well, 1 when
-// the job must stop (an ABORT arrived or a peer went away), with the cause in reason.
-int rdzv_poll(Rdzv* r, char* reason, size_t reason_len);
+// What rdzv_poll found on the control channels.
+typedef enum {
+    RDZV_ALL_WELL = 0,
+    RDZV_JOB_FAILED = 1,  // an ABORT arrived or a peer went away: a restart may follow
+    RDZV_JOB_STOPPED = 2, // a STOP arrived: the job ends for good
+} RdzvPoll;
+// Looks at the control channels without waiting; the cause of a stop goes into reason.
+RdzvPoll rdzv_poll(Rdzv* r, char* reason, size_t reason_len);
 // Master: waits for DONE from every node until the deadline. Returns 0 or -1.
 int rdzv_master_wait_done(Rdzv* r, double deadline);
 void rdzv_close(Rdzv* r);

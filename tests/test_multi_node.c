@@ -389,6 +389,39 @@ Test(multi_node, with_max_restarts_1_a_killed_worker_restarts_every_node_and_cha
         proc_free(&nodes[n]);
 }
 
+Test(multi_node, with_max_restarts_an_interrupted_agent_ends_the_job_on_every_node,
+     .fini = proc_end_leftovers) {
+    enum { NNODES = 2 };
+    Proc nodes[NNODES];
+    for (int n = 0; n < NNODES; n++)
+        start_node(&nodes[n], &(Node){.nnodes = NNODES,
+                                      .node_rank = n,
+                                      .port = PORT_BASE + 32,
+                                      .epochs = 100000,
+                                      .data_size = 200,
+                                      .extra = {"--max-restarts", "3"}});
+    cr_assert(proc_wait_for(&nodes[0], PROC_STDOUT, "Epoch [", 1, now_seconds() + PROC_DEADLINE_S),
+              "no epoch line came; node 0's stderr:\n%s", nodes[0].err.text);
+    double stopped_at = now_seconds();
+    cr_assert_eq(kill(nodes[1].pid, SIGTERM), 0, "SIGTERM to node 1: %s", strerror(errno));
+    for (int n = 0; n < NNODES; n++) {
+        proc_finish(&nodes[n], stopped_at + PROC_DEADLINE_S);
+        proc_expect_ended(&nodes[n]);
+        double took = nodes[n].exited_at - stopped_at;
+        cr_assert_lt(took, FAILURE_EXIT_S, "%s exited %.2f s after node 1 was interrupted",
+                     nodes[n].name, took);
+        cr_assert_neq(nodes[n].status, 0, "%s exited 0", nodes[n].name);
+        cr_assert_null(strstr(nodes[n].err.text, "restart "),
+                       "%s restarted after an interruption; stderr:\n%s", nodes[n].name,
+                       nodes[n].err.text);
+        proc_expect_group_gone(&nodes[n], GONE_WAIT_S);
+    }
+    cr_assert_not_null(strstr(nodes[0].err.text, "node 0: job stopped: node 1: interrupted"),
+                       "node 0 does not name the interruption; stderr:\n%s", nodes[0].err.text);
+    for (int n = 0; n < NNODES; n++)
+        proc_free(&nodes[n]);
+}
+
 // ----------------------------------------------------------------------------
 // 2b) the master never started
 

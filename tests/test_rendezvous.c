@@ -1271,26 +1271,39 @@ static void pair_up(Rdzv* master, Rdzv* node) {
     node->control_fd[0] = sv[1];
 }
 
-// Polls r until it says stop (1) or `within` seconds pass (0).
-static int poll_until_stop(Rdzv* r, char* reason, size_t len, double within) {
-    for (double deadline = now_seconds() + within; now_seconds() < deadline; usleep(5000))
-        if (rdzv_poll(r, reason, len) != 0)
-            return 1;
-    return 0;
+// Polls r until it says stop (what it found) or `within` seconds pass (RDZV_ALL_WELL).
+static RdzvPoll poll_until_stop(Rdzv* r, char* reason, size_t len, double within) {
+    for (double deadline = now_seconds() + within; now_seconds() < deadline; usleep(5000)) {
+        RdzvPoll found = rdzv_poll(r, reason, len);
+        if (found != RDZV_ALL_WELL)
+            return found;
+    }
+    return RDZV_ALL_WELL;
 }
 
-Test(rendezvous, an_abort_travels_both_ways_with_its_reason,
+Test(rendezvous, an_abort_and_a_stop_travel_both_ways_with_their_reasons,
      .fini = end_children_and_release_stderr) {
     Rdzv master, node;
     char reason[RDZV_TEXT_BYTES] = "";
     pair_up(&master, &node);
-    cr_assert_eq(rdzv_poll(&master, reason, sizeof reason), 0, "all is well, yet: %s", reason);
-    rdzv_send_abort(&node, "node 1: [Rank 1] killed by signal 9 (Killed)");
-    cr_assert(poll_until_stop(&master, reason, sizeof reason, 2.0), "the master saw no ABORT");
+    cr_assert_eq(rdzv_poll(&master, reason, sizeof reason), RDZV_ALL_WELL, "all is well, yet: %s",
+                 reason);
+    rdzv_send_abort(&node, "node 1: [Rank 1] killed by signal 9 (Killed)", false);
+    cr_assert_eq(poll_until_stop(&master, reason, sizeof reason, 2.0), RDZV_JOB_FAILED,
+                 "the master saw no ABORT");
     cr_assert_str_eq(reason, "node 1: [Rank 1] killed by signal 9 (Killed)");
-    rdzv_send_abort(&master, "node 0: [Rank 0] exited with status 1");
-    cr_assert(poll_until_stop(&node, reason, sizeof reason, 2.0), "the node saw no ABORT");
+    rdzv_send_abort(&master, "node 0: [Rank 0] exited with status 1", false);
+    cr_assert_eq(poll_until_stop(&node, reason, sizeof reason, 2.0), RDZV_JOB_FAILED,
+                 "the node saw no ABORT");
     cr_assert_str_eq(reason, "node 0: [Rank 0] exited with status 1");
+    // for good: a STOP, which no restart follows
+    rdzv_send_abort(&node, "node 1: interrupted", true);
+    cr_assert_eq(poll_until_stop(&master, reason, sizeof reason, 2.0), RDZV_JOB_STOPPED,
+                 "the master saw no STOP");
+    cr_assert_str_eq(reason, "node 1: interrupted");
+    rdzv_send_abort(&master, "node 0: interrupted", true);
+    cr_assert_eq(poll_until_stop(&node, reason, sizeof reason, 2.0), RDZV_JOB_STOPPED,
+                 "the node saw no STOP");
     rdzv_close(&master);
     rdzv_close(&node);
 }

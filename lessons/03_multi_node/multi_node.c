@@ -199,6 +199,7 @@ typedef struct {
     Rdzv rdzv;
     RdzvWorld world;
     char stop_reason[RDZV_TEXT_BYTES]; // why the job stops, as the control channel said
+    bool stop_for_good;                // an agent was interrupted: no restart
 } Agent;
 
 // Decides this node's workers and backend before anything is forked. Exits with
@@ -370,10 +371,12 @@ static int hand_out_nccl_id(Agent* a) {
 // Called by workers_wait every few milliseconds: a non-zero return stops the workers.
 static int watch_control(void* arg) {
     Agent* a = arg;
-    if (rdzv_poll(&a->rdzv, a->stop_reason, sizeof a->stop_reason) == 0)
+    RdzvPoll found = rdzv_poll(&a->rdzv, a->stop_reason, sizeof a->stop_reason);
+    if (found == RDZV_ALL_WELL)
         return 0;
+    a->stop_for_good = found == RDZV_JOB_STOPPED;
     if (a->opt.node_rank == 0) // the master tells every other node
-        rdzv_send_abort(&a->rdzv, a->stop_reason);
+        rdzv_send_abort(&a->rdzv, a->stop_reason, a->stop_for_good);
     return 1;
 }
 
@@ -388,14 +391,18 @@ static int finish(Agent* a, const Workers* w, int status) {
     }
     // A worker that exited with an error may only have seen another node's failure
     // (its ring neighbour gone): give that node a moment to report its own cause.
+    bool interrupted = status > 128; // 128 + signal: this agent was told to stop
     double until = timer_seconds() + 1.0;
-    while (a->stop_reason[0] == '\0' && !w->failure_is_signal && timer_seconds() < until &&
-           watch_control(a) == 0)
+    while (a->stop_reason[0] == '\0' && !w->failure_is_signal && !interrupted &&
+           timer_seconds() < until && watch_control(a) == 0)
         usleep(10000);
     if (a->stop_reason[0] == '\0') { // the failure is this node's own: tell the others
         snprintf(a->stop_reason, sizeof a->stop_reason, "node %d: %s", node,
-                 w->failure[0] != '\0' ? w->failure : "interrupted");
-        rdzv_send_abort(&a->rdzv, a->stop_reason);
+                 interrupted             ? "interrupted"
+                 : w->failure[0] != '\0' ? w->failure
+                                         : "its workers' set-up failed");
+        a->stop_for_good = interrupted; // whoever stopped this agent means the whole job
+        rdzv_send_abort(&a->rdzv, a->stop_reason, a->stop_for_good);
     }
     fprintf(stderr, "node %d: job stopped: %s\n", node, a->stop_reason);
     rdzv_close(&a->rdzv);
@@ -790,8 +797,10 @@ int main(int argc, char** argv) {
     for (int restart = 1;; restart++) {
         Agent a = plan;
         int status = run_job(&a, token);
-        // Only a failure of the workers (stop_reason) is worth another attempt.
-        if (status == 0 || status > 128 || a.stop_reason[0] == '\0' || o.max_restarts == 0)
+        // Only a failure of the workers (stop_reason) is worth another attempt, not an
+        // interrupted agent, here or elsewhere (stop_for_good).
+        if (status == 0 || status > 128 || a.stop_reason[0] == '\0' || a.stop_for_good ||
+            o.max_restarts == 0)
             return status;
         if (restart > o.max_restarts) {
             fprintf(stderr, "node %d: no restarts left (%d used): the job ends after: %s\n",
