@@ -7,6 +7,10 @@
 #   make lesson-03     build/multi_node         make diff-03 what lesson 03 adds to lesson 02
 #   make demo-multinode  a two-node job on this machine
 #   make test          build and run the test suite (make tests: only build it)
+#   make asan          the CPU suite on a build with AddressSanitizer and UBSan (build/asan)
+#   make memcheck      one epoch of lesson 01 under valgrind; any error or leak fails
+#   make fuzz          every libFuzzer target of tests/fuzz for FUZZ_SECONDS (30) each
+#   make soak          16 ranks, 3 nodes x 4 ranks, 50 jobs back to back on one port
 #   make bench-01      median time per epoch of lesson 01 at defaults (bench-02: lesson 02, 1 and 2 ranks)
 #   make bench         every lesson beside PyTorch, with plots, into results/
 #   make clean
@@ -18,6 +22,9 @@ NVCC :=
 endif
 NCCL_HEADER := $(if $(NVCC),$(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h)))
 MPICC ?= $(shell command -v mpicc 2>/dev/null)
+ifdef NO_MPI
+MPICC :=
+endif
 NCCL_LIB := $(dir $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so /usr/lib/x86_64-linux-gnu/libnccl.so /usr/lib/aarch64-linux-gnu/libnccl.so)))
 
 CC ?= cc
@@ -80,13 +87,13 @@ GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 # below from forcing a relink when the configuration or the build id changes.
 .PRECIOUS: $(OBJ)/%.o $(OBJ)/%.cu.o
 
-.PHONY: all lesson-01 lesson-02 lesson-03 run tests test bench bench-quick bench-01 bench-02 diff-02 diff-03 demo-multinode clean found
+.PHONY: all lesson-01 lesson-02 lesson-03 run tests test asan memcheck fuzz soak bench bench-quick bench-01 bench-02 diff-02 diff-03 demo-multinode clean found
 all: found $(LESSONS) $(TOOLS)
 
 # One line per optional part, so that a build says what it could use.
 found:
 	@echo "nvcc: $(if $(NVCC),found ($(NVCC)): building with CUDA,$(if $(NO_CUDA),skipped (NO_CUDA=1),not found): CPU-only binaries)"
-	@echo "MPI: $(if $(MPICC),found ($(MPICC)): lesson 03 and allreduce_bench also run under mpirun,not found: no mpirun support)"
+	@echo "MPI: $(if $(MPICC),found ($(MPICC)): lesson 03 and allreduce_bench also run under mpirun,$(if $(NO_MPI),skipped (NO_MPI=1),not found): no mpirun support)"
 	@echo "NCCL: $(if $(HAVE_NCCL),found ($(NCCL_HEADER), $(NCCL_LIB)),$(if $(NVCC),not found (header and library),not used without CUDA)): $(if $(HAVE_NCCL),NCCL and ring backends,ring backend only)"
 
 lesson-01: found $(BUILD)/hello_gpu
@@ -142,8 +149,58 @@ $(BUILD)/tests/gpu/%: $(OBJ)/tests/gpu/%.cu.o $(COMMON_LIB) $(BUILD)/config-$(CO
 tests: $(TESTS) $(GPU_TESTS)
 
 # Criterion runs each suite's tests in parallel; GPU suites share one device, so --jobs 1.
+# The tests run the programs of DDP_BUILD.
 test: all tests
-	@tests/run_tests.sh $(TESTS) -- $(GPU_TESTS)
+	@DDP_BUILD=$(BUILD) tests/run_tests.sh $(TESTS) -- $(GPU_TESTS)
+
+# The CPU code, lessons and tests built with AddressSanitizer and UBSan (undefined behaviour
+# fails) into a directory of their own, then the CPU suite on those programs; a report of
+# any process, leaks included, fails it (tests/run_sanitized.sh). With clang, whose single
+# sanitizer runtime writes UBSan's reports to the report files too (GCC's libubsan writes
+# them to stderr only). Without MPI: Open MPI's own allocations would bury the findings;
+# `make test` covers mpirun.
+ASAN_CC ?= clang
+ASAN_BUILD := $(BUILD)/asan
+SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+# clang warns where -O1 leaves an `omp simd` loop unvectorized: a hint, not an error here.
+SANITIZE_CFLAGS := -O1 -g $(SANITIZE) -Wno-pass-failed
+asan:
+	CFLAGS="$(SANITIZE_CFLAGS)" $(MAKE) --no-print-directory NO_CUDA=1 NO_MPI=1 CC=$(ASAN_CC) \
+		BUILD=$(ASAN_BUILD) all tests
+	@tests/run_sanitized.sh $(ASAN_BUILD) $(TEST_SRC:tests/%.c=$(ASAN_BUILD)/tests/%)
+
+# valgrind on one epoch of lesson 01. A CPU build of its own without -march=native, as
+# valgrind does not know every instruction of every CPU (AVX-512).
+MEMCHECK_BUILD := $(BUILD)/memcheck
+memcheck:
+	CFLAGS="-O2 -g" $(MAKE) --no-print-directory NO_CUDA=1 NO_MPI=1 BUILD=$(MEMCHECK_BUILD) $(MEMCHECK_BUILD)/hello_gpu
+	valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=all --show-leak-kinds=all \
+		$(MEMCHECK_BUILD)/hello_gpu --epochs 1 --device cpu
+
+# libFuzzer: every tests/fuzz/fuzz_NAME.c against common/ (CPU code, built with clang and
+# the sanitizers into build/fuzz), each run for FUZZ_SECONDS on a copy of its seed corpus
+# tests/fuzz/corpus/NAME/ (tests/fuzz/run.sh).
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 30
+FUZZ_BUILD := $(BUILD)/fuzz
+FUZZ_CFLAGS := $(SANITIZE_CFLAGS) -fopenmp-simd -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror \
+	-Icommon -MMD -MP
+FUZZERS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_COMMON_OBJ := $(COMMON_C:common/%.c=$(FUZZ_BUILD)/obj/common/%.o)
+
+$(FUZZ_BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_COMMON_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_COMMON_OBJ) -o $@ -lsodium -lm
+
+fuzz: $(FUZZERS)
+	@tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BUILD) $(FUZZERS)
+
+# Load on this machine's loopback: many ranks, many nodes, many jobs in a row (tests/soak.sh).
+soak: lesson-02 lesson-03
+	@tests/soak.sh $(BUILD)
 
 bench-01: lesson-01
 	@tools/bench_epoch.sh $(BUILD)/hello_gpu

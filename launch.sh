@@ -11,12 +11,15 @@
 # Every line a node prints is prefixed with its name (name#rank if a name repeats).
 # When one node fails, or on Ctrl-C, every node is stopped; the exit status is
 # non-zero if any node failed.
-# The repository must be at the same path on every node.
+# The repository must be at the same path on every node. DDP_BUILD (another build
+# directory) and DDP_TOKEN pass on to every node.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+build=${DDP_BUILD:-build}
+[[ $build == /* ]] || build=$here/$build
 
 die() { echo "launch.sh: $*" >&2; exit 2; }
-usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,15s/^# \{0,1\}//p' "$0"; }
 
 mode='' gpus='' master='' workers='' gpus_per_node='' port=29500
 args=()
@@ -38,8 +41,8 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$mode" = single-node ]; then
-    [ -x "$here/build/multi_gpu" ] || die "build/multi_gpu not found: run 'make lesson-02' first"
-    cmd=("$here/build/multi_gpu" ${gpus:+--gpus "$gpus"} "${args[@]+"${args[@]}"}")
+    [ -x "$build/multi_gpu" ] || die "${DDP_BUILD:-build}/multi_gpu not found: run 'make lesson-02' first"
+    cmd=("$build/multi_gpu" ${gpus:+--gpus "$gpus"} "${args[@]+"${args[@]}"}")
     echo "+ ${cmd[*]}"
     exec "${cmd[@]}"
 fi
@@ -68,6 +71,7 @@ node_command() {
     env="MASTER_ADDR=$(printf %q "$master") MASTER_PORT=$port NNODES=${#nodes[@]} NODE_RANK=$i"
     [ -z "$gpus_per_node" ] || env+=" GPUS_PER_NODE=$(printf %q "$gpus_per_node")"
     [ -z "${DDP_TOKEN:-}" ] || env+=" DDP_TOKEN=$(printf %q "$DDP_TOKEN")"
+    [ -z "${DDP_BUILD:-}" ] || env+=" DDP_BUILD=$(printf %q "$DDP_BUILD")"
     printf 'cd %q && %s exec ./start_multi_node.sh %s' "$here" "$env" "$role"
     printf ' %q' "${args[@]+"${args[@]}"}"
 }

@@ -9,10 +9,13 @@
 # is its place in the list, found by its names and addresses, or NODE_RANK. The
 # token comes from DDP_TOKEN or the file that `./setup.sh --multi-node` made.
 # MASTER_ADDR, MASTER_PORT (29500), NNODES and GPUS_PER_NODE override hosts.txt.
+# DDP_BUILD names another build directory (build/asan: the sanitizer build's tests).
 # Prints the exact command, then runs it; extra flags go to the program.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-program=$here/build/multi_node
+build=${DDP_BUILD:-build}
+[[ $build == /* ]] || build=$here/$build
+program=$build/multi_node
 hosts_file=${HOSTS_FILE:-$here/hosts.txt}
 token_file=${DDP_TOKEN_FILE:-$here/.ddp_token}
 
