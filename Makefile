@@ -4,7 +4,7 @@
 #   make NO_CUDA=1     CPU-only binaries with the same flags and output
 #   make lesson-01     build/hello_gpu          make run     build and run lesson 01
 #   make lesson-02     build/multi_gpu          make diff-02 what lesson 02 adds to lesson 01
-#   make lesson-03     build/multi_node         make diff-03 what lesson 03 adds to lesson 02
+#   make lesson-03     build/multi_node, build/hostfile   make diff-03 what lesson 03 adds to lesson 02
 #   make demo-multinode  a two-node job on this machine
 #   make test          build and run the test suite (make tests: only build it)
 #   make asan          the CPU suite on a build with AddressSanitizer and UBSan (build/asan)
@@ -66,7 +66,8 @@ COMMON_OBJ := $(COMMON_C:common/%.c=$(OBJ)/common/%.o) $(COMMON_CU:common/%.cu=$
 COMMON_LIB := $(OBJ)/libcommon.a
 
 LESSONS := $(BUILD)/hello_gpu $(BUILD)/multi_gpu $(BUILD)/multi_node
-TOOLS := $(BUILD)/allreduce_bench
+# hostfile: hosts.txt checked and listed by common/hostfile.c, for the launcher scripts.
+TOOLS := $(BUILD)/allreduce_bench $(BUILD)/hostfile
 
 # Open MPI (optional): lesson 03's agent and the all-reduce benchmark learn to run under
 # mpirun. Only they are compiled and linked with mpicc; nothing else needs MPI.
@@ -98,7 +99,7 @@ found:
 
 lesson-01: found $(BUILD)/hello_gpu
 lesson-02: found $(BUILD)/multi_gpu
-lesson-03: found $(BUILD)/multi_node
+lesson-03: found $(BUILD)/multi_node $(BUILD)/hostfile
 
 run: lesson-01
 	./$(BUILD)/hello_gpu
@@ -136,6 +137,9 @@ $(BUILD)/multi_node: $(OBJ)/lessons/03_multi_node/multi_node.o $(MPI_OBJ) $(COMM
 
 $(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(OBJ)/tools/allreduce_sweep.o $(MPI_OBJ) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	$(LINK_MPI) $(CFLAGS) $(filter %.o,$^) $(COMMON_LIB) -o $@ $(LDLIBS)
+
+$(BUILD)/hostfile: $(OBJ)/tools/hostfile.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
 TEST_SUPPORT := $(OBJ)/tests/support/proc.o $(OBJ)/tests/support/losses.o
 $(BUILD)/tests/%: $(OBJ)/tests/%.o $(TEST_SUPPORT) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)

@@ -53,6 +53,21 @@ fi
 IFS=, read -r -a worker_list <<<"$workers"
 nodes=("$master" "${worker_list[@]}")
 
+# The nodes, one per line, through build/hostfile, the parser of hosts.txt: a name that is
+# neither a host name nor an IPv4 address (a typo, or an option that ssh would obey) or a
+# node given twice stops the job before it starts. Blanks and '#' would split a line.
+[ -x "$build/hostfile" ] || die "${DDP_BUILD:-build}/hostfile not found: run 'make lesson-03' first"
+for node in "${nodes[@]}"; do
+    [[ -n $node && $node != *[[:space:]#]* ]] ||
+        die "--master-node and --worker-nodes take host names (workers separated by commas), got '$master' and '$workers'"
+done
+if ! problem=$(printf '%s\n' "${nodes[@]}" | "$build/hostfile" - 2>&1 >/dev/null); then
+    [[ $problem =~ line\ ([0-9]+):\ (.*) ]] || die "${problem#error: }"
+    flag=--worker-nodes
+    [ "${BASH_REMATCH[1]}" != 1 ] || flag=--master-node
+    die "$flag: ${BASH_REMATCH[2]% (first on line *}"
+fi
+
 # Runs CMD on HOST through the remote shell.
 remote() {
     local host=$1 command=$2

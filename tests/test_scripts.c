@@ -172,7 +172,8 @@ static const char* line_without_prefix(const char* text, const char* prefix) {
     return NULL;
 }
 
-// The command start_multi_node.sh must print: "+ REPO/build/multi_node " (or DDP_BUILD's) then rest.
+// The command start_multi_node.sh must print: "+ REPO/build/multi_node " (or DDP_BUILD's) then
+// rest.
 static void expected_command(char* line, size_t len, const char* rest) {
     snprintf(line, len, "+ %s/%s %s", repo, build_program("multi_node"), rest);
 }
@@ -361,6 +362,24 @@ Test(start_multi_node, a_worker_missing_from_the_hosts_file_without_node_rank_ex
     proc_free(&r);
 }
 
+Test(start_multi_node, a_bad_line_in_the_hosts_file_exits_2_naming_the_file_and_the_line) {
+    test_port = 29805;
+    char* hosts = tmp_path("hosts");
+    write_file(hosts, "127.0.0.1 slots=1\nnode_2 slots=1\n", 0644);
+    const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port), "NODE_RANK=1", NULL};
+    const char* argv[] = {"./start_multi_node.sh", "worker", TRAIN_FLAGS, NULL};
+    Proc r;
+    run_script(&r, "worker", env, argv);
+    cr_assert_eq(r.status, 2, "status %d, stderr:\n%s", r.status, r.err.text);
+    char want[PATH_MAX + 128];
+    snprintf(want, sizeof want, "start_multi_node.sh: %s: line 2: host 'node_2' has a character",
+             hosts);
+    cr_assert_eq(strncmp(r.err.text, want, strlen(want)), 0, "stderr:\n%s\nwant:\n%s...",
+                 r.err.text, want);
+    cr_assert_str_empty(r.out.text, "it ran something:\n%s", r.out.text);
+    proc_free(&r);
+}
+
 Test(start_multi_node, a_token_file_is_passed_to_the_program) {
     test_port = 29807;
     char *hosts = tmp_path("hosts"), *token = tmp_path("token");
@@ -545,6 +564,30 @@ Test(launch, multi_node_without_worker_nodes_exits_2) {
     expect_usage_error(argv, "--worker-nodes");
 }
 
+Test(launch, a_worker_that_is_not_a_host_name_exits_2_before_any_node_starts) {
+    const char* argv[] = {"./launch.sh",
+                          "--mode",
+                          "multi-node",
+                          "--master-node",
+                          "127.0.0.1",
+                          "--worker-nodes",
+                          "node2,-oProxyCommand=x",
+                          NULL};
+    expect_usage_error(argv, "--worker-nodes: host '-oProxyCommand=x' has a character");
+}
+
+Test(launch, a_node_given_twice_exits_2) {
+    const char* argv[] = {"./launch.sh", "--mode",         "multi-node",  "--master-node",
+                          "node1",       "--worker-nodes", "node2,NODE1", NULL};
+    expect_usage_error(argv, "--worker-nodes: host 'NODE1' is listed twice");
+}
+
+Test(launch, an_empty_worker_name_exits_2) {
+    const char* argv[] = {"./launch.sh", "--mode",         "multi-node",   "--master-node",
+                          "127.0.0.1",   "--worker-nodes", "node2,,node3", NULL};
+    expect_usage_error(argv, "take host names");
+}
+
 Test(launch, a_port_above_65535_exits_2) {
     const char* argv[] = {"./launch.sh",    "--mode",    "multi-node", "--master-node", "127.0.0.1",
                           "--worker-nodes", "127.0.0.1", "--port",     "70000",         NULL};
@@ -554,10 +597,13 @@ Test(launch, a_port_above_65535_exits_2) {
 // ----------------------------------------------------------------------------
 // setup.sh --multi-node
 
-// Runs setup.sh --multi-node on a hosts file of 127.0.0.1, token at token, port port.
-static void run_setup(Proc* r, const char* name, const char* rsh, const char* token, int port) {
+#define SETUP_HOSTS "# the master\n127.0.0.1 slots=1\n"
+
+// Runs setup.sh --multi-node on a hosts file of hosts_text, token at token, port port.
+static void run_setup(Proc* r, const char* name, const char* hosts_text, const char* rsh,
+                      const char* token, int port) {
     char* hosts = tmp_path("hosts");
-    write_file(hosts, "# the master\n127.0.0.1 slots=1\n", 0644);
+    write_file(hosts, hosts_text, 0644);
     const char* env[] = {env_var("DDP_RSH", rsh), env_var("HOSTS_FILE", hosts),
                          env_var("DDP_TOKEN_FILE", token), port_var(port), NULL};
     const char* argv[] = {"./setup.sh", "--multi-node", NULL};
@@ -570,7 +616,7 @@ Test(setup, multi_node_creates_a_private_token_and_finds_the_host_reachable) {
     test_port = 29818;
     char* token = tmp_path("token");
     Proc r;
-    run_setup(&r, "setup", "tools/local_rsh.sh", token, test_port);
+    run_setup(&r, "setup", SETUP_HOSTS, "tools/local_rsh.sh", token, test_port);
     cr_assert_eq(r.status, 0, "status %d\nstdout:\n%s\nstderr:\n%s", r.status, r.out.text,
                  r.err.text);
     struct stat st;
@@ -589,11 +635,11 @@ Test(setup, multi_node_run_again_keeps_the_token) {
     test_port = 29819;
     char* token = tmp_path("token");
     Proc first, again;
-    run_setup(&first, "first", "tools/local_rsh.sh", token, test_port);
+    run_setup(&first, "first", SETUP_HOSTS, "tools/local_rsh.sh", token, test_port);
     cr_assert_eq(first.status, 0, "first run: status %d\nstdout:\n%s", first.status,
                  first.out.text);
     char* before = read_file(token, NULL);
-    run_setup(&again, "again", "tools/local_rsh.sh", token, test_port);
+    run_setup(&again, "again", SETUP_HOSTS, "tools/local_rsh.sh", token, test_port);
     cr_assert_eq(again.status, 0, "second run: status %d\nstdout:\n%s", again.status,
                  again.out.text);
     char want[PATH_MAX + 32];
@@ -619,7 +665,7 @@ Test(setup, multi_node_reports_a_port_in_use_and_fails) {
                  strerror(errno));
     cr_assert_eq(listen(fd, 1), 0, "listen: %s", strerror(errno));
     Proc r;
-    run_setup(&r, "setup", "tools/local_rsh.sh", tmp_path("token"), test_port);
+    run_setup(&r, "setup", SETUP_HOSTS, "tools/local_rsh.sh", tmp_path("token"), test_port);
     close(fd);
     char want[64];
     snprintf(want, sizeof want, "port: %d is in use", test_port);
@@ -631,10 +677,22 @@ Test(setup, multi_node_reports_a_port_in_use_and_fails) {
 Test(setup, multi_node_reports_a_host_it_cannot_reach_and_fails) {
     test_port = 29821;
     Proc r;
-    run_setup(&r, "setup", "/bin/false", tmp_path("token"), test_port);
+    run_setup(&r, "setup", SETUP_HOSTS, "/bin/false", tmp_path("token"), test_port);
     cr_assert_not_null(strstr(r.out.text, "127.0.0.1: cannot run commands there"), "stdout:\n%s",
                        r.out.text);
     cr_assert_null(strstr(r.out.text, "multi-node: ready"), "stdout:\n%s", r.out.text);
     cr_assert_neq(r.status, 0, "setup.sh exited 0 with a host it cannot reach");
+    proc_free(&r);
+}
+
+Test(setup, multi_node_reports_a_bad_hosts_file_and_fails) {
+    test_port = 29822;
+    Proc r;
+    run_setup(&r, "setup", "127.0.0.1 slots=100\n", "tools/local_rsh.sh", tmp_path("token"),
+              test_port);
+    cr_assert_not_null(strstr(r.out.text, ": line 1: slots must be an integer in [1, 64]"),
+                       "stdout:\n%s", r.out.text);
+    cr_assert_null(strstr(r.out.text, "multi-node: ready"), "stdout:\n%s", r.out.text);
+    cr_assert_neq(r.status, 0, "setup.sh exited 0 with a bad hosts file");
     proc_free(&r);
 }
