@@ -4,9 +4,13 @@
 #   make NO_CUDA=1     CPU-only binaries with the same flags and output
 #   make lesson-01     build/hello_gpu          make run     build and run lesson 01
 #   make lesson-02     build/multi_gpu          make diff-02 what lesson 02 adds to lesson 01
-#   make lesson-03     build/multi_node         make diff-03 what lesson 03 adds to lesson 02
+#   make lesson-03     build/multi_node, build/hostfile   make diff-03 what lesson 03 adds to lesson 02
 #   make demo-multinode  a two-node job on this machine
 #   make test          build and run the test suite (make tests: only build it)
+#   make asan          the CPU suite on a build with AddressSanitizer and UBSan (build/asan)
+#   make memcheck      one epoch of lesson 01 under valgrind; any error or leak fails
+#   make fuzz          every libFuzzer target of tests/fuzz for FUZZ_SECONDS (30) each
+#   make soak          16 ranks, 3 nodes x 4 ranks, 50 jobs back to back on one port
 #   make bench-01      median time per epoch of lesson 01 at defaults (bench-02: lesson 02, 1 and 2 ranks)
 #   make bench         every lesson beside PyTorch, with plots, into results/
 #   make clean
@@ -18,6 +22,9 @@ NVCC :=
 endif
 NCCL_HEADER := $(if $(NVCC),$(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h)))
 MPICC ?= $(shell command -v mpicc 2>/dev/null)
+ifdef NO_MPI
+MPICC :=
+endif
 NCCL_LIB := $(dir $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so /usr/lib/x86_64-linux-gnu/libnccl.so /usr/lib/aarch64-linux-gnu/libnccl.so)))
 
 CC ?= cc
@@ -70,7 +77,8 @@ COMMON_OBJ := $(COMMON_C:common/%.c=$(OBJ)/common/%.o) $(COMMON_CU:common/%.cu=$
 COMMON_LIB := $(OBJ)/libcommon.a
 
 LESSONS := $(BUILD)/hello_gpu $(BUILD)/multi_gpu $(BUILD)/multi_node
-TOOLS := $(BUILD)/allreduce_bench
+# hostfile: hosts.txt checked and listed by common/hostfile.c, for the launcher scripts.
+TOOLS := $(BUILD)/allreduce_bench $(BUILD)/hostfile
 
 # Open MPI (optional): lesson 03's agent and the all-reduce benchmark learn to run under
 # mpirun. Only they are compiled and linked with mpicc; nothing else needs MPI.
@@ -91,13 +99,13 @@ GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 # below from forcing a relink when the configuration or the build id changes.
 .PRECIOUS: $(OBJ)/%.o $(OBJ)/%.cu.o
 
-.PHONY: all lesson-01 lesson-02 lesson-03 run tests test bench bench-quick bench-01 bench-02 diff-02 diff-03 demo-multinode clean found need-sodium
+.PHONY: all lesson-01 lesson-02 lesson-03 run tests test asan memcheck fuzz soak bench bench-quick bench-01 bench-02 diff-02 diff-03 demo-multinode clean found need-sodium
 all: found $(LESSONS) $(TOOLS)
 
 # One line per optional part, so that a build says what it could use.
 found:
 	@echo "nvcc: $(if $(NVCC),found ($(NVCC)): building with CUDA,$(if $(NO_CUDA),skipped (NO_CUDA=1),not found): CPU-only binaries)"
-	@echo "MPI: $(if $(MPICC),found ($(MPICC)): lesson 03 and allreduce_bench also run under mpirun,not found: no mpirun support)"
+	@echo "MPI: $(if $(MPICC),found ($(MPICC)): lesson 03 and allreduce_bench also run under mpirun,$(if $(NO_MPI),skipped (NO_MPI=1),not found): no mpirun support)"
 	@echo "NCCL: $(if $(HAVE_NCCL),found ($(NCCL_HEADER), $(NCCL_LIB)),$(if $(NVCC),not found (header and library),not used without CUDA)): $(if $(HAVE_NCCL),NCCL and ring backends,ring backend only)"
 	@echo "$(if $(HAVE_SODIUM),libsodium: found: lesson 03 authenticates its nodes,$(SODIUM_MISSING))"
 
@@ -108,7 +116,7 @@ $(OBJ)/lessons/03_multi_node/multi_node.o $(OBJ)/tests/test_rendezvous.o: | $(NE
 
 lesson-01: found $(BUILD)/hello_gpu
 lesson-02: found $(BUILD)/multi_gpu
-lesson-03: found $(BUILD)/multi_node
+lesson-03: found $(BUILD)/multi_node $(BUILD)/hostfile
 
 run: lesson-01
 	./$(BUILD)/hello_gpu
@@ -147,6 +155,9 @@ $(BUILD)/multi_node: $(OBJ)/lessons/03_multi_node/multi_node.o $(MPI_OBJ) $(COMM
 $(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(OBJ)/tools/allreduce_sweep.o $(MPI_OBJ) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	$(LINK_MPI) $(CFLAGS) $(filter %.o,$^) $(COMMON_LIB) -o $@ $(LDLIBS)
 
+$(BUILD)/hostfile: $(OBJ)/tools/hostfile.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
+
 TEST_SUPPORT := $(OBJ)/tests/support/proc.o $(OBJ)/tests/support/losses.o
 $(BUILD)/tests/%: $(OBJ)/tests/%.o $(TEST_SUPPORT) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	@mkdir -p $(dir $@)
@@ -159,8 +170,58 @@ $(BUILD)/tests/gpu/%: $(OBJ)/tests/gpu/%.cu.o $(COMMON_LIB) $(BUILD)/config-$(CO
 tests: $(TESTS) $(GPU_TESTS)
 
 # Criterion runs each suite's tests in parallel; GPU suites share one device, so --jobs 1.
+# The tests run the programs of DDP_BUILD.
 test: all tests
-	@tests/run_tests.sh $(TESTS) -- $(GPU_TESTS)
+	@DDP_BUILD=$(BUILD) tests/run_tests.sh $(TESTS) -- $(GPU_TESTS)
+
+# The CPU code, lessons and tests built with AddressSanitizer and UBSan (undefined behaviour
+# fails) into a directory of their own, then the CPU suite on those programs; a report of
+# any process, leaks included, fails it (tests/run_sanitized.sh). With clang, whose single
+# sanitizer runtime writes UBSan's reports to the report files too (GCC's libubsan writes
+# them to stderr only). Without MPI: Open MPI's own allocations would bury the findings;
+# `make test` covers mpirun.
+ASAN_CC ?= clang
+ASAN_BUILD := $(BUILD)/asan
+SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+# clang warns where -O1 leaves an `omp simd` loop unvectorized: a hint, not an error here.
+SANITIZE_CFLAGS := -O1 -g $(SANITIZE) -Wno-pass-failed
+asan:
+	CFLAGS="$(SANITIZE_CFLAGS)" $(MAKE) --no-print-directory NO_CUDA=1 NO_MPI=1 CC=$(ASAN_CC) \
+		BUILD=$(ASAN_BUILD) all tests
+	@tests/run_sanitized.sh $(ASAN_BUILD) $(TEST_SRC:tests/%.c=$(ASAN_BUILD)/tests/%)
+
+# valgrind on one epoch of lesson 01. A CPU build of its own without -march=native, as
+# valgrind does not know every instruction of every CPU (AVX-512).
+MEMCHECK_BUILD := $(BUILD)/memcheck
+memcheck:
+	CFLAGS="-O2 -g" $(MAKE) --no-print-directory NO_CUDA=1 NO_MPI=1 BUILD=$(MEMCHECK_BUILD) $(MEMCHECK_BUILD)/hello_gpu
+	valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=all --show-leak-kinds=all \
+		$(MEMCHECK_BUILD)/hello_gpu --epochs 1 --device cpu
+
+# libFuzzer: every tests/fuzz/fuzz_NAME.c against common/ (CPU code, built with clang and
+# the sanitizers into build/fuzz), each run for FUZZ_SECONDS on a copy of its seed corpus
+# tests/fuzz/corpus/NAME/ (tests/fuzz/run.sh).
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 30
+FUZZ_BUILD := $(BUILD)/fuzz
+FUZZ_CFLAGS := $(SANITIZE_CFLAGS) -fopenmp-simd -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror \
+	-Icommon -MMD -MP
+FUZZERS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_COMMON_OBJ := $(COMMON_C:common/%.c=$(FUZZ_BUILD)/obj/common/%.o)
+
+$(FUZZ_BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_COMMON_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_COMMON_OBJ) -o $@ -lsodium -lm
+
+fuzz: $(FUZZERS)
+	@tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BUILD) $(FUZZERS)
+
+# Load on this machine's loopback: many ranks, many nodes, many jobs in a row (tests/soak.sh).
+soak: lesson-02 lesson-03
+	@tests/soak.sh $(BUILD)
 
 bench-01: lesson-01
 	@tools/bench_epoch.sh $(BUILD)/hello_gpu

@@ -11,12 +11,15 @@
 # Every line a node prints is prefixed with its name (name#rank if a name repeats).
 # When one node fails, or on Ctrl-C, every node is stopped; the exit status is
 # non-zero if any node failed.
-# The repository must be at the same path on every node.
+# The repository must be at the same path on every node. DDP_BUILD (another build
+# directory) and DDP_TOKEN pass on to every node.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+build=${DDP_BUILD:-build}
+[[ $build == /* ]] || build=$here/$build
 
 die() { echo "launch.sh: $*" >&2; exit 2; }
-usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,15s/^# \{0,1\}//p' "$0"; }
 
 mode='' gpus='' master='' workers='' gpus_per_node='' port=29500
 args=()
@@ -38,8 +41,8 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$mode" = single-node ]; then
-    [ -x "$here/build/multi_gpu" ] || die "build/multi_gpu not found: run 'make lesson-02' first"
-    cmd=("$here/build/multi_gpu" ${gpus:+--gpus "$gpus"} "${args[@]+"${args[@]}"}")
+    [ -x "$build/multi_gpu" ] || die "${DDP_BUILD:-build}/multi_gpu not found: run 'make lesson-02' first"
+    cmd=("$build/multi_gpu" ${gpus:+--gpus "$gpus"} "${args[@]+"${args[@]}"}")
     echo "+ ${cmd[*]}"
     exec "${cmd[@]}"
 fi
@@ -49,6 +52,21 @@ fi
 
 IFS=, read -r -a worker_list <<<"$workers"
 nodes=("$master" "${worker_list[@]}")
+
+# The nodes, one per line, through build/hostfile, the parser of hosts.txt: a name that is
+# neither a host name nor an IPv4 address (a typo, or an option that ssh would obey) or a
+# node given twice stops the job before it starts. Blanks and '#' would split a line.
+[ -x "$build/hostfile" ] || die "${DDP_BUILD:-build}/hostfile not found: run 'make lesson-03' first"
+for node in "${nodes[@]}"; do
+    [[ -n $node && $node != *[[:space:]#]* ]] ||
+        die "--master-node and --worker-nodes take host names (workers separated by commas), got '$master' and '$workers'"
+done
+if ! problem=$(printf '%s\n' "${nodes[@]}" | "$build/hostfile" - 2>&1 >/dev/null); then
+    [[ $problem =~ line\ ([0-9]+):\ (.*) ]] || die "${problem#error: }"
+    flag=--worker-nodes
+    [ "${BASH_REMATCH[1]}" != 1 ] || flag=--master-node
+    die "$flag: ${BASH_REMATCH[2]% (first on line *}"
+fi
 
 # Runs CMD on HOST through the remote shell.
 remote() {
@@ -68,6 +86,7 @@ node_command() {
     env="MASTER_ADDR=$(printf %q "$master") MASTER_PORT=$port NNODES=${#nodes[@]} NODE_RANK=$i"
     [ -z "$gpus_per_node" ] || env+=" GPUS_PER_NODE=$(printf %q "$gpus_per_node")"
     [ -z "${DDP_TOKEN:-}" ] || env+=" DDP_TOKEN=$(printf %q "$DDP_TOKEN")"
+    [ -z "${DDP_BUILD:-}" ] || env+=" DDP_BUILD=$(printf %q "$DDP_BUILD")"
     printf 'cd %q && %s exec ./start_multi_node.sh %s' "$here" "$env" "$role"
     printf ' %q' "${args[@]+"${args[@]}"}"
 }

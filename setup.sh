@@ -70,12 +70,17 @@ else
     echo "GPU: none found (the lessons run on the CPU with --device auto)"
 fi
 
-# --multi-node: every host of hosts.txt answers the remote shell without a password,
-# runs the same build, the master port is free here, and every node has the token.
+# --multi-node: hosts.txt reads as start_multi_node.sh reads it (through build/hostfile, or
+# DDP_BUILD's), every host answers the remote shell without a password and runs the same
+# build, the master port is free here, and every node has the token.
 check_multi_node() {
     local hosts_file=${HOSTS_FILE:-$here/hosts.txt} token_file=${DDP_TOKEN_FILE:-$here/.ddp_token}
-    local port=${MASTER_PORT:-29500} problems=0 build host
-    mapfile -t hosts < <(sed 's/#.*//' "$hosts_file" | awk 'NF { print $1 }')
+    local port=${MASTER_PORT:-29500} problems=0 build host listing
+    local tool=${DDP_BUILD:-build}/hostfile
+    [[ $tool == /* ]] || tool=$here/$tool
+    [ -x "$tool" ] || { echo "hosts: $tool not found: run 'make' first"; return 1; }
+    listing=$("$tool" "$hosts_file" 2>&1) || { echo "hosts: ${listing#error: }"; return 1; }
+    mapfile -t hosts < <(awk 'NF { print $1 }' <<<"$listing")
     [ ${#hosts[@]} -gt 0 ] || { echo "hosts: none in $hosts_file: list the nodes there, master first"; return 1; }
     echo "hosts: ${hosts[*]} (master: ${hosts[0]})"
     if [ ! -f "$token_file" ]; then

@@ -9,10 +9,13 @@
 # is its place in the list, found by its names and addresses, or NODE_RANK. The
 # token comes from DDP_TOKEN or the file that `./setup.sh --multi-node` made.
 # MASTER_ADDR, MASTER_PORT (29500), NNODES and GPUS_PER_NODE override hosts.txt.
+# DDP_BUILD names another build directory (build/asan: the sanitizer build's tests).
 # Prints the exact command, then runs it; extra flags go to the program.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-program=$here/build/multi_node
+build=${DDP_BUILD:-build}
+[[ $build == /* ]] || build=$here/$build
+program=$build/multi_node
 hosts_file=${HOSTS_FILE:-$here/hosts.txt}
 token_file=${DDP_TOKEN_FILE:-$here/.ddp_token}
 
@@ -21,17 +24,22 @@ die() { echo "start_multi_node.sh: $*" >&2; exit 2; }
 role=${1:-}
 [ "$role" = master ] || [ "$role" = worker ] || die "usage: $0 master|worker [training flags]"
 shift
-[ -x "$program" ] || die "$program not found: run 'make lesson-03' first"
+for tool in "$program" "$build/hostfile"; do
+    [ -x "$tool" ] || die "$tool not found: run 'make lesson-03' first"
+done
 
-# hosts.txt without comments and blank lines: "host slots=N" per line.
+# hosts.txt as build/hostfile reads it (common/hostfile.c): "host slots" per line, slots 0
+# where none is given. A bad line stops the node here, named.
 hosts=()
 slots=()
 if [ -f "$hosts_file" ]; then
-    while read -r host rest; do
+    listing=$("$build/hostfile" "$hosts_file" 2>&1) || die "${listing#error: }"
+    while read -r host n; do
         [ -n "$host" ] || continue
         hosts+=("$host")
-        slots+=("$(sed -n 's/.*slots=\([0-9]*\).*/\1/p' <<<"$rest")")
-    done < <(sed 's/#.*//' "$hosts_file")
+        [ "$n" != 0 ] || n=
+        slots+=("$n")
+    done <<<"$listing"
 fi
 if [ ${#hosts[@]} -eq 0 ] && { [ -z "${MASTER_ADDR:-}" ] || [ -z "${NNODES:-}" ]; }; then
     die "no hosts in $hosts_file; list the nodes there, or set MASTER_ADDR and NNODES"

@@ -23,7 +23,7 @@
 #include "support/losses.h"
 #include "support/proc.h"
 
-#define PROGRAM "build/hello_gpu"
+#define PROGRAM build_program("hello_gpu")
 #define GOLDEN "tests/golden/hello_gpu_cpu.txt"
 #define MAX_LINES 256
 

@@ -14,8 +14,8 @@
 #include "support/losses.h"
 #include "support/proc.h"
 
-#define MULTI_NODE "build/multi_node"
-#define MULTI_GPU "build/multi_gpu"
+#define MULTI_NODE build_program("multi_node")
+#define MULTI_GPU build_program("multi_gpu")
 #define EPOCHS 3
 #define EQUAL_RTOL 1e-5
 
@@ -37,7 +37,7 @@ static void skip_without_mpi(void) {
     int built_without = strstr(p.err.text, "this build has no MPI") != NULL;
     proc_free(&p);
     if (built_without)
-        cr_skip_test("build/multi_node was built without mpicc: rebuild with Open MPI installed");
+        cr_skip_test("%s was built without mpicc: rebuild with Open MPI installed", MULTI_NODE);
 }
 
 static void expect_mpirun_matches_the_ring(int ranks) {

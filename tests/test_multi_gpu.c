@@ -26,8 +26,8 @@
 #include "support/losses.h"
 #include "support/proc.h"
 
-#define MULTI_GPU "build/multi_gpu"
-#define HELLO_GPU "build/hello_gpu"
+#define MULTI_GPU build_program("multi_gpu")
+#define HELLO_GPU build_program("hello_gpu")
 #define FAILURE_EXIT_S 5.0 // after a fault the parent must be gone within this
 
 // ----------------------------------------------------------------------------

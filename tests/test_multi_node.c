@@ -32,8 +32,8 @@
 #include "support/losses.h"
 #include "support/proc.h"
 
-#define MULTI_NODE "build/multi_node"
-#define MULTI_GPU "build/multi_gpu"
+#define MULTI_NODE build_program("multi_node")
+#define MULTI_GPU build_program("multi_gpu")
 #define FAILURE_EXIT_S 10.0 // after a fault every node must be gone within this
 #define GONE_WAIT_S 3.0     // how long an agent's group may take to vanish once it exited
 

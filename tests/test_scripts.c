@@ -103,14 +103,28 @@ static int agents_left(int port, double since, double seconds) {
 // .init; the checks come first, as no .fini follows a failed .init.
 static void make_tmp_dir(void) {
     cr_assert_not_null(getcwd(repo, sizeof repo));
-    cr_assert(access("start_multi_node.sh", X_OK) == 0 && access("build/multi_node", X_OK) == 0 &&
-                  access("build/multi_gpu", X_OK) == 0,
+    cr_assert(access("start_multi_node.sh", X_OK) == 0 &&
+                  access(build_program("multi_node"), X_OK) == 0 &&
+                  access(build_program("multi_gpu"), X_OK) == 0,
               "run from the repository root after `make NO_CUDA=1` (cwd: %s)", repo);
     temp_dir_make();
 }
 
+// The strings a test made, freed by its .fini: a failed assertion ends the test's body, not
+// the .fini.
+static char* owned[64];
+static int owned_count;
+
+static char* own(char* s) {
+    cr_assert_not_null(s, "out of memory");
+    cr_assert_lt(owned_count, 64, "a test made more than 64 strings");
+    return owned[owned_count++] = s;
+}
+
 // .fini: kills every group the test started and any agent of its port, then removes temp_dir.
 static void end_leftovers(void) {
+    while (owned_count > 0)
+        free(owned[--owned_count]);
     proc_end_leftovers();
     pid_t pids[64];
     int count = test_port > 0 ? agents_of_port(test_port, pids, 64) : 0;
@@ -122,18 +136,16 @@ TestSuite(start_multi_node, .init = make_tmp_dir, .fini = end_leftovers, .timeou
 TestSuite(launch, .init = make_tmp_dir, .fini = end_leftovers, .timeout = 120);
 TestSuite(setup, .init = make_tmp_dir, .fini = end_leftovers, .timeout = 120);
 
-// A path in the test's temporary directory (malloc; the test process ends soon).
+// A path in the test's temporary directory (the .fini frees it).
 static char* tmp_path(const char* name) {
-    char* path = malloc(PATH_MAX);
-    cr_assert_not_null(path);
+    char* path = own(malloc(PATH_MAX));
     snprintf(path, PATH_MAX, "%s/%s", temp_dir, name);
     return path;
 }
 
-// "NAME=VALUE" (malloc), for a child's environment.
+// "NAME=VALUE", for a child's environment (the .fini frees it).
 static char* env_var(const char* name, const char* value) {
-    char* s = malloc(strlen(name) + strlen(value) + 2);
-    cr_assert_not_null(s);
+    char* s = own(malloc(strlen(name) + strlen(value) + 2));
     sprintf(s, "%s=%s", name, value);
     return s;
 }
@@ -160,9 +172,10 @@ static const char* line_without_prefix(const char* text, const char* prefix) {
     return NULL;
 }
 
-// The command start_multi_node.sh must print: "+ REPO/build/multi_node " then rest.
+// The command start_multi_node.sh must print: "+ REPO/build/multi_node " (or DDP_BUILD's) then
+// rest.
 static void expected_command(char* line, size_t len, const char* rest) {
-    snprintf(line, len, "+ %s/build/multi_node %s", repo, rest);
+    snprintf(line, len, "+ %s/%s %s", repo, build_program("multi_node"), rest);
 }
 
 // Runs `start_multi_node.sh ROLE --help` with env: the command it would run, not a job.
@@ -224,6 +237,8 @@ Test(start_multi_node, two_nodes_from_a_hosts_file_train_together_and_agree) {
                        "the master's output:\n%s", master.out.text);
     cr_assert_eq(agents_left(test_port, now_seconds(), GONE_WITHIN_S), 0,
                  "agents of port %d still run after the job ended", test_port);
+    proc_free(&master);
+    proc_free(&worker);
 }
 
 Test(start_multi_node, nodes_that_share_a_token_file_train_together) {
@@ -246,6 +261,8 @@ Test(start_multi_node, nodes_that_share_a_token_file_train_together) {
                        worker.out.text);
     cr_assert_not_null(strstr(master.out.text, "Replicas agree: yes (2 ranks"),
                        "the master's output:\n%s", master.out.text);
+    proc_free(&master);
+    proc_free(&worker);
 }
 
 Test(start_multi_node, comments_and_blank_lines_in_the_hosts_file_are_ignored) {
@@ -273,6 +290,7 @@ Test(start_multi_node, comments_and_blank_lines_in_the_hosts_file_are_ignored) {
     expected_command(want, sizeof want, rest);
     first_line(got, sizeof got, r.out.text);
     cr_assert_str_eq(got, want, "the master's first line:\n  %s\nexpected:\n  %s", got, want);
+    proc_free(&r);
 
     env[3] = "NODE_RANK=1";
     print_command(&r, "worker", env);
@@ -283,6 +301,7 @@ Test(start_multi_node, comments_and_blank_lines_in_the_hosts_file_are_ignored) {
     expected_command(want, sizeof want, rest);
     first_line(got, sizeof got, r.out.text);
     cr_assert_str_eq(got, want, "the worker's first line:\n  %s\nexpected:\n  %s", got, want);
+    proc_free(&r);
 }
 
 Test(start_multi_node, gpus_per_node_overrides_the_slots_of_the_hosts_file) {
@@ -297,6 +316,7 @@ Test(start_multi_node, gpus_per_node_overrides_the_slots_of_the_hosts_file) {
     first_line(line, sizeof line, r.out.text);
     cr_assert_not_null(strstr(line, " --nproc-per-node 4 "), "the command: %s", line);
     cr_assert_null(strstr(line, " --nproc-per-node 1 "), "the command: %s", line);
+    proc_free(&r);
 }
 
 Test(start_multi_node, master_addr_overrides_the_first_host) {
@@ -311,6 +331,7 @@ Test(start_multi_node, master_addr_overrides_the_first_host) {
     first_line(line, sizeof line, r.out.text);
     cr_assert_not_null(strstr(line, " --master-addr 127.0.0.1 "), "the command: %s", line);
     cr_assert_null(strstr(line, "node-a.invalid"), "the command: %s", line);
+    proc_free(&r);
 }
 
 Test(start_multi_node, an_unknown_role_exits_2_with_a_usage_line) {
@@ -322,6 +343,7 @@ Test(start_multi_node, an_unknown_role_exits_2_with_a_usage_line) {
     cr_assert_not_null(strstr(r.err.text, "usage:"), "stderr:\n%s", r.err.text);
     cr_assert_not_null(strstr(r.err.text, "master|worker"), "stderr:\n%s", r.err.text);
     cr_assert_str_empty(r.out.text, "it ran something:\n%s", r.out.text);
+    proc_free(&r);
 }
 
 Test(start_multi_node, a_worker_missing_from_the_hosts_file_without_node_rank_exits_2) {
@@ -337,6 +359,25 @@ Test(start_multi_node, a_worker_missing_from_the_hosts_file_without_node_rank_ex
     cr_assert_not_null(strstr(r.err.text, hosts), "stderr does not name %s:\n%s", hosts,
                        r.err.text);
     cr_assert_str_empty(r.out.text, "it ran something:\n%s", r.out.text);
+    proc_free(&r);
+}
+
+Test(start_multi_node, a_bad_line_in_the_hosts_file_exits_2_naming_the_file_and_the_line) {
+    test_port = 29805;
+    char* hosts = tmp_path("hosts");
+    write_file(hosts, "127.0.0.1 slots=1\nnode_2 slots=1\n", 0644);
+    const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port), "NODE_RANK=1", NULL};
+    const char* argv[] = {"./start_multi_node.sh", "worker", TRAIN_FLAGS, NULL};
+    Proc r;
+    run_script(&r, "worker", env, argv);
+    cr_assert_eq(r.status, 2, "status %d, stderr:\n%s", r.status, r.err.text);
+    char want[PATH_MAX + 128];
+    snprintf(want, sizeof want, "start_multi_node.sh: %s: line 2: host 'node_2' has a character",
+             hosts);
+    cr_assert_eq(strncmp(r.err.text, want, strlen(want)), 0, "stderr:\n%s\nwant:\n%s...",
+                 r.err.text, want);
+    cr_assert_str_empty(r.out.text, "it ran something:\n%s", r.out.text);
+    proc_free(&r);
 }
 
 Test(start_multi_node, a_token_file_is_passed_to_the_program) {
@@ -352,6 +393,7 @@ Test(start_multi_node, a_token_file_is_passed_to_the_program) {
     first_line(line, sizeof line, r.out.text);
     snprintf(want, sizeof want, " --token-file %s ", token);
     cr_assert_not_null(strstr(line, want), "the command lacks '%s': %s", want, line);
+    proc_free(&r);
 }
 
 Test(start_multi_node, ddp_token_in_the_environment_replaces_the_token_file) {
@@ -366,6 +408,7 @@ Test(start_multi_node, ddp_token_in_the_environment_replaces_the_token_file) {
     char line[LINE_BYTES];
     first_line(line, sizeof line, r.out.text);
     cr_assert_null(strstr(line, "--token-file"), "the command: %s", line);
+    proc_free(&r);
 }
 
 // ----------------------------------------------------------------------------
@@ -407,13 +450,13 @@ Test(launch, multi_node_on_two_local_nodes_prefixes_every_line_and_agrees) {
                        r.out.text);
     for (int rank = 0; rank < 2; rank++) {
         char want[PATH_MAX + 128];
-        snprintf(want, sizeof want,
-                 "[127.0.0.1#%d] + %s/build/multi_node --nnodes 2 --node-rank %d ", rank, repo,
-                 rank);
+        snprintf(want, sizeof want, "[127.0.0.1#%d] + %s/%s --nnodes 2 --node-rank %d ", rank, repo,
+                 build_program("multi_node"), rank);
         cr_assert_not_null(strstr(r.out.text, want), "no '%s' in stdout:\n%s", want, r.out.text);
     }
     cr_assert_eq(agents_left(test_port, now_seconds(), GONE_WITHIN_S), 0,
                  "agents of port %d still run after the job ended", test_port);
+    proc_free(&r);
 }
 
 Test(launch, single_node_runs_every_gpu_worker_on_this_machine) {
@@ -425,6 +468,7 @@ Test(launch, single_node_runs_every_gpu_worker_on_this_machine) {
                  r.err.text);
     cr_assert_not_null(strstr(r.out.text, "Replicas agree: yes (2 ranks"), "stdout:\n%s",
                        r.out.text);
+    proc_free(&r);
 }
 
 Test(launch, a_node_that_fails_is_named_and_every_other_node_is_stopped) {
@@ -449,6 +493,7 @@ Test(launch, a_node_that_fails_is_named_and_every_other_node_is_stopped) {
                  "%d multi_node process(es) of port %d still run %.0f s after launch.sh "
                  "exited; stderr:\n%s",
                  left, test_port, STOP_WITHIN_S, r.err.text);
+    proc_free(&r);
 }
 
 Test(launch, a_bad_training_flag_fails_the_nodes_and_launch_exits_with_their_status) {
@@ -468,6 +513,7 @@ Test(launch, a_bad_training_flag_fails_the_nodes_and_launch_exits_with_their_sta
                  r.err.text);
     cr_assert_eq(agents_left(test_port, now_seconds(), GONE_WITHIN_S), 0,
                  "agents of port %d still run", test_port);
+    proc_free(&r);
 }
 
 Test(launch, ctrl_c_stops_every_node_and_exits_non_zero) {
@@ -493,6 +539,7 @@ Test(launch, ctrl_c_stops_every_node_and_exits_non_zero) {
                  "%d multi_node process(es) of port %d still run %.0f s after SIGINT "
                  "(launch.sh exited %d %.1f s after it)",
                  left, test_port, STOP_WITHIN_S, r.status, r.exited_at - interrupted);
+    proc_free(&r);
 }
 
 // Runs launch.sh with argv[1...] and expects status 2 and a message with words.
@@ -503,6 +550,7 @@ static void expect_usage_error(const char* const argv[], const char* words) {
     cr_assert_eq(r.status, 2, "status %d\nstdout:\n%s\nstderr:\n%s", r.status, r.out.text,
                  r.err.text);
     cr_assert_not_null(strstr(r.err.text, words), "no '%s' in stderr:\n%s", words, r.err.text);
+    proc_free(&r);
 }
 
 Test(launch, an_unknown_mode_exits_2) {
@@ -516,6 +564,30 @@ Test(launch, multi_node_without_worker_nodes_exits_2) {
     expect_usage_error(argv, "--worker-nodes");
 }
 
+Test(launch, a_worker_that_is_not_a_host_name_exits_2_before_any_node_starts) {
+    const char* argv[] = {"./launch.sh",
+                          "--mode",
+                          "multi-node",
+                          "--master-node",
+                          "127.0.0.1",
+                          "--worker-nodes",
+                          "node2,-oProxyCommand=x",
+                          NULL};
+    expect_usage_error(argv, "--worker-nodes: host '-oProxyCommand=x' has a character");
+}
+
+Test(launch, a_node_given_twice_exits_2) {
+    const char* argv[] = {"./launch.sh", "--mode",         "multi-node",  "--master-node",
+                          "node1",       "--worker-nodes", "node2,NODE1", NULL};
+    expect_usage_error(argv, "--worker-nodes: host 'NODE1' is listed twice");
+}
+
+Test(launch, an_empty_worker_name_exits_2) {
+    const char* argv[] = {"./launch.sh", "--mode",         "multi-node",   "--master-node",
+                          "127.0.0.1",   "--worker-nodes", "node2,,node3", NULL};
+    expect_usage_error(argv, "take host names");
+}
+
 Test(launch, a_port_above_65535_exits_2) {
     const char* argv[] = {"./launch.sh",    "--mode",    "multi-node", "--master-node", "127.0.0.1",
                           "--worker-nodes", "127.0.0.1", "--port",     "70000",         NULL};
@@ -525,10 +597,13 @@ Test(launch, a_port_above_65535_exits_2) {
 // ----------------------------------------------------------------------------
 // setup.sh --multi-node
 
-// Runs setup.sh --multi-node on a hosts file of 127.0.0.1, token at token, port port.
-static void run_setup(Proc* r, const char* name, const char* rsh, const char* token, int port) {
+#define SETUP_HOSTS "# the master\n127.0.0.1 slots=1\n"
+
+// Runs setup.sh --multi-node on a hosts file of hosts_text, token at token, port port.
+static void run_setup(Proc* r, const char* name, const char* hosts_text, const char* rsh,
+                      const char* token, int port) {
     char* hosts = tmp_path("hosts");
-    write_file(hosts, "# the master\n127.0.0.1 slots=1\n", 0644);
+    write_file(hosts, hosts_text, 0644);
     const char* env[] = {env_var("DDP_RSH", rsh), env_var("HOSTS_FILE", hosts),
                          env_var("DDP_TOKEN_FILE", token), port_var(port), NULL};
     const char* argv[] = {"./setup.sh", "--multi-node", NULL};
@@ -541,7 +616,7 @@ Test(setup, multi_node_creates_a_private_token_and_finds_the_host_reachable) {
     test_port = 29818;
     char* token = tmp_path("token");
     Proc r;
-    run_setup(&r, "setup", "tools/local_rsh.sh", token, test_port);
+    run_setup(&r, "setup", SETUP_HOSTS, "tools/local_rsh.sh", token, test_port);
     cr_assert_eq(r.status, 0, "status %d\nstdout:\n%s\nstderr:\n%s", r.status, r.out.text,
                  r.err.text);
     struct stat st;
@@ -552,17 +627,19 @@ Test(setup, multi_node_creates_a_private_token_and_finds_the_host_reachable) {
     cr_assert_eq(strspn(text, "0123456789abcdef"), 48, "token '%s': expected hex digits", text);
     cr_assert_not_null(strstr(r.out.text, "token: created"), "stdout:\n%s", r.out.text);
     cr_assert_not_null(strstr(r.out.text, "127.0.0.1: reachable"), "stdout:\n%s", r.out.text);
+    proc_free(&r);
+    free(text);
 }
 
 Test(setup, multi_node_run_again_keeps_the_token) {
     test_port = 29819;
     char* token = tmp_path("token");
     Proc first, again;
-    run_setup(&first, "first", "tools/local_rsh.sh", token, test_port);
+    run_setup(&first, "first", SETUP_HOSTS, "tools/local_rsh.sh", token, test_port);
     cr_assert_eq(first.status, 0, "first run: status %d\nstdout:\n%s", first.status,
                  first.out.text);
     char* before = read_file(token, NULL);
-    run_setup(&again, "again", "tools/local_rsh.sh", token, test_port);
+    run_setup(&again, "again", SETUP_HOSTS, "tools/local_rsh.sh", token, test_port);
     cr_assert_eq(again.status, 0, "second run: status %d\nstdout:\n%s", again.status,
                  again.out.text);
     char want[PATH_MAX + 32];
@@ -571,6 +648,10 @@ Test(setup, multi_node_run_again_keeps_the_token) {
                        again.out.text);
     char* after = read_file(token, NULL);
     cr_assert_str_eq(after, before, "the token changed");
+    proc_free(&first);
+    proc_free(&again);
+    free(before);
+    free(after);
 }
 
 Test(setup, multi_node_reports_a_port_in_use_and_fails) {
@@ -584,20 +665,34 @@ Test(setup, multi_node_reports_a_port_in_use_and_fails) {
                  strerror(errno));
     cr_assert_eq(listen(fd, 1), 0, "listen: %s", strerror(errno));
     Proc r;
-    run_setup(&r, "setup", "tools/local_rsh.sh", tmp_path("token"), test_port);
+    run_setup(&r, "setup", SETUP_HOSTS, "tools/local_rsh.sh", tmp_path("token"), test_port);
     close(fd);
     char want[64];
     snprintf(want, sizeof want, "port: %d is in use", test_port);
     cr_assert_not_null(strstr(r.out.text, want), "no '%s' in stdout:\n%s", want, r.out.text);
     cr_assert_neq(r.status, 0, "setup.sh exited 0 with port %d in use", test_port);
+    proc_free(&r);
 }
 
 Test(setup, multi_node_reports_a_host_it_cannot_reach_and_fails) {
     test_port = 29821;
     Proc r;
-    run_setup(&r, "setup", "/bin/false", tmp_path("token"), test_port);
+    run_setup(&r, "setup", SETUP_HOSTS, "/bin/false", tmp_path("token"), test_port);
     cr_assert_not_null(strstr(r.out.text, "127.0.0.1: cannot run commands there"), "stdout:\n%s",
                        r.out.text);
     cr_assert_null(strstr(r.out.text, "multi-node: ready"), "stdout:\n%s", r.out.text);
     cr_assert_neq(r.status, 0, "setup.sh exited 0 with a host it cannot reach");
+    proc_free(&r);
+}
+
+Test(setup, multi_node_reports_a_bad_hosts_file_and_fails) {
+    test_port = 29822;
+    Proc r;
+    run_setup(&r, "setup", "127.0.0.1 slots=100\n", "tools/local_rsh.sh", tmp_path("token"),
+              test_port);
+    cr_assert_not_null(strstr(r.out.text, ": line 1: slots must be an integer in [1, 64]"),
+                       "stdout:\n%s", r.out.text);
+    cr_assert_null(strstr(r.out.text, "multi-node: ready"), "stdout:\n%s", r.out.text);
+    cr_assert_neq(r.status, 0, "setup.sh exited 0 with a bad hosts file");
+    proc_free(&r);
 }

@@ -493,3 +493,22 @@ void write_file(const char* path, const char* text, mode_t mode) {
     cr_assert_eq(write(fd, text, len), (ssize_t)len, "write %s: %s", path, strerror(errno));
     cr_assert_eq(close(fd), 0, "write %s: %s", path, strerror(errno));
 }
+
+// ----------------------------------------------------------------------------
+// the build under test
+
+const char* build_program(const char* name) {
+    // A few programs per suite, each asked for many times: the paths are kept.
+    static char paths[8][PATH_MAX];
+    static int count;
+    const char* dir = getenv("DDP_BUILD") != NULL ? getenv("DDP_BUILD") : "build";
+    char path[PATH_MAX];
+    int len = snprintf(path, sizeof path, "%s/%s", dir, name);
+    cr_assert_lt(len, (int)sizeof path, "DDP_BUILD is too long: %s", dir);
+    for (int i = 0; i < count; i++)
+        if (strcmp(paths[i], path) == 0)
+            return paths[i];
+    cr_assert_lt(count, 8, "more than 8 programs asked for");
+    memcpy(paths[count], path, (size_t)len + 1);
+    return paths[count++];
+}

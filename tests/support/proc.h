@@ -15,7 +15,8 @@
  *       proc_expect_ended, proc_end_leftovers,
  *       read_pid_file, pids_where, pid_runs, proc_wait_for_children, expect_pids_gone,
  *       proc_expect_group_gone,
- *       temp_dir, temp_dir_make, remove_tree, read_file, write_file.
+ *       temp_dir, temp_dir_make, remove_tree, read_file, write_file,
+ *       build_program.
  */
 #ifndef TESTS_SUPPORT_PROC_H
 #define TESTS_SUPPORT_PROC_H
@@ -117,5 +118,12 @@ void remove_tree(const char* path);
 char* read_file(const char* path, size_t* len);
 // Writes text as the whole file at path, created with mode.
 void write_file(const char* path, const char* text, mode_t mode);
+
+// ----------------------------------------------------------------------------
+// the build under test
+
+// The path of the program name of the build under test: $DDP_BUILD/name when DDP_BUILD is
+// set (`make asan` tests the programs of build/asan), else build/name.
+const char* build_program(const char* name);
 
 #endif
