@@ -85,8 +85,10 @@ node_command() {
     local env
     env="MASTER_ADDR=$(printf %q "$master") MASTER_PORT=$port NNODES=${#nodes[@]} NODE_RANK=$i"
     [ -z "$gpus_per_node" ] || env+=" GPUS_PER_NODE=$(printf %q "$gpus_per_node")"
-    [ -z "${DDP_TOKEN:-}" ] || env+=" DDP_TOKEN=$(printf %q "$DDP_TOKEN")"
     [ -z "${DDP_BUILD:-}" ] || env+=" DDP_BUILD=$(printf %q "$DDP_BUILD")"
+    # The token comes through the remote shell's stdin: a command line is visible to
+    # every user of both machines (ps).
+    [ -z "${DDP_TOKEN:-}" ] || printf 'IFS= read -r DDP_TOKEN && export DDP_TOKEN && '
     printf 'cd %q && %s exec ./start_multi_node.sh %s' "$here" "$env" "$role"
     printf ' %q' "${args[@]+"${args[@]}"}"
 }
@@ -110,7 +112,8 @@ for i in "${!nodes[@]}"; do
     host=${nodes[$i]}
     labels[i]=$host
     [ -z "$repeated" ] || labels[i]="$host#$i"
-    ( remote "$host" "$(node_command "$i")" 2>&1 | sed -u "s/^/[${labels[i]}] /" ) &
+    ( remote "$host" "$(node_command "$i")" <<<"${DDP_TOKEN:-}" 2>&1 |
+        sed -u "s/^/[${labels[i]}] /" ) &
     pids+=($!)
 done
 set +m # the groups exist now; without job control bash prints no job notices

@@ -415,9 +415,10 @@ Test(start_multi_node, ddp_token_in_the_environment_replaces_the_token_file) {
 // launch.sh
 
 // Starts `launch.sh --mode multi-node` with master 127.0.0.1, the given workers, one
-// worker process per node, port and extra flags (NULL-terminated).
+// worker process per node, port and extra flags (NULL-terminated); token: DDP_TOKEN, or
+// NULL for none.
 static void launch_start(Proc* r, const char* rsh, const char* workers, int port,
-                         const char* const flags[]) {
+                         const char* const flags[], const char* token) {
     static char port_text[16];
     snprintf(port_text, sizeof port_text, "%d", port);
     const char* argv[32] = {"./launch.sh", "--mode",         "multi-node", "--master-node",
@@ -427,7 +428,7 @@ static void launch_start(Proc* r, const char* rsh, const char* workers, int port
     for (int i = 0; flags[i] != NULL && argc < 31; i++)
         argv[argc++] = flags[i];
     const char* env[] = {env_var("DDP_RSH", rsh), env_var("DDP_TOKEN_FILE", tmp_path("no_token")),
-                         NULL};
+                         token != NULL ? env_var("DDP_TOKEN", token) : NULL, NULL};
     run_start(r, "launch", env, argv);
 }
 
@@ -435,7 +436,7 @@ Test(launch, multi_node_on_two_local_nodes_prefixes_every_line_and_agrees) {
     test_port = 29810;
     const char* flags[] = {TRAIN_FLAGS, NULL};
     Proc r;
-    launch_start(&r, "tools/local_rsh.sh", "127.0.0.1", test_port, flags);
+    launch_start(&r, "tools/local_rsh.sh", "127.0.0.1", test_port, flags, NULL);
     proc_finish(&r, r.started_at + PROC_DEADLINE_S);
     cr_assert_eq(r.status, 0, "status %d\nstdout:\n%s\nstderr:\n%s", r.status, r.out.text,
                  r.err.text);
@@ -456,6 +457,37 @@ Test(launch, multi_node_on_two_local_nodes_prefixes_every_line_and_agrees) {
     }
     cr_assert_eq(agents_left(test_port, now_seconds(), GONE_WITHIN_S), 0,
                  "agents of port %d still run after the job ended", test_port);
+    proc_free(&r);
+}
+
+// Whether pid's command line holds the text at arg.
+static int command_line_holds(pid_t pid, const void* text) {
+    char buf[4096];
+    int len = read_pid_file(pid, "cmdline", buf, sizeof buf);
+    for (int i = 0; i < len; i++)
+        if (buf[i] == '\0')
+            buf[i] = ' ';
+    return len > 0 && strstr(buf, text) != NULL;
+}
+
+Test(launch, ddp_token_reaches_every_node_without_showing_on_a_command_line) {
+    test_port = 29811;
+    const char* token = "launch-token-5e1f";
+    const char* flags[] = {"--epochs", "400", "--data-size", "400", "--device", "cpu", NULL};
+    // Like ssh, this remote shell keeps its command line for as long as the node runs.
+    char* rsh = tmp_path("ssh_like_rsh.sh");
+    write_file(rsh, "#!/usr/bin/env bash\nshift\n\"$@\"\n", 0755);
+    Proc r;
+    launch_start(&r, rsh, "127.0.0.1", test_port, flags, token);
+    // Both nodes train only if both had the token; meanwhile no process shows it.
+    cr_assert(proc_wait_for(&r, PROC_STDOUT, "Epoch [", 1, r.started_at + PROC_DEADLINE_S),
+              "the job did not train\nstdout:\n%s\nstderr:\n%s", r.out.text, r.err.text);
+    pid_t shown[4];
+    int count = pids_where(command_line_holds, token, shown, 4);
+    cr_assert_eq(count, 0, "the token shows on the command line of pid %d", (int)shown[0]);
+    proc_finish(&r, r.started_at + PROC_DEADLINE_S);
+    cr_assert_eq(r.status, 0, "status %d\nstdout:\n%s\nstderr:\n%s", r.status, r.out.text,
+                 r.err.text);
     proc_free(&r);
 }
 
@@ -483,7 +515,7 @@ Test(launch, a_node_that_fails_is_named_and_every_other_node_is_stopped) {
                0755);
     const char* flags[] = {"--epochs", "100000", "--data-size", "200", "--device", "cpu", NULL};
     Proc r;
-    launch_start(&r, rsh, "localhost", test_port, flags);
+    launch_start(&r, rsh, "localhost", test_port, flags, NULL);
     proc_finish(&r, r.started_at + PROC_DEADLINE_S);
     cr_assert(r.status != 0 && r.status != -1, "status %d\nstderr:\n%s", r.status, r.err.text);
     cr_assert_not_null(strstr(r.err.text, "node localhost failed with status 3"), "stderr:\n%s",
@@ -500,7 +532,7 @@ Test(launch, a_bad_training_flag_fails_the_nodes_and_launch_exits_with_their_sta
     test_port = 29813;
     const char* flags[] = {"--epochs", "0", "--device", "cpu", NULL};
     Proc r;
-    launch_start(&r, "tools/local_rsh.sh", "localhost", test_port, flags);
+    launch_start(&r, "tools/local_rsh.sh", "localhost", test_port, flags, NULL);
     proc_finish(&r, r.started_at + PROC_DEADLINE_S);
     cr_assert_not_null(strstr(r.out.text, "--epochs must be"), "stdout:\n%s", r.out.text);
     cr_assert_not_null(strstr(r.err.text, "failed with status 2"), "stderr:\n%s", r.err.text);
@@ -520,7 +552,7 @@ Test(launch, ctrl_c_stops_every_node_and_exits_non_zero) {
     test_port = 29814;
     const char* flags[] = {"--epochs", "100000", "--data-size", "200", "--device", "cpu", NULL};
     Proc r;
-    launch_start(&r, "tools/local_rsh.sh", "127.0.0.1", test_port, flags);
+    launch_start(&r, "tools/local_rsh.sh", "127.0.0.1", test_port, flags, NULL);
     // Step 1) wait until both nodes train: an epoch line and both ranks initialized.
     double until = now_seconds() + 30;
     proc_wait_for(&r, PROC_STDOUT, "Epoch [", 1, until);
