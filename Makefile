@@ -86,7 +86,7 @@ GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 # Keep the objects of tests and tools between builds (make would delete them as
 # intermediates); .PRECIOUS, not a bare .SECONDARY, which would also stop the stamps
 # below from forcing a relink when the configuration or the build id changes.
-.PRECIOUS: $(OBJ)/%.o $(OBJ)/%.cu.o
+.PRECIOUS: $(OBJ)/%.o $(OBJ)/%.cu.o $(BUILD)/fuzz/obj/%.o
 
 .PHONY: all lesson-01 lesson-02 lesson-03 run tests test asan memcheck fuzz soak bench bench-quick bench-01 bench-02 diff-02 diff-03 demo-multinode clean found
 all: found $(LESSONS) $(TOOLS)
