@@ -5,7 +5,7 @@
 #                       otherwise: prints the exact apt-get line to run, exits 1
 #   ./setup.sh --bench        also installs PyTorch (python3-torch), the benchmark's reference
 #   ./setup.sh --mpi          also installs Open MPI (mpirun support in lesson 03 and the benchmark)
-#   ./setup.sh --checks       also installs valgrind, clang and libFuzzer (make asan, memcheck, fuzz)
+#   ./setup.sh --checks       also installs valgrind, clang, libFuzzer (make asan, memcheck, fuzz)
 #   ./setup.sh --multi-node   then checks what a multi-node job needs (see check_multi_node)
 # Safe to run again: it installs only what is missing. The CUDA toolkit, NCCL and a
 # GPU are optional; it reports whether it found them but never installs them.
