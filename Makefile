@@ -2,9 +2,10 @@
 #
 #   make               every lesson (with CUDA when nvcc is found)
 #   make NO_CUDA=1     CPU-only binaries with the same flags and output
+#   make NO_MPI=1      no mpirun support, even where mpicc is found
 #   make lesson-01     build/hello_gpu          make run     build and run lesson 01
 #   make lesson-02     build/multi_gpu          make diff-02 what lesson 02 adds to lesson 01
-#   make lesson-03     build/multi_node, build/hostfile   make diff-03 what lesson 03 adds to lesson 02
+#   make lesson-03     build/multi_node         make diff-03 what lesson 03 adds to lesson 02
 #   make demo-multinode  a two-node job on this machine
 #   make test          build and run the test suite (make tests: only build it)
 #   make asan          the CPU suite on a build with AddressSanitizer and UBSan (build/asan)
@@ -97,7 +98,7 @@ GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 # Keep the objects of tests and tools between builds (make would delete them as
 # intermediates); .PRECIOUS, not a bare .SECONDARY, which would also stop the stamps
 # below from forcing a relink when the configuration or the build id changes.
-.PRECIOUS: $(OBJ)/%.o $(OBJ)/%.cu.o
+.PRECIOUS: $(OBJ)/%.o $(OBJ)/%.cu.o $(BUILD)/fuzz/obj/%.o
 
 .PHONY: all lesson-01 lesson-02 lesson-03 run tests test asan memcheck fuzz soak bench bench-quick bench-01 bench-02 diff-02 diff-03 demo-multinode clean found need-sodium
 all: found $(LESSONS) $(TOOLS)
@@ -194,7 +195,8 @@ asan:
 # valgrind does not know every instruction of every CPU (AVX-512).
 MEMCHECK_BUILD := $(BUILD)/memcheck
 memcheck:
-	CFLAGS="-O2 -g" $(MAKE) --no-print-directory NO_CUDA=1 NO_MPI=1 BUILD=$(MEMCHECK_BUILD) $(MEMCHECK_BUILD)/hello_gpu
+	CFLAGS="-O2 -g" $(MAKE) --no-print-directory NO_CUDA=1 NO_MPI=1 BUILD=$(MEMCHECK_BUILD) \
+		$(MEMCHECK_BUILD)/hello_gpu
 	valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=all --show-leak-kinds=all \
 		$(MEMCHECK_BUILD)/hello_gpu --epochs 1 --device cpu
 

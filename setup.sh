@@ -5,6 +5,7 @@
 #                       otherwise: prints the exact apt-get line to run, exits 1
 #   ./setup.sh --bench        also installs PyTorch (python3-torch), the benchmark's reference
 #   ./setup.sh --mpi          also installs Open MPI (mpirun support in lesson 03 and the benchmark)
+#   ./setup.sh --checks       also installs valgrind, clang, libFuzzer (make asan, memcheck, fuzz)
 #   ./setup.sh --multi-node   then checks what a multi-node job needs (see check_multi_node)
 # Safe to run again: it installs only what is missing. The CUDA toolkit, NCCL and a
 # GPU are optional; it reports whether it found them but never installs them.
@@ -19,8 +20,11 @@ for option in "$@"; do
     case "$option" in
     --bench) PACKAGES+=(python3-torch) ;;
     --mpi) PACKAGES+=(libopenmpi-dev openmpi-bin) ;;
+    # clang only recommends its runtimes, libFuzzer among them (libclang-rt-dev); the fuzz
+    # targets link all of common/ with -lsodium.
+    --checks) PACKAGES+=(valgrind clang libclang-rt-dev libsodium-dev) ;;
     --multi-node) multi_node=1 ;;
-    -h | --help) sed -n '2,10s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,11s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$option' (see --help)" >&2; exit 2 ;;
     esac
 done
