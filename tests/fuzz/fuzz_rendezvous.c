@@ -62,6 +62,7 @@ static int message_is_sound(const RdzvMessage* m, size_t len) {
         return world_is_sound(&m->world);
     case RDZV_REFUSE:
     case RDZV_ABORT:
+    case RDZV_STOP:
         return terminated(m->text, sizeof m->text);
     case RDZV_DONE:
         return len == RDZV_HEADER_BYTES;
