@@ -10,7 +10,9 @@
 # token comes from DDP_TOKEN or the file that `./setup.sh --multi-node` made.
 # MASTER_ADDR, MASTER_PORT (29500), NNODES and GPUS_PER_NODE override hosts.txt.
 # DDP_BUILD names another build directory (build/asan: the sanitizer build's tests).
-# Prints the exact command, then runs it; extra flags go to the program.
+# Prints the exact command, then runs it; extra flags go to the program, such as
+# `--checkpoint-dir /shared/ckpt --max-restarts 3` (the same on every node) for a job
+# that survives a lost worker.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=${DDP_BUILD:-build}
