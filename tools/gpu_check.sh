@@ -3,7 +3,8 @@
 #
 # Builds for the GPU, runs the GPU tests (CUDA kernels against their CPU twins,
 # lesson 02's engines against the CPU), runs lesson 01 under compute-sanitizer,
-# checks that the GPU and the CPU train to the same losses, runs lesson 02 with
+# checks that the GPU and the CPU train to the same losses and that a run resumed
+# from its checkpoint trains like an unbroken one, runs lesson 02 with
 # the ring (2 ranks sharing the GPU) and NCCL, the all-reduce benchmark on NCCL,
 # times lessons 01 and 02, and runs the benchmark matrix with --quick. Each step prints a header;
 # a failing step is recorded and the check goes on, then exits non-zero naming
@@ -154,6 +155,22 @@ losses_agree() {
         }'
 }
 
+# A run of 6 epochs against 3 epochs, a checkpoint, and --resume to 6, on the GPU: the
+# kernels use no atomics, so the losses.csv loss columns must match to the bit.
+resume_matches() {
+    local dir status=0
+    dir=$(mktemp -d)
+    timeout 60 "$LESSON" --device cuda --epochs 6 --out "$dir/whole" >/dev/null &&
+        timeout 60 "$LESSON" --device cuda --epochs 3 --checkpoint-dir "$dir/ck" >/dev/null &&
+        timeout 60 "$LESSON" --device cuda --epochs 6 --checkpoint-dir "$dir/ck" --resume \
+            --out "$dir/resumed" | grep -E '^(Resuming|Epoch)' &&
+        diff <(cut -d, -f1-3 "$dir/whole/losses.csv") <(cut -d, -f1-3 "$dir/resumed/losses.csv") ||
+        status=1
+    [ "$status" -ne 0 ] || echo "6 epochs: the resumed run's losses equal the unbroken run's, bit for bit"
+    rm -rf "$dir"
+    return "$status"
+}
+
 lesson02_gpu() {
     local run out
     for run in "--backend ring --gpus 2" "--backend nccl --gpus 1"; do
@@ -209,6 +226,7 @@ step "GPU tests: CUDA kernels against their CPU twins" gpu_tests
 step "full test suite (make test)" full_suite
 step "lesson 01 under compute-sanitizer (memcheck, racecheck)" sanitize
 step "lesson 01: GPU and CPU losses agree for 3 epochs" losses_agree
+step "lesson 01 on the GPU: resumed from a checkpoint, the same losses as unbroken" resume_matches
 step "lesson 02 on the GPU: the ring with 2 ranks sharing it, NCCL with 1 rank" lesson02_gpu
 step "all-reduce benchmark on NCCL" allreduce_nccl
 step "timing lesson 01 at defaults on the GPU ($RUNS runs)" time_run "lesson 01" "$LESSON" --device cuda
