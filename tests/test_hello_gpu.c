@@ -321,9 +321,10 @@ Test(hello_gpu, help_exits_0_and_prints_usage_on_stdout) {
     cr_assert_str_empty(r.err.text, "stderr is not empty:\n%s", r.err.text);
     cr_assert(starts_with(r.out.text, "usage: hello_gpu"), "stdout does not start with usage:\n%s",
               r.out.text);
-    const char* flags[] = {"--epochs",      "--batch-size", "--learning-rate", "--data-size",
-                           "--hidden-size", "--seed",       "--optimizer",     "--device",
-                           "--out",         "--help"};
+    const char* flags[] = {"--epochs",      "--batch-size",     "--learning-rate",    "--data-size",
+                           "--hidden-size", "--seed",           "--optimizer",        "--device",
+                           "--out",         "--checkpoint-dir", "--checkpoint-every", "--resume",
+                           "--help"};
     for (size_t i = 0; i < sizeof flags / sizeof *flags; i++)
         cr_assert_not_null(strstr(r.out.text, flags[i]), "the usage does not mention %s", flags[i]);
     proc_free(&r);
