@@ -288,17 +288,17 @@ Test(config, a_rejected_value_leaves_the_numbers_unchanged) {
 // ----------------------------------------------------------------------------
 // config_check
 
-// config_check(c, world) must fail with one line naming --batch-size.
-static void expect_check_fails(const TrainConfig* c, int world) {
+// config_check(c, world) must fail with one line containing want.
+static void expect_check_fails(const TrainConfig* c, int world, const char* want) {
     StderrCapture cap;
     char text[1024];
     capture_stderr(&cap);
     int rc = config_check(c, world);
     release_stderr(&cap, text, sizeof text);
-    cr_assert_eq(rc, -1, "batch %d of data %d on %d ranks passed the check", c->batch_size,
-                 c->data_size, world);
+    cr_assert_eq(rc, -1, "batch %d of data %d on %d ranks passed the check; want '%s'",
+                 c->batch_size, c->data_size, world, want);
     cr_assert_eq(count_lines(text), 1, "want one line, got:\n%s", text);
-    cr_assert_not_null(strstr(text, "--batch-size"), "flag not named: %s", text);
+    cr_assert_not_null(strstr(text, want), "want '%s', got: %s", want, text);
 }
 
 Test(config, check_accepts_a_batch_up_to_the_training_set_of_a_rank) {
@@ -317,15 +317,15 @@ Test(config, check_rejects_a_batch_larger_than_the_training_set_of_a_rank) {
     TrainConfig c;
     config_defaults(&c);
     c.batch_size = 5000;
-    expect_check_fails(&c, 1);
+    expect_check_fails(&c, 1, "--batch-size");
     c.batch_size = 1601;
-    expect_check_fails(&c, 1);
+    expect_check_fails(&c, 1, "--batch-size");
     c.batch_size = 801;
-    expect_check_fails(&c, 2);
+    expect_check_fails(&c, 2, "--batch-size");
     c.batch_size = 535;
-    expect_check_fails(&c, 3);
+    expect_check_fails(&c, 3, "--batch-size");
     c.data_size = 10, c.batch_size = 9; // 8 training samples
-    expect_check_fails(&c, 1);
+    expect_check_fails(&c, 1, "--batch-size");
 }
 
 // ----------------------------------------------------------------------------
@@ -362,26 +362,14 @@ Test(config, checkpoint_flags_are_stored_and_bad_ones_rejected) {
     expect_rejected(&c, "--checkpoint-every", "1000001");
 }
 
-// config_check(c, 1) must fail with one line containing want.
-static void expect_check_says(const TrainConfig* c, const char* want) {
-    StderrCapture cap;
-    char text[1024];
-    capture_stderr(&cap);
-    int rc = config_check(c, 1);
-    release_stderr(&cap, text, sizeof text);
-    cr_assert_eq(rc, -1, "the check passed; want '%s'", want);
-    cr_assert_eq(count_lines(text), 1, "want one line, got:\n%s", text);
-    cr_assert_not_null(strstr(text, want), "want '%s', got: %s", want, text);
-}
-
 Test(config, check_wants_checkpoint_dir_for_resume_and_checkpoint_every) {
     TrainConfig c;
     config_defaults(&c);
     c.resume = RESUME_REQUIRED;
-    expect_check_says(&c, "--resume needs --checkpoint-dir");
+    expect_check_fails(&c, 1, "--resume needs --checkpoint-dir");
     config_defaults(&c);
     c.checkpoint_every = 3;
-    expect_check_says(&c, "--checkpoint-every needs --checkpoint-dir");
+    expect_check_fails(&c, 1, "--checkpoint-every needs --checkpoint-dir");
     c.checkpoint_dir = "ckpt";
     cr_assert_eq(config_check(&c, 1), 0);
 }
