@@ -84,7 +84,9 @@ TOOLS := $(BUILD)/allreduce_bench $(BUILD)/hostfile
 # Open MPI (optional): lesson 03's agent and the all-reduce benchmark learn to run under
 # mpirun. Only they are compiled and linked with mpicc; nothing else needs MPI.
 MPI_OBJ := $(if $(MPICC),$(OBJ)/common/mpi_world.o)
-MPI_USERS := $(OBJ)/lessons/03_multi_node/multi_node.o $(OBJ)/tools/allreduce_bench.o
+# Lesson 03's mpirun path, a file of its own (lessons/03_multi_node/under_mpirun.c).
+MPIRUN_OBJ := $(if $(MPICC),$(OBJ)/lessons/03_multi_node/under_mpirun.o)
+MPI_USERS := $(OBJ)/lessons/03_multi_node/multi_node.o $(OBJ)/tools/allreduce_bench.o $(MPIRUN_OBJ)
 LINK_MPI := $(or $(MPICC),$(CC))
 ifneq ($(MPICC),)
 $(MPI_USERS) $(MPI_OBJ): CC := $(MPICC)
@@ -150,7 +152,7 @@ $(OBJ)/lessons/03_multi_node/multi_node.o: $(BUILD)/build-id-$(BUILD_ID)
 $(BUILD)/build-id-$(BUILD_ID):
 	@mkdir -p $(BUILD) && rm -f $(BUILD)/build-id-* && touch $@
 
-$(BUILD)/multi_node: $(OBJ)/lessons/03_multi_node/multi_node.o $(MPI_OBJ) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+$(BUILD)/multi_node: $(OBJ)/lessons/03_multi_node/multi_node.o $(MPIRUN_OBJ) $(MPI_OBJ) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	$(LINK_MPI) $(CFLAGS) $(filter %.o,$^) $(COMMON_LIB) -o $@ $(LDLIBS)
 
 $(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(OBJ)/tools/allreduce_sweep.o $(MPI_OBJ) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)

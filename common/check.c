@@ -10,18 +10,11 @@
 
 static int check_rank = -1;
 
-void check_set_rank(int rank) {
+void rank_log_set_rank(int rank) {
     check_rank = rank;
 }
 
-void check_report(const char* file, int line, const char* expr, const char* reason) {
-    if (check_rank >= 0)
-        fprintf(stderr, "[Rank %d] %s:%d: %s: %s\n", check_rank, file, line, expr, reason);
-    else
-        fprintf(stderr, "%s:%d: %s: %s\n", file, line, expr, reason);
-}
-
-void check_message(const char* format, ...) {
+void rank_log(const char* format, ...) {
     char line[1100];
     int n = check_rank >= 0 ? snprintf(line, sizeof line, "[Rank %d] ", check_rank) : 0;
     va_list args;
@@ -33,4 +26,8 @@ void check_message(const char* format, ...) {
     line[len] = '\n';
     if (write(STDERR_FILENO, line, len + 1) < 0)
         return; // nowhere left to report to
+}
+
+void check_report(const char* file, int line, const char* expr, const char* reason) {
+    rank_log("%s:%d: %s: %s", file, line, expr, reason);
 }

@@ -1,31 +1,55 @@
 /*
- * check.h - one place for error checks.
+ * check.h - one error convention for common/, and the checks that follow it.
  *
- * Every failing call is reported the same way on stderr:
+ * The rule, for every module of common/:
+ *   1. A function that checks what a user handed the program - a flag, an
+ *      environment value, a file, a directory, an address - fills `why` (a
+ *      char[ERROR_TEXT_BYTES] of the caller's) with one line and returns -1. It
+ *      prints nothing: the program decides how to say it (usage_error in
+ *      config.h prints "error: WHY" and gives exit status 2).
+ *   2. Everything else - memory, devices, the network during a run, a save
+ *      mid-training - reports through rank_log, one line on stderr prefixed
+ *      "[Rank r] " once a program has called rank_log_set_rank, and returns -1.
+ *      Callers pass the -1 on (RETURN_IF_FAILED) without printing again.
+ *   3. The socket layer (net.h) is the one exception: like the system calls it
+ *      wraps it returns a status (NetStatus, or -1 with errno), because only its
+ *      caller knows what the bytes were for and can put the failure into words.
+ * No other code of common/ writes to stderr, and none of it calls exit().
+ *
+ * A failing call is reported the same way everywhere:
  *     [Rank r] common/mlp.c:42: cudaMalloc(&p, n): out of memory
- * The rank prefix appears once a program has called check_set_rank().
  *
- * Library code in common/ reports and returns -1; programs decide to exit.
  * Headers of common/ declare C functions, also when nvcc compiles a .cu file as C++.
- * APIs: CUDA_CHECK, NCCL_CHECK, SYS_CHECK, RETURN_IF_FAILED, check_report, check_message,
- *       check_set_rank.
+ * APIs: ERROR_TEXT_BYTES, CUDA_CHECK, NCCL_CHECK, SYS_CHECK, RETURN_IF_FAILED, check_report,
+ *       rank_log, rank_log_set_rank, malloc_nonzero.
  */
 #ifndef CHECK_H
 #define CHECK_H
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-// Sets the rank printed in front of every report (-1: no prefix).
-void check_set_rank(int rank);
-// Prints "[Rank r] file:line: expr: reason" on stderr.
+// The size of a `why` buffer: one line of explanation.
+#define ERROR_TEXT_BYTES 512
+
+// Sets the rank printed in front of every line of rank_log (-1: no prefix).
+void rank_log_set_rank(int rank);
+// Prints "[Rank r] " and the formatted message, as one line on stderr (one write, so that
+// the lines of several ranks do not interleave).
+void rank_log(const char* format, ...) __attribute__((format(printf, 1, 2)));
+// Prints "[Rank r] file:line: expr: reason" through rank_log.
 void check_report(const char* file, int line, const char* expr, const char* reason);
-// Prints "[Rank r] " and the formatted message, as one line on stderr.
-void check_message(const char* format, ...) __attribute__((format(printf, 1, 2)));
+
+// malloc that never asks for 0 bytes, where malloc(0) may return NULL and a count of 0
+// (an empty shard, no epochs yet) would look like a failure.
+static inline void* malloc_nonzero(size_t bytes) {
+    return malloc(bytes > 0 ? bytes : 1);
+}
 
 // A POSIX call that returns -1 and sets errno on failure.
 #define SYS_CHECK(expr)                                                                            \

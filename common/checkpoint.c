@@ -41,10 +41,8 @@ static uint32_t crc32_of(const unsigned char* bytes, size_t len) {
 
 uint32_t checkpoint_settings_hash(const TrainConfig* c) {
     char text[256];
-    int len =
-        snprintf(text, sizeof text, "batch_size=%d learning_rate=%a data_size=%d optimizer=%d",
-                 c->batch_size, (double)c->learning_rate, c->data_size, (int)c->optimizer);
-    return crc32_of((const unsigned char*)text, (size_t)len);
+    config_settings(c, text, sizeof text);
+    return crc32_of((const unsigned char*)text, strlen(text));
 }
 
 // ----------------------------------------------------------------------------
@@ -178,7 +176,7 @@ int checkpoint_decode(Checkpoint* ck, const unsigned char* bytes, size_t len, ch
     ck->params = malloc(P * sizeof(float));
     ck->opt_m = malloc(P * sizeof(float));
     ck->opt_v = malloc(P * sizeof(float));
-    ck->history = malloc((size_t)ck->epochs_done * sizeof(EpochStats) + 1);
+    ck->history = malloc_nonzero((size_t)ck->epochs_done * sizeof(EpochStats));
     if (ck->params == NULL || ck->opt_m == NULL || ck->opt_v == NULL || ck->history == NULL) {
         checkpoint_free(ck);
         snprintf(why, why_len, "out of memory");
@@ -290,7 +288,7 @@ int checkpoint_read(const char* dir, Checkpoint* ck, char* why, size_t why_len) 
         return -1;
     }
     size_t len = (size_t)st.st_size;
-    unsigned char* bytes = len <= max_file_bytes() ? malloc(len + 1) : NULL;
+    unsigned char* bytes = len <= max_file_bytes() ? malloc_nonzero(len) : NULL;
     int err = -1;
     if (len > max_file_bytes())
         snprintf(why, why_len, "%s: %zu bytes, too large to be a checkpoint", path, len);
@@ -340,7 +338,7 @@ int checkpoint_find(const TrainConfig* c, Checkpoint* ck, char* why, size_t why_
     if (c->checkpoint_dir == NULL)
         return 0;
     // A fresh run makes the directory now, so that a bad one fails before any training.
-    if (c->resume == RESUME_NO) {
+    if (!c->resume && !c->resume_if_present) {
         RETURN_IF_FAILED(file_path(path, sizeof path, c->checkpoint_dir, why, why_len));
         if (mkdir(c->checkpoint_dir, 0755) != 0 && errno != EEXIST) {
             snprintf(why, why_len, "--checkpoint-dir %s: cannot create the directory: %s",
@@ -354,7 +352,7 @@ int checkpoint_find(const TrainConfig* c, Checkpoint* ck, char* why, size_t why_
         return -1;
     }
     if (checkpoint_read(c->checkpoint_dir, ck, problem, sizeof problem) != 0) {
-        if (errno == ENOENT && c->resume == RESUME_IF_PRESENT)
+        if (errno == ENOENT && c->resume_if_present)
             return 0;
         snprintf(why, why_len, "cannot resume: %s", problem);
         return -1;
@@ -407,7 +405,7 @@ int checkpoint_save_due(const TrainConfig* c, int world_size, const Mlp* m, cons
               mlp_get_state(m, ck.params, ck.opt_m, ck.opt_v) != 0 ||
               checkpoint_write(c->checkpoint_dir, &ck, why, sizeof why) != 0;
     if (err)
-        check_message("checkpoint: %s", why);
+        rank_log("checkpoint: %s", why);
     ck.history = NULL; // the caller's
     checkpoint_free(&ck);
     return err ? -1 : 0;
@@ -427,7 +425,7 @@ int checkpoint_ranks_agree(Communicator* comm, const Kernels* k, int rank, int w
         if (hashes[r] != hashes[0]) {
             differ++;
             if (rank == 0)
-                check_message("rank %d %s than rank 0: --checkpoint-dir must be one directory "
+                rank_log("rank %d %s than rank 0: --checkpoint-dir must be one directory "
                               "that every node sees",
                               r,
                               hashes[r] == 0 || hashes[0] == 0 ? "found another checkpoint state"

@@ -42,7 +42,7 @@ extern "C" {
 #endif
 
 #define CHECKPOINT_FILE "checkpoint.bin"
-#define CHECKPOINT_VERSION 1
+#define CHECKPOINT_VERSION 2 // 2: the settings hash covers config_settings
 
 typedef struct {
     int hidden;             // the model's shape: H
@@ -59,8 +59,9 @@ typedef struct {
     uint32_t crc;           // the file's CRC-32: ranks compare it
 } Checkpoint;
 
-// A hash of the flags that decide the training's path besides the seed and the
-// model's shape: --batch-size, --learning-rate, --data-size, --optimizer.
+// A hash of the flags that decide the training's path (config_settings: --batch-size,
+// --learning-rate, --data-size, --optimizer, and the model's shape and seed, which
+// checkpoint_find compares on their own first, to name them).
 uint32_t checkpoint_settings_hash(const TrainConfig* c);
 
 // The file's bytes for ck (malloc'd, *len of them), or NULL if memory runs out.
@@ -76,7 +77,7 @@ int checkpoint_write(const char* dir, const Checkpoint* ck, char* why, size_t wh
 int checkpoint_read(const char* dir, Checkpoint* ck, char* why, size_t why_len);
 void checkpoint_free(Checkpoint* ck);
 
-// What c->resume asks of c->checkpoint_dir: 1 with ck filled when there is a
+// What c->resume (or c->resume_if_present) asks of c->checkpoint_dir: 1 with ck filled when there is a
 // checkpoint that fits the run c describes, 0 when the run starts from scratch,
 // -1 with the reason in why (a checkpoint that does not fit, is damaged, is
 // missing after --resume, or would be overwritten by a fresh run).

@@ -77,7 +77,7 @@ void comm_ring_keep_own(int (*fds)[2], int world_size, int rank, int* send_fd, i
 int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd) {
     Communicator* c = calloc(1, sizeof *c);
     if (c == NULL) {
-        check_message("comm_init_ring: out of memory");
+        rank_log("comm_init_ring: out of memory");
         return -1;
     }
     *c = (Communicator){.s = s, .backend = BACKEND_RING, .send_fd = send_fd, .recv_fd = recv_fd};
@@ -90,7 +90,7 @@ int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd
     setsockopt(send_fd, SOL_SOCKET, SO_SNDBUF, &buffer_bytes, sizeof buffer_bytes);
     setsockopt(recv_fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof buffer_bytes);
     if (net_set_nonblocking(send_fd) != 0 || net_set_nonblocking(recv_fd) != 0) {
-        check_message("comm_init_ring: %s", strerror(errno));
+        rank_log("comm_init_ring: %s", strerror(errno));
         return -1;
     }
     return 0;
@@ -103,7 +103,7 @@ static int accept_left(int listen_fd, int expected_rank, double deadline) {
     for (;;) {
         int fd = net_accept(listen_fd, deadline);
         if (fd < 0) {
-            check_message("ring: waiting for rank %d to connect: %s", expected_rank,
+            rank_log("ring: waiting for rank %d to connect: %s", expected_rank,
                           errno == ETIMEDOUT ? "timed out" : strerror(errno));
             return -1;
         }
@@ -115,7 +115,7 @@ static int accept_left(int listen_fd, int expected_rank, double deadline) {
             return fd;
         char peer[64];
         net_peer_name(fd, peer, sizeof peer);
-        check_message("ring: turned away a connection from %s that is not rank %d", peer,
+        rank_log("ring: turned away a connection from %s that is not rank %d", peer,
                       expected_rank);
         close(fd);
     }
@@ -132,12 +132,12 @@ int comm_ring_connect_tcp(int listen_fd, int rank, int world_size, const char* r
     // before the rendezvous), so connecting first cannot deadlock.
     *send_fd = net_connect_retry(right_addr, right_port, deadline, why, sizeof why);
     if (*send_fd < 0) {
-        check_message("ring: cannot reach rank %d: %s", (rank + 1) % world_size, why);
+        rank_log("ring: cannot reach rank %d: %s", (rank + 1) % world_size, why);
         return -1;
     }
     uint32_t hello[2] = {htonl(RING_HELLO_MAGIC), htonl((uint32_t)rank)};
     if (net_send_all(*send_fd, hello, sizeof hello, deadline) != NET_OK) {
-        check_message("ring: introducing this rank to rank %d failed", (rank + 1) % world_size);
+        rank_log("ring: introducing this rank to rank %d failed", (rank + 1) % world_size);
         return -1;
     }
     *recv_fd = accept_left(listen_fd, (rank + world_size - 1) % world_size, deadline);
@@ -147,7 +147,7 @@ int comm_ring_connect_tcp(int listen_fd, int rank, int world_size, const char* r
 int comm_init_host(Communicator** comm, CommSettings s, HostCollectives ops) {
     Communicator* c = calloc(1, sizeof *c);
     if (c == NULL) {
-        check_message("comm_init_host: out of memory");
+        rank_log("comm_init_host: out of memory");
         return -1;
     }
     *c = (Communicator){
@@ -166,7 +166,7 @@ static int ring_reserve(Communicator* c, size_t count, bool staged) {
         c->incoming = incoming;
     float* host = staged ? realloc(c->host, capacity * sizeof(float)) : c->host;
     if (incoming == NULL || (staged && host == NULL)) {
-        check_message("ring: out of memory for %zu floats", count);
+        rank_log("ring: out of memory for %zu floats", count);
         return -1;
     }
     c->host = host;
@@ -200,14 +200,14 @@ static int ring_transfer(Communicator* c, const char* what, int step, const void
     NetStatus st = net_exchange(c->send_fd, send_pieces, sending ? 2 : 0, c->recv_fd, recv_pieces,
                                 receiving ? 2 : 0, deadline);
     if (st != NET_OK) {
-        check_message("%s step %d with ranks %d (left) and %d (right): %s%s", what, step,
+        rank_log("%s step %d with ranks %d (left) and %d (right): %s%s", what, step,
                       mod(r - 1, N), mod(r + 1, N), net_status_str(st),
                       st == NET_TIMEOUT ? " (see --timeout)" : "");
         return -1;
     }
     if (receiving && (ntohl(in.magic) != RING_FRAME_MAGIC || ntohl(in.sequence) != c->sequence ||
                       ntohl(in.step) != (uint32_t)step || ntohl(in.bytes) != recv_bytes)) {
-        check_message("%s step %d: rank %d sent collective #%u step %u (%u bytes), this rank "
+        rank_log("%s step %d: rank %d sent collective #%u step %u (%u bytes), this rank "
                       "expected #%u step %d (%zu bytes): the ranks are not running the same "
                       "collectives",
                       what, step, mod(r - 1, N), ntohl(in.sequence), ntohl(in.step),
@@ -225,7 +225,7 @@ static int ring_step(Communicator* c, const char* what, int step, float* data, s
     size_t send_n = chunk_begin(count, N, send_c + 1) - send_at;
     size_t recv_n = chunk_begin(count, N, recv_c + 1) - recv_at;
     if (c->s.debug)
-        check_message("%s step %d: chunk %d (%zu floats) to rank %d, chunk %d from rank %d", what,
+        rank_log("%s step %d: chunk %d (%zu floats) to rank %d, chunk %d from rank %d", what,
                       step, send_c, send_n, mod(r + 1, N), recv_c, mod(r - 1, N));
     return ring_transfer(c, what, step, data + send_at, send_n * sizeof(float), into,
                          recv_n * sizeof(float), deadline);
@@ -260,7 +260,7 @@ static int ring_broadcast_host(Communicator* c, float* data, size_t count, int r
     double deadline = timer_seconds() + c->s.timeout_s;
     size_t bytes = count * sizeof(float);
     if (c->s.debug)
-        check_message("ring broadcast of %zu floats from rank %d: %s rank %d%s", count, root,
+        rank_log("ring broadcast of %zu floats from rank %d: %s rank %d%s", count, root,
                       r == root ? "send to" : "receive from",
                       r == root ? mod(r + 1, N) : mod(r - 1, N),
                       r != root && mod(r + 1, N) != root ? ", then pass on" : "");
@@ -311,18 +311,18 @@ static int nccl_wait(Communicator* c, const char* what, double deadline, bool on
         ncclResult_t state;
         ncclResult_t res = ncclCommGetAsyncError(c->nccl, &state);
         if (res != ncclSuccess || (state != ncclSuccess && state != ncclInProgress)) {
-            check_message("%s: %s", what, ncclGetErrorString(res != ncclSuccess ? res : state));
+            rank_log("%s: %s", what, ncclGetErrorString(res != ncclSuccess ? res : state));
             return -1;
         }
         cudaError_t stream_state = on_stream ? cudaStreamQuery(c->stream) : cudaSuccess;
         if (state == ncclSuccess && stream_state == cudaSuccess)
             return 0;
         if (stream_state != cudaSuccess && stream_state != cudaErrorNotReady) {
-            check_message("%s: %s", what, cudaGetErrorString(stream_state));
+            rank_log("%s: %s", what, cudaGetErrorString(stream_state));
             return -1;
         }
         if (timer_seconds() > deadline) {
-            check_message("%s: timed out after %.0f s (see --timeout); aborting NCCL", what,
+            rank_log("%s: timed out after %.0f s (see --timeout); aborting NCCL", what,
                           c->s.timeout_s);
             ncclCommAbort(c->nccl);
             c->nccl = NULL;
@@ -348,17 +348,18 @@ static void nccl_close(Communicator* c, bool abort) {
     cudaFree(c->one_float);
 }
 
-int comm_nccl_unique_id(void* unique_id) {
+static int nccl_unique_id(void* unique_id) {
     ncclUniqueId id;
     NCCL_CHECK(ncclGetUniqueId(&id));
     memcpy(unique_id, &id, sizeof id);
     return 0;
 }
 
-int comm_init_nccl(Communicator** comm, CommSettings s, const void* unique_id) {
+// The communicator of rank s.rank once the unique id is known.
+static int nccl_init(Communicator** comm, CommSettings s, const void* unique_id) {
     Communicator* c = calloc(1, sizeof *c);
     if (c == NULL) {
-        check_message("comm_init_nccl: out of memory");
+        rank_log("comm_init_nccl: out of memory");
         return -1;
     }
     *c = (Communicator){.s = s, .backend = BACKEND_NCCL, .send_fd = -1, .recv_fd = -1};
@@ -370,12 +371,12 @@ int comm_init_nccl(Communicator** comm, CommSettings s, const void* unique_id) {
     if (cudaStreamCreate(&c->stream) != cudaSuccess ||
         cudaMalloc((void**)&c->one_float, sizeof(float)) != cudaSuccess ||
         cudaMemset(c->one_float, 0, sizeof(float)) != cudaSuccess) {
-        check_message("comm_init_nccl: %s", cudaGetErrorString(cudaGetLastError()));
+        rank_log("comm_init_nccl: %s", cudaGetErrorString(cudaGetLastError()));
         return -1;
     }
     ncclResult_t res = ncclCommInitRankConfig(&c->nccl, s.world_size, id, s.rank, &config);
     if (res != ncclSuccess && res != ncclInProgress) {
-        check_message("ncclCommInitRankConfig: %s", ncclGetErrorString(res));
+        rank_log("ncclCommInitRankConfig: %s", ncclGetErrorString(res));
         return -1;
     }
     return nccl_wait(c, "ncclCommInitRankConfig", timer_seconds() + s.timeout_s, false);
@@ -392,7 +393,7 @@ const char* comm_nccl_version(void) {
 // Queues a collective (NCCL may answer ncclInProgress when non-blocking) and waits for it.
 static int nccl_finish(Communicator* c, const char* what, ncclResult_t queued) {
     if (queued != ncclSuccess && queued != ncclInProgress) {
-        check_message("%s: %s", what, ncclGetErrorString(queued));
+        rank_log("%s: %s", what, ncclGetErrorString(queued));
         return -1;
     }
     return nccl_wait(c, what, timer_seconds() + c->s.timeout_s, true);
@@ -400,28 +401,28 @@ static int nccl_finish(Communicator* c, const char* what, ncclResult_t queued) {
 
 static int nccl_allreduce(Communicator* c, float* buf, size_t count, ncclRedOp_t op) {
     if (c->s.debug)
-        check_message("ncclAllReduce of %zu floats", count);
+        rank_log("ncclAllReduce of %zu floats", count);
     return nccl_finish(c, "ncclAllReduce",
                        ncclAllReduce(buf, buf, count, ncclFloat, op, c->nccl, c->stream));
 }
 
 static int nccl_broadcast(Communicator* c, float* buf, size_t count, int root) {
     if (c->s.debug)
-        check_message("ncclBroadcast of %zu floats from rank %d", count, root);
+        rank_log("ncclBroadcast of %zu floats from rank %d", count, root);
     return nccl_finish(c, "ncclBroadcast",
                        ncclBroadcast(buf, buf, count, ncclFloat, root, c->nccl, c->stream));
 }
 #else
-int comm_nccl_unique_id(void* unique_id) {
+static int nccl_unique_id(void* unique_id) {
     (void)unique_id;
-    check_message("NCCL: this build has no NCCL (it was not found at build time)");
+    rank_log("NCCL: this build has no NCCL (it was not found at build time)");
     return -1;
 }
 
-int comm_init_nccl(Communicator** comm, CommSettings s, const void* unique_id) {
+static int nccl_init(Communicator** comm, CommSettings s, const void* unique_id) {
     (void)s;
     *comm = NULL;
-    return comm_nccl_unique_id((void*)unique_id);
+    return nccl_unique_id((void*)unique_id);
 }
 
 const char* comm_nccl_version(void) {
@@ -429,25 +430,57 @@ const char* comm_nccl_version(void) {
 }
 #endif
 
-int comm_share_nccl_id(void* unique_id, int rank, int world_size, int send_fd, int recv_fd,
-                       double timeout_s) {
-    double deadline = timer_seconds() + timeout_s;
+// Rank 0's unique id around the ring: each rank receives it from the left and passes it
+// to the right, all but the last; then the ring's sockets have served.
+static int share_id_by_ring(void* id, int rank, int world_size, int send_fd, int recv_fd,
+                            double deadline) {
     NetStatus st = NET_OK;
     if (net_set_nonblocking(send_fd) != 0 || net_set_nonblocking(recv_fd) != 0)
         st = NET_ERROR;
-    else if (rank == 0 && comm_nccl_unique_id(unique_id) != 0) {
-        close(send_fd);
-        close(recv_fd);
-        return -1; // comm_nccl_unique_id said why
-    } else if (rank != 0)
-        st = net_recv_all(recv_fd, unique_id, COMM_NCCL_ID_BYTES, deadline);
+    else if (rank != 0)
+        st = net_recv_all(recv_fd, id, COMM_NCCL_ID_BYTES, deadline);
     if (st == NET_OK && rank + 1 < world_size)
-        st = net_send_all(send_fd, unique_id, COMM_NCCL_ID_BYTES, deadline);
+        st = net_send_all(send_fd, id, COMM_NCCL_ID_BYTES, deadline);
     if (st != NET_OK)
-        check_message("passing on NCCL's unique id: %s", net_status_str(st));
+        rank_log("passing on NCCL's unique id: %s", net_status_str(st));
     close(send_fd);
     close(recv_fd);
     return st == NET_OK ? 0 : -1;
+}
+
+// Rank 0 hands the id to the relay; every other rank gets it from there.
+static int share_id_by_relay(void* id, int rank, int relay_fd, double deadline) {
+    NetStatus st = rank == 0 ? net_send_all(relay_fd, id, COMM_NCCL_ID_BYTES, deadline)
+                             : net_recv_all(relay_fd, id, COMM_NCCL_ID_BYTES, deadline);
+    if (st != NET_OK)
+        rank_log("NCCL's unique id %s the agent: %s", rank == 0 ? "could not reach" : "from",
+                 net_status_str(st));
+    return st == NET_OK ? 0 : -1;
+}
+
+int comm_init_nccl(Communicator** comm, CommSettings s, const NcclIdRoute* route) {
+    unsigned char id[COMM_NCCL_ID_BYTES] = {0};
+    double deadline = timer_seconds() + s.timeout_s;
+    *comm = NULL;
+    if (s.rank == 0 && nccl_unique_id(id) != 0) {
+        if (route->transport == NCCL_ID_BY_RING)
+            close(route->send_fd), close(route->recv_fd);
+        return -1;
+    }
+    int shared = -1;
+    switch (route->transport) {
+    case NCCL_ID_BY_RING:
+        shared = share_id_by_ring(id, s.rank, s.world_size, route->send_fd, route->recv_fd,
+                                  deadline);
+        break;
+    case NCCL_ID_BY_RELAY:
+        shared = share_id_by_relay(id, s.rank, route->relay_fd, deadline);
+        break;
+    case NCCL_ID_BY_BROADCAST:
+        shared = route->broadcast(id, sizeof id, 0);
+        break;
+    }
+    return shared == 0 ? nccl_init(comm, s, id) : -1;
 }
 
 // ----------------------------------------------------------------------------

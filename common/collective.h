@@ -15,7 +15,7 @@
  *
  * APIs: Backend, CommSettings, HostCollectives, Communicator, comm_choose_backend,
  * comm_ring_socketpairs, comm_ring_keep_own, comm_ring_connect_tcp, comm_init_ring, comm_init_host,
- * comm_init_nccl, comm_nccl_unique_id, comm_share_nccl_id, comm_nccl_version, comm_allreduce_sum,
+ * NcclIdTransport, NcclIdRoute, comm_init_nccl, comm_nccl_version, comm_allreduce_sum,
  *       comm_allreduce_mean, comm_broadcast, comm_barrier, comm_abort, comm_destroy,
  *       comm_backend.
  */
@@ -80,16 +80,28 @@ int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd
 // A communicator whose collectives are ops (see HostCollectives).
 int comm_init_host(Communicator** comm, CommSettings s, HostCollectives ops);
 
-// An NCCL communicator; the unique id (COMM_NCCL_ID_BYTES bytes) comes from rank 0.
-// Init does not block: it is polled until the deadline, then aborted.
 #define COMM_NCCL_ID_BYTES 128
-int comm_init_nccl(Communicator** comm, CommSettings s, const void* unique_id);
-// Makes a unique id for comm_init_nccl (on rank 0). Returns 0 or -1.
-int comm_nccl_unique_id(void* unique_id);
-// Rank 0 makes the unique id and it travels around a ring's sockets (see
-// comm_ring_keep_own), each rank passing it on; then the sockets are closed.
-int comm_share_nccl_id(void* unique_id, int rank, int world_size, int send_fd, int recv_fd,
-                       double timeout_s);
+
+// How NCCL's unique id, which rank 0 makes, reaches every rank: the one thing NCCL needs
+// from outside before its ranks can find each other.
+typedef enum {
+    NCCL_ID_BY_RING,      // around a ring's sockets (comm_ring_keep_own's ends), each rank
+                          // passing it on; the sockets are closed afterwards
+    NCCL_ID_BY_RELAY,     // through a channel to a relay (lesson 03's agent): rank 0 sends
+                          // it there, every other rank receives it from there
+    NCCL_ID_BY_BROADCAST, // by a broadcast the program brings (MPI_Bcast under mpirun)
+} NcclIdTransport;
+
+typedef struct {
+    NcclIdTransport transport;
+    int send_fd, recv_fd; // BY_RING: to rank + 1, from rank - 1
+    int relay_fd;         // BY_RELAY: the channel to the relay (non-blocking)
+    int (*broadcast)(void* bytes, size_t len, int root); // BY_BROADCAST
+} NcclIdRoute;
+
+// An NCCL communicator: rank 0 makes the unique id, route carries it to every rank, and
+// init, which does not block, is polled until the deadline, then aborted.
+int comm_init_nccl(Communicator** comm, CommSettings s, const NcclIdRoute* route);
 // The NCCL version as "2.28.9", or "none" in builds without NCCL.
 const char* comm_nccl_version(void);
 

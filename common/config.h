@@ -1,19 +1,29 @@
 /*
- * config.h - the training flags every lesson shares, and how to read them.
+ * config.h - the flags of every program, from one table each, and the training flags they share.
  *
  * Flags follow the original app: --epochs --batch-size --learning-rate
  * --data-size --hidden-size --seed --optimizer --device --out, and its "next
  * step", checkpoints: --checkpoint-dir --checkpoint-every --resume. Written as
- * "--flag value" or "--flag=value"; the switch --resume takes no value.
- * A bad value is one line on stderr naming the flag and the accepted range; the
- * program then exits with status 2.
+ * "--flag value" or "--flag=value"; a switch (--resume, --debug) takes no value.
  *
- * APIs: TrainConfig, config_defaults, config_split_flag, config_parse_int, config_parse_choice,
- *       config_parse_training_flag, config_check, config_print_banner, CONFIG_TRAINING_HELP.
+ * Each program describes its flags in one table of Flag entries: name, alias,
+ * kind, limits, where the value goes, the environment variable that may give
+ * its default (torchrun's MASTER_ADDR, MASTER_PORT, NNODES, NODE_RANK), and its
+ * help. config_parse_flags reads the environment and then argv against that
+ * table, and config_print_help prints --help from it, so the usage text and the
+ * limits cannot disagree. A bad value fills `why` with one line naming the flag
+ * and the accepted range (check.h's convention); the program prints it with
+ * usage_error and exits with status 2.
+ *
+ * APIs: TrainConfig, Flag, FlagKind, FlagParse, CONFIG_TRAINING_FLAGS, EXIT_USAGE,
+ *       config_defaults, config_parse_flags, config_print_help, config_check,
+ *       config_print_banner, config_settings, usage_error.
  */
 #ifndef CONFIG_H
 #define CONFIG_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "mlp.h"
@@ -25,13 +35,10 @@ extern "C" {
 #define EXIT_USAGE 2
 #define CONFIG_MAX_EPOCHS 1000000
 #define CONFIG_MAX_HIDDEN 4096
-
-// Whether a run continues from the checkpoint in --checkpoint-dir.
-typedef enum {
-    RESUME_NO,         // a fresh run: an existing checkpoint is an error (it would be overwritten)
-    RESUME_REQUIRED,   // --resume: the checkpoint must be there
-    RESUME_IF_PRESENT, // a restart after a failure: from the checkpoint if one was written
-} ResumeMode;
+#define CONFIG_MAX_BATCH 10000000
+#define CONFIG_MAX_DATA 100000000
+#define CONFIG_MAX_TIMEOUT_S 86400
+#define CONFIG_MAX_RESTARTS 1000
 
 typedef struct {
     int epochs;
@@ -45,47 +52,107 @@ typedef struct {
     const char* out_dir;        // NULL: write no files
     const char* checkpoint_dir; // NULL: no checkpoints
     int checkpoint_every;       // epochs between two checkpoints
-    ResumeMode resume;
+    bool resume;                // --resume: go on from the checkpoint, which must be there
+    bool resume_if_present;     // a restart after a failure: from the checkpoint if one exists
 } TrainConfig;
 
-#define CONFIG_TRAINING_HELP                                                                       \
-    "  --epochs N            passes over the training data (default 50)\n"                         \
-    "  --batch-size N        samples per step and rank (default 32)\n"                             \
-    "  --learning-rate X     optimizer step size (default 0.01)\n"                                 \
-    "  --data-size N         samples in all, 80% train and 20% eval (default 2000)\n"              \
-    "  --hidden-size N       width of the hidden layers (default 64)\n"                            \
-    "  --seed N              decides the data, the initial weights and the shuffle (default 42)\n" \
-    "  --optimizer NAME      adam or sgd (SGD with momentum 0.9) (default adam)\n"                 \
-    "  --device NAME         auto, cpu or cuda (default auto: a GPU if there is one)\n"            \
-    "  --out DIR             write DIR/losses.csv and DIR/loss.png\n"                              \
-    "  --checkpoint-dir DIR  save the model and optimizer to DIR/checkpoint.bin\n"                 \
-    "  --checkpoint-every N  epochs between two checkpoints (default 1; the last one always)\n"    \
-    "  --resume              continue from DIR/checkpoint.bin\n"
+typedef enum {
+    FLAG_INT,    // int in [min, max]
+    FLAG_SEED,   // uint64_t, digits only
+    FLAG_FLOAT,  // float in (min, max]
+    FLAG_CHOICE, // const char*: one of choices, "a|b|c"
+    FLAG_ENUM,   // an enum: the position of the value in choices
+    FLAG_DIR,    // const char*: a directory, not empty
+    FLAG_TEXT,   // const char*: any value but the empty one
+    FLAG_SWITCH, // bool: true when given; takes no value
+    FLAG_CUSTOM, // parse() reads it
+} FlagKind;
+
+// A reader for FLAG_CUSTOM: stores value into destination, or returns -1 with why filled.
+typedef int (*FlagParse)(const char* flag, const char* value, void* destination, char* why,
+                         size_t why_len);
+
+typedef struct {
+    const char* name;       // "--epochs"
+    const char* alias;      // another name for it, or NULL
+    FlagKind kind;
+    long min, max;          // FLAG_INT: [min, max]; FLAG_FLOAT: (min, max]
+    const char* choices;    // FLAG_CHOICE, FLAG_ENUM
+    void* destination;      // int*, uint64_t*, float*, const char**, an enum, bool*: by kind
+    const char* value_name; // "N" in "--epochs N"; NULL for a switch
+    const char* help;       // what it does, and its default
+    const char* env;        // the environment variable that gives its default, or NULL
+    FlagParse parse;        // FLAG_CUSTOM
+} Flag;
+
+// The training flags, as the first entries of a program's table; c is a TrainConfig*.
+#define CONFIG_TRAINING_FLAGS(c)                                                                   \
+    {.name = "--epochs", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_EPOCHS,                     \
+     .destination = &(c)->epochs, .value_name = "N",                                              \
+     .help = "passes over the training data (default 50)"},                                        \
+        {.name = "--batch-size", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_BATCH,              \
+         .destination = &(c)->batch_size, .value_name = "N",                                       \
+         .help = "samples per step and rank (default 32)"},                                        \
+        {.name = "--learning-rate", .kind = FLAG_FLOAT, .min = 0, .max = 10,                       \
+         .destination = &(c)->learning_rate, .value_name = "X",                                    \
+         .help = "optimizer step size (default 0.01)"},                                            \
+        {.name = "--data-size", .kind = FLAG_INT, .min = 10, .max = CONFIG_MAX_DATA,               \
+         .destination = &(c)->data_size, .value_name = "N",                                        \
+         .help = "samples in all, 80% train and 20% eval (default 2000)"},                         \
+        {.name = "--hidden-size", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_HIDDEN,            \
+         .destination = &(c)->hidden_size, .value_name = "N",                                      \
+         .help = "width of the hidden layers (default 64)"},                                       \
+        {.name = "--seed", .kind = FLAG_SEED, .destination = &(c)->seed, .value_name = "N",        \
+         .help = "decides the data, the initial weights and the shuffle (default 42)"},            \
+        {.name = "--optimizer", .kind = FLAG_ENUM, .choices = "adam|sgd",                          \
+         .destination = &(c)->optimizer, .value_name = "NAME",                                     \
+         .help = "adam or sgd (SGD with momentum 0.9) (default adam)"},                            \
+        {.name = "--device", .kind = FLAG_CHOICE, .choices = "auto|cpu|cuda",                      \
+         .destination = &(c)->device, .value_name = "NAME",                                        \
+         .help = "auto, cpu or cuda (default auto: a GPU if there is one)"},                       \
+        {.name = "--out", .kind = FLAG_DIR, .destination = &(c)->out_dir, .value_name = "DIR",     \
+         .help = "write DIR/losses.csv and DIR/loss.png"},                                         \
+        {.name = "--checkpoint-dir", .kind = FLAG_DIR, .destination = &(c)->checkpoint_dir,        \
+         .value_name = "DIR", .help = "save the model and optimizer to DIR/checkpoint.bin"},       \
+        {.name = "--checkpoint-every", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_EPOCHS,       \
+         .destination = &(c)->checkpoint_every, .value_name = "N",                                 \
+         .help = "epochs between two checkpoints (default 1; the last one always)"},               \
+    {                                                                                              \
+        .name = "--resume", .kind = FLAG_SWITCH, .destination = &(c)->resume,                      \
+        .help = "continue from DIR/checkpoint.bin"                                                 \
+    }
 
 void config_defaults(TrainConfig* c);
 
-// Splits argv[*i] into a flag and its value ("--flag=value" or "--flag value",
-// advancing *i). The switch --resume, or a flag at the end, gets value NULL.
-// Returns 0, or -1 with a message when argv[*i] is not a flag at all.
-int config_split_flag(int argc, char** argv, int* i, char* flag, int flag_len, const char** value);
+// What config_parse_flags found.
+enum { CONFIG_PARSED = 0, CONFIG_HELP = 1 };
 
-// Reads an integer in [min, max] for flag; -1 with a message on stderr otherwise.
-int config_parse_int(const char* flag, const char* value, long min, long max, int* out);
+// Reads the environment variables of the table's flags, then argv (a flag on the command
+// line wins over its variable), storing each value where its entry says; --help or -h
+// stops there. Returns CONFIG_PARSED, CONFIG_HELP, or -1 with why filled (an unknown flag,
+// a stray argument, a bad value). A rejected value leaves its destination as it was.
+int config_parse_flags(const Flag* flags, size_t count, int argc, char** argv, char* why,
+                       size_t why_len);
 
-// Accepts value if it is one of the names in choices ("a|b|c") and points *out at
-// it; -1 with a message on stderr otherwise.
-int config_parse_choice(const char* flag, const char* value, const char* choices, const char** out);
-
-// Returns 1 if flag is a training flag (and stores its value), 0 if it is not
-// one, -1 (after a message on stderr) if its value is bad.
-int config_parse_training_flag(TrainConfig* c, const char* flag, const char* value);
+// Prints "usage: PROGRAM [flags]", the description, and one entry per flag of the table
+// (with its alias, its range and its environment variable), then --help.
+void config_print_help(const char* program, const char* description, const Flag* flags,
+                       size_t count);
 
 // Checks what no single flag can: the batch must fit the training set (world_size
-// ranks share it), checkpoint flags need --checkpoint-dir. Returns 0, or -1 with a
-// message on stderr.
-int config_check(const TrainConfig* c, int world_size);
+// ranks share it), checkpoint flags need --checkpoint-dir. Returns 0, or -1 with why filled.
+int config_check(const TrainConfig* c, int world_size, char* why, size_t why_len);
 
 void config_print_banner(const TrainConfig* c);
+
+// The settings that decide a training's path besides the seed and the model's shape, as
+// "key=value ..." (the same text on every machine): what a checkpoint must have been
+// written with, and what every node of a job must agree on.
+void config_settings(const TrainConfig* c, char* out, size_t out_len);
+
+// Prints "error: WHY" on stderr and returns EXIT_USAGE, for `return usage_error(why);`
+// and `exit(usage_error(why));` in the programs.
+int usage_error(const char* why);
 
 #ifdef __cplusplus
 }

@@ -7,13 +7,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "check.h"
 #include "rng.h"
 
 int dataset_create(Dataset* data, int n_total, uint64_t seed) {
     data->x = malloc((size_t)n_total * sizeof(float));
     data->y = malloc((size_t)n_total * sizeof(float));
     if (data->x == NULL || data->y == NULL) {
-        fprintf(stderr, "dataset_create: out of memory for %d samples\n", n_total);
+        rank_log("dataset_create: out of memory for %d samples", n_total);
         dataset_free(data);
         return -1;
     }
@@ -44,7 +45,7 @@ int sampler_create(Sampler* s, int n, int world_size, int rank, uint64_t seed) {
     s->permutation = malloc((size_t)n * sizeof(int));
     s->indices = malloc((size_t)s->num_samples * sizeof(int));
     if (s->permutation == NULL || s->indices == NULL) {
-        fprintf(stderr, "sampler_create: out of memory for %d indices\n", n);
+        rank_log("sampler_create: out of memory for %d indices", n);
         sampler_free(s);
         return -1;
     }

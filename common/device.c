@@ -11,6 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "check.h"
+
 #define DEVICE_QUERY_TIMEOUT_MS 60000
 
 #ifdef HAVE_CUDA
@@ -48,8 +50,8 @@ int device_gpu_count_forked(void) {
         ;
     if (pid < 0 || ready <= 0 || read(fds[0], &count, sizeof count) != sizeof count) {
         if (pid > 0 && ready == 0)
-            fprintf(stderr, "warning: the GPU query did not answer within %d s: using no GPU\n",
-                    DEVICE_QUERY_TIMEOUT_MS / 1000);
+            rank_log("warning: the GPU query did not answer within %d s: using no GPU",
+                     DEVICE_QUERY_TIMEOUT_MS / 1000);
         count = 0;
     }
     close(fds[0]);

@@ -18,12 +18,26 @@ bool mpi_launched(void) {
     return false;
 }
 
+int mpi_local_rank_from_launcher(void) {
+    // Open MPI, MPICH's Hydra (and Intel MPI), Slurm's srun, PMIx launchers.
+    const char* vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID",
+                          "PMIX_LOCAL_RANK"};
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+        const char* v = getenv(vars[i]);
+        char* end = NULL;
+        long rank = v != NULL ? strtol(v, &end, 10) : -1;
+        if (v != NULL && *v != '\0' && *end == '\0' && rank >= 0 && rank < 1 << 20)
+            return (int)rank;
+    }
+    return -1;
+}
+
 // Reports a failed MPI call as check_report does, and returns -1.
 static int mpi_failed(int err, const char* what) {
     char reason[MPI_MAX_ERROR_STRING];
     int len = 0;
     MPI_Error_string(err, reason, &len);
-    check_message("%s: %s", what, reason);
+    rank_log("%s: %s", what, reason);
     return -1;
 }
 

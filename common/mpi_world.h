@@ -7,7 +7,7 @@
  * unique id, and MPI_Allreduce can serve as the CPU collective. Built only when mpicc
  * is found (HAVE_MPI); nothing else in common/ depends on it.
  *
- * APIs: mpi_launched, mpi_world_init, mpi_collectives, mpi_broadcast_bytes,
+ * APIs: mpi_launched, mpi_local_rank_from_launcher, mpi_world_init, mpi_collectives, mpi_broadcast_bytes,
  *       mpi_world_abort, mpi_world_finalize.
  */
 #ifndef MPI_WORLD_H
@@ -25,6 +25,9 @@ extern "C" {
 // Whether an MPI launcher started this process (Open MPI's mpirun, PMI or PMIx, as srun
 // with --mpi=pmi2 or pmix).
 bool mpi_launched(void);
+// This process's local rank as the launcher's environment says it, before MPI_Init
+// (so that a GPU can be chosen first), or -1 if it does not say.
+int mpi_local_rank_from_launcher(void);
 // MPI_Init, then this process's rank, the world size and its local rank. 0 or -1.
 int mpi_world_init(int* rank, int* world_size, int* local_rank);
 // MPI_COMM_WORLD's all-reduce, broadcast and barrier, for comm_init_host.

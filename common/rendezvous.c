@@ -16,6 +16,7 @@
 #include <sodium.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -321,13 +322,11 @@ static int recv_msg(int fd, RdzvMessage* m, unsigned char* bytes, double deadlin
 // proofs
 
 // libsodium must be initialised before its first use; sodium_init may be called again.
-static int crypto_ready(void) {
-    if (sodium_init() < 0) {
-        check_message("rendezvous: libsodium failed to initialise (sodium_init): no challenge "
-                      "and no proof without it");
-        return -1;
-    }
-    return 0;
+#define CRYPTO_FAILED                                                                              \
+    "rendezvous: libsodium failed to initialise (sodium_init): no challenge and no proof "         \
+    "without it"
+static bool crypto_ready(void) {
+    return sodium_init() >= 0;
 }
 
 // The answer to a challenge: HMAC-SHA256 keyed with the token over the challenge and
@@ -353,6 +352,37 @@ static bool proof_is_right(const Rdzv* r, const unsigned char* challenge, const 
 }
 
 // ----------------------------------------------------------------------------
+// the token
+
+int rdzv_read_token(const char* token_file, char* token, size_t len, char* why, size_t why_len) {
+    const char* env = getenv("DDP_TOKEN");
+    if (token_file == NULL) {
+        if (env != NULL && strlen(env) > RDZV_TOKEN_BYTES) {
+            snprintf(why, why_len, "DDP_TOKEN is longer than %d characters", RDZV_TOKEN_BYTES);
+            return -1;
+        }
+        snprintf(token, len, "%s", env != NULL ? env : "");
+        return 0;
+    }
+    FILE* f = fopen(token_file, "r");
+    if (f == NULL || fgets(token, (int)len, f) == NULL) {
+        snprintf(why, why_len, "--token-file %s: %s", token_file,
+                 f == NULL ? strerror(errno) : "the file is empty");
+        if (f != NULL)
+            fclose(f);
+        return -1;
+    }
+    fclose(f);
+    token[strcspn(token, "\r\n")] = '\0';
+    if (strlen(token) > RDZV_TOKEN_BYTES) {
+        snprintf(why, why_len, "--token-file %s: the token is longer than %d characters",
+                 token_file, RDZV_TOKEN_BYTES);
+        return -1;
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
 // the master
 
 void rdzv_init(Rdzv* r, int nnodes, int node_rank, const char* master_addr, int master_port,
@@ -370,19 +400,22 @@ void rdzv_init(Rdzv* r, int nnodes, int node_rank, const char* master_addr, int 
         r->control_fd[n] = -1;
 }
 
-int rdzv_master_listen(Rdzv* r) {
-    RETURN_IF_FAILED(crypto_ready());
+int rdzv_master_listen(Rdzv* r, char* why, size_t why_len) {
+    if (!crypto_ready()) {
+        snprintf(why, why_len, "%s", CRYPTO_FAILED);
+        return -1;
+    }
     r->listen_fd = net_listen(r->master_addr, r->master_port);
     if (r->listen_fd < 0) {
         int err = errno;
-        fprintf(stderr, "error: bind %s:%d: %s; %s\n", r->master_addr, r->master_port,
-                strerror(err),
-                err == EADDRINUSE ? "use --master-port or stop the old run"
-                                  : "is --master-addr an address of this machine (node 0)?");
+        snprintf(why, why_len, "bind %s:%d: %s; %s", r->master_addr, r->master_port,
+                 strerror(err),
+                 err == EADDRINUSE ? "use --master-port or stop the old run"
+                                   : "is --master-addr an address of this machine (node 0)?");
         return -1;
     }
     if (r->debug)
-        check_message("rendezvous: step 1) master listening on %s:%d for %d node%s", r->master_addr,
+        rank_log("rendezvous: step 1) master listening on %s:%d for %d node%s", r->master_addr,
                       r->master_port, r->nnodes - 1, r->nnodes > 2 ? "s" : "");
     return 0;
 }
@@ -478,27 +511,27 @@ static void admit_one(Rdzv* r, const RdzvHello* own, int fd) {
     RdzvMessage m;
     net_peer_name(fd, peer, sizeof peer);
     if (challenge_and_read(fd, nonce, &m, bytes, why, sizeof why) != 0) {
-        check_message("rendezvous: ignored a connection from %s: %s", peer, why);
+        rank_log("rendezvous: ignored a connection from %s: %s", peer, why);
         close(fd);
         return;
     }
     const RdzvHello* h = &m.hello;
     check_hello(r, own, h, proof_is_right(r, nonce, &m, bytes), why, sizeof why);
     if (why[0] != '\0') {
-        check_message("rendezvous: refused node %d from %s: %s", h->node_rank, peer, why);
+        rank_log("rendezvous: refused node %d from %s: %s", h->node_rank, peer, why);
         send_msg(fd, RDZV_REFUSE, why, strlen(why) + 1, timer_seconds() + 1.0);
         close(fd);
         return;
     }
     if (r->control_fd[h->node_rank] >= 0) { // check_hello found its first holder gone
-        check_message("rendezvous: node %d left before the world formed; %s takes its place",
+        rank_log("rendezvous: node %d left before the world formed; %s takes its place",
                       h->node_rank, peer);
         close(r->control_fd[h->node_rank]);
     }
     r->control_fd[h->node_rank] = fd;
     r->hello[h->node_rank] = *h;
     if (r->debug)
-        check_message("rendezvous: step 2) node %d joined from %s with %d worker%s, ring at %s",
+        rank_log("rendezvous: step 2) node %d joined from %s with %d worker%s, ring at %s",
                       h->node_rank, peer, h->nproc, h->nproc > 1 ? "s" : "", h->ring_addr);
 }
 
@@ -527,7 +560,7 @@ int rdzv_master_gather(Rdzv* r, const RdzvHello* own) {
                  "(see --rdzv-timeout)",
                  errno == ETIMEDOUT ? "timed out" : strerror(errno), r->timeout_s, nodes_in(r),
                  r->nnodes, strchr(missing + 1, ' ') ? "s" : "", missing);
-        check_message("%s", reason);
+        rank_log("%s", reason);
         rdzv_send_abort(r, reason, true); // the nodes that came need not wait any longer
         return -1;
     }
@@ -535,7 +568,7 @@ int rdzv_master_gather(Rdzv* r, const RdzvHello* own) {
     close(r->listen_fd);
     r->listen_fd = -1;
     if (r->debug)
-        check_message("rendezvous: step 3) all %d nodes are in: the master stops listening",
+        rank_log("rendezvous: step 3) all %d nodes are in: the master stops listening",
                       r->nnodes);
     return 0;
 }
@@ -560,10 +593,10 @@ int rdzv_master_send_world(Rdzv* r, const RdzvWorld* world) {
     double deadline = timer_seconds() + r->timeout_s;
     for (int n = 1; n < r->nnodes; n++) {
         if (r->debug)
-            check_message("rendezvous: step 4) WORLD to node %d: world size %d, its first rank %d",
+            rank_log("rendezvous: step 4) WORLD to node %d: world size %d, its first rank %d",
                           n, world->world_size, world->rank_offset[n]);
         if (len == 0 || send_msg(r->control_fd[n], RDZV_WORLD, payload, len, deadline) != NET_OK) {
-            check_message("rendezvous: could not send WORLD to node %d", n);
+            rank_log("rendezvous: could not send WORLD to node %d", n);
             return -1;
         }
     }
@@ -574,15 +607,18 @@ int rdzv_master_send_world(Rdzv* r, const RdzvWorld* world) {
 // a node
 
 int rdzv_connect(Rdzv* r) {
-    RETURN_IF_FAILED(crypto_ready());
+    if (!crypto_ready()) {
+        rank_log("%s", CRYPTO_FAILED);
+        return -1;
+    }
     double deadline = timer_seconds() + r->timeout_s;
     char why[512];
     if (r->debug)
-        check_message("rendezvous: step 1) node %d connecting to the master at %s:%d", r->node_rank,
+        rank_log("rendezvous: step 1) node %d connecting to the master at %s:%d", r->node_rank,
                       r->master_addr, r->master_port);
     r->control_fd[0] = net_connect_retry(r->master_addr, r->master_port, deadline, why, sizeof why);
     if (r->control_fd[0] < 0) {
-        check_message("rendezvous: cannot reach the master: %s; gave up before the %.0f s "
+        rank_log("rendezvous: cannot reach the master: %s; gave up before the %.0f s "
                       "deadline (see --rdzv-timeout)",
                       why, r->timeout_s);
         return -1;
@@ -596,16 +632,16 @@ static int expect_from_master(int fd, RdzvType want, RdzvMessage* m, unsigned ch
                               double deadline) {
     char why[512];
     if (recv_msg(fd, m, bytes, deadline, why, sizeof why) != 0) {
-        check_message("rendezvous: waiting for the master's %s: %s", type_name(want), why);
+        rank_log("rendezvous: waiting for the master's %s: %s", type_name(want), why);
         return -1;
     }
     if (m->type == RDZV_REFUSE || m->type == RDZV_ABORT) {
-        check_message("rendezvous: the master %s: %s",
+        rank_log("rendezvous: the master %s: %s",
                       m->type == RDZV_REFUSE ? "refused this node" : "gave up", m->text);
         return -1;
     }
     if (m->type != want) {
-        check_message("rendezvous: the master sent %s where %s belongs", type_name(m->type),
+        rank_log("rendezvous: the master sent %s where %s belongs", type_name(m->type),
                       type_name(want));
         return -1;
     }
@@ -624,21 +660,21 @@ int rdzv_join(Rdzv* r, const RdzvHello* own, RdzvWorld* world) {
     hello_proof(bytes + len, r->token, m.challenge, bytes, len);
     len += RDZV_PROOF_BYTES;
     if (r->debug)
-        check_message("rendezvous: step 2) HELLO sent: node %d, %d worker%s, ring at %s",
+        rank_log("rendezvous: step 2) HELLO sent: node %d, %d worker%s, ring at %s",
                       own->node_rank, own->nproc, own->nproc > 1 ? "s" : "", own->ring_addr);
     NetStatus sent = send_msg(fd, RDZV_HELLO, bytes, len, deadline);
     if (sent != NET_OK) {
-        check_message("rendezvous: sending HELLO: %s", net_status_str(sent));
+        rank_log("rendezvous: sending HELLO: %s", net_status_str(sent));
         return -1;
     }
     RETURN_IF_FAILED(expect_from_master(fd, RDZV_WORLD, &m, bytes, deadline));
     if (m.world.nnodes != r->nnodes || m.world.nproc[r->node_rank] != own->nproc) {
-        check_message("rendezvous: the master's answer is not a WORLD that fits this node");
+        rank_log("rendezvous: the master's answer is not a WORLD that fits this node");
         return -1;
     }
     *world = m.world;
     if (r->debug)
-        check_message("rendezvous: step 4) WORLD received: world size %d, first rank here %d",
+        rank_log("rendezvous: step 4) WORLD received: world size %d, first rank here %d",
                       world->world_size, world->rank_offset[r->node_rank]);
     return 0;
 }
@@ -710,11 +746,11 @@ int rdzv_master_wait_done(Rdzv* r, double deadline) {
         if (done == r->nnodes)
             return 0;
         if (rdzv_poll(r, reason, sizeof reason) != 0) {
-            check_message("job failed: %s", reason);
+            rank_log("job failed: %s", reason);
             return -1;
         }
         if (timer_seconds() > deadline) {
-            check_message("timed out waiting for %d node%s to finish", r->nnodes - done,
+            rank_log("timed out waiting for %d node%s to finish", r->nnodes - done,
                           r->nnodes - done > 1 ? "s" : "");
             return -1;
         }

@@ -22,7 +22,8 @@
  * every arriving message passes are also rdzv_decode_message, which takes raw bytes,
  * so that they can be tested (and fuzzed) without a socket.
  *
- * APIs: RdzvHello, RdzvWorld, RdzvType, RdzvMessage, Rdzv, rdzv_init, rdzv_master_listen,
+ * APIs: RdzvHello, RdzvWorld, RdzvType, RdzvMessage, Rdzv, rdzv_read_token, rdzv_init,
+ *       rdzv_master_listen,
  *       rdzv_master_gather, rdzv_make_world, rdzv_master_send_world, rdzv_connect, rdzv_join,
  *       rdzv_send_abort, rdzv_send_done, rdzv_poll, rdzv_master_wait_done, rdzv_close,
  *       rdzv_decode_message.
@@ -113,14 +114,18 @@ typedef struct {
     RdzvHello hello[RDZV_MAX_NODES]; // master: every node's HELLO
 } Rdzv;
 
+// The job's shared secret: the first line of token_file (unless NULL), else $DDP_TOKEN,
+// else "" (len: RDZV_TOKEN_BYTES + 2 at least). Returns 0, or -1 with the reason in why.
+int rdzv_read_token(const char* token_file, char* token, size_t len, char* why, size_t why_len);
+
 // Prepares r: the settings from the arguments, no connections yet. token is the job's
 // secret ("" for none), at most RDZV_TOKEN_BYTES characters.
 void rdzv_init(Rdzv* r, int nnodes, int node_rank, const char* master_addr, int master_port,
                const char* token, double timeout_s, bool debug);
 
-// Master: binds master_addr:master_port. Returns 0, or -1 after printing
-// "bind ADDR:PORT: REASON; use --master-port or stop the old run".
-int rdzv_master_listen(Rdzv* r);
+// Master: binds master_addr:master_port. Returns 0, or -1 with
+// "bind ADDR:PORT: REASON; use --master-port or stop the old run" in why.
+int rdzv_master_listen(Rdzv* r, char* why, size_t why_len);
 // Master: challenges every connection and collects every other node's HELLO (own is
 // node 0's) until all are in or the deadline passes, refusing bad ones and logging
 // each one line. Returns 0, or -1 after a message.

@@ -47,13 +47,13 @@ int replicas_gather_hashes(Communicator* comm, const Kernels* k, int rank, int w
         k->release(device);
     free(host);
     if (err)
-        check_message("replica check: could not share the parameter hashes");
+        rank_log("replica check: could not share the parameter hashes");
     return err ? -1 : 0;
 }
 
 int replicas_check(Communicator* comm, const Kernels* k, const float* params, size_t count,
                    int rank, int world_size) {
-    float* host = malloc(count * sizeof(float) + 1);
+    float* host = malloc_nonzero(count * sizeof(float));
     uint64_t* hashes = malloc((size_t)world_size * sizeof(uint64_t));
     int err = host == NULL || hashes == NULL || k->download(host, params, count * sizeof(float));
     if (!err)

@@ -10,18 +10,20 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-int report_prepare_dir(const char* dir) {
+#include "check.h"
+
+int report_prepare_dir(const char* dir, char* why, size_t why_len) {
     struct stat st;
     if (strpbrk(dir, "'\n") != NULL) { // gnuplot's script quotes the path with '
-        fprintf(stderr, "error: --out %s: the name may not contain ' or a newline\n", dir);
+        snprintf(why, why_len, "--out %s: the name may not contain ' or a newline", dir);
         return -1;
     }
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "error: --out %s: cannot create the directory: %s\n", dir, strerror(errno));
+        snprintf(why, why_len, "--out %s: cannot create the directory: %s", dir, strerror(errno));
         return -1;
     }
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        fprintf(stderr, "error: --out %s: not a directory\n", dir);
+        snprintf(why, why_len, "--out %s: not a directory", dir);
         return -1;
     }
     return 0;
@@ -33,7 +35,7 @@ static int write_csv(const char* dir, const EpochStats* stats, int epochs) {
     snprintf(tmp, sizeof tmp, "%s/.losses.csv.tmp", dir);
     FILE* f = fopen(tmp, "w");
     if (f == NULL) {
-        fprintf(stderr, "error: cannot write %s: %s\n", tmp, strerror(errno));
+        rank_log("error: cannot write %s: %s", tmp, strerror(errno));
         return -1;
     }
     fprintf(f, "epoch,train_loss,eval_loss,seconds\n");
@@ -42,7 +44,7 @@ static int write_csv(const char* dir, const EpochStats* stats, int epochs) {
                 stats[e].seconds);
     int failed = ferror(f);
     if (fclose(f) != 0 || failed || rename(tmp, path) != 0) {
-        fprintf(stderr, "error: cannot write %s: %s\n", path, strerror(errno));
+        rank_log("error: cannot write %s: %s", path, strerror(errno));
         remove(tmp);
         return -1;
     }
@@ -53,15 +55,14 @@ static int write_csv(const char* dir, const EpochStats* stats, int epochs) {
 static void plot_losses(const char* dir) {
     // Look first: writing to the pipe of a gnuplot that is not there would raise SIGPIPE.
     if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
-        fprintf(stderr,
-                "warning: gnuplot not found (apt-get install gnuplot-nox), so no %s/loss.png; "
-                "%s/losses.csv has the data\n",
-                dir, dir);
+        rank_log("warning: gnuplot not found (apt-get install gnuplot-nox), so no %s/loss.png; "
+                 "%s/losses.csv has the data",
+                 dir, dir);
         return;
     }
     FILE* gp = popen("gnuplot", "w");
     if (gp == NULL) {
-        fprintf(stderr, "warning: gnuplot could not be started: %s\n", strerror(errno));
+        rank_log("warning: gnuplot could not be started: %s", strerror(errno));
         return;
     }
     fprintf(gp,
@@ -75,8 +76,7 @@ static void plot_losses(const char* dir) {
             dir, dir);
     int status = pclose(gp);
     if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        fprintf(stderr, "warning: gnuplot failed, so no %s/loss.png; %s/losses.csv has the data\n",
-                dir, dir);
+        rank_log("warning: gnuplot failed, so no %s/loss.png; %s/losses.csv has the data", dir, dir);
 }
 
 int report_write(const char* dir, const EpochStats* stats, int epochs) {

@@ -11,6 +11,8 @@
 #ifndef REPORT_H
 #define REPORT_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -21,9 +23,9 @@ typedef struct {
     double seconds;   // the epoch's training and evaluation, wall clock
 } EpochStats;
 
-// Creates dir if it does not exist. Returns 0, or -1 with a message on stderr.
-// Called before training so that a bad --out fails before any work is done.
-int report_prepare_dir(const char* dir);
+// Creates dir if it does not exist. Returns 0, or -1 with the reason in why. Called
+// before training so that a bad --out fails before any work is done.
+int report_prepare_dir(const char* dir, char* why, size_t why_len);
 
 // Writes dir/losses.csv and, with gnuplot, dir/loss.png. Returns 0, or -1 if the
 // CSV could not be written (a missing plot is only a warning).

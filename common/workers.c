@@ -31,7 +31,7 @@ int workers_start(Workers* w, int count, int first_rank, WorkerMain main, void* 
     for (int i = 0; i < count; i++) {
         pid_t pid = fork();
         if (pid < 0) {
-            check_message("fork of worker %d: %s", i, strerror(errno));
+            rank_log("fork of worker %d: %s", i, strerror(errno));
             workers_stop(w);
             return -1;
         }
@@ -41,7 +41,7 @@ int workers_start(Workers* w, int count, int first_rank, WorkerMain main, void* 
             prctl(PR_SET_PDEATHSIG, SIGKILL);
             if (getppid() != parent)
                 _exit(1);
-            check_set_rank(first_rank + i);
+            rank_log_set_rank(first_rank + i);
             int status = main(i, arg);
             fflush(NULL);
             _exit(status);
@@ -83,7 +83,7 @@ static int reap(Workers* w, int quiet) {
                 continue;
             char how[128];
             describe_status(status[i], how, sizeof how);
-            fprintf(stderr, "[Rank %d] %s\n", w->first_rank + i, how);
+            rank_log("[Rank %d] %s", w->first_rank + i, how);
             if (w->failure[0] == '\0') {
                 snprintf(w->failure, sizeof w->failure, "[Rank %d] %s", w->first_rank + i, how);
                 w->failure_is_signal = WIFSIGNALED(status[i]);
@@ -120,8 +120,8 @@ void workers_stop(Workers* w) {
     }
     for (int i = 0; i < w->count; i++)
         if (w->pids[i] != 0) {
-            fprintf(stderr, "[Rank %d] did not exit after SIGKILL (pid %d)\n", w->first_rank + i,
-                    (int)w->pids[i]);
+            rank_log("[Rank %d] did not exit after SIGKILL (pid %d)", w->first_rank + i,
+                     (int)w->pids[i]);
             w->pids[i] = 0;
         }
 }
@@ -129,16 +129,15 @@ void workers_stop(Workers* w) {
 int workers_wait(Workers* w, WorkersPoll poll, void* poll_arg) {
     while (running(w) > 0) {
         if (stop_signal != 0) {
-            fprintf(stderr, "interrupted by signal %d (%s): stopping every worker\n",
-                    (int)stop_signal, strsignal(stop_signal));
+            rank_log("interrupted by signal %d (%s): stopping every worker", (int)stop_signal,
+                     strsignal(stop_signal));
             workers_stop(w);
             return 128 + stop_signal;
         }
         int failed = reap(w, 0);
         if (failed > 0 || (poll != NULL && poll(poll_arg) != 0)) {
             if (running(w) > 0)
-                fprintf(stderr, "stopping the %d other worker%s\n", running(w),
-                        running(w) > 1 ? "s" : "");
+                rank_log("stopping the %d other worker%s", running(w), running(w) > 1 ? "s" : "");
             workers_stop(w);
             return 1;
         }

@@ -145,25 +145,29 @@ static void another_shape(unsigned char* b) {
 
 Test(checkpoint, a_wrong_magic_version_or_shape_is_named) {
     expect_refused(break_magic, "not a checkpoint");
-    expect_refused(next_version, "format version 2, this build reads version 1");
+    expect_refused(next_version, "format version 3, this build reads version 2");
     expect_refused(another_shape, "hidden size 5");
 }
 
 // ----------------------------------------------------------------------------
 // b) what a run finds in --checkpoint-dir
 
-static TrainConfig config_for(const char* dir, ResumeMode resume) {
+// How a run asks for the checkpoint: a fresh run, --resume, or a restart after a failure.
+typedef enum { FRESH, RESUME, RESTART } Asking;
+
+static TrainConfig config_for(const char* dir, Asking asking) {
     TrainConfig c;
     config_defaults(&c);
     c.hidden_size = 4;
     c.checkpoint_dir = dir;
-    c.resume = resume;
+    c.resume = asking == RESUME;
+    c.resume_if_present = asking == RESTART;
     return c;
 }
 
 // Writes a checkpoint that fits config_for(dir, ...) after epochs_done epochs.
 static void write_fitting_checkpoint(const char* dir, int epochs_done) {
-    TrainConfig c = config_for(dir, RESUME_NO);
+    TrainConfig c = config_for(dir, FRESH);
     Checkpoint ck = make_checkpoint(c.hidden_size, epochs_done, 1);
     char why[512];
     ck.settings_hash = checkpoint_settings_hash(&c);
@@ -187,8 +191,8 @@ Test(checkpoint, a_run_finds_what_its_resume_mode_asks_for, .init = temp_dir_mak
      .fini = proc_end_leftovers) {
     char dir[128];
     snprintf(dir, sizeof dir, "%s/ck", temp_dir);
-    TrainConfig fresh = config_for(dir, RESUME_NO), resume = config_for(dir, RESUME_REQUIRED),
-                restart = config_for(dir, RESUME_IF_PRESENT);
+    TrainConfig fresh = config_for(dir, FRESH), resume = config_for(dir, RESUME),
+                restart = config_for(dir, RESTART);
     expect_find(&fresh, 0, NULL); // and it makes the directory
     expect_find(&resume, -1, "No such file");
     expect_find(&restart, 0, NULL);

@@ -92,7 +92,7 @@ typedef struct {
 static void rank_process(Ring* g, int (*fds)[2], int rank, int err_fd) {
     prctl(PR_SET_PDEATHSIG, SIGKILL); // never outlive the test
     dup2(err_fd, STDERR_FILENO);
-    check_set_rank(rank);
+    rank_log_set_rank(rank);
     RankCtx r = {.sh = g->sh, .rank = rank, .buf = g->sh->data + (size_t)rank * g->sh->slot};
     comm_ring_keep_own(fds, g->world_size, rank, &r.send_fd, &r.recv_fd);
     CommSettings s = {

@@ -43,6 +43,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "rendezvous.h"
 
 // Every test has its own ports (Criterion runs tests in parallel); test_multi_node.c
@@ -289,7 +290,8 @@ static RdzvHello hello_of(int node_rank, int nproc, const char* addr, int port0)
 
 static void master_listen(Rdzv* r, int nnodes, int port) {
     rdzv_init(r, nnodes, 0, "127.0.0.1", port, TOKEN, RDZV_TIMEOUT_S, false);
-    cr_assert_eq(rdzv_master_listen(r), 0, "the master cannot listen on port %d", port);
+    char why[ERROR_TEXT_BYTES];
+    cr_assert_eq(rdzv_master_listen(r, why, sizeof why), 0, "the master cannot listen: %s", why);
     master_fd = r->listen_fd;
 }
 

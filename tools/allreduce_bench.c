@@ -36,49 +36,52 @@ typedef struct {
     int ring_fds[WORKERS_MAX][2];
 } Bench;
 
+static int parse_bytes(const char* flag, const char* value, void* out, char* why,
+                       size_t why_len) {
+    return sweep_parse_bytes(flag, value, out, why, why_len);
+}
+
+// Fills b from argv. Exits with status 0 after --help and EXIT_USAGE after a bad flag.
 static void parse_args(Bench* b, int argc, char** argv) {
     *b = (Bench){
         .backend = "ring", .ranks = 2, .min_bytes = 8, .max_bytes = 4L << 20, .timeout_s = 60};
-    for (int i = 1; i < argc; i++) {
-        char flag[64];
-        const char* value;
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            printf("usage: allreduce_bench [--backend ring|nccl|mpi] [--ranks N] [--min-bytes B] "
-                   "[--max-bytes B] [--timeout SECONDS]\n"
-                   "  --backend mpi: MPI_Allreduce, under mpirun -np N (which sets the ranks)\n");
-            exit(0);
-        }
-        int err = config_split_flag(argc, argv, &i, flag, sizeof flag, &value);
-        if (!err && strcmp(flag, "--backend") == 0)
-            err = config_parse_choice(flag, value, "ring|nccl|mpi", &b->backend);
-        else if (!err && strcmp(flag, "--ranks") == 0)
-            err = config_parse_int(flag, value, 1, WORKERS_MAX, &b->ranks);
-        else if (!err && strcmp(flag, "--min-bytes") == 0)
-            err = sweep_parse_bytes(flag, value, &b->min_bytes);
-        else if (!err && strcmp(flag, "--max-bytes") == 0)
-            err = sweep_parse_bytes(flag, value, &b->max_bytes);
-        else if (!err && strcmp(flag, "--timeout") == 0)
-            err = config_parse_int(flag, value, 1, 86400, &b->timeout_s);
-        else if (!err) {
-            fprintf(stderr, "error: unknown flag %s (see --help)\n", flag);
-            err = -1;
-        }
-        if (err)
-            exit(EXIT_USAGE);
-    }
-    char why[512];
+    const Flag flags[] = {
+        {.name = "--backend", .kind = FLAG_CHOICE, .choices = "ring|nccl|mpi",
+         .destination = &b->backend, .value_name = "NAME",
+         .help = "ring, nccl or mpi (default ring; mpi: MPI_Allreduce, under mpirun -np N, "
+                 "which sets the ranks)"},
+        {.name = "--ranks", .kind = FLAG_INT, .min = 1, .max = WORKERS_MAX,
+         .destination = &b->ranks, .value_name = "N",
+         .help = "processes, forked here (default 2)"},
+        {.name = "--min-bytes", .kind = FLAG_CUSTOM, .parse = parse_bytes,
+         .destination = &b->min_bytes, .value_name = "B",
+         .help = "the first message size: 8, 64K, 4M, 1G (default 8)"},
+        {.name = "--max-bytes", .kind = FLAG_CUSTOM, .parse = parse_bytes,
+         .destination = &b->max_bytes, .value_name = "B",
+         .help = "the last message size; sizes double from the first (default 4M)"},
+        {.name = "--timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
+         .destination = &b->timeout_s, .value_name = "SECONDS",
+         .help = "deadline of every collective (default 60)"},
+    };
+    size_t count = sizeof flags / sizeof *flags;
+    char why[ERROR_TEXT_BYTES];
     Backend engine;
-    if (strcmp(b->backend, "nccl") == 0 &&
-        comm_choose_backend("nccl", device_gpu_count_forked(), b->ranks, &engine, why,
-                            sizeof why) != 0) {
-        fprintf(stderr, "error: %s\n", why);
-        exit(EXIT_USAGE);
+    int parsed = config_parse_flags(flags, count, argc, argv, why, sizeof why);
+    if (parsed == CONFIG_HELP) {
+        config_print_help("allreduce_bench",
+                          "All-reduce time and bandwidth per message size, as nccl-tests prints "
+                          "them.",
+                          flags, count);
+        exit(0);
     }
-    if (b->min_bytes > b->max_bytes) {
-        fprintf(stderr, "error: --min-bytes (%ld) must not exceed --max-bytes (%ld)\n",
-                b->min_bytes, b->max_bytes);
-        exit(EXIT_USAGE);
-    }
+    if (parsed == CONFIG_PARSED && b->min_bytes > b->max_bytes)
+        snprintf(why, sizeof why, "--min-bytes (%ld) must not exceed --max-bytes (%ld)",
+                 b->min_bytes, b->max_bytes);
+    if (parsed != CONFIG_PARSED || b->min_bytes > b->max_bytes ||
+        (strcmp(b->backend, "nccl") == 0 &&
+         comm_choose_backend("nccl", device_gpu_count_forked(), b->ranks, &engine, why,
+                             sizeof why) != 0))
+        exit(usage_error(why));
 }
 
 // ----------------------------------------------------------------------------
@@ -98,18 +101,16 @@ static int rank_main(int rank, void* arg) {
     comm_ring_keep_own(b->ring_fds, b->ranks, rank, &send_fd, &recv_fd);
     bool nccl = strcmp(b->backend, "nccl") == 0;
     Device dev;
-    char why[512];
+    char why[ERROR_TEXT_BYTES];
     if (device_open(&dev, nccl ? "cuda" : "cpu", rank, why, sizeof why) != 0) {
-        check_message("%s", why);
+        rank_log("%s", why);
         return 1;
     }
     CommSettings s = {
         .rank = rank, .world_size = b->ranks, .timeout_s = b->timeout_s, .k = dev.kernels};
     Communicator* comm = NULL;
-    unsigned char id[COMM_NCCL_ID_BYTES];
-    int err = nccl ? comm_share_nccl_id(id, rank, b->ranks, send_fd, recv_fd, b->timeout_s) ||
-                         comm_init_nccl(&comm, s, id)
-                   : comm_init_ring(&comm, s, send_fd, recv_fd);
+    NcclIdRoute route = {.transport = NCCL_ID_BY_RING, .send_fd = send_fd, .recv_fd = recv_fd};
+    int err = nccl ? comm_init_nccl(&comm, s, &route) : comm_init_ring(&comm, s, send_fd, recv_fd);
     SweepEngine engine = {b->backend, rank, b->ranks, dev.kernels, comm, allreduce_sum, barrier};
     if (err || sweep_run(&engine, b->min_bytes, b->max_bytes) != 0)
         return 1;
@@ -121,10 +122,8 @@ static int rank_main(int rank, void* arg) {
 static int run_mpi(const Bench* b) {
 #ifdef HAVE_MPI
     int rank, world_size, local_rank;
-    if (!mpi_launched()) {
-        fprintf(stderr, "error: --backend mpi: start it with mpirun -np N %s\n", "allreduce_bench");
-        return EXIT_USAGE;
-    }
+    if (!mpi_launched())
+        return usage_error("--backend mpi: start it with mpirun -np N allreduce_bench");
     if (mpi_world_init(&rank, &world_size, &local_rank) != 0)
         return EXIT_FAILURE;
     HostCollectives mpi = mpi_collectives();
@@ -135,8 +134,7 @@ static int run_mpi(const Bench* b) {
     return status;
 #else
     (void)b;
-    fprintf(stderr, "error: --backend mpi: this build has no MPI (mpicc was not found)\n");
-    return EXIT_USAGE;
+    return usage_error("--backend mpi: this build has no MPI (mpicc was not found)");
 #endif
 }
 

@@ -14,7 +14,8 @@
 #include "check.h"
 #include "timer.h"
 
-int sweep_parse_bytes(const char* flag, const char* value, long* out) {
+int sweep_parse_bytes(const char* flag, const char* value, long* out, char* why,
+                      size_t why_len) {
     char* end = NULL;
     long v = value != NULL ? strtol(value, &end, 10) : 0;
     long unit = 1;
@@ -24,9 +25,9 @@ int sweep_parse_bytes(const char* flag, const char* value, long* out) {
     }
     if (value == NULL || end == value || *end != '\0' || v < 1 || v > (1L << 30) / unit ||
         v * unit < 4 || v * unit % 4 != 0) {
-        fprintf(stderr,
-                "error: %s must be a multiple of 4 bytes in [4, 1G] (e.g. 8, 64K, 4M), got '%s'\n",
-                flag, value != NULL ? value : "(nothing)");
+        snprintf(why, why_len,
+                 "%s must be a multiple of 4 bytes in [4, 1G] (e.g. 8, 64K, 4M), got '%s'", flag,
+                 value != NULL ? value : "(nothing)");
         return -1;
     }
     *out = v * unit;

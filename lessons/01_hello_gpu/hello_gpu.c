@@ -29,33 +29,21 @@
 // ----------------------------------------------------------------------------
 // flags
 
-static void print_usage(void) {
-    fputs("usage: hello_gpu [flags]\n\n"
-          "Trains a 1 -> H -> H -> 1 MLP on y = sin(x) + noise on one device.\n\n"
-          "flags:\n" CONFIG_TRAINING_HELP "  --help                print this help and exit\n",
-          stdout);
-}
-
 // Fills c from argv. Exits with status 0 after --help and EXIT_USAGE after a bad flag.
 static void parse_args(TrainConfig* c, int argc, char** argv) {
     config_defaults(c);
-    for (int i = 1; i < argc; i++) {
-        char flag[64];
-        const char* value;
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            print_usage();
-            exit(0);
-        }
-        if (config_split_flag(argc, argv, &i, flag, sizeof flag, &value) != 0)
-            exit(EXIT_USAGE);
-        int parsed = config_parse_training_flag(c, flag, value);
-        if (parsed == 0)
-            fprintf(stderr, "error: unknown flag %s (see --help)\n", flag);
-        if (parsed != 1)
-            exit(EXIT_USAGE);
+    const Flag flags[] = {CONFIG_TRAINING_FLAGS(c)};
+    size_t count = sizeof flags / sizeof *flags;
+    char why[ERROR_TEXT_BYTES];
+    int parsed = config_parse_flags(flags, count, argc, argv, why, sizeof why);
+    if (parsed == CONFIG_HELP) {
+        config_print_help("hello_gpu",
+                          "Trains a 1 -> H -> H -> 1 MLP on y = sin(x) + noise on one device.",
+                          flags, count);
+        exit(0);
     }
-    if (config_check(c, 1) != 0)
-        exit(EXIT_USAGE);
+    if (parsed != CONFIG_PARSED || config_check(c, 1, why, sizeof why) != 0)
+        exit(usage_error(why));
 }
 
 // ----------------------------------------------------------------------------
@@ -173,19 +161,14 @@ int main(int argc, char** argv) {
     parse_args(&c, argc, argv);
 
     Device dev;
-    char why[512];
-    if (device_open(&dev, c.device, 0, why, sizeof why) != 0) {
-        fprintf(stderr, "error: %s\n", why);
-        return EXIT_USAGE;
-    }
-    if (c.out_dir != NULL && report_prepare_dir(c.out_dir) != 0)
-        return EXIT_USAGE;
     Checkpoint checkpoint;
+    char why[ERROR_TEXT_BYTES];
+    if (device_open(&dev, c.device, 0, why, sizeof why) != 0 ||
+        (c.out_dir != NULL && report_prepare_dir(c.out_dir, why, sizeof why) != 0))
+        return usage_error(why);
     int resuming = checkpoint_find(&c, &checkpoint, why, sizeof why);
-    if (resuming < 0) {
-        fprintf(stderr, "error: %s\n", why);
-        return EXIT_USAGE;
-    }
+    if (resuming < 0)
+        return usage_error(why);
     print_device(&dev, c.device);
     config_print_banner(&c);
 

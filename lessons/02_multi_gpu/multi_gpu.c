@@ -44,53 +44,41 @@ typedef struct {
     int max_restarts;    // --max-restarts: new attempts after a worker fails
 } Options;
 
-static void print_usage(void) {
-    fputs("usage: multi_gpu [flags]\n\n"
-          "Trains lesson 01's MLP with N processes on one node, averaging gradients each step.\n\n"
-          "flags:\n" CONFIG_TRAINING_HELP
-          "  --gpus N              worker processes, one per GPU (default: the number of GPUs,\n"
-          "                        or 2 on the CPU); alias --nproc-per-node\n"
-          "  --backend NAME        auto, nccl or ring (default auto: NCCL when every worker has\n"
-          "                        its own GPU, the ring all-reduce otherwise)\n"
-          "  --timeout SECONDS     deadline of every collective (default 60)\n"
-          "  --max-restarts N      when a worker fails, start every worker again, from the last\n"
-          "                        checkpoint if there is one, up to N times (default 0)\n"
-          "  --debug               print every collective step on stderr\n"
-          "  --help                print this help and exit\n",
-          stdout);
-}
-
 // Fills o from argv. Exits with status 0 after --help and EXIT_USAGE after a bad flag.
 static void parse_args(Options* o, int argc, char** argv) {
     *o = (Options){.backend = "auto", .timeout_s = 60};
     config_defaults(&o->train);
-    for (int i = 1; i < argc; i++) {
-        char flag[64];
-        const char* value;
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            print_usage();
-            exit(0);
-        }
-        if (strcmp(argv[i], "--debug") == 0) {
-            o->debug = true;
-            continue;
-        }
-        if (config_split_flag(argc, argv, &i, flag, sizeof flag, &value) != 0)
-            exit(EXIT_USAGE);
-        int parsed = config_parse_training_flag(&o->train, flag, value);
-        if (parsed == 0 && (strcmp(flag, "--gpus") == 0 || strcmp(flag, "--nproc-per-node") == 0))
-            parsed = config_parse_int(flag, value, 1, WORKERS_MAX, &o->nproc) == 0 ? 1 : -1;
-        else if (parsed == 0 && strcmp(flag, "--backend") == 0)
-            parsed = config_parse_choice(flag, value, "auto|nccl|ring", &o->backend) == 0 ? 1 : -1;
-        else if (parsed == 0 && strcmp(flag, "--timeout") == 0)
-            parsed = config_parse_int(flag, value, 1, 86400, &o->timeout_s) == 0 ? 1 : -1;
-        else if (parsed == 0 && strcmp(flag, "--max-restarts") == 0)
-            parsed = config_parse_int(flag, value, 0, 1000, &o->max_restarts) == 0 ? 1 : -1;
-        if (parsed == 0)
-            fprintf(stderr, "error: unknown flag %s (see --help)\n", flag);
-        if (parsed != 1)
-            exit(EXIT_USAGE);
+    const Flag flags[] = {
+        CONFIG_TRAINING_FLAGS(&o->train),
+        {.name = "--gpus", .alias = "--nproc-per-node", .kind = FLAG_INT, .min = 1,
+         .max = WORKERS_MAX, .destination = &o->nproc, .value_name = "N",
+         .help = "worker processes, one per GPU (default: the number of GPUs, or 2 on the CPU)"},
+        {.name = "--backend", .kind = FLAG_CHOICE, .choices = "auto|nccl|ring",
+         .destination = &o->backend, .value_name = "NAME",
+         .help = "auto, nccl or ring (default auto: NCCL when every worker has its own GPU, "
+                 "the ring all-reduce otherwise)"},
+        {.name = "--timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
+         .destination = &o->timeout_s, .value_name = "SECONDS",
+         .help = "deadline of every collective (default 60)"},
+        {.name = "--max-restarts", .kind = FLAG_INT, .min = 0, .max = CONFIG_MAX_RESTARTS,
+         .destination = &o->max_restarts, .value_name = "N",
+         .help = "when a worker fails, start every worker again, from the last checkpoint if "
+                 "there is one, up to N times (default 0)"},
+        {.name = "--debug", .kind = FLAG_SWITCH, .destination = &o->debug,
+         .help = "print every collective step on stderr"},
+    };
+    size_t count = sizeof flags / sizeof *flags;
+    char why[ERROR_TEXT_BYTES];
+    int parsed = config_parse_flags(flags, count, argc, argv, why, sizeof why);
+    if (parsed == CONFIG_HELP) {
+        config_print_help("multi_gpu",
+                          "Trains lesson 01's MLP with N processes on one node, averaging "
+                          "gradients each step.",
+                          flags, count);
+        exit(0);
     }
+    if (parsed != CONFIG_PARSED)
+        exit(usage_error(why));
 }
 
 // ----------------------------------------------------------------------------
@@ -107,23 +95,18 @@ typedef struct {
 // Decides world size and backend before anything is forked. Exits with EXIT_USAGE
 // when the flags ask for what this machine or build cannot do.
 static void make_plan(Plan* p, const Options* o) {
-    char why[512];
+    char why[ERROR_TEXT_BYTES];
+    Checkpoint checkpoint; // the workers read it; a bad one fails here, before any fork
     p->opt = *o;
     p->gpus = device_gpus_for_workers(o->train.device, why, sizeof why);
     p->world_size = o->nproc > 0 ? o->nproc : (p->gpus > 0 ? p->gpus : 2);
-    if (p->gpus < 0 || comm_choose_backend(o->backend, p->gpus, p->world_size, &p->backend, why,
-                                           sizeof why) != 0) {
-        fprintf(stderr, "error: %s\n", why);
-        exit(EXIT_USAGE);
-    }
-    if (config_check(&o->train, p->world_size) != 0 ||
-        (o->train.out_dir != NULL && report_prepare_dir(o->train.out_dir) != 0))
-        exit(EXIT_USAGE);
-    Checkpoint checkpoint; // the workers read it; a bad one fails here, before any fork
-    if (checkpoint_find(&o->train, &checkpoint, why, sizeof why) < 0) {
-        fprintf(stderr, "error: %s\n", why);
-        exit(EXIT_USAGE);
-    }
+    if (p->gpus < 0 ||
+        comm_choose_backend(o->backend, p->gpus, p->world_size, &p->backend, why, sizeof why) !=
+            0 ||
+        config_check(&o->train, p->world_size, why, sizeof why) != 0 ||
+        (o->train.out_dir != NULL && report_prepare_dir(o->train.out_dir, why, sizeof why) != 0) ||
+        checkpoint_find(&o->train, &checkpoint, why, sizeof why) < 0)
+        exit(usage_error(why));
     checkpoint_free(&checkpoint);
 }
 
@@ -143,7 +126,7 @@ static int upload_data(DeviceData* d, const Kernels* k, const Dataset* data, con
     int n_total = data->n_train + data->n_eval;
     d->n_eval_total = data->n_eval;
     d->n_eval = (data->n_eval - s->rank + s->world_size - 1) / s->world_size;
-    int* eval_order = malloc((size_t)d->n_eval * sizeof(int) + 1);
+    int* eval_order = malloc_nonzero((size_t)d->n_eval * sizeof(int));
     d->x = k->alloc((size_t)n_total * sizeof(float));
     d->y = k->alloc((size_t)n_total * sizeof(float));
     d->train_indices = k->alloc((size_t)s->num_samples * sizeof(int));
@@ -287,10 +270,10 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
         mlp_print_summary(&model);
     // Every rank reads the checkpoint that it resumes from, if any: all must read the same.
     Checkpoint checkpoint;
-    char why[512];
+    char why[ERROR_TEXT_BYTES];
     int resuming = checkpoint_find(c, &checkpoint, why, sizeof why);
     if (resuming < 0)
-        check_message("%s", why);
+        rank_log("%s", why);
     if (resuming < 0 || checkpoint_ranks_agree(comm, dev->kernels, rank, world_size,
                                                resuming ? &checkpoint : NULL) != 0)
         return 1;
@@ -323,10 +306,9 @@ static int make_communicator(Communicator** comm, const Plan* p, int rank, const
                       .k = dev->kernels};
     if (p->backend == BACKEND_RING)
         return comm_init_ring(comm, s, send_fd, recv_fd);
-    unsigned char id[COMM_NCCL_ID_BYTES];
-    if (comm_share_nccl_id(id, rank, p->world_size, send_fd, recv_fd, s.timeout_s) != 0)
-        return -1;
-    return comm_init_nccl(comm, s, id);
+    // NCCL's id travels once around the ring's sockets, which then have served.
+    NcclIdRoute route = {.transport = NCCL_ID_BY_RING, .send_fd = send_fd, .recv_fd = recv_fd};
+    return comm_init_nccl(comm, s, &route);
 }
 
 static int worker_main(int rank, void* arg) {
@@ -335,9 +317,9 @@ static int worker_main(int rank, void* arg) {
     int send_fd, recv_fd;
     comm_ring_keep_own(p->ring_fds, p->world_size, rank, &send_fd, &recv_fd);
     Device dev;
-    char why[512];
+    char why[ERROR_TEXT_BYTES];
     if (device_open(&dev, c->device, p->gpus > 0 ? rank % p->gpus : 0, why, sizeof why) != 0) {
-        check_message("%s", why);
+        rank_log("%s", why);
         return 1;
     }
     Communicator* comm = NULL;
@@ -389,6 +371,6 @@ int main(int argc, char** argv) {
             return status;
         }
         fprintf(stderr, "restart %d/%d after: %s\n", restart, o.max_restarts, workers.failure);
-        p.opt.train.resume = RESUME_IF_PRESENT; // from the last checkpoint, if one was written
+        p.opt.train.resume_if_present = true; // from the last checkpoint, if one was written
     }
 }

@@ -38,12 +38,7 @@
 #include "timer.h"
 #include "workers.h"
 
-#ifdef HAVE_MPI
-#include "mpi_world.h"
-#define MPI_BUILT 1
-#else
-#define MPI_BUILT 0
-#endif
+#include "under_mpirun.h"
 
 #ifndef BUILD_ID
 #define BUILD_ID "unknown"
@@ -67,122 +62,71 @@ typedef struct {
     int max_restarts;       // --max-restarts: new attempts after a worker fails
 } Options;
 
-static void print_usage(void) {
-    fputs("usage: multi_node [flags]\n\n"
-          "One node's agent of a multi-node job: meets the other nodes at the master, then\n"
-          "trains lesson 01's MLP with its workers, averaging gradients across every node.\n\n"
-          "flags:\n" CONFIG_TRAINING_HELP
-          "  --nproc-per-node N    worker processes on this node, one per GPU (default: the\n"
-          "                        number of GPUs, or 2 on the CPU); alias --gpus\n"
-          "  --nnodes N            nodes in the job (default 1; env NNODES)\n"
-          "  --node-rank R         this node's rank, 0 is the master (default 0; env NODE_RANK)\n"
-          "  --master-addr ADDR    where node 0 listens (default 127.0.0.1; env MASTER_ADDR)\n"
-          "  --master-port PORT    its port (default 29500; env MASTER_PORT)\n"
-          "  --rdzv-timeout SECONDS\n"
-          "                        how long to wait for every node (default 300)\n"
-          "  --token-file FILE     the job's shared secret (default: env DDP_TOKEN)\n"
-          "  --backend NAME        auto, nccl, ring or mpi (default auto: NCCL when every worker\n"
-          "                        has its own GPU, the ring all-reduce otherwise; mpi:\n"
-          "                        MPI_Allreduce, under mpirun -np N multi_node)\n"
-          "  --timeout SECONDS     deadline of every collective (default 60)\n"
-          "  --max-restarts N      when a worker fails anywhere, every node stops its workers,\n"
-          "                        the nodes meet again and go on from the last checkpoint,\n"
-          "                        up to N times (default 0; the same on every node)\n"
-          "  --debug               print every rendezvous and collective step on stderr\n"
-          "  --help                print this help and exit\n",
-          stdout);
-}
-
-// torchrun's environment variables are the defaults of their flags.
-static int env_defaults(Options* o) {
-    const char* v;
-    o->master_addr = (v = getenv("MASTER_ADDR")) != NULL && *v ? v : "127.0.0.1";
-    if ((v = getenv("MASTER_PORT")) != NULL &&
-        config_parse_int("MASTER_PORT", v, 1, 65535, &o->master_port) != 0)
-        return -1;
-    if ((v = getenv("NNODES")) != NULL &&
-        config_parse_int("NNODES", v, 1, RDZV_MAX_NODES, &o->nnodes) != 0)
-        return -1;
-    if ((v = getenv("NODE_RANK")) != NULL &&
-        config_parse_int("NODE_RANK", v, 0, RDZV_MAX_NODES - 1, &o->node_rank) != 0)
-        return -1;
-    return 0;
-}
-
-static int parse_text(const char* flag, const char* value, const char** out) {
-    if (value == NULL || *value == '\0') {
-        fprintf(stderr, "error: %s needs a value\n", flag);
-        return -1;
-    }
-    *out = value;
-    return 0;
-}
-
-// Reads a flag of this lesson; 1 if it was one, 0 if not, -1 if its value is bad.
-static int parse_node_flag(Options* o, const char* flag, const char* value) {
-    int err = 0;
-    if (strcmp(flag, "--gpus") == 0 || strcmp(flag, "--nproc-per-node") == 0)
-        err = config_parse_int(flag, value, 1, WORKERS_MAX, &o->nproc);
-    else if (strcmp(flag, "--backend") == 0)
-        err = config_parse_choice(flag, value, "auto|nccl|ring|mpi", &o->backend);
-    else if (strcmp(flag, "--timeout") == 0)
-        err = config_parse_int(flag, value, 1, 86400, &o->timeout_s);
-    else if (strcmp(flag, "--nnodes") == 0)
-        err = config_parse_int(flag, value, 1, RDZV_MAX_NODES, &o->nnodes);
-    else if (strcmp(flag, "--node-rank") == 0)
-        err = config_parse_int(flag, value, 0, RDZV_MAX_NODES - 1, &o->node_rank);
-    else if (strcmp(flag, "--master-port") == 0)
-        err = config_parse_int(flag, value, 1, 65535, &o->master_port);
-    else if (strcmp(flag, "--rdzv-timeout") == 0)
-        err = config_parse_int(flag, value, 1, 86400, &o->rdzv_timeout_s);
-    else if (strcmp(flag, "--max-restarts") == 0)
-        err = config_parse_int(flag, value, 0, 1000, &o->max_restarts);
-    else if (strcmp(flag, "--master-addr") == 0)
-        err = parse_text(flag, value, &o->master_addr);
-    else if (strcmp(flag, "--token-file") == 0)
-        err = parse_text(flag, value, &o->token_file);
-    else
-        return 0;
-    return err == 0 ? 1 : -1;
-}
-
-// Fills o from the environment and argv. Exits with status 0 after --help and
-// EXIT_USAGE after a bad flag.
+// Fills o from the environment (torchrun's variables are the defaults of their flags) and
+// argv. Exits with status 0 after --help and EXIT_USAGE after a bad flag.
 static void parse_args(Options* o, int argc, char** argv) {
     *o = (Options){.backend = "auto",
                    .timeout_s = 60,
                    .nnodes = 1,
+                   .master_addr = "127.0.0.1",
                    .master_port = 29500,
                    .rdzv_timeout_s = 300};
     config_defaults(&o->train);
-    if (env_defaults(o) != 0)
-        exit(EXIT_USAGE);
-    for (int i = 1; i < argc; i++) {
-        char flag[64];
-        const char* value;
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            print_usage();
-            exit(0);
-        }
-        if (strcmp(argv[i], "--debug") == 0) {
-            o->debug = true;
-            continue;
-        }
-        if (config_split_flag(argc, argv, &i, flag, sizeof flag, &value) != 0)
-            exit(EXIT_USAGE);
-        int parsed = config_parse_training_flag(&o->train, flag, value);
-        if (parsed == 0)
-            parsed = parse_node_flag(o, flag, value);
-        if (parsed == 0)
-            fprintf(stderr, "error: unknown flag %s (see --help)\n", flag);
-        if (parsed != 1)
-            exit(EXIT_USAGE);
+    const Flag flags[] = {
+        CONFIG_TRAINING_FLAGS(&o->train),
+        {.name = "--nproc-per-node", .alias = "--gpus", .kind = FLAG_INT, .min = 1,
+         .max = WORKERS_MAX, .destination = &o->nproc, .value_name = "N",
+         .help = "worker processes on this node, one per GPU (default: the number of GPUs, or "
+                 "2 on the CPU)"},
+        {.name = "--nnodes", .kind = FLAG_INT, .min = 1, .max = RDZV_MAX_NODES,
+         .destination = &o->nnodes, .value_name = "N", .env = "NNODES",
+         .help = "nodes in the job (default 1)"},
+        {.name = "--node-rank", .kind = FLAG_INT, .min = 0, .max = RDZV_MAX_NODES - 1,
+         .destination = &o->node_rank, .value_name = "R", .env = "NODE_RANK",
+         .help = "this node's rank, 0 is the master (default 0)"},
+        {.name = "--master-addr", .kind = FLAG_TEXT, .destination = &o->master_addr,
+         .value_name = "ADDR", .env = "MASTER_ADDR",
+         .help = "where node 0 listens (default 127.0.0.1)"},
+        {.name = "--master-port", .kind = FLAG_INT, .min = 1, .max = 65535,
+         .destination = &o->master_port, .value_name = "PORT", .env = "MASTER_PORT",
+         .help = "its port (default 29500)"},
+        {.name = "--rdzv-timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
+         .destination = &o->rdzv_timeout_s, .value_name = "SECONDS",
+         .help = "how long to wait for every node (default 300)"},
+        {.name = "--token-file", .kind = FLAG_TEXT, .destination = &o->token_file,
+         .value_name = "FILE", .help = "the job's shared secret (default: env DDP_TOKEN)"},
+        {.name = "--backend", .kind = FLAG_CHOICE, .choices = "auto|nccl|ring|mpi",
+         .destination = &o->backend, .value_name = "NAME",
+         .help = "auto, nccl, ring or mpi (default auto: NCCL when every worker has its own "
+                 "GPU, the ring all-reduce otherwise; mpi: MPI_Allreduce, under mpirun -np N "
+                 "multi_node)"},
+        {.name = "--timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
+         .destination = &o->timeout_s, .value_name = "SECONDS",
+         .help = "deadline of every collective (default 60)"},
+        {.name = "--max-restarts", .kind = FLAG_INT, .min = 0, .max = CONFIG_MAX_RESTARTS,
+         .destination = &o->max_restarts, .value_name = "N",
+         .help = "when a worker fails anywhere, every node stops its workers, the nodes meet "
+                 "again and go on from the last checkpoint, up to N times (default 0; the same "
+                 "on every node)"},
+        {.name = "--debug", .kind = FLAG_SWITCH, .destination = &o->debug,
+         .help = "print every rendezvous and collective step on stderr"},
+    };
+    size_t count = sizeof flags / sizeof *flags;
+    char why[ERROR_TEXT_BYTES];
+    int parsed = config_parse_flags(flags, count, argc, argv, why, sizeof why);
+    if (parsed == CONFIG_HELP) {
+        config_print_help("multi_node",
+                          "One node's agent of a multi-node job: meets the other nodes at the "
+                          "master, then trains lesson 01's MLP with its workers, averaging "
+                          "gradients across every node.",
+                          flags, count);
+        exit(0);
     }
-    if (o->node_rank >= o->nnodes) {
-        fprintf(stderr, "error: --node-rank must be in [0, %d] for --nnodes %d, got %d\n",
-                o->nnodes - 1, o->nnodes, o->node_rank);
-        exit(EXIT_USAGE);
-    }
+    if (parsed == CONFIG_PARSED && o->node_rank >= o->nnodes)
+        snprintf(why, sizeof why, "--node-rank must be in [0, %d] for --nnodes %d, got %d",
+                 o->nnodes - 1, o->nnodes, o->node_rank);
+    if (parsed != CONFIG_PARSED || o->node_rank >= o->nnodes)
+        exit(usage_error(why));
 }
 
 // ----------------------------------------------------------------------------
@@ -205,76 +149,39 @@ typedef struct {
 // Decides this node's workers and backend before anything is forked. Exits with
 // EXIT_USAGE when the flags ask for what this machine or build cannot do.
 static void make_plan(Agent* a, const Options* o) {
-    char why[512];
+    char why[ERROR_TEXT_BYTES];
+    Checkpoint checkpoint; // the workers read it; a bad one fails here, before any fork
     a->opt = *o;
     if (strcmp(o->backend, "mpi") == 0) {
-        fprintf(stderr, "error: --backend mpi: start the job with mpirun -np N multi_node%s\n",
-                MPI_BUILT ? "" : " (and build with mpicc installed: this build has no MPI)");
-        exit(EXIT_USAGE);
+        snprintf(why, sizeof why, "--backend mpi: start the job with mpirun -np N multi_node%s",
+                 MPIRUN_BUILT ? "" : " (and build with mpicc installed: this build has no MPI)");
+        exit(usage_error(why));
     }
     a->gpus = device_gpus_for_workers(o->train.device, why, sizeof why);
     a->nproc = o->nproc > 0 ? o->nproc : (a->gpus > 0 ? a->gpus : 2);
-    if (a->gpus < 0 ||
-        comm_choose_backend(o->backend, a->gpus, a->nproc, &a->backend, why, sizeof why) != 0) {
-        fprintf(stderr, "error: %s\n", why);
-        exit(EXIT_USAGE);
-    }
-    if (o->nnodes * a->nproc > RDZV_MAX_RANKS) {
-        fprintf(stderr, "error: --nnodes %d x --nproc-per-node %d is more than %d ranks\n",
-                o->nnodes, a->nproc, RDZV_MAX_RANKS);
-        exit(EXIT_USAGE);
-    }
-    if (config_check(&o->train, o->nnodes * a->nproc) != 0 ||
+    if (a->gpus >= 0 && o->nnodes * a->nproc > RDZV_MAX_RANKS)
+        snprintf(why, sizeof why, "--nnodes %d x --nproc-per-node %d is more than %d ranks",
+                 o->nnodes, a->nproc, RDZV_MAX_RANKS);
+    if (a->gpus < 0 || o->nnodes * a->nproc > RDZV_MAX_RANKS ||
+        comm_choose_backend(o->backend, a->gpus, a->nproc, &a->backend, why, sizeof why) != 0 ||
+        config_check(&o->train, o->nnodes * a->nproc, why, sizeof why) != 0 ||
         (o->node_rank == 0 && o->train.out_dir != NULL &&
-         report_prepare_dir(o->train.out_dir) != 0))
-        exit(EXIT_USAGE);
-    Checkpoint checkpoint; // the workers read it; a bad one fails here, before any fork
-    if (checkpoint_find(&o->train, &checkpoint, why, sizeof why) < 0) {
-        fprintf(stderr, "error: %s\n", why);
-        exit(EXIT_USAGE);
-    }
+         report_prepare_dir(o->train.out_dir, why, sizeof why) != 0) ||
+        checkpoint_find(&o->train, &checkpoint, why, sizeof why) < 0)
+        exit(usage_error(why));
     checkpoint_free(&checkpoint);
 }
 
-// The job's shared secret: the first line of --token-file, else $DDP_TOKEN, else "".
-static int read_token(const Options* o, char* token, size_t len) {
-    const char* env = getenv("DDP_TOKEN");
-    if (o->token_file == NULL) {
-        if (env != NULL && strlen(env) > RDZV_TOKEN_BYTES) {
-            fprintf(stderr, "error: DDP_TOKEN is longer than %d characters\n", RDZV_TOKEN_BYTES);
-            return -1;
-        }
-        snprintf(token, len, "%s", env != NULL ? env : "");
-        return 0;
-    }
-    FILE* f = fopen(o->token_file, "r");
-    if (f == NULL || fgets(token, (int)len, f) == NULL) {
-        fprintf(stderr, "error: --token-file %s: %s\n", o->token_file,
-                f == NULL ? strerror(errno) : "the file is empty");
-        if (f != NULL)
-            fclose(f);
-        return -1;
-    }
-    fclose(f);
-    token[strcspn(token, "\r\n")] = '\0';
-    if (strlen(token) > RDZV_TOKEN_BYTES) {
-        fprintf(stderr, "error: --token-file %s: the token is longer than %d characters\n",
-                o->token_file, RDZV_TOKEN_BYTES);
-        return -1;
-    }
-    return 0;
-}
-
-// Everything that must be the same on every node, as "key=value ...".
+// Everything that must be the same on every node, as "key=value ...": the training's
+// settings (config_settings, which checkpoints hash too) and the job's.
 static void describe_settings(const Agent* a, char* out, size_t len) {
     const TrainConfig* c = &a->opt.train;
-    snprintf(out, len,
-             "epochs=%d batch_size=%d learning_rate=%.9g data_size=%d hidden_size=%d seed=%llu "
-             "optimizer=%s device=%s backend=%s timeout=%d nnodes=%d max_restarts=%d",
-             c->epochs, c->batch_size, c->learning_rate, c->data_size, c->hidden_size,
-             (unsigned long long)c->seed, c->optimizer == OPTIMIZER_SGD ? "sgd" : "adam",
-             a->gpus > 0 ? "cuda" : "cpu", a->backend == BACKEND_NCCL ? "nccl" : "ring",
-             a->opt.timeout_s, a->opt.nnodes, a->opt.max_restarts);
+    char training[RDZV_TEXT_BYTES / 2];
+    config_settings(c, training, sizeof training);
+    snprintf(out, len, "%s epochs=%d device=%s backend=%s timeout=%d nnodes=%d max_restarts=%d",
+             training, c->epochs, a->gpus > 0 ? "cuda" : "cpu",
+             a->backend == BACKEND_NCCL ? "nccl" : "ring", a->opt.timeout_s, a->opt.nnodes,
+             a->opt.max_restarts);
 }
 
 // One listening socket per local worker for the ring, on the address by which the
@@ -284,7 +191,7 @@ static int bind_ring_listeners(Agent* a, const char* addr, RdzvHello* own) {
     for (int i = 0; i < a->nproc; i++) {
         a->ring_listen_fds[i] = net_listen(addr, 0);
         if (a->ring_listen_fds[i] < 0) {
-            check_message("ring: cannot listen on %s: %s", addr, strerror(errno));
+            rank_log("ring: cannot listen on %s: %s", addr, strerror(errno));
             return -1;
         }
         own->ring_ports[i] = net_local_port(a->ring_listen_fds[i]);
@@ -302,20 +209,20 @@ static int rendezvous(Agent* a, const char* token) {
     rdzv_init(&a->rdzv, o->nnodes, o->node_rank, o->master_addr, o->master_port, token,
               o->rdzv_timeout_s, o->debug);
     a->rdzv.world_wait_s = o->timeout_s; // WORLD waits for NCCL's id from the master's rank 0
-    char addr[RDZV_ADDR_BYTES];
+    char addr[RDZV_ADDR_BYTES], why[ERROR_TEXT_BYTES];
     if (o->node_rank == 0) {
-        if (rdzv_master_listen(&a->rdzv) != 0)
-            exit(EXIT_USAGE); // the port is taken: nothing was started
+        if (rdzv_master_listen(&a->rdzv, why, sizeof why) != 0)
+            exit(usage_error(why)); // the port is taken: nothing was started
         net_local_addr(a->rdzv.listen_fd, addr, sizeof addr);
         if (strcmp(addr, "0.0.0.0") == 0) { // every interface: no address to give the others
-            fprintf(stderr,
-                    "error: --master-addr %s: give an address of this node that the other "
-                    "nodes can reach, not the wildcard\n",
-                    o->master_addr);
-            exit(EXIT_USAGE);
+            snprintf(why, sizeof why,
+                     "--master-addr %s: give an address of this node that the other nodes can "
+                     "reach, not the wildcard",
+                     o->master_addr);
+            exit(usage_error(why));
         }
         if (o->nnodes > 1 && strncmp(addr, "127.", 4) == 0)
-            check_message("warning: the master listens on %s, a loopback address: nodes on "
+            rank_log("warning: the master listens on %s, a loopback address: nodes on "
                           "other machines cannot join (give --master-addr this node's address)",
                           addr);
         RETURN_IF_FAILED(bind_ring_listeners(a, addr, &own));
@@ -346,14 +253,14 @@ static int hand_out_nccl_id(Agent* a) {
     double deadline = timer_seconds() + a->opt.timeout_s;
     int first = 0;
     if (a->opt.node_rank != 0 && !a->world.has_nccl_id) {
-        check_message("the master's WORLD carries no NCCL id, but this node runs NCCL");
+        rank_log("the master's WORLD carries no NCCL id, but this node runs NCCL");
         return -1;
     }
     if (a->opt.node_rank == 0) {
         NetStatus st =
             net_recv_all(a->id_fds[0][0], a->world.nccl_id, RDZV_NCCL_ID_BYTES, deadline);
         if (st != NET_OK) {
-            check_message("waiting for NCCL's unique id from rank 0: %s", net_status_str(st));
+            rank_log("waiting for NCCL's unique id from rank 0: %s", net_status_str(st));
             return -1;
         }
         a->world.has_nccl_id = true;
@@ -362,7 +269,7 @@ static int hand_out_nccl_id(Agent* a) {
     for (int i = first; i < a->nproc; i++)
         if (net_send_all(a->id_fds[i][0], a->world.nccl_id, RDZV_NCCL_ID_BYTES, deadline) !=
             NET_OK) {
-            check_message("giving NCCL's unique id to local rank %d failed", i);
+            rank_log("giving NCCL's unique id to local rank %d failed", i);
             return -1;
         }
     return 0;
@@ -425,7 +332,7 @@ static int upload_data(DeviceData* d, const Kernels* k, const Dataset* data, con
     int n_total = data->n_train + data->n_eval;
     d->n_eval_total = data->n_eval;
     d->n_eval = (data->n_eval - s->rank + s->world_size - 1) / s->world_size;
-    int* eval_order = malloc((size_t)d->n_eval * sizeof(int) + 1);
+    int* eval_order = malloc_nonzero((size_t)d->n_eval * sizeof(int));
     d->x = k->alloc((size_t)n_total * sizeof(float));
     d->y = k->alloc((size_t)n_total * sizeof(float));
     d->train_indices = k->alloc((size_t)s->num_samples * sizeof(int));
@@ -540,15 +447,6 @@ static void print_banner(const Agent* a) {
     printf("  Backend: %s\n", a->backend == BACKEND_NCCL ? "nccl" : "ring");
 }
 
-#ifdef HAVE_MPI
-static void print_mpi_banner(const TrainConfig* c, int world_size, Backend backend) {
-    config_print_banner(c);
-    printf("  Launcher: mpirun\n");
-    printf("  World size: %d\n", world_size);
-    printf("  Backend: %s\n", backend == BACKEND_NCCL ? "nccl" : "mpi");
-}
-#endif
-
 static void print_process_initialized(const Device* dev, int rank, int local_rank, int world_size) {
     char description[512], host[256] = "unknown";
     device_describe(dev, description, sizeof description);
@@ -585,10 +483,10 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
         mlp_print_summary(&model);
     // Every rank reads the checkpoint that it resumes from, if any: all must read the same.
     Checkpoint checkpoint;
-    char why[512];
+    char why[ERROR_TEXT_BYTES];
     int resuming = checkpoint_find(c, &checkpoint, why, sizeof why);
     if (resuming < 0)
-        check_message("%s", why);
+        rank_log("%s", why);
     if (resuming < 0 || checkpoint_ranks_agree(comm, dev->kernels, rank, world_size,
                                                resuming ? &checkpoint : NULL) != 0)
         return 1;
@@ -625,7 +523,7 @@ static int make_communicator(Communicator** comm, const Agent* a, int rank, int 
         if (a->opt.debug) {
             char interface[64];
             net_interface_of(a->world.ring_addr[rank], interface, sizeof interface);
-            check_message("ring: listening on %s:%d (interface %s), sending to rank %d at %s:%d",
+            rank_log("ring: listening on %s:%d (interface %s), sending to rank %d at %s:%d",
                           a->world.ring_addr[rank], a->world.ring_port[rank], interface, next,
                           a->world.ring_addr[next], a->world.ring_port[next]);
         }
@@ -634,16 +532,10 @@ static int make_communicator(Communicator** comm, const Agent* a, int rank, int 
             return -1;
         return comm_init_ring(comm, s, send_fd, recv_fd);
     }
-    unsigned char id[COMM_NCCL_ID_BYTES];
-    int fd = a->id_fds[local_rank][1];
-    double deadline = timer_seconds() + s.timeout_s;
-    if (rank == 0
-            ? comm_nccl_unique_id(id) != 0 || net_send_all(fd, id, sizeof id, deadline) != NET_OK
-            : net_recv_all(fd, id, sizeof id, deadline) != NET_OK) {
-        check_message("NCCL's unique id did not arrive from the agent");
-        return -1;
-    }
-    return comm_init_nccl(comm, s, id);
+    // The agent relays NCCL's id: from global rank 0 up to the master's agent, into WORLD,
+    // and down to every other worker.
+    NcclIdRoute route = {.transport = NCCL_ID_BY_RELAY, .relay_fd = a->id_fds[local_rank][1]};
+    return comm_init_nccl(comm, s, &route);
 }
 
 // Closes what the worker inherited of its siblings and of the agent, so that a peer's
@@ -666,10 +558,10 @@ static int worker_main(int local_rank, void* arg) {
     const TrainConfig* c = &a->opt.train;
     int rank = a->world.rank_offset[a->opt.node_rank] + local_rank;
     Device dev;
-    char why[512];
+    char why[ERROR_TEXT_BYTES];
     if (device_open(&dev, c->device, a->gpus > 0 ? local_rank % a->gpus : 0, why, sizeof why) !=
         0) {
-        check_message("%s", why);
+        rank_log("%s", why);
         return 1;
     }
     Communicator* comm = NULL;
@@ -684,65 +576,18 @@ static int worker_main(int local_rank, void* arg) {
     return status;
 }
 
-#ifdef HAVE_MPI
 // ----------------------------------------------------------------------------
-// under mpirun: no agents, no rendezvous; MPI numbers the ranks and carries the data
+// under mpirun: no agents, no rendezvous (under_mpirun.c); every process is a worker
 
-// The engine under mpirun: NCCL (its id through MPI_Bcast) or MPI_Allreduce itself.
-static int make_mpi_communicator(Communicator** comm, const Options* o, const Device* dev, int rank,
-                                 int world_size) {
-    CommSettings s = {.rank = rank,
-                      .world_size = world_size,
-                      .timeout_s = o->timeout_s,
-                      .debug = o->debug,
-                      .k = dev->kernels};
-    bool nccl = strcmp(o->backend, "nccl") == 0 ||
-                (strcmp(o->backend, "auto") == 0 && dev->kind == DEVICE_CUDA &&
-                 strcmp(comm_nccl_version(), "none") != 0);
-    if (strcmp(o->backend, "ring") == 0) {
-        check_message("--backend ring needs the agents' rendezvous; under mpirun use mpi or nccl");
-        return -1;
-    }
-    if (!nccl)
-        return comm_init_host(comm, s, mpi_collectives());
-    unsigned char id[COMM_NCCL_ID_BYTES];
-    if ((rank == 0 && comm_nccl_unique_id(id) != 0) || mpi_broadcast_bytes(id, sizeof id, 0) != 0)
-        return -1;
-    return comm_init_nccl(comm, s, id);
-}
-
-// Every process is a worker; a failure ends the whole job through MPI_Abort, which
-// mpirun reports with the rank that failed.
-static int run_under_mpi(const Options* o) {
-    int rank, world_size, local_rank;
-    if (mpi_world_init(&rank, &world_size, &local_rank) != 0)
-        return EXIT_FAILURE;
-    check_set_rank(rank);
-    const TrainConfig* c = &o->train;
-    int gpus = strcmp(c->device, "cpu") == 0 ? 0 : device_gpu_count(); // no fork: CUDA is fine
-    Device dev;
-    char why[512];
-    Communicator* comm = NULL;
+static int run_under_mpirun(const Options* o) {
+    MpirunRank r;
     int status = 1;
-    if (device_open(&dev, c->device, gpus > 0 ? local_rank % gpus : 0, why, sizeof why) != 0)
-        check_message("%s", why);
-    else if (config_check(c, world_size) == 0 &&
-             (rank != 0 || c->out_dir == NULL || report_prepare_dir(c->out_dir) == 0) &&
-             make_mpi_communicator(&comm, o, &dev, rank, world_size) == 0) {
-        if (rank == 0)
-            print_mpi_banner(c, world_size, comm_backend(comm));
-        print_process_initialized(&dev, rank, local_rank, world_size);
-        status = train_rank(c, &dev, comm, rank, world_size);
+    if (mpirun_start(&r, &o->train, o->backend, o->timeout_s, o->debug) == 0) {
+        print_process_initialized(&r.dev, r.rank, r.local_rank, r.world_size);
+        status = train_rank(&o->train, &r.dev, r.comm, r.rank, r.world_size);
     }
-    if (status != 0) {
-        check_message("failed: ending the MPI job");
-        mpi_world_abort(status);
-    }
-    comm_destroy(comm);
-    mpi_world_finalize();
-    return 0;
+    return mpirun_end(&r, status);
 }
-#endif
 
 // ----------------------------------------------------------------------------
 // one attempt at the job
@@ -785,15 +630,13 @@ int main(int argc, char** argv) {
     setvbuf(stdout, NULL, _IOLBF, 0); // whole lines, even into a pipe
     Options o;
     parse_args(&o, argc, argv);
-#ifdef HAVE_MPI
-    if (mpi_launched())
-        return run_under_mpi(&o);
-#endif
+    if (mpirun_launched())
+        return run_under_mpirun(&o);
     Agent plan = {0};
     make_plan(&plan, &o);
-    char token[RDZV_TOKEN_BYTES + 2];
-    if (read_token(&o, token, sizeof token) != 0)
-        return EXIT_USAGE;
+    char token[RDZV_TOKEN_BYTES + 2], why[ERROR_TEXT_BYTES];
+    if (rdzv_read_token(o.token_file, token, sizeof token, why, sizeof why) != 0)
+        return usage_error(why);
     for (int restart = 1;; restart++) {
         Agent a = plan;
         int status = run_job(&a, token);
@@ -809,6 +652,6 @@ int main(int argc, char** argv) {
         }
         fprintf(stderr, "node %d: restart %d/%d after: %s\n", o.node_rank, restart, o.max_restarts,
                 a.stop_reason);
-        plan.opt.train.resume = RESUME_IF_PRESENT; // from the last checkpoint, if one was written
+        plan.opt.train.resume_if_present = true; // from the last checkpoint, if one was written
     }
 }

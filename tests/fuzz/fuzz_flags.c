@@ -2,12 +2,10 @@
  * fuzz_flags.c - libFuzzer target: the training flags of common/config.c (make fuzz).
  *
  * The input, split at NUL bytes, is a command line: argv[1], argv[2], ... It is read as a
- * lesson's parse_args reads it: config_split_flag, then config_parse_training_flag for each
- * flag, stopping at --help or the first bad flag (the lesson would exit there), then
- * config_check for several world sizes. What the flags accepted must be in their ranges;
- * a value out of range aborts, which libFuzzer reports as a crash. The parsers' messages
- * go to /dev/null: stderr is pointed there (glibc lets a program assign it), while the
- * sanitizers and libFuzzer write to file descriptor 2 or their own copy of stderr.
+ * lesson's parse_args reads it: config_parse_flags against the training flags' table,
+ * then, if every flag was good, config_check for several world sizes. What the flags
+ * accepted must be in their ranges; a value out of range aborts, which libFuzzer reports
+ * as a crash, and so does a refusal without a reason.
  */
 #include <limits.h>
 #include <math.h>
@@ -16,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "config.h"
 
 #define MAX_ARGS 64
@@ -25,15 +24,6 @@ static void expect(int ok, const char* what) {
         fprintf(stdout, "fuzz_flags: broken promise: %s\n", what);
         abort();
     }
-}
-
-int LLVMFuzzerInitialize(int* argc, char*** argv) {
-    (void)argc;
-    (void)argv;
-    FILE* null = fopen("/dev/null", "w");
-    if (null != NULL)
-        stderr = null;
-    return 0;
 }
 
 // Splits text (len bytes and a NUL after them) at its NULs into argv after "fuzz_flags".
@@ -48,17 +38,12 @@ static int split_args(char* text, size_t len, char** argv) {
 // The flags as parse_args reads them; 1 if every one was good.
 static int parse_flags(TrainConfig* c, int argc, char** argv) {
     config_defaults(c);
-    for (int i = 1; i < argc; i++) {
-        char flag[64];
-        const char* value;
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-            return 0;
-        if (config_split_flag(argc, argv, &i, flag, sizeof flag, &value) != 0)
-            return 0;
-        if (config_parse_training_flag(c, flag, value) != 1)
-            return 0;
-    }
-    return 1;
+    const Flag flags[] = {CONFIG_TRAINING_FLAGS(c)};
+    char why[ERROR_TEXT_BYTES] = "";
+    int parsed = config_parse_flags(flags, sizeof flags / sizeof *flags, argc, argv, why,
+                                    sizeof why);
+    expect(parsed >= 0 || why[0] != '\0', "a refusal without a reason");
+    return parsed == CONFIG_PARSED;
 }
 
 static void check_ranges(const TrainConfig* c) {
@@ -85,11 +70,12 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     int argc = split_args(text, size, argv);
     argv[argc] = NULL;
     TrainConfig c;
+    char why[ERROR_TEXT_BYTES];
     if (parse_flags(&c, argc, argv)) {
         check_ranges(&c);
         const int world_sizes[] = {1, 2, 3, 64, 256};
         for (size_t w = 0; w < sizeof world_sizes / sizeof world_sizes[0]; w++)
-            if (config_check(&c, world_sizes[w]) == 0)
+            if (config_check(&c, world_sizes[w], why, sizeof why) == 0)
                 expect((long long)c.batch_size * c.hidden_size <= INT_MAX &&
                            c.batch_size <= c.data_size,
                        "config_check passed a batch that does not fit");
