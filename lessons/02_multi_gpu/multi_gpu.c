@@ -113,6 +113,7 @@ static void make_plan(Plan* p, const Options* o) {
 // ----------------------------------------------------------------------------
 // the data, moved to the device once
 
+// >>> shared "device data": the same in every lesson that has it (tests/test_lessons.c)
 typedef struct {
     float* x;           // (n_train + n_eval) every sample's input, on the device
     float* y;           // (n_train + n_eval) every sample's target
@@ -150,10 +151,12 @@ static void release_data(DeviceData* d, const Kernels* k) {
         if (buffers[i] != NULL)
             k->release(buffers[i]);
 }
+// <<< shared "device data"
 
 // ----------------------------------------------------------------------------
 // training and evaluation
 
+// >>> shared "train_epoch": the same in every lesson that has it (tests/test_lessons.c)
 // One pass over this rank's shard; *train_loss is the mean of the batch losses of all ranks.
 static int train_epoch(Mlp* m, Optimizer* opt, Sampler* s, const DeviceData* d, int epoch,
                        int batch_size, Communicator* comm, double* comm_seconds,
@@ -181,7 +184,9 @@ static int train_epoch(Mlp* m, Optimizer* opt, Sampler* s, const DeviceData* d, 
     RETURN_IF_FAILED(comm_allreduce_mean(comm, m->loss, 1));
     return mlp_take_loss(m, train_loss);
 }
+// <<< shared "train_epoch"
 
+// >>> shared "evaluate": the same in every lesson that has it (tests/test_lessons.c)
 // The mean squared error over every eval sample: each rank scores its share, the sum
 // over ranks of (its squared errors / all eval samples) is the global mean.
 static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, float* eval_loss) {
@@ -194,7 +199,9 @@ static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, float* eval
     RETURN_IF_FAILED(comm_allreduce_sum(comm, m->loss, 1));
     return mlp_take_loss(m, eval_loss);
 }
+// <<< shared "evaluate"
 
+// >>> shared "train": the same in every lesson that has it (tests/test_lessons.c)
 // Trains from the start, or from the epoch after resume_from's (unless it is NULL);
 // rank 0 (verbose) prints the progress and writes the checkpoints.
 static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, Communicator* comm,
@@ -230,10 +237,12 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
     }
     return 0;
 }
+// <<< shared "train"
 
 // ----------------------------------------------------------------------------
 // output
 
+// >>> shared "process initialized": the same in every lesson that has it (tests/test_lessons.c)
 static void print_process_initialized(const Device* dev, int rank, int local_rank, int world_size) {
     char description[512], host[256] = "unknown";
     device_describe(dev, description, sizeof description);
@@ -241,10 +250,12 @@ static void print_process_initialized(const Device* dev, int rank, int local_ran
     printf("[Rank %d] Process initialized on %s, local_rank: %d, world_size: %d, device: %s\n",
            rank, host, local_rank, world_size, description);
 }
+// <<< shared "process initialized"
 
 // ----------------------------------------------------------------------------
 // a rank: lesson 01's program, with a communicator
 
+// >>> shared "train_rank": the same in every lesson that has it (tests/test_lessons.c)
 // Trains one rank's replica to the end and checks it against the others. Returns
 // the rank's exit status.
 static int train_rank(const TrainConfig* c, const Device* dev, Communicator* comm, int rank,
@@ -293,6 +304,7 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
     free(stats);
     return status;
 }
+// <<< shared "train_rank"
 
 // ----------------------------------------------------------------------------
 // a worker: one rank's whole life

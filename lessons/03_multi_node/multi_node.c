@@ -319,6 +319,7 @@ static int finish(Agent* a, const Workers* w, int status) {
 // ----------------------------------------------------------------------------
 // the data, moved to the device once
 
+// >>> shared "device data": the same in every lesson that has it (tests/test_lessons.c)
 typedef struct {
     float* x;           // (n_train + n_eval) every sample's input, on the device
     float* y;           // (n_train + n_eval) every sample's target
@@ -356,10 +357,12 @@ static void release_data(DeviceData* d, const Kernels* k) {
         if (buffers[i] != NULL)
             k->release(buffers[i]);
 }
+// <<< shared "device data"
 
 // ----------------------------------------------------------------------------
 // training and evaluation
 
+// >>> shared "train_epoch": the same in every lesson that has it (tests/test_lessons.c)
 // One pass over this rank's shard; *train_loss is the mean of the batch losses of all ranks.
 static int train_epoch(Mlp* m, Optimizer* opt, Sampler* s, const DeviceData* d, int epoch,
                        int batch_size, Communicator* comm, double* comm_seconds,
@@ -387,7 +390,9 @@ static int train_epoch(Mlp* m, Optimizer* opt, Sampler* s, const DeviceData* d, 
     RETURN_IF_FAILED(comm_allreduce_mean(comm, m->loss, 1));
     return mlp_take_loss(m, train_loss);
 }
+// <<< shared "train_epoch"
 
+// >>> shared "evaluate": the same in every lesson that has it (tests/test_lessons.c)
 // The mean squared error over every eval sample: each rank scores its share, the sum
 // over ranks of (its squared errors / all eval samples) is the global mean.
 static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, float* eval_loss) {
@@ -400,7 +405,9 @@ static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, float* eval
     RETURN_IF_FAILED(comm_allreduce_sum(comm, m->loss, 1));
     return mlp_take_loss(m, eval_loss);
 }
+// <<< shared "evaluate"
 
+// >>> shared "train": the same in every lesson that has it (tests/test_lessons.c)
 // Trains from the start, or from the epoch after resume_from's (unless it is NULL);
 // rank 0 (verbose) prints the progress and writes the checkpoints.
 static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, Communicator* comm,
@@ -436,6 +443,7 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
     }
     return 0;
 }
+// <<< shared "train"
 
 // ----------------------------------------------------------------------------
 // output
@@ -447,6 +455,7 @@ static void print_banner(const Agent* a) {
     printf("  Backend: %s\n", a->backend == BACKEND_NCCL ? "nccl" : "ring");
 }
 
+// >>> shared "process initialized": the same in every lesson that has it (tests/test_lessons.c)
 static void print_process_initialized(const Device* dev, int rank, int local_rank, int world_size) {
     char description[512], host[256] = "unknown";
     device_describe(dev, description, sizeof description);
@@ -454,10 +463,12 @@ static void print_process_initialized(const Device* dev, int rank, int local_ran
     printf("[Rank %d] Process initialized on %s, local_rank: %d, world_size: %d, device: %s\n",
            rank, host, local_rank, world_size, description);
 }
+// <<< shared "process initialized"
 
 // ----------------------------------------------------------------------------
 // a rank: lesson 01's program, with a communicator
 
+// >>> shared "train_rank": the same in every lesson that has it (tests/test_lessons.c)
 // Trains one rank's replica to the end and checks it against the others. Returns
 // the rank's exit status.
 static int train_rank(const TrainConfig* c, const Device* dev, Communicator* comm, int rank,
@@ -506,6 +517,7 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
     free(stats);
     return status;
 }
+// <<< shared "train_rank"
 
 // ----------------------------------------------------------------------------
 // a worker: one rank's whole life
