@@ -411,13 +411,12 @@ int checkpoint_save_due(const TrainConfig* c, int world_size, const Mlp* m, cons
     return err ? -1 : 0;
 }
 
-int checkpoint_ranks_agree(Communicator* comm, const Kernels* k, int rank, int world_size,
-                           const Checkpoint* found) {
+int checkpoint_ranks_agree(Communicator* comm, int rank, int world_size, const Checkpoint* found) {
     // 0 for none; a file's CRC in the low half, 1 in the high half.
     uint64_t mine = found != NULL ? 1ull << 32 | found->crc : 0;
     uint64_t* hashes = malloc((size_t)world_size * sizeof *hashes);
     int differ = 0;
-    if (hashes == NULL || replicas_gather_hashes(comm, k, rank, world_size, mine, hashes) != 0) {
+    if (hashes == NULL || comm_allgather_u64(comm, mine, hashes) != 0) {
         free(hashes);
         return -1;
     }
@@ -426,10 +425,10 @@ int checkpoint_ranks_agree(Communicator* comm, const Kernels* k, int rank, int w
             differ++;
             if (rank == 0)
                 rank_log("rank %d %s than rank 0: --checkpoint-dir must be one directory "
-                              "that every node sees",
-                              r,
-                              hashes[r] == 0 || hashes[0] == 0 ? "found another checkpoint state"
-                                                               : "read another checkpoint");
+                         "that every node sees",
+                         r,
+                         hashes[r] == 0 || hashes[0] == 0 ? "found another checkpoint state"
+                                                          : "read another checkpoint");
         }
     free(hashes);
     return differ ? -1 : 0;

@@ -77,10 +77,10 @@ int checkpoint_write(const char* dir, const Checkpoint* ck, char* why, size_t wh
 int checkpoint_read(const char* dir, Checkpoint* ck, char* why, size_t why_len);
 void checkpoint_free(Checkpoint* ck);
 
-// What c->resume (or c->resume_if_present) asks of c->checkpoint_dir: 1 with ck filled when there is a
-// checkpoint that fits the run c describes, 0 when the run starts from scratch,
-// -1 with the reason in why (a checkpoint that does not fit, is damaged, is
-// missing after --resume, or would be overwritten by a fresh run).
+// What c->resume (or c->resume_if_present) asks of c->checkpoint_dir: 1 with ck filled when there
+// is a checkpoint that fits the run c describes, 0 when the run starts from scratch, -1 with the
+// reason in why (a checkpoint that does not fit, is damaged, is missing after --resume, or would be
+// overwritten by a fresh run).
 int checkpoint_find(const TrainConfig* c, Checkpoint* ck, char* why, size_t why_len);
 
 // Puts ck's state into m, opt and stats (room for c->epochs) and returns the epoch
@@ -96,8 +96,7 @@ int checkpoint_save_due(const TrainConfig* c, int world_size, const Mlp* m, cons
 // Every rank read the checkpoint on its own node: they must have read the same
 // one (found, or NULL for none). Returns 0, or -1 on every rank after rank 0 names
 // the ranks that differ.
-int checkpoint_ranks_agree(Communicator* comm, const Kernels* k, int rank, int world_size,
-                           const Checkpoint* found);
+int checkpoint_ranks_agree(Communicator* comm, int rank, int world_size, const Checkpoint* found);
 
 #ifdef __cplusplus
 }

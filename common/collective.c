@@ -104,7 +104,7 @@ static int accept_left(int listen_fd, int expected_rank, double deadline) {
         int fd = net_accept(listen_fd, deadline);
         if (fd < 0) {
             rank_log("ring: waiting for rank %d to connect: %s", expected_rank,
-                          errno == ETIMEDOUT ? "timed out" : strerror(errno));
+                     errno == ETIMEDOUT ? "timed out" : strerror(errno));
             return -1;
         }
         uint32_t hello[2];
@@ -115,8 +115,7 @@ static int accept_left(int listen_fd, int expected_rank, double deadline) {
             return fd;
         char peer[64];
         net_peer_name(fd, peer, sizeof peer);
-        rank_log("ring: turned away a connection from %s that is not rank %d", peer,
-                      expected_rank);
+        rank_log("ring: turned away a connection from %s that is not rank %d", peer, expected_rank);
         close(fd);
     }
 }
@@ -200,18 +199,17 @@ static int ring_transfer(Communicator* c, const char* what, int step, const void
     NetStatus st = net_exchange(c->send_fd, send_pieces, sending ? 2 : 0, c->recv_fd, recv_pieces,
                                 receiving ? 2 : 0, deadline);
     if (st != NET_OK) {
-        rank_log("%s step %d with ranks %d (left) and %d (right): %s%s", what, step,
-                      mod(r - 1, N), mod(r + 1, N), net_status_str(st),
-                      st == NET_TIMEOUT ? " (see --timeout)" : "");
+        rank_log("%s step %d with ranks %d (left) and %d (right): %s%s", what, step, mod(r - 1, N),
+                 mod(r + 1, N), net_status_str(st), st == NET_TIMEOUT ? " (see --timeout)" : "");
         return -1;
     }
     if (receiving && (ntohl(in.magic) != RING_FRAME_MAGIC || ntohl(in.sequence) != c->sequence ||
                       ntohl(in.step) != (uint32_t)step || ntohl(in.bytes) != recv_bytes)) {
         rank_log("%s step %d: rank %d sent collective #%u step %u (%u bytes), this rank "
-                      "expected #%u step %d (%zu bytes): the ranks are not running the same "
-                      "collectives",
-                      what, step, mod(r - 1, N), ntohl(in.sequence), ntohl(in.step),
-                      ntohl(in.bytes), c->sequence, step, recv_bytes);
+                 "expected #%u step %d (%zu bytes): the ranks are not running the same "
+                 "collectives",
+                 what, step, mod(r - 1, N), ntohl(in.sequence), ntohl(in.step), ntohl(in.bytes),
+                 c->sequence, step, recv_bytes);
         return -1;
     }
     return 0;
@@ -225,8 +223,8 @@ static int ring_step(Communicator* c, const char* what, int step, float* data, s
     size_t send_n = chunk_begin(count, N, send_c + 1) - send_at;
     size_t recv_n = chunk_begin(count, N, recv_c + 1) - recv_at;
     if (c->s.debug)
-        rank_log("%s step %d: chunk %d (%zu floats) to rank %d, chunk %d from rank %d", what,
-                      step, send_c, send_n, mod(r + 1, N), recv_c, mod(r - 1, N));
+        rank_log("%s step %d: chunk %d (%zu floats) to rank %d, chunk %d from rank %d", what, step,
+                 send_c, send_n, mod(r + 1, N), recv_c, mod(r - 1, N));
     return ring_transfer(c, what, step, data + send_at, send_n * sizeof(float), into,
                          recv_n * sizeof(float), deadline);
 }
@@ -261,9 +259,8 @@ static int ring_broadcast_host(Communicator* c, float* data, size_t count, int r
     size_t bytes = count * sizeof(float);
     if (c->s.debug)
         rank_log("ring broadcast of %zu floats from rank %d: %s rank %d%s", count, root,
-                      r == root ? "send to" : "receive from",
-                      r == root ? mod(r + 1, N) : mod(r - 1, N),
-                      r != root && mod(r + 1, N) != root ? ", then pass on" : "");
+                 r == root ? "send to" : "receive from", r == root ? mod(r + 1, N) : mod(r - 1, N),
+                 r != root && mod(r + 1, N) != root ? ", then pass on" : "");
     if (r != root)
         RETURN_IF_FAILED(ring_transfer(c, "ring broadcast", 0, NULL, 0, data, bytes, deadline));
     if (mod(r + 1, N) != root)
@@ -323,7 +320,7 @@ static int nccl_wait(Communicator* c, const char* what, double deadline, bool on
         }
         if (timer_seconds() > deadline) {
             rank_log("%s: timed out after %.0f s (see --timeout); aborting NCCL", what,
-                          c->s.timeout_s);
+                     c->s.timeout_s);
             ncclCommAbort(c->nccl);
             c->nccl = NULL;
             return -1;
@@ -470,8 +467,8 @@ int comm_init_nccl(Communicator** comm, CommSettings s, const NcclIdRoute* route
     int shared = -1;
     switch (route->transport) {
     case NCCL_ID_BY_RING:
-        shared = share_id_by_ring(id, s.rank, s.world_size, route->send_fd, route->recv_fd,
-                                  deadline);
+        shared =
+            share_id_by_ring(id, s.rank, s.world_size, route->send_fd, route->recv_fd, deadline);
         break;
     case NCCL_ID_BY_RELAY:
         shared = share_id_by_relay(id, s.rank, route->relay_fd, deadline);
@@ -538,6 +535,38 @@ int comm_barrier(Communicator* c) {
     RETURN_IF_FAILED(ring_reserve(c, 1, false));
     c->sequence++;
     return ring_allreduce_host(c, &token, 1);
+}
+
+// A 64-bit number as four 16-bit pieces: integers below 2^24 are exact in a float, and a
+// sum with zeros leaves them unchanged, so an all-reduce can carry them.
+#define U64_PIECES 4
+
+int comm_allgather_u64(Communicator* c, uint64_t mine, uint64_t* all) {
+    const Kernels* k = c->s.k;
+    size_t count = (size_t)c->s.world_size * U64_PIECES;
+    float* host = calloc(count, sizeof(float));
+    float* device = k->alloc(count * sizeof(float));
+    int err = host == NULL || device == NULL;
+    if (!err) {
+        // Step 1) each rank writes its pieces into its own slots; the rest stay 0.
+        for (int p = 0; p < U64_PIECES; p++)
+            host[c->s.rank * U64_PIECES + p] = (float)((mine >> (16 * p)) & 0xffff);
+        // Step 2) the sum over ranks fills every slot on every rank.
+        err = k->upload(device, host, count * sizeof(float)) ||
+              comm_allreduce_sum(c, device, count) ||
+              k->download(host, device, count * sizeof(float));
+    }
+    for (int r = 0; !err && r < c->s.world_size; r++) {
+        all[r] = 0;
+        for (int p = 0; p < U64_PIECES; p++)
+            all[r] |= (uint64_t)host[r * U64_PIECES + p] << (16 * p);
+    }
+    if (device != NULL)
+        k->release(device);
+    free(host);
+    if (err)
+        rank_log("all-gather of one number per rank failed");
+    return err ? -1 : 0;
 }
 
 Backend comm_backend(const Communicator* c) {

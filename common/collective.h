@@ -16,7 +16,8 @@
  * APIs: Backend, CommSettings, HostCollectives, Communicator, comm_choose_backend,
  * comm_ring_socketpairs, comm_ring_keep_own, comm_ring_connect_tcp, comm_init_ring, comm_init_host,
  * NcclIdTransport, NcclIdRoute, comm_init_nccl, comm_nccl_version, comm_allreduce_sum,
- *       comm_allreduce_mean, comm_broadcast, comm_barrier, comm_abort, comm_destroy,
+ *       comm_allreduce_mean, comm_broadcast, comm_barrier, comm_allgather_u64, comm_abort,
+ *       comm_destroy,
  *       comm_backend.
  */
 #ifndef COLLECTIVE_H
@@ -24,6 +25,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "kernels.h"
 
@@ -109,6 +111,8 @@ int comm_allreduce_sum(Communicator* comm, float* buf, size_t count);
 int comm_allreduce_mean(Communicator* comm, float* buf, size_t count);
 int comm_broadcast(Communicator* comm, float* buf, size_t count, int root);
 int comm_barrier(Communicator* comm);
+// all (world_size) = every rank's mine, on every rank: a hash, a count, a fingerprint.
+int comm_allgather_u64(Communicator* comm, uint64_t mine, uint64_t* all);
 // Ends the communicator at once, even in the middle of a failed call.
 void comm_abort(Communicator* comm);
 void comm_destroy(Communicator* comm);

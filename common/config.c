@@ -47,13 +47,12 @@ static bool is_decimal(const char* text) {
     return isdigit((unsigned char)*text);
 }
 
-static int parse_int(const char* flag, const char* value, long min, long max, int* out,
-                     char* why, size_t why_len) {
+static int parse_int(const char* flag, const char* value, long min, long max, int* out, char* why,
+                     size_t why_len) {
     char* end = NULL;
     errno = 0;
     long v = value != NULL ? strtol(value, &end, 10) : 0;
-    if (value == NULL || !is_decimal(value) || *end != '\0' || errno != 0 || v < min ||
-        v > max) {
+    if (value == NULL || !is_decimal(value) || *end != '\0' || errno != 0 || v < min || v > max) {
         snprintf(why, why_len, "%s must be an integer in [%ld, %ld], got '%s'", flag, min, max,
                  shown(value));
         return -1;
@@ -254,7 +253,8 @@ void config_print_help(const char* program, const char* description, const Flag*
     printf("usage: %s [flags]\n\n%s\n\nflags:\n", program, description);
     for (size_t i = 0; i < count; i++)
         print_flag_help(&flags[i]);
-    print_flag_help(&(Flag){.name = "--help", .kind = FLAG_SWITCH, .help = "print this help and exit"});
+    print_flag_help(
+        &(Flag){.name = "--help", .kind = FLAG_SWITCH, .help = "print this help and exit"});
 }
 
 // ----------------------------------------------------------------------------

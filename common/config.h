@@ -73,8 +73,8 @@ typedef int (*FlagParse)(const char* flag, const char* value, void* destination,
                          size_t why_len);
 
 typedef struct {
-    const char* name;       // "--epochs"
-    const char* alias;      // another name for it, or NULL
+    const char* name;  // "--epochs"
+    const char* alias; // another name for it, or NULL
     FlagKind kind;
     long min, max;          // FLAG_INT: [min, max]; FLAG_FLOAT: (min, max]
     const char* choices;    // FLAG_CHOICE, FLAG_ENUM
@@ -87,35 +87,74 @@ typedef struct {
 
 // The training flags, as the first entries of a program's table; c is a TrainConfig*.
 #define CONFIG_TRAINING_FLAGS(c)                                                                   \
-    {.name = "--epochs", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_EPOCHS,                     \
-     .destination = &(c)->epochs, .value_name = "N",                                              \
+    {.name = "--epochs",                                                                           \
+     .kind = FLAG_INT,                                                                             \
+     .min = 1,                                                                                     \
+     .max = CONFIG_MAX_EPOCHS,                                                                     \
+     .destination = &(c)->epochs,                                                                  \
+     .value_name = "N",                                                                            \
      .help = "passes over the training data (default 50)"},                                        \
-        {.name = "--batch-size", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_BATCH,              \
-         .destination = &(c)->batch_size, .value_name = "N",                                       \
+        {.name = "--batch-size",                                                                   \
+         .kind = FLAG_INT,                                                                         \
+         .min = 1,                                                                                 \
+         .max = CONFIG_MAX_BATCH,                                                                  \
+         .destination = &(c)->batch_size,                                                          \
+         .value_name = "N",                                                                        \
          .help = "samples per step and rank (default 32)"},                                        \
-        {.name = "--learning-rate", .kind = FLAG_FLOAT, .min = 0, .max = 10,                       \
-         .destination = &(c)->learning_rate, .value_name = "X",                                    \
+        {.name = "--learning-rate",                                                                \
+         .kind = FLAG_FLOAT,                                                                       \
+         .min = 0,                                                                                 \
+         .max = 10,                                                                                \
+         .destination = &(c)->learning_rate,                                                       \
+         .value_name = "X",                                                                        \
          .help = "optimizer step size (default 0.01)"},                                            \
-        {.name = "--data-size", .kind = FLAG_INT, .min = 10, .max = CONFIG_MAX_DATA,               \
-         .destination = &(c)->data_size, .value_name = "N",                                        \
+        {.name = "--data-size",                                                                    \
+         .kind = FLAG_INT,                                                                         \
+         .min = 10,                                                                                \
+         .max = CONFIG_MAX_DATA,                                                                   \
+         .destination = &(c)->data_size,                                                           \
+         .value_name = "N",                                                                        \
          .help = "samples in all, 80% train and 20% eval (default 2000)"},                         \
-        {.name = "--hidden-size", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_HIDDEN,            \
-         .destination = &(c)->hidden_size, .value_name = "N",                                      \
+        {.name = "--hidden-size",                                                                  \
+         .kind = FLAG_INT,                                                                         \
+         .min = 1,                                                                                 \
+         .max = CONFIG_MAX_HIDDEN,                                                                 \
+         .destination = &(c)->hidden_size,                                                         \
+         .value_name = "N",                                                                        \
          .help = "width of the hidden layers (default 64)"},                                       \
-        {.name = "--seed", .kind = FLAG_SEED, .destination = &(c)->seed, .value_name = "N",        \
+        {.name = "--seed",                                                                         \
+         .kind = FLAG_SEED,                                                                        \
+         .destination = &(c)->seed,                                                                \
+         .value_name = "N",                                                                        \
          .help = "decides the data, the initial weights and the shuffle (default 42)"},            \
-        {.name = "--optimizer", .kind = FLAG_ENUM, .choices = "adam|sgd",                          \
-         .destination = &(c)->optimizer, .value_name = "NAME",                                     \
+        {.name = "--optimizer",                                                                    \
+         .kind = FLAG_ENUM,                                                                        \
+         .choices = "adam|sgd",                                                                    \
+         .destination = &(c)->optimizer,                                                           \
+         .value_name = "NAME",                                                                     \
          .help = "adam or sgd (SGD with momentum 0.9) (default adam)"},                            \
-        {.name = "--device", .kind = FLAG_CHOICE, .choices = "auto|cpu|cuda",                      \
-         .destination = &(c)->device, .value_name = "NAME",                                        \
+        {.name = "--device",                                                                       \
+         .kind = FLAG_CHOICE,                                                                      \
+         .choices = "auto|cpu|cuda",                                                               \
+         .destination = &(c)->device,                                                              \
+         .value_name = "NAME",                                                                     \
          .help = "auto, cpu or cuda (default auto: a GPU if there is one)"},                       \
-        {.name = "--out", .kind = FLAG_DIR, .destination = &(c)->out_dir, .value_name = "DIR",     \
+        {.name = "--out",                                                                          \
+         .kind = FLAG_DIR,                                                                         \
+         .destination = &(c)->out_dir,                                                             \
+         .value_name = "DIR",                                                                      \
          .help = "write DIR/losses.csv and DIR/loss.png"},                                         \
-        {.name = "--checkpoint-dir", .kind = FLAG_DIR, .destination = &(c)->checkpoint_dir,        \
-         .value_name = "DIR", .help = "save the model and optimizer to DIR/checkpoint.bin"},       \
-        {.name = "--checkpoint-every", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_EPOCHS,       \
-         .destination = &(c)->checkpoint_every, .value_name = "N",                                 \
+        {.name = "--checkpoint-dir",                                                               \
+         .kind = FLAG_DIR,                                                                         \
+         .destination = &(c)->checkpoint_dir,                                                      \
+         .value_name = "DIR",                                                                      \
+         .help = "save the model and optimizer to DIR/checkpoint.bin"},                            \
+        {.name = "--checkpoint-every",                                                             \
+         .kind = FLAG_INT,                                                                         \
+         .min = 1,                                                                                 \
+         .max = CONFIG_MAX_EPOCHS,                                                                 \
+         .destination = &(c)->checkpoint_every,                                                    \
+         .value_name = "N",                                                                        \
          .help = "epochs between two checkpoints (default 1; the last one always)"},               \
     {                                                                                              \
         .name = "--resume", .kind = FLAG_SWITCH, .destination = &(c)->resume,                      \

@@ -7,8 +7,8 @@
  * unique id, and MPI_Allreduce can serve as the CPU collective. Built only when mpicc
  * is found (HAVE_MPI); nothing else in common/ depends on it.
  *
- * APIs: mpi_launched, mpi_local_rank_from_launcher, mpi_world_init, mpi_collectives, mpi_broadcast_bytes,
- *       mpi_world_abort, mpi_world_finalize.
+ * APIs: mpi_launched, mpi_local_rank_from_launcher, mpi_world_init, mpi_collectives,
+ * mpi_broadcast_bytes, mpi_world_abort, mpi_world_finalize.
  */
 #ifndef MPI_WORLD_H
 #define MPI_WORLD_H

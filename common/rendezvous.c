@@ -408,15 +408,14 @@ int rdzv_master_listen(Rdzv* r, char* why, size_t why_len) {
     r->listen_fd = net_listen(r->master_addr, r->master_port);
     if (r->listen_fd < 0) {
         int err = errno;
-        snprintf(why, why_len, "bind %s:%d: %s; %s", r->master_addr, r->master_port,
-                 strerror(err),
+        snprintf(why, why_len, "bind %s:%d: %s; %s", r->master_addr, r->master_port, strerror(err),
                  err == EADDRINUSE ? "use --master-port or stop the old run"
                                    : "is --master-addr an address of this machine (node 0)?");
         return -1;
     }
     if (r->debug)
         rank_log("rendezvous: step 1) master listening on %s:%d for %d node%s", r->master_addr,
-                      r->master_port, r->nnodes - 1, r->nnodes > 2 ? "s" : "");
+                 r->master_port, r->nnodes - 1, r->nnodes > 2 ? "s" : "");
     return 0;
 }
 
@@ -525,14 +524,14 @@ static void admit_one(Rdzv* r, const RdzvHello* own, int fd) {
     }
     if (r->control_fd[h->node_rank] >= 0) { // check_hello found its first holder gone
         rank_log("rendezvous: node %d left before the world formed; %s takes its place",
-                      h->node_rank, peer);
+                 h->node_rank, peer);
         close(r->control_fd[h->node_rank]);
     }
     r->control_fd[h->node_rank] = fd;
     r->hello[h->node_rank] = *h;
     if (r->debug)
         rank_log("rendezvous: step 2) node %d joined from %s with %d worker%s, ring at %s",
-                      h->node_rank, peer, h->nproc, h->nproc > 1 ? "s" : "", h->ring_addr);
+                 h->node_rank, peer, h->nproc, h->nproc > 1 ? "s" : "", h->ring_addr);
 }
 
 static int nodes_in(const Rdzv* r) {
@@ -568,8 +567,7 @@ int rdzv_master_gather(Rdzv* r, const RdzvHello* own) {
     close(r->listen_fd);
     r->listen_fd = -1;
     if (r->debug)
-        rank_log("rendezvous: step 3) all %d nodes are in: the master stops listening",
-                      r->nnodes);
+        rank_log("rendezvous: step 3) all %d nodes are in: the master stops listening", r->nnodes);
     return 0;
 }
 
@@ -593,8 +591,8 @@ int rdzv_master_send_world(Rdzv* r, const RdzvWorld* world) {
     double deadline = timer_seconds() + r->timeout_s;
     for (int n = 1; n < r->nnodes; n++) {
         if (r->debug)
-            rank_log("rendezvous: step 4) WORLD to node %d: world size %d, its first rank %d",
-                          n, world->world_size, world->rank_offset[n]);
+            rank_log("rendezvous: step 4) WORLD to node %d: world size %d, its first rank %d", n,
+                     world->world_size, world->rank_offset[n]);
         if (len == 0 || send_msg(r->control_fd[n], RDZV_WORLD, payload, len, deadline) != NET_OK) {
             rank_log("rendezvous: could not send WORLD to node %d", n);
             return -1;
@@ -615,12 +613,12 @@ int rdzv_connect(Rdzv* r) {
     char why[512];
     if (r->debug)
         rank_log("rendezvous: step 1) node %d connecting to the master at %s:%d", r->node_rank,
-                      r->master_addr, r->master_port);
+                 r->master_addr, r->master_port);
     r->control_fd[0] = net_connect_retry(r->master_addr, r->master_port, deadline, why, sizeof why);
     if (r->control_fd[0] < 0) {
         rank_log("rendezvous: cannot reach the master: %s; gave up before the %.0f s "
-                      "deadline (see --rdzv-timeout)",
-                      why, r->timeout_s);
+                 "deadline (see --rdzv-timeout)",
+                 why, r->timeout_s);
         return -1;
     }
     return 0;
@@ -637,12 +635,12 @@ static int expect_from_master(int fd, RdzvType want, RdzvMessage* m, unsigned ch
     }
     if (m->type == RDZV_REFUSE || m->type == RDZV_ABORT) {
         rank_log("rendezvous: the master %s: %s",
-                      m->type == RDZV_REFUSE ? "refused this node" : "gave up", m->text);
+                 m->type == RDZV_REFUSE ? "refused this node" : "gave up", m->text);
         return -1;
     }
     if (m->type != want) {
         rank_log("rendezvous: the master sent %s where %s belongs", type_name(m->type),
-                      type_name(want));
+                 type_name(want));
         return -1;
     }
     return 0;
@@ -660,8 +658,8 @@ int rdzv_join(Rdzv* r, const RdzvHello* own, RdzvWorld* world) {
     hello_proof(bytes + len, r->token, m.challenge, bytes, len);
     len += RDZV_PROOF_BYTES;
     if (r->debug)
-        rank_log("rendezvous: step 2) HELLO sent: node %d, %d worker%s, ring at %s",
-                      own->node_rank, own->nproc, own->nproc > 1 ? "s" : "", own->ring_addr);
+        rank_log("rendezvous: step 2) HELLO sent: node %d, %d worker%s, ring at %s", own->node_rank,
+                 own->nproc, own->nproc > 1 ? "s" : "", own->ring_addr);
     NetStatus sent = send_msg(fd, RDZV_HELLO, bytes, len, deadline);
     if (sent != NET_OK) {
         rank_log("rendezvous: sending HELLO: %s", net_status_str(sent));
@@ -675,7 +673,7 @@ int rdzv_join(Rdzv* r, const RdzvHello* own, RdzvWorld* world) {
     *world = m.world;
     if (r->debug)
         rank_log("rendezvous: step 4) WORLD received: world size %d, first rank here %d",
-                      world->world_size, world->rank_offset[r->node_rank]);
+                 world->world_size, world->rank_offset[r->node_rank]);
     return 0;
 }
 
@@ -751,7 +749,7 @@ int rdzv_master_wait_done(Rdzv* r, double deadline) {
         }
         if (timer_seconds() > deadline) {
             rank_log("timed out waiting for %d node%s to finish", r->nnodes - done,
-                          r->nnodes - done > 1 ? "s" : "");
+                     r->nnodes - done > 1 ? "s" : "");
             return -1;
         }
         usleep(10000);

@@ -19,46 +19,13 @@ static uint64_t replicas_hash(const void* bytes, size_t len) {
     return h;
 }
 
-// A 64-bit hash as four 16-bit pieces: integers below 2^24 are exact in a float,
-// and a sum with zeros leaves them unchanged, so an all-reduce can carry them.
-#define PIECES 4
-
-int replicas_gather_hashes(Communicator* comm, const Kernels* k, int rank, int world_size,
-                           uint64_t mine, uint64_t* hashes) {
-    size_t count = (size_t)world_size * PIECES;
-    float* host = calloc(count, sizeof(float));
-    float* device = k->alloc(count * sizeof(float));
-    int err = host == NULL || device == NULL;
-    if (!err) {
-        // Step 1) each rank writes its pieces into its own slots; the rest stay 0.
-        for (int p = 0; p < PIECES; p++)
-            host[rank * PIECES + p] = (float)((mine >> (16 * p)) & 0xffff);
-        // Step 2) the sum over ranks fills every slot on every rank.
-        err = k->upload(device, host, count * sizeof(float)) ||
-              comm_allreduce_sum(comm, device, count) ||
-              k->download(host, device, count * sizeof(float));
-    }
-    for (int r = 0; !err && r < world_size; r++) {
-        hashes[r] = 0;
-        for (int p = 0; p < PIECES; p++)
-            hashes[r] |= (uint64_t)host[r * PIECES + p] << (16 * p);
-    }
-    if (device != NULL)
-        k->release(device);
-    free(host);
-    if (err)
-        rank_log("replica check: could not share the parameter hashes");
-    return err ? -1 : 0;
-}
-
 int replicas_check(Communicator* comm, const Kernels* k, const float* params, size_t count,
                    int rank, int world_size) {
     float* host = malloc_nonzero(count * sizeof(float));
     uint64_t* hashes = malloc((size_t)world_size * sizeof(uint64_t));
     int err = host == NULL || hashes == NULL || k->download(host, params, count * sizeof(float));
     if (!err)
-        err = replicas_gather_hashes(comm, k, rank, world_size,
-                                     replicas_hash(host, count * sizeof(float)), hashes);
+        err = comm_allgather_u64(comm, replicas_hash(host, count * sizeof(float)), hashes);
     int agree = !err;
     for (int r = 1; !err && r < world_size; r++)
         if (hashes[r] != hashes[0]) {

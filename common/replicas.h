@@ -6,7 +6,7 @@
  * parameters and every rank learns every hash, so a rank that drifted (a
  * missed all-reduce, a non-deterministic kernel) is named, not guessed at.
  *
- * APIs: replicas_gather_hashes, replicas_check.
+ * APIs: replicas_check.
  */
 #ifndef REPLICAS_H
 #define REPLICAS_H
@@ -19,10 +19,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-// hashes (world_size) = every rank's hash, on every rank. Returns 0 or -1.
-int replicas_gather_hashes(Communicator* comm, const Kernels* k, int rank, int world_size,
-                           uint64_t mine, uint64_t* hashes);
 
 // Every rank hashes its params (count floats in the memory of k); all must match
 // rank 0's. Rank 0 prints "Replicas agree: yes (N ranks, hash 0x...)", or names each

@@ -76,7 +76,8 @@ static void plot_losses(const char* dir) {
             dir, dir);
     int status = pclose(gp);
     if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        rank_log("warning: gnuplot failed, so no %s/loss.png; %s/losses.csv has the data", dir, dir);
+        rank_log("warning: gnuplot failed, so no %s/loss.png; %s/losses.csv has the data", dir,
+                 dir);
 }
 
 int report_write(const char* dir, const EpochStats* stats, int epochs) {

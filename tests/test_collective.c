@@ -563,7 +563,7 @@ Test(ring, barrier_lets_nobody_leave_before_the_last_rank_arrives) {
 }
 
 // ----------------------------------------------------------------------------
-// the replica check's hash exchange
+// the all-gather of one number per rank (the replica check's hashes)
 
 static uint64_t hash_of_rank(int rank) { // every bit pattern, the top bits set
     return 0xC000000000000000ull | mix((uint64_t)rank + 77) | (rank == 0 ? ~0ull : 0);
@@ -571,11 +571,11 @@ static uint64_t hash_of_rank(int rank) { // every bit pattern, the top bits set
 
 static void gather_hashes_body(RankCtx* r) {
     call_started(r);
-    call_ended(r, replicas_gather_hashes(r->comm, &kernels_cpu, r->rank, r->sh->world_size,
-                                         hash_of_rank(r->rank), r->sh->report[r->rank].hashes));
+    call_ended(r,
+               comm_allgather_u64(r->comm, hash_of_rank(r->rank), r->sh->report[r->rank].hashes));
 }
 
-Test(ring, replicas_gather_hashes_gives_every_rank_every_ranks_64_bit_hash) {
+Test(ring, allgather_u64_gives_every_rank_every_ranks_64_bit_number) {
     for (int world = 1; world <= MAX_WORLD; world++) {
         Ring g = {.world_size = world, .timeout_s = 10, .victim = -1, .body = gather_hashes_body};
         ring_run(&g);

@@ -39,8 +39,8 @@ static void expect_rejected(const char* flag, const char* value) {
     memcpy(&before, &c, sizeof c); // the padding too, for memcmp
     int rc = value != NULL ? PARSE(&c, why, flag, value) : PARSE(&c, why, flag);
     cr_assert_eq(rc, -1, "%s '%s' was accepted (returned %d)", flag, value ? value : "(NULL)", rc);
-    cr_assert(why[0] != '\0' && strchr(why, '\n') == NULL, "%s '%s': want one line, got '%s'",
-              flag, value ? value : "(NULL)", why);
+    cr_assert(why[0] != '\0' && strchr(why, '\n') == NULL, "%s '%s': want one line, got '%s'", flag,
+              value ? value : "(NULL)", why);
     cr_assert_not_null(strstr(why, flag), "%s '%s': the reason does not name the flag: %s", flag,
                        value ? value : "(NULL)", why);
     cr_assert(memcmp(&c, &before, sizeof c) == 0, "%s '%s' changed the configuration", flag,
@@ -115,7 +115,7 @@ Test(config, ints_take_their_range_and_refuse_everything_else_naming_the_range) 
     cr_assert_eq(c.epochs, 1);
     expect_accepted(&c, "--epochs", "1000000");
     cr_assert_eq(c.epochs, 1000000);
-    const char* bad[] = {"0",   "1000001", "-1", "abc", "5x", "", "2.5", "99999999999999999999",
+    const char* bad[] = {"0",  "1000001", "-1",  "abc", "5x", "", "2.5", "99999999999999999999",
                          " 3", "+3",      "0x10"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         TrainConfig d;
@@ -183,25 +183,44 @@ Test(config, bad_values_are_refused_with_one_line_naming_the_flag) {
         const char* flag;
         const char* value;
     } bad[] = {
-        {"--epochs", "-1"},         {"--epochs", "0"},
-        {"--epochs", "abc"},        {"--epochs", "5x"},
-        {"--epochs", ""},           {"--epochs", NULL},
-        {"--epochs", "1000001"},    {"--epochs", "3.5"},
-        {"--batch-size", "0"},      {"--batch-size", "-32"},
-        {"--batch-size", "10000001"}, {"--learning-rate", "0"},
-        {"--learning-rate", "-0.01"}, {"--learning-rate", "10.5"},
-        {"--learning-rate", "nan"}, {"--learning-rate", "inf"},
-        {"--learning-rate", "0.01x"}, {"--learning-rate", NULL},
-        {"--data-size", "9"},       {"--data-size", "100000001"},
-        {"--hidden-size", "0"},     {"--hidden-size", "99999"},
-        {"--seed", "-1"},           {"--seed", "12ab"},
-        {"--seed", "18446744073709551616"}, {"--seed", ""},
-        {"--optimizer", "rmsprop"}, {"--optimizer", "Adam"},
-        {"--optimizer", "ada"},     {"--optimizer", "adamw"},
-        {"--optimizer", NULL},      {"--device", "tpu"},
-        {"--device", "cud"},        {"--device", "cpu2"},
-        {"--device", ""},           {"--device", NULL},
-        {"--out", ""},              {"--out", NULL},
+        {"--epochs", "-1"},
+        {"--epochs", "0"},
+        {"--epochs", "abc"},
+        {"--epochs", "5x"},
+        {"--epochs", ""},
+        {"--epochs", NULL},
+        {"--epochs", "1000001"},
+        {"--epochs", "3.5"},
+        {"--batch-size", "0"},
+        {"--batch-size", "-32"},
+        {"--batch-size", "10000001"},
+        {"--learning-rate", "0"},
+        {"--learning-rate", "-0.01"},
+        {"--learning-rate", "10.5"},
+        {"--learning-rate", "nan"},
+        {"--learning-rate", "inf"},
+        {"--learning-rate", "0.01x"},
+        {"--learning-rate", NULL},
+        {"--data-size", "9"},
+        {"--data-size", "100000001"},
+        {"--hidden-size", "0"},
+        {"--hidden-size", "99999"},
+        {"--seed", "-1"},
+        {"--seed", "12ab"},
+        {"--seed", "18446744073709551616"},
+        {"--seed", ""},
+        {"--optimizer", "rmsprop"},
+        {"--optimizer", "Adam"},
+        {"--optimizer", "ada"},
+        {"--optimizer", "adamw"},
+        {"--optimizer", NULL},
+        {"--device", "tpu"},
+        {"--device", "cud"},
+        {"--device", "cpu2"},
+        {"--device", ""},
+        {"--device", NULL},
+        {"--out", ""},
+        {"--out", NULL},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         expect_rejected(bad[i].flag, bad[i].value);
@@ -332,11 +351,21 @@ typedef struct {
 static int parse_extra(Extra* e, char* why, size_t why_len, const char* const* args) {
     *e = (Extra){.nodes = 1, .addr = "127.0.0.1"};
     const Flag flags[] = {
-        {.name = "--nnodes", .alias = "--nodes", .kind = FLAG_INT, .min = 1, .max = 64,
-         .destination = &e->nodes, .value_name = "N", .env = "TEST_CONFIG_NNODES",
+        {.name = "--nnodes",
+         .alias = "--nodes",
+         .kind = FLAG_INT,
+         .min = 1,
+         .max = 64,
+         .destination = &e->nodes,
+         .value_name = "N",
+         .env = "TEST_CONFIG_NNODES",
          .help = "nodes"},
-        {.name = "--master-addr", .kind = FLAG_TEXT, .destination = &e->addr,
-         .value_name = "ADDR", .env = "TEST_CONFIG_ADDR", .help = "where"},
+        {.name = "--master-addr",
+         .kind = FLAG_TEXT,
+         .destination = &e->addr,
+         .value_name = "ADDR",
+         .env = "TEST_CONFIG_ADDR",
+         .help = "where"},
         {.name = "--debug", .kind = FLAG_SWITCH, .destination = &e->debug, .help = "talk"},
     };
     char* argv[MAX_ARGS + 2] = {"prog"};
@@ -399,9 +428,15 @@ static char* help_text(void) {
     TrainConfig c;
     config_defaults(&c);
     const Flag flags[] = {CONFIG_TRAINING_FLAGS(&c),
-                          {.name = "--gpus", .alias = "--nproc-per-node", .kind = FLAG_INT,
-                           .min = 1, .max = 64, .destination = &c.epochs, .value_name = "N",
-                           .env = "GPUS", .help = "workers"}};
+                          {.name = "--gpus",
+                           .alias = "--nproc-per-node",
+                           .kind = FLAG_INT,
+                           .min = 1,
+                           .max = 64,
+                           .destination = &c.epochs,
+                           .value_name = "N",
+                           .env = "GPUS",
+                           .help = "workers"}};
     char* text = NULL;
     size_t len = 0;
     FILE* out = open_memstream(&text, &len);
@@ -418,9 +453,9 @@ static char* help_text(void) {
 Test(config, help_is_made_from_the_table_with_ranges_aliases_and_variables) {
     char* text = help_text();
     const char* want[] = {
-        "usage: prog [flags]",     "Does things.",    "--epochs N",        "[1, 1000000]",
-        "--checkpoint-every N",    "--resume ",       "--gpus N",          "[1, 64]",
-        "(alias --nproc-per-node)", "(env GPUS)",     "--help",            "--optimizer NAME",
+        "usage: prog [flags]",      "Does things.", "--epochs N", "[1, 1000000]",
+        "--checkpoint-every N",     "--resume ",    "--gpus N",   "[1, 64]",
+        "(alias --nproc-per-node)", "(env GPUS)",   "--help",     "--optimizer NAME",
     };
     for (size_t i = 0; i < sizeof want / sizeof *want; i++)
         cr_assert_not_null(strstr(text, want[i]), "--help lacks '%s':\n%s", want[i], text);

@@ -36,8 +36,7 @@ typedef struct {
     int ring_fds[WORKERS_MAX][2];
 } Bench;
 
-static int parse_bytes(const char* flag, const char* value, void* out, char* why,
-                       size_t why_len) {
+static int parse_bytes(const char* flag, const char* value, void* out, char* why, size_t why_len) {
     return sweep_parse_bytes(flag, value, out, why, why_len);
 }
 
@@ -46,21 +45,38 @@ static void parse_args(Bench* b, int argc, char** argv) {
     *b = (Bench){
         .backend = "ring", .ranks = 2, .min_bytes = 8, .max_bytes = 4L << 20, .timeout_s = 60};
     const Flag flags[] = {
-        {.name = "--backend", .kind = FLAG_CHOICE, .choices = "ring|nccl|mpi",
-         .destination = &b->backend, .value_name = "NAME",
+        {.name = "--backend",
+         .kind = FLAG_CHOICE,
+         .choices = "ring|nccl|mpi",
+         .destination = &b->backend,
+         .value_name = "NAME",
          .help = "ring, nccl or mpi (default ring; mpi: MPI_Allreduce, under mpirun -np N, "
                  "which sets the ranks)"},
-        {.name = "--ranks", .kind = FLAG_INT, .min = 1, .max = WORKERS_MAX,
-         .destination = &b->ranks, .value_name = "N",
+        {.name = "--ranks",
+         .kind = FLAG_INT,
+         .min = 1,
+         .max = WORKERS_MAX,
+         .destination = &b->ranks,
+         .value_name = "N",
          .help = "processes, forked here (default 2)"},
-        {.name = "--min-bytes", .kind = FLAG_CUSTOM, .parse = parse_bytes,
-         .destination = &b->min_bytes, .value_name = "B",
+        {.name = "--min-bytes",
+         .kind = FLAG_CUSTOM,
+         .parse = parse_bytes,
+         .destination = &b->min_bytes,
+         .value_name = "B",
          .help = "the first message size: 8, 64K, 4M, 1G (default 8)"},
-        {.name = "--max-bytes", .kind = FLAG_CUSTOM, .parse = parse_bytes,
-         .destination = &b->max_bytes, .value_name = "B",
+        {.name = "--max-bytes",
+         .kind = FLAG_CUSTOM,
+         .parse = parse_bytes,
+         .destination = &b->max_bytes,
+         .value_name = "B",
          .help = "the last message size; sizes double from the first (default 4M)"},
-        {.name = "--timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
-         .destination = &b->timeout_s, .value_name = "SECONDS",
+        {.name = "--timeout",
+         .kind = FLAG_INT,
+         .min = 1,
+         .max = CONFIG_MAX_TIMEOUT_S,
+         .destination = &b->timeout_s,
+         .value_name = "SECONDS",
          .help = "deadline of every collective (default 60)"},
     };
     size_t count = sizeof flags / sizeof *flags;

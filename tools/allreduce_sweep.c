@@ -14,8 +14,7 @@
 #include "check.h"
 #include "timer.h"
 
-int sweep_parse_bytes(const char* flag, const char* value, long* out, char* why,
-                      size_t why_len) {
+int sweep_parse_bytes(const char* flag, const char* value, long* out, char* why, size_t why_len) {
     char* end = NULL;
     long v = value != NULL ? strtol(value, &end, 10) : 0;
     long unit = 1;

@@ -26,8 +26,7 @@ typedef struct {
 } SweepEngine;
 
 // Reads "4096", "64K", "4M" or "1G" into a byte count in [4, 1 GiB]; -1 with why filled.
-int sweep_parse_bytes(const char* flag, const char* value, long* out, char* why,
-                      size_t why_len);
+int sweep_parse_bytes(const char* flag, const char* value, long* out, char* why, size_t why_len);
 
 // Every size from min_bytes to max_bytes, doubling; rank 0 prints the table. 0 or -1.
 int sweep_run(const SweepEngine* e, long min_bytes, long max_bytes);

@@ -50,21 +50,39 @@ static void parse_args(Options* o, int argc, char** argv) {
     config_defaults(&o->train);
     const Flag flags[] = {
         CONFIG_TRAINING_FLAGS(&o->train),
-        {.name = "--gpus", .alias = "--nproc-per-node", .kind = FLAG_INT, .min = 1,
-         .max = WORKERS_MAX, .destination = &o->nproc, .value_name = "N",
+        {.name = "--gpus",
+         .alias = "--nproc-per-node",
+         .kind = FLAG_INT,
+         .min = 1,
+         .max = WORKERS_MAX,
+         .destination = &o->nproc,
+         .value_name = "N",
          .help = "worker processes, one per GPU (default: the number of GPUs, or 2 on the CPU)"},
-        {.name = "--backend", .kind = FLAG_CHOICE, .choices = "auto|nccl|ring",
-         .destination = &o->backend, .value_name = "NAME",
+        {.name = "--backend",
+         .kind = FLAG_CHOICE,
+         .choices = "auto|nccl|ring",
+         .destination = &o->backend,
+         .value_name = "NAME",
          .help = "auto, nccl or ring (default auto: NCCL when every worker has its own GPU, "
                  "the ring all-reduce otherwise)"},
-        {.name = "--timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
-         .destination = &o->timeout_s, .value_name = "SECONDS",
+        {.name = "--timeout",
+         .kind = FLAG_INT,
+         .min = 1,
+         .max = CONFIG_MAX_TIMEOUT_S,
+         .destination = &o->timeout_s,
+         .value_name = "SECONDS",
          .help = "deadline of every collective (default 60)"},
-        {.name = "--max-restarts", .kind = FLAG_INT, .min = 0, .max = CONFIG_MAX_RESTARTS,
-         .destination = &o->max_restarts, .value_name = "N",
+        {.name = "--max-restarts",
+         .kind = FLAG_INT,
+         .min = 0,
+         .max = CONFIG_MAX_RESTARTS,
+         .destination = &o->max_restarts,
+         .value_name = "N",
          .help = "when a worker fails, start every worker again, from the last checkpoint if "
                  "there is one, up to N times (default 0)"},
-        {.name = "--debug", .kind = FLAG_SWITCH, .destination = &o->debug,
+        {.name = "--debug",
+         .kind = FLAG_SWITCH,
+         .destination = &o->debug,
          .help = "print every collective step on stderr"},
     };
     size_t count = sizeof flags / sizeof *flags;
@@ -285,8 +303,8 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
     int resuming = checkpoint_find(c, &checkpoint, why, sizeof why);
     if (resuming < 0)
         rank_log("%s", why);
-    if (resuming < 0 || checkpoint_ranks_agree(comm, dev->kernels, rank, world_size,
-                                               resuming ? &checkpoint : NULL) != 0)
+    if (resuming < 0 ||
+        checkpoint_ranks_agree(comm, rank, world_size, resuming ? &checkpoint : NULL) != 0)
         return 1;
 
     int status = 1;

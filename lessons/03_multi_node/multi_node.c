@@ -74,41 +74,84 @@ static void parse_args(Options* o, int argc, char** argv) {
     config_defaults(&o->train);
     const Flag flags[] = {
         CONFIG_TRAINING_FLAGS(&o->train),
-        {.name = "--nproc-per-node", .alias = "--gpus", .kind = FLAG_INT, .min = 1,
-         .max = WORKERS_MAX, .destination = &o->nproc, .value_name = "N",
+        {.name = "--nproc-per-node",
+         .alias = "--gpus",
+         .kind = FLAG_INT,
+         .min = 1,
+         .max = WORKERS_MAX,
+         .destination = &o->nproc,
+         .value_name = "N",
          .help = "worker processes on this node, one per GPU (default: the number of GPUs, or "
                  "2 on the CPU)"},
-        {.name = "--nnodes", .kind = FLAG_INT, .min = 1, .max = RDZV_MAX_NODES,
-         .destination = &o->nnodes, .value_name = "N", .env = "NNODES",
+        {.name = "--nnodes",
+         .kind = FLAG_INT,
+         .min = 1,
+         .max = RDZV_MAX_NODES,
+         .destination = &o->nnodes,
+         .value_name = "N",
+         .env = "NNODES",
          .help = "nodes in the job (default 1)"},
-        {.name = "--node-rank", .kind = FLAG_INT, .min = 0, .max = RDZV_MAX_NODES - 1,
-         .destination = &o->node_rank, .value_name = "R", .env = "NODE_RANK",
+        {.name = "--node-rank",
+         .kind = FLAG_INT,
+         .min = 0,
+         .max = RDZV_MAX_NODES - 1,
+         .destination = &o->node_rank,
+         .value_name = "R",
+         .env = "NODE_RANK",
          .help = "this node's rank, 0 is the master (default 0)"},
-        {.name = "--master-addr", .kind = FLAG_TEXT, .destination = &o->master_addr,
-         .value_name = "ADDR", .env = "MASTER_ADDR",
+        {.name = "--master-addr",
+         .kind = FLAG_TEXT,
+         .destination = &o->master_addr,
+         .value_name = "ADDR",
+         .env = "MASTER_ADDR",
          .help = "where node 0 listens (default 127.0.0.1)"},
-        {.name = "--master-port", .kind = FLAG_INT, .min = 1, .max = 65535,
-         .destination = &o->master_port, .value_name = "PORT", .env = "MASTER_PORT",
+        {.name = "--master-port",
+         .kind = FLAG_INT,
+         .min = 1,
+         .max = 65535,
+         .destination = &o->master_port,
+         .value_name = "PORT",
+         .env = "MASTER_PORT",
          .help = "its port (default 29500)"},
-        {.name = "--rdzv-timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
-         .destination = &o->rdzv_timeout_s, .value_name = "SECONDS",
+        {.name = "--rdzv-timeout",
+         .kind = FLAG_INT,
+         .min = 1,
+         .max = CONFIG_MAX_TIMEOUT_S,
+         .destination = &o->rdzv_timeout_s,
+         .value_name = "SECONDS",
          .help = "how long to wait for every node (default 300)"},
-        {.name = "--token-file", .kind = FLAG_TEXT, .destination = &o->token_file,
-         .value_name = "FILE", .help = "the job's shared secret (default: env DDP_TOKEN)"},
-        {.name = "--backend", .kind = FLAG_CHOICE, .choices = "auto|nccl|ring|mpi",
-         .destination = &o->backend, .value_name = "NAME",
+        {.name = "--token-file",
+         .kind = FLAG_TEXT,
+         .destination = &o->token_file,
+         .value_name = "FILE",
+         .help = "the job's shared secret (default: env DDP_TOKEN)"},
+        {.name = "--backend",
+         .kind = FLAG_CHOICE,
+         .choices = "auto|nccl|ring|mpi",
+         .destination = &o->backend,
+         .value_name = "NAME",
          .help = "auto, nccl, ring or mpi (default auto: NCCL when every worker has its own "
                  "GPU, the ring all-reduce otherwise; mpi: MPI_Allreduce, under mpirun -np N "
                  "multi_node)"},
-        {.name = "--timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
-         .destination = &o->timeout_s, .value_name = "SECONDS",
+        {.name = "--timeout",
+         .kind = FLAG_INT,
+         .min = 1,
+         .max = CONFIG_MAX_TIMEOUT_S,
+         .destination = &o->timeout_s,
+         .value_name = "SECONDS",
          .help = "deadline of every collective (default 60)"},
-        {.name = "--max-restarts", .kind = FLAG_INT, .min = 0, .max = CONFIG_MAX_RESTARTS,
-         .destination = &o->max_restarts, .value_name = "N",
+        {.name = "--max-restarts",
+         .kind = FLAG_INT,
+         .min = 0,
+         .max = CONFIG_MAX_RESTARTS,
+         .destination = &o->max_restarts,
+         .value_name = "N",
          .help = "when a worker fails anywhere, every node stops its workers, the nodes meet "
                  "again and go on from the last checkpoint, up to N times (default 0; the same "
                  "on every node)"},
-        {.name = "--debug", .kind = FLAG_SWITCH, .destination = &o->debug,
+        {.name = "--debug",
+         .kind = FLAG_SWITCH,
+         .destination = &o->debug,
          .help = "print every rendezvous and collective step on stderr"},
     };
     size_t count = sizeof flags / sizeof *flags;
@@ -223,8 +266,8 @@ static int rendezvous(Agent* a, const char* token) {
         }
         if (o->nnodes > 1 && strncmp(addr, "127.", 4) == 0)
             rank_log("warning: the master listens on %s, a loopback address: nodes on "
-                          "other machines cannot join (give --master-addr this node's address)",
-                          addr);
+                     "other machines cannot join (give --master-addr this node's address)",
+                     addr);
         RETURN_IF_FAILED(bind_ring_listeners(a, addr, &own));
         RETURN_IF_FAILED(rdzv_master_gather(&a->rdzv, &own));
         rdzv_make_world(&a->rdzv, &a->world);
@@ -498,8 +541,8 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
     int resuming = checkpoint_find(c, &checkpoint, why, sizeof why);
     if (resuming < 0)
         rank_log("%s", why);
-    if (resuming < 0 || checkpoint_ranks_agree(comm, dev->kernels, rank, world_size,
-                                               resuming ? &checkpoint : NULL) != 0)
+    if (resuming < 0 ||
+        checkpoint_ranks_agree(comm, rank, world_size, resuming ? &checkpoint : NULL) != 0)
         return 1;
 
     int status = 1;
@@ -536,8 +579,8 @@ static int make_communicator(Communicator** comm, const Agent* a, int rank, int 
             char interface[64];
             net_interface_of(a->world.ring_addr[rank], interface, sizeof interface);
             rank_log("ring: listening on %s:%d (interface %s), sending to rank %d at %s:%d",
-                          a->world.ring_addr[rank], a->world.ring_port[rank], interface, next,
-                          a->world.ring_addr[next], a->world.ring_port[next]);
+                     a->world.ring_addr[rank], a->world.ring_port[rank], interface, next,
+                     a->world.ring_addr[next], a->world.ring_port[next]);
         }
         if (comm_ring_connect_tcp(a->ring_listen_fds[local_rank], rank, N, a->world.ring_addr[next],
                                   a->world.ring_port[next], s.timeout_s, &send_fd, &recv_fd) != 0)

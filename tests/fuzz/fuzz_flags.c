@@ -40,8 +40,8 @@ static int parse_flags(TrainConfig* c, int argc, char** argv) {
     config_defaults(c);
     const Flag flags[] = {CONFIG_TRAINING_FLAGS(c)};
     char why[ERROR_TEXT_BYTES] = "";
-    int parsed = config_parse_flags(flags, sizeof flags / sizeof *flags, argc, argv, why,
-                                    sizeof why);
+    int parsed =
+        config_parse_flags(flags, sizeof flags / sizeof *flags, argc, argv, why, sizeof why);
     expect(parsed >= 0 || why[0] != '\0', "a refusal without a reason");
     return parsed == CONFIG_PARSED;
 }
