@@ -257,6 +257,18 @@ void config_print_help(const char* program, const char* description, const Flag*
         &(Flag){.name = "--help", .kind = FLAG_SWITCH, .help = "print this help and exit"});
 }
 
+bool config_parse_or_explain(const char* program, const char* description, const Flag* flags,
+                             size_t count, int argc, char** argv, int* exit_status) {
+    char why[ERROR_TEXT_BYTES];
+    int parsed = config_parse_flags(flags, count, argc, argv, why, sizeof why);
+    if (parsed == CONFIG_HELP)
+        config_print_help(program, description, flags, count);
+    if (parsed == CONFIG_PARSED)
+        return true;
+    *exit_status = parsed == CONFIG_HELP ? 0 : usage_error(why);
+    return false;
+}
+
 // ----------------------------------------------------------------------------
 // the training flags together
 

@@ -16,7 +16,8 @@
  * usage_error and exits with status 2.
  *
  * APIs: TrainConfig, Flag, FlagKind, FlagParse, CONFIG_TRAINING_FLAGS, EXIT_USAGE,
- *       config_defaults, config_parse_flags, config_print_help, config_check,
+ *       config_defaults, config_parse_flags, config_print_help, config_parse_or_explain,
+ *       config_check,
  *       config_print_banner, config_settings, usage_error.
  */
 #ifndef CONFIG_H
@@ -86,80 +87,42 @@ typedef struct {
 } Flag;
 
 // The training flags, as the first entries of a program's table; c is a TrainConfig*.
-#define CONFIG_TRAINING_FLAGS(c)                                                                   \
-    {.name = "--epochs",                                                                           \
-     .kind = FLAG_INT,                                                                             \
-     .min = 1,                                                                                     \
-     .max = CONFIG_MAX_EPOCHS,                                                                     \
-     .destination = &(c)->epochs,                                                                  \
-     .value_name = "N",                                                                            \
-     .help = "passes over the training data (default 50)"},                                        \
-        {.name = "--batch-size",                                                                   \
-         .kind = FLAG_INT,                                                                         \
-         .min = 1,                                                                                 \
-         .max = CONFIG_MAX_BATCH,                                                                  \
-         .destination = &(c)->batch_size,                                                          \
-         .value_name = "N",                                                                        \
-         .help = "samples per step and rank (default 32)"},                                        \
-        {.name = "--learning-rate",                                                                \
-         .kind = FLAG_FLOAT,                                                                       \
-         .min = 0,                                                                                 \
-         .max = 10,                                                                                \
-         .destination = &(c)->learning_rate,                                                       \
-         .value_name = "X",                                                                        \
-         .help = "optimizer step size (default 0.01)"},                                            \
-        {.name = "--data-size",                                                                    \
-         .kind = FLAG_INT,                                                                         \
-         .min = 10,                                                                                \
-         .max = CONFIG_MAX_DATA,                                                                   \
-         .destination = &(c)->data_size,                                                           \
-         .value_name = "N",                                                                        \
-         .help = "samples in all, 80% train and 20% eval (default 2000)"},                         \
-        {.name = "--hidden-size",                                                                  \
-         .kind = FLAG_INT,                                                                         \
-         .min = 1,                                                                                 \
-         .max = CONFIG_MAX_HIDDEN,                                                                 \
-         .destination = &(c)->hidden_size,                                                         \
-         .value_name = "N",                                                                        \
-         .help = "width of the hidden layers (default 64)"},                                       \
-        {.name = "--seed",                                                                         \
-         .kind = FLAG_SEED,                                                                        \
-         .destination = &(c)->seed,                                                                \
-         .value_name = "N",                                                                        \
-         .help = "decides the data, the initial weights and the shuffle (default 42)"},            \
-        {.name = "--optimizer",                                                                    \
-         .kind = FLAG_ENUM,                                                                        \
-         .choices = "adam|sgd",                                                                    \
-         .destination = &(c)->optimizer,                                                           \
-         .value_name = "NAME",                                                                     \
-         .help = "adam or sgd (SGD with momentum 0.9) (default adam)"},                            \
-        {.name = "--device",                                                                       \
-         .kind = FLAG_CHOICE,                                                                      \
-         .choices = "auto|cpu|cuda",                                                               \
-         .destination = &(c)->device,                                                              \
-         .value_name = "NAME",                                                                     \
-         .help = "auto, cpu or cuda (default auto: a GPU if there is one)"},                       \
-        {.name = "--out",                                                                          \
-         .kind = FLAG_DIR,                                                                         \
-         .destination = &(c)->out_dir,                                                             \
-         .value_name = "DIR",                                                                      \
-         .help = "write DIR/losses.csv and DIR/loss.png"},                                         \
-        {.name = "--checkpoint-dir",                                                               \
-         .kind = FLAG_DIR,                                                                         \
-         .destination = &(c)->checkpoint_dir,                                                      \
-         .value_name = "DIR",                                                                      \
-         .help = "save the model and optimizer to DIR/checkpoint.bin"},                            \
-        {.name = "--checkpoint-every",                                                             \
-         .kind = FLAG_INT,                                                                         \
-         .min = 1,                                                                                 \
-         .max = CONFIG_MAX_EPOCHS,                                                                 \
-         .destination = &(c)->checkpoint_every,                                                    \
-         .value_name = "N",                                                                        \
-         .help = "epochs between two checkpoints (default 1; the last one always)"},               \
-    {                                                                                              \
-        .name = "--resume", .kind = FLAG_SWITCH, .destination = &(c)->resume,                      \
-        .help = "continue from DIR/checkpoint.bin"                                                 \
-    }
+// (A table reads best as one: clang-format would give every field a line of its own.)
+// clang-format off
+#define CONFIG_TRAINING_FLAGS(c)                                                               \
+    {.name = "--epochs", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_EPOCHS,                 \
+     .destination = &(c)->epochs, .value_name = "N",                                          \
+     .help = "passes over the training data (default 50)"},                                    \
+    {.name = "--batch-size", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_BATCH,              \
+     .destination = &(c)->batch_size, .value_name = "N",                                      \
+     .help = "samples per step and rank (default 32)"},                                        \
+    {.name = "--learning-rate", .kind = FLAG_FLOAT, .min = 0, .max = 10,                       \
+     .destination = &(c)->learning_rate, .value_name = "X",                                   \
+     .help = "optimizer step size (default 0.01)"},                                            \
+    {.name = "--data-size", .kind = FLAG_INT, .min = 10, .max = CONFIG_MAX_DATA,               \
+     .destination = &(c)->data_size, .value_name = "N",                                       \
+     .help = "samples in all, 80% train and 20% eval (default 2000)"},                         \
+    {.name = "--hidden-size", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_HIDDEN,            \
+     .destination = &(c)->hidden_size, .value_name = "N",                                     \
+     .help = "width of the hidden layers (default 64)"},                                       \
+    {.name = "--seed", .kind = FLAG_SEED, .destination = &(c)->seed, .value_name = "N",        \
+     .help = "decides the data, the initial weights and the shuffle (default 42)"},            \
+    {.name = "--optimizer", .kind = FLAG_ENUM, .choices = "adam|sgd",                          \
+     .destination = &(c)->optimizer, .value_name = "NAME",                                    \
+     .help = "adam or sgd (SGD with momentum 0.9) (default adam)"},                            \
+    {.name = "--device", .kind = FLAG_CHOICE, .choices = "auto|cpu|cuda",                      \
+     .destination = &(c)->device, .value_name = "NAME",                                       \
+     .help = "auto, cpu or cuda (default auto: a GPU if there is one)"},                       \
+    {.name = "--out", .kind = FLAG_DIR, .destination = &(c)->out_dir, .value_name = "DIR",     \
+     .help = "write DIR/losses.csv and DIR/loss.png"},                                         \
+    {.name = "--checkpoint-dir", .kind = FLAG_DIR, .destination = &(c)->checkpoint_dir,        \
+     .value_name = "DIR", .help = "save the model and optimizer to DIR/checkpoint.bin"},       \
+    {.name = "--checkpoint-every", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_EPOCHS,       \
+     .destination = &(c)->checkpoint_every, .value_name = "N",                                \
+     .help = "epochs between two checkpoints (default 1; the last one always)"},               \
+    {.name = "--resume", .kind = FLAG_SWITCH, .destination = &(c)->resume,                     \
+     .help = "continue from DIR/checkpoint.bin"}
+// clang-format on
 
 void config_defaults(TrainConfig* c);
 
@@ -177,6 +140,12 @@ int config_parse_flags(const Flag* flags, size_t count, int argc, char** argv, c
 // (with its alias, its range and its environment variable), then --help.
 void config_print_help(const char* program, const char* description, const Flag* flags,
                        size_t count);
+
+// What a program's parse_args does with its table: config_parse_flags, then --help
+// printed or the refusal said. Returns true to go on; false with the status the program
+// is to exit with (0 after --help, EXIT_USAGE after a bad flag) in *exit_status.
+bool config_parse_or_explain(const char* program, const char* description, const Flag* flags,
+                             size_t count, int argc, char** argv, int* exit_status);
 
 // Checks what no single flag can: the batch must fit the training set (world_size
 // ranks share it), checkpoint flags need --checkpoint-dir. Returns 0, or -1 with why filled.

@@ -44,56 +44,39 @@ static int parse_bytes(const char* flag, const char* value, void* out, char* why
 static void parse_args(Bench* b, int argc, char** argv) {
     *b = (Bench){
         .backend = "ring", .ranks = 2, .min_bytes = 8, .max_bytes = 4L << 20, .timeout_s = 60};
+    // clang-format off
     const Flag flags[] = {
-        {.name = "--backend",
-         .kind = FLAG_CHOICE,
-         .choices = "ring|nccl|mpi",
-         .destination = &b->backend,
-         .value_name = "NAME",
-         .help = "ring, nccl or mpi (default ring; mpi: MPI_Allreduce, under mpirun -np N, "
-                 "which sets the ranks)"},
-        {.name = "--ranks",
-         .kind = FLAG_INT,
-         .min = 1,
-         .max = WORKERS_MAX,
-         .destination = &b->ranks,
-         .value_name = "N",
+        {.name = "--backend", .kind = FLAG_CHOICE, .choices = "ring|nccl|mpi",
+         .destination = &b->backend, .value_name = "NAME",
+         .help = "ring, nccl or mpi (default ring; mpi: MPI_Allreduce, under mpirun -np N, which "
+                 "sets the ranks)"},
+        {.name = "--ranks", .kind = FLAG_INT, .min = 1, .max = WORKERS_MAX,
+         .destination = &b->ranks, .value_name = "N",
          .help = "processes, forked here (default 2)"},
-        {.name = "--min-bytes",
-         .kind = FLAG_CUSTOM,
-         .parse = parse_bytes,
-         .destination = &b->min_bytes,
-         .value_name = "B",
+        {.name = "--min-bytes", .kind = FLAG_CUSTOM, .parse = parse_bytes,
+         .destination = &b->min_bytes, .value_name = "B",
          .help = "the first message size: 8, 64K, 4M, 1G (default 8)"},
-        {.name = "--max-bytes",
-         .kind = FLAG_CUSTOM,
-         .parse = parse_bytes,
-         .destination = &b->max_bytes,
-         .value_name = "B",
+        {.name = "--max-bytes", .kind = FLAG_CUSTOM, .parse = parse_bytes,
+         .destination = &b->max_bytes, .value_name = "B",
          .help = "the last message size; sizes double from the first (default 4M)"},
-        {.name = "--timeout",
-         .kind = FLAG_INT,
-         .min = 1,
-         .max = CONFIG_MAX_TIMEOUT_S,
-         .destination = &b->timeout_s,
-         .value_name = "SECONDS",
+        {.name = "--timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
+         .destination = &b->timeout_s, .value_name = "SECONDS",
          .help = "deadline of every collective (default 60)"},
     };
-    size_t count = sizeof flags / sizeof *flags;
+    // clang-format on
+    int status;
+    if (!config_parse_or_explain(
+            "allreduce_bench",
+            "All-reduce time and bandwidth per message size, as nccl-tests prints "
+            "them.",
+            flags, sizeof flags / sizeof *flags, argc, argv, &status))
+        exit(status);
     char why[ERROR_TEXT_BYTES];
     Backend engine;
-    int parsed = config_parse_flags(flags, count, argc, argv, why, sizeof why);
-    if (parsed == CONFIG_HELP) {
-        config_print_help("allreduce_bench",
-                          "All-reduce time and bandwidth per message size, as nccl-tests prints "
-                          "them.",
-                          flags, count);
-        exit(0);
-    }
-    if (parsed == CONFIG_PARSED && b->min_bytes > b->max_bytes)
+    if (b->min_bytes > b->max_bytes)
         snprintf(why, sizeof why, "--min-bytes (%ld) must not exceed --max-bytes (%ld)",
                  b->min_bytes, b->max_bytes);
-    if (parsed != CONFIG_PARSED || b->min_bytes > b->max_bytes ||
+    if (b->min_bytes > b->max_bytes ||
         (strcmp(b->backend, "nccl") == 0 &&
          comm_choose_backend("nccl", device_gpu_count_forked(), b->ranks, &engine, why,
                              sizeof why) != 0))

@@ -33,16 +33,13 @@
 static void parse_args(TrainConfig* c, int argc, char** argv) {
     config_defaults(c);
     const Flag flags[] = {CONFIG_TRAINING_FLAGS(c)};
-    size_t count = sizeof flags / sizeof *flags;
+    int status;
+    if (!config_parse_or_explain(
+            "hello_gpu", "Trains a 1 -> H -> H -> 1 MLP on y = sin(x) + noise on one device.",
+            flags, sizeof flags / sizeof *flags, argc, argv, &status))
+        exit(status);
     char why[ERROR_TEXT_BYTES];
-    int parsed = config_parse_flags(flags, count, argc, argv, why, sizeof why);
-    if (parsed == CONFIG_HELP) {
-        config_print_help("hello_gpu",
-                          "Trains a 1 -> H -> H -> 1 MLP on y = sin(x) + noise on one device.",
-                          flags, count);
-        exit(0);
-    }
-    if (parsed != CONFIG_PARSED || config_check(c, 1, why, sizeof why) != 0)
+    if (config_check(c, 1, why, sizeof why) != 0)
         exit(usage_error(why));
 }
 

@@ -48,55 +48,33 @@ typedef struct {
 static void parse_args(Options* o, int argc, char** argv) {
     *o = (Options){.backend = "auto", .timeout_s = 60};
     config_defaults(&o->train);
+    // clang-format off
     const Flag flags[] = {
         CONFIG_TRAINING_FLAGS(&o->train),
-        {.name = "--gpus",
-         .alias = "--nproc-per-node",
-         .kind = FLAG_INT,
-         .min = 1,
-         .max = WORKERS_MAX,
-         .destination = &o->nproc,
-         .value_name = "N",
+        {.name = "--gpus", .alias = "--nproc-per-node", .kind = FLAG_INT, .min = 1,
+         .max = WORKERS_MAX, .destination = &o->nproc, .value_name = "N",
          .help = "worker processes, one per GPU (default: the number of GPUs, or 2 on the CPU)"},
-        {.name = "--backend",
-         .kind = FLAG_CHOICE,
-         .choices = "auto|nccl|ring",
-         .destination = &o->backend,
-         .value_name = "NAME",
-         .help = "auto, nccl or ring (default auto: NCCL when every worker has its own GPU, "
-                 "the ring all-reduce otherwise)"},
-        {.name = "--timeout",
-         .kind = FLAG_INT,
-         .min = 1,
-         .max = CONFIG_MAX_TIMEOUT_S,
-         .destination = &o->timeout_s,
-         .value_name = "SECONDS",
+        {.name = "--backend", .kind = FLAG_CHOICE, .choices = "auto|nccl|ring",
+         .destination = &o->backend, .value_name = "NAME",
+         .help = "auto, nccl or ring (default auto: NCCL when every worker has its own GPU, the "
+                 "ring all-reduce otherwise)"},
+        {.name = "--timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
+         .destination = &o->timeout_s, .value_name = "SECONDS",
          .help = "deadline of every collective (default 60)"},
-        {.name = "--max-restarts",
-         .kind = FLAG_INT,
-         .min = 0,
-         .max = CONFIG_MAX_RESTARTS,
-         .destination = &o->max_restarts,
-         .value_name = "N",
+        {.name = "--max-restarts", .kind = FLAG_INT, .min = 0, .max = CONFIG_MAX_RESTARTS,
+         .destination = &o->max_restarts, .value_name = "N",
          .help = "when a worker fails, start every worker again, from the last checkpoint if "
                  "there is one, up to N times (default 0)"},
-        {.name = "--debug",
-         .kind = FLAG_SWITCH,
-         .destination = &o->debug,
+        {.name = "--debug", .kind = FLAG_SWITCH, .destination = &o->debug,
          .help = "print every collective step on stderr"},
     };
-    size_t count = sizeof flags / sizeof *flags;
-    char why[ERROR_TEXT_BYTES];
-    int parsed = config_parse_flags(flags, count, argc, argv, why, sizeof why);
-    if (parsed == CONFIG_HELP) {
-        config_print_help("multi_gpu",
-                          "Trains lesson 01's MLP with N processes on one node, averaging "
-                          "gradients each step.",
-                          flags, count);
-        exit(0);
-    }
-    if (parsed != CONFIG_PARSED)
-        exit(usage_error(why));
+    // clang-format on
+    int status;
+    if (!config_parse_or_explain("multi_gpu",
+                                 "Trains lesson 01's MLP with N processes on one node, averaging "
+                                 "gradients each step.",
+                                 flags, sizeof flags / sizeof *flags, argc, argv, &status))
+        exit(status);
 }
 
 // ----------------------------------------------------------------------------

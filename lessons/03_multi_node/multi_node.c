@@ -72,104 +72,56 @@ static void parse_args(Options* o, int argc, char** argv) {
                    .master_port = 29500,
                    .rdzv_timeout_s = 300};
     config_defaults(&o->train);
+    // clang-format off
     const Flag flags[] = {
         CONFIG_TRAINING_FLAGS(&o->train),
-        {.name = "--nproc-per-node",
-         .alias = "--gpus",
-         .kind = FLAG_INT,
-         .min = 1,
-         .max = WORKERS_MAX,
-         .destination = &o->nproc,
-         .value_name = "N",
-         .help = "worker processes on this node, one per GPU (default: the number of GPUs, or "
-                 "2 on the CPU)"},
-        {.name = "--nnodes",
-         .kind = FLAG_INT,
-         .min = 1,
-         .max = RDZV_MAX_NODES,
-         .destination = &o->nnodes,
-         .value_name = "N",
-         .env = "NNODES",
+        {.name = "--nproc-per-node", .alias = "--gpus", .kind = FLAG_INT, .min = 1,
+         .max = WORKERS_MAX, .destination = &o->nproc, .value_name = "N",
+         .help = "worker processes on this node, one per GPU (default: the number of GPUs, or 2 "
+                 "on the CPU)"},
+        {.name = "--nnodes", .kind = FLAG_INT, .min = 1, .max = RDZV_MAX_NODES,
+         .destination = &o->nnodes, .value_name = "N", .env = "NNODES",
          .help = "nodes in the job (default 1)"},
-        {.name = "--node-rank",
-         .kind = FLAG_INT,
-         .min = 0,
-         .max = RDZV_MAX_NODES - 1,
-         .destination = &o->node_rank,
-         .value_name = "R",
-         .env = "NODE_RANK",
+        {.name = "--node-rank", .kind = FLAG_INT, .min = 0, .max = RDZV_MAX_NODES - 1,
+         .destination = &o->node_rank, .value_name = "R", .env = "NODE_RANK",
          .help = "this node's rank, 0 is the master (default 0)"},
-        {.name = "--master-addr",
-         .kind = FLAG_TEXT,
-         .destination = &o->master_addr,
-         .value_name = "ADDR",
-         .env = "MASTER_ADDR",
+        {.name = "--master-addr", .kind = FLAG_TEXT, .destination = &o->master_addr,
+         .value_name = "ADDR", .env = "MASTER_ADDR",
          .help = "where node 0 listens (default 127.0.0.1)"},
-        {.name = "--master-port",
-         .kind = FLAG_INT,
-         .min = 1,
-         .max = 65535,
-         .destination = &o->master_port,
-         .value_name = "PORT",
-         .env = "MASTER_PORT",
+        {.name = "--master-port", .kind = FLAG_INT, .min = 1, .max = 65535,
+         .destination = &o->master_port, .value_name = "PORT", .env = "MASTER_PORT",
          .help = "its port (default 29500)"},
-        {.name = "--rdzv-timeout",
-         .kind = FLAG_INT,
-         .min = 1,
-         .max = CONFIG_MAX_TIMEOUT_S,
-         .destination = &o->rdzv_timeout_s,
-         .value_name = "SECONDS",
+        {.name = "--rdzv-timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
+         .destination = &o->rdzv_timeout_s, .value_name = "SECONDS",
          .help = "how long to wait for every node (default 300)"},
-        {.name = "--token-file",
-         .kind = FLAG_TEXT,
-         .destination = &o->token_file,
+        {.name = "--token-file", .kind = FLAG_TEXT, .destination = &o->token_file,
          .value_name = "FILE",
          .help = "the job's shared secret (default: env DDP_TOKEN)"},
-        {.name = "--backend",
-         .kind = FLAG_CHOICE,
-         .choices = "auto|nccl|ring|mpi",
-         .destination = &o->backend,
-         .value_name = "NAME",
-         .help = "auto, nccl, ring or mpi (default auto: NCCL when every worker has its own "
-                 "GPU, the ring all-reduce otherwise; mpi: MPI_Allreduce, under mpirun -np N "
+        {.name = "--backend", .kind = FLAG_CHOICE, .choices = "auto|nccl|ring|mpi",
+         .destination = &o->backend, .value_name = "NAME",
+         .help = "auto, nccl, ring or mpi (default auto: NCCL when every worker has its own GPU, "
+                 "the ring all-reduce otherwise; mpi: MPI_Allreduce, under mpirun -np N "
                  "multi_node)"},
-        {.name = "--timeout",
-         .kind = FLAG_INT,
-         .min = 1,
-         .max = CONFIG_MAX_TIMEOUT_S,
-         .destination = &o->timeout_s,
-         .value_name = "SECONDS",
+        {.name = "--timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
+         .destination = &o->timeout_s, .value_name = "SECONDS",
          .help = "deadline of every collective (default 60)"},
-        {.name = "--max-restarts",
-         .kind = FLAG_INT,
-         .min = 0,
-         .max = CONFIG_MAX_RESTARTS,
-         .destination = &o->max_restarts,
-         .value_name = "N",
+        {.name = "--max-restarts", .kind = FLAG_INT, .min = 0, .max = CONFIG_MAX_RESTARTS,
+         .destination = &o->max_restarts, .value_name = "N",
          .help = "when a worker fails anywhere, every node stops its workers, the nodes meet "
-                 "again and go on from the last checkpoint, up to N times (default 0; the same "
-                 "on every node)"},
-        {.name = "--debug",
-         .kind = FLAG_SWITCH,
-         .destination = &o->debug,
+                 "again and go on from the last checkpoint, up to N times (default 0; the same on "
+                 "every node)"},
+        {.name = "--debug", .kind = FLAG_SWITCH, .destination = &o->debug,
          .help = "print every rendezvous and collective step on stderr"},
     };
-    size_t count = sizeof flags / sizeof *flags;
-    char why[ERROR_TEXT_BYTES];
-    int parsed = config_parse_flags(flags, count, argc, argv, why, sizeof why);
-    if (parsed == CONFIG_HELP) {
-        config_print_help("multi_node",
-                          "One node's agent of a multi-node job: meets the other nodes at the "
-                          "master, then trains lesson 01's MLP with its workers, averaging "
-                          "gradients across every node.",
-                          flags, count);
-        exit(0);
-    }
-    if (parsed == CONFIG_PARSED && o->node_rank >= o->nnodes)
-        snprintf(why, sizeof why, "--node-rank must be in [0, %d] for --nnodes %d, got %d",
-                 o->nnodes - 1, o->nnodes, o->node_rank);
-    if (parsed != CONFIG_PARSED || o->node_rank >= o->nnodes)
-        exit(usage_error(why));
+    // clang-format on
+    int status;
+    if (!config_parse_or_explain(
+            "multi_node",
+            "One node's agent of a multi-node job: meets the other nodes at the "
+            "master, then trains lesson 01's MLP with its workers, averaging "
+            "gradients across every node.",
+            flags, sizeof flags / sizeof *flags, argc, argv, &status))
+        exit(status);
 }
 
 // ----------------------------------------------------------------------------
@@ -195,6 +147,11 @@ static void make_plan(Agent* a, const Options* o) {
     char why[ERROR_TEXT_BYTES];
     Checkpoint checkpoint; // the workers read it; a bad one fails here, before any fork
     a->opt = *o;
+    if (o->node_rank >= o->nnodes) {
+        snprintf(why, sizeof why, "--node-rank must be in [0, %d] for --nnodes %d, got %d",
+                 o->nnodes - 1, o->nnodes, o->node_rank);
+        exit(usage_error(why));
+    }
     if (strcmp(o->backend, "mpi") == 0) {
         snprintf(why, sizeof why, "--backend mpi: start the job with mpirun -np N multi_node%s",
                  MPIRUN_BUILT ? "" : " (and build with mpicc installed: this build has no MPI)");
