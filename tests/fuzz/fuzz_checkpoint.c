@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoint.h"
+#include "checkpoint_file.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     Checkpoint ck;
