@@ -239,16 +239,14 @@ Test(checkpoint, a_writer_killed_at_any_moment_leaves_a_whole_checkpoint, .init 
     srand(1);
     for (int k = 0; k < KILLS; k++) {
         unlink(tmp);
-        pid_t pid = fork();
-        cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+        pid_t pid = fork_child();
         if (pid == 0)
             write_forever(dir);
         usleep((useconds_t)(rand() % 3000)); // somewhere in the first few writes
         kill(pid, SIGKILL);
-        int status;
-        waitpid(pid, &status, 0);
-        cr_assert(WIFSIGNALED(status), "kill %d: the writer ended by itself (status 0x%x)", k,
-                  status);
+        int status = reap_child(pid, 10.0);
+        cr_assert(status != -1 && WIFSIGNALED(status),
+                  "kill %d: the writer ended by itself (status 0x%x)", k, status);
         mid_write += access(tmp, F_OK) == 0; // it died between open and rename
         Checkpoint back;
         cr_assert_eq(checkpoint_read(dir, &back, why, sizeof why), 0,

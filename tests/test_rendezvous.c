@@ -37,21 +37,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
 #include "rendezvous.h"
+#include "support/proc.h"
 
 // Every test has its own ports (Criterion runs tests in parallel); test_multi_node.c
 // uses 29700 and up.
 #define PORT_BASE 29760
 #define RDZV_TIMEOUT_S 10.0 // of the master and of every node: a test that waits this long fails
 #define CHILD_DEADLINE_S 20.0
-#define MAX_CHILDREN 16
 
 // How a node child ended.
 enum {
@@ -62,12 +60,6 @@ enum {
     CHILD_NOT_CLOSED = 13, // a raw child: the master kept a garbage connection open
     CHILD_BAD_ANSWER = 14, // a raw child: the master's answer is not a WORLD
 };
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 // ----------------------------------------------------------------------------
 // nodes in child processes
@@ -82,8 +74,7 @@ typedef struct {
     size_t answer_len;
 } Child;
 
-static pid_t children[MAX_CHILDREN]; // forked and not yet reaped: end_children kills them
-static int master_fd = -1;           // the master's listening socket: no child may keep it open
+static int master_fd = -1; // the master's listening socket: no child may keep it open
 
 // A gate: children that come later wait until `count` bytes arrived (one per child
 // that has connected before them).
@@ -124,15 +115,12 @@ static void write_all(int fd, const void* buf, size_t len) {
 }
 
 // Forks a child whose stderr and answer come back through pipes; returns 0 in the child.
-static pid_t fork_child(Child* c, int* answer_write_fd) {
+static pid_t fork_node(Child* c, int* answer_write_fd) {
     int err_pipe[2], answer_pipe[2];
     cr_assert(pipe(err_pipe) == 0 && pipe(answer_pipe) == 0, "pipe: %s", strerror(errno));
     memset(c, 0, sizeof *c);
-    fflush(NULL);
-    c->pid = fork();
-    cr_assert_neq(c->pid, -1, "fork: %s", strerror(errno));
+    c->pid = fork_child();
     if (c->pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (master_fd >= 0)
             close(master_fd);
         close(err_pipe[0]), close(answer_pipe[0]);
@@ -141,11 +129,6 @@ static pid_t fork_child(Child* c, int* answer_write_fd) {
         *answer_write_fd = answer_pipe[1];
         return 0;
     }
-    for (int i = 0; i < MAX_CHILDREN; i++)
-        if (children[i] == 0) {
-            children[i] = c->pid;
-            break;
-        }
     close(err_pipe[1]), close(answer_pipe[1]);
     c->err_fd = err_pipe[0], c->answer_fd = answer_pipe[0];
     return c->pid;
@@ -158,7 +141,7 @@ static pid_t fork_child(Child* c, int* answer_write_fd) {
 static void spawn_node(Child* c, int nnodes, int port, const char* token, const RdzvHello* own,
                        const Gate* after, int wait, const Gate* then) {
     int answer_fd;
-    if (fork_child(c, &answer_fd) != 0)
+    if (fork_node(c, &answer_fd) != 0)
         return;
     if (after != NULL && gate_wait(after, wait) != 0)
         _exit(CHILD_GATE_TIMED_OUT);
@@ -179,20 +162,7 @@ static void spawn_node(Child* c, int nnodes, int port, const char* token, const 
 // Waits for the child's end (killing it at the deadline, which fails the test) and
 // reads what it printed and sent back.
 static void collect(Child* c) {
-    double deadline = now_seconds() + CHILD_DEADLINE_S;
-    int wstatus = 0;
-    while (waitpid(c->pid, &wstatus, WNOHANG) != c->pid) {
-        if (now_seconds() > deadline) {
-            kill(c->pid, SIGKILL);
-            waitpid(c->pid, &wstatus, 0);
-            c->status = -1;
-            break;
-        }
-        usleep(5000);
-    }
-    for (int i = 0; i < MAX_CHILDREN; i++)
-        if (children[i] == c->pid)
-            children[i] = 0;
+    int wstatus = reap_child(c->pid, CHILD_DEADLINE_S);
     size_t len = 0;
     ssize_t n;
     while (len + 1 < sizeof c->err &&
@@ -203,7 +173,7 @@ static void collect(Child* c) {
                                                          sizeof c->answer - c->answer_len)) > 0)
         c->answer_len += (size_t)n;
     close(c->err_fd), close(c->answer_fd);
-    cr_assert_neq(c->status, -1, "a child was still running after %.0f s; its stderr:\n%s",
+    cr_assert_neq(wstatus, -1, "a child was still running after %.0f s; its stderr:\n%s",
                   CHILD_DEADLINE_S, c->err);
     c->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : -1;
     cr_assert_neq(c->status, -1, "a child died (wait status 0x%x); its stderr:\n%s", wstatus,
@@ -217,16 +187,6 @@ static const RdzvWorld* joined_world(const Child* c, const char* who) {
     cr_assert_eq(c->answer_len, sizeof(RdzvWorld), "%s sent back %zu bytes of its WORLD", who,
                  c->answer_len);
     return (const RdzvWorld*)c->answer;
-}
-
-// .fini of every test: children left by a failed assertion are killed.
-static void end_children(void) {
-    for (int i = 0; i < MAX_CHILDREN; i++)
-        if (children[i] > 0) {
-            kill(children[i], SIGKILL);
-            waitpid(children[i], NULL, 0);
-            children[i] = 0;
-        }
 }
 
 // ----------------------------------------------------------------------------
@@ -262,9 +222,10 @@ static void release_stderr(char* log, size_t len) {
     }
 }
 
+// .fini of every test: children left by a failed assertion are killed.
 static void end_children_and_release_stderr(void) {
     char ignored[16];
-    end_children();
+    proc_end_leftovers();
     release_stderr(ignored, sizeof ignored);
 }
 
@@ -712,7 +673,7 @@ typedef enum {
 static void spawn_raw(Child* c, int port, const Wire* msg, bool sign, RawMode mode,
                       const Gate* then) {
     int answer_fd;
-    if (fork_child(c, &answer_fd) != 0)
+    if (fork_node(c, &answer_fd) != 0)
         return;
     int fd = connect_to(port);
     if (fd < 0)

@@ -27,7 +27,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "timer.h"
+
 #define MAX_STARTED 64    // runs one test starts
+#define MAX_FORKED 64     // children of fork_child not reaped yet
 #define DRAIN_S 1.0       // how long output held open by a leftover child is read
 #define PUMP_SLICE_S 0.02 // the longest a read waits: runs are reaped at least this often
 
@@ -38,6 +41,7 @@ static struct {
     Proc* running; // NULL once finished
 } started[MAX_STARTED];
 static int started_count;
+static pid_t forked[MAX_FORKED]; // fork_child's children not reaped yet (0: a free slot)
 
 static void remove_temp_dir(void);
 
@@ -45,9 +49,7 @@ static void remove_temp_dir(void);
 // starting a program
 
 double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+    return timer_seconds();
 }
 
 // Makes room for at least 4096 more bytes and a NUL after the text.
@@ -299,7 +301,52 @@ void proc_end_leftovers(void) {
             waitpid(started[i].pid, NULL, 0);
     }
     started_count = 0;
+    for (int i = 0; i < MAX_FORKED; i++)
+        if (forked[i] > 0) {
+            kill(-forked[i], SIGKILL);
+            waitpid(forked[i], NULL, 0);
+            forked[i] = 0;
+        }
     remove_temp_dir();
+}
+
+// ----------------------------------------------------------------------------
+// forking a function of the test
+
+pid_t fork_child(void) {
+    int slot = 0;
+    while (slot < MAX_FORKED && forked[slot] != 0)
+        slot++;
+    cr_assert_lt(slot, MAX_FORKED, "more than %d children not reaped", MAX_FORKED);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        setpgid(0, 0);
+        return 0;
+    }
+    setpgid(pid, pid); // here too: whichever runs first, the group exists
+    forked[slot] = pid;
+    return pid;
+}
+
+int reap_child(pid_t pid, double seconds) {
+    double deadline = now_seconds() + seconds;
+    int wstatus = -1;
+    while (waitpid(pid, &wstatus, WNOHANG) != pid) {
+        if (now_seconds() > deadline) {
+            kill(-pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            wstatus = -1;
+            break;
+        }
+        usleep(2000);
+    }
+    for (int i = 0; i < MAX_FORKED; i++)
+        if (forked[i] == pid)
+            forked[i] = 0;
+    return wstatus;
 }
 
 // ----------------------------------------------------------------------------

@@ -10,9 +10,12 @@
  * the group of every run the test started, so that a failed assertion leaves nothing
  * behind. Tests find a run's workers (and what is left of its group) through /proc.
  *
+ * A test may also fork a function of its own (a node, a rank, a writer to kill): fork_child
+ * gives it the same death and leftover handling, reap_child waits for it with a deadline.
+ *
  * APIs: Proc, ProcOptions, PROC_DEADLINE_S, PROC_MAX_ARGS, now_seconds,
  *       proc_start, proc_wait_for, proc_finish, proc_kill, proc_free, proc_run,
- *       proc_expect_ended, proc_end_leftovers,
+ *       proc_expect_ended, proc_end_leftovers, fork_child, reap_child,
  *       read_pid_file, pids_where, pid_runs, proc_wait_for_children, expect_pids_gone,
  *       proc_expect_group_gone,
  *       temp_dir, temp_dir_make, remove_tree, read_file, write_file,
@@ -63,7 +66,7 @@ typedef struct {
     int output_to_files;
 } ProcOptions;
 
-// Monotonic seconds.
+// Monotonic seconds: common/timer.h's clock, the one every process of a test shares.
 double now_seconds(void);
 
 // Starts program with args (NULL-terminated, without the program); options may be NULL.
@@ -85,6 +88,17 @@ Proc proc_run(const char* program, const char* const* args, const ProcOptions* o
 // .fini of a test: kills the group of every run it started (and reaps those not finished),
 // then removes temp_dir if it made one.
 void proc_end_leftovers(void);
+
+// ----------------------------------------------------------------------------
+// forking a function of the test
+
+// Forks (after fflush) a child that runs as a piece of the test: in a process group of its
+// own, killed when the test dies, and by proc_end_leftovers if the test ends before
+// reap_child. Returns 0 in the child, its pid in the test.
+pid_t fork_child(void);
+// Waits up to seconds for child pid to end, then kills it. Returns its wait status, or -1
+// if it had to be killed.
+int reap_child(pid_t pid, double seconds);
 
 // ----------------------------------------------------------------------------
 // the processes of a run, from /proc
