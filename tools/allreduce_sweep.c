@@ -1,9 +1,9 @@
 /*
  * allreduce_sweep.c - sizes, checks and timings of an all-reduce (see allreduce_sweep.h).
  *
- * algbw = bytes / time; busbw = algbw * 2 (N - 1) / N, the traffic each link of a ring
- * carries, comparable across rank counts (nccl-tests' convention). #wrong counts the
- * elements that differ from the exact sum.
+ * time is the slowest rank's mean over the timed iterations; algbw = bytes / time; busbw = algbw *
+ * 2 (N - 1) / N, the traffic each link of a ring carries, comparable across rank counts
+ * (nccl-tests' convention). #wrong counts the elements that differ from the exact sum.
  */
 #include "allreduce_sweep.h"
 
@@ -57,6 +57,27 @@ static int count_wrong(const SweepEngine* e, float* buf, float* host, size_t cou
     return wrong;
 }
 
+// The slowest rank's seconds, on every rank: what the collective cost the job, as
+// nccl-tests reports it. Each rank puts its time in its own slot; a sum fills them all.
+static int slowest_seconds(const SweepEngine* e, double mine, double* slowest) {
+    size_t n = (size_t)e->world_size;
+    float* host = calloc(n, sizeof(float));
+    float* slots = e->k->alloc(n * sizeof(float));
+    int err = host == NULL || slots == NULL;
+    if (!err) {
+        host[e->rank] = (float)mine;
+        err = e->k->upload(slots, host, n * sizeof(float)) || e->allreduce_sum(e->ctx, slots, n) ||
+              e->k->download(host, slots, n * sizeof(float));
+    }
+    *slowest = 0.0;
+    for (size_t r = 0; !err && r < n; r++)
+        *slowest = host[r] > *slowest ? host[r] : *slowest;
+    if (slots != NULL)
+        e->k->release(slots);
+    free(host);
+    return err ? -1 : 0;
+}
+
 static int sweep_size(const SweepEngine* e, float* buf, float* host, long bytes) {
     size_t count = (size_t)bytes / sizeof(float);
     int wrong = count_wrong(e, buf, host, count);
@@ -68,7 +89,8 @@ static int sweep_size(const SweepEngine* e, float* buf, float* host, long bytes)
     double start = timer_seconds();
     for (int i = 0; i < iters; i++)
         RETURN_IF_FAILED(e->allreduce_sum(e->ctx, buf, count));
-    double seconds = (timer_seconds() - start) / iters;
+    double seconds;
+    RETURN_IF_FAILED(slowest_seconds(e, (timer_seconds() - start) / iters, &seconds));
     double algbw = (double)bytes / seconds / 1e9;
     double busbw = algbw * 2.0 * (e->world_size - 1) / e->world_size;
     if (e->rank == 0)
@@ -83,7 +105,8 @@ int sweep_run(const SweepEngine* e, long min_bytes, long max_bytes) {
     float* buf = e->k->alloc(max_count * sizeof(float));
     int err = host == NULL || buf == NULL;
     if (e->rank == 0 && !err)
-        printf("# all-reduce of floats (sum), backend %s, %d ranks; time: mean over iterations\n"
+        printf("# all-reduce of floats (sum), backend %s, %d ranks; time: the slowest rank's mean "
+               "over iterations\n"
                "%12s %10s %10s %12s %12s %8s\n",
                e->name, e->world_size, "size(B)", "count", "time(us)", "algbw(GB/s)", "busbw(GB/s)",
                "#wrong");
