@@ -176,7 +176,7 @@ Test(lessons, every_shared_region_is_identical_in_every_lesson_that_has_it) {
     int shared;
     cr_assert_null(check_copies(r, &shared, why, sizeof why), "%s", why);
     // Lessons 02 and 03 share their training code: if the fences vanish, so does the check.
-    cr_assert_geq(shared, 6, "only %d regions are shared between lessons", shared);
+    cr_assert_geq(shared, 8, "only %d copies of shared regions were found", shared);
     for (int i = 0; i < n; i++)
         free(files[i]), free(texts[i]);
     free(r);

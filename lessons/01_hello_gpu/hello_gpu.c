@@ -46,39 +46,49 @@ static void parse_args(TrainConfig* c, int argc, char** argv) {
 // ----------------------------------------------------------------------------
 // the data, moved to the device once
 
+// The same code serves lesson 02, where every rank scores its own share of the eval
+// samples; with one rank, the share is all of them.
+// >>> shared "device data": the same in every lesson that has it (tests/test_lessons.c)
 typedef struct {
     float* x;           // (n_train + n_eval) every sample's input, on the device
     float* y;           // (n_train + n_eval) every sample's target
-    int* train_indices; // (num_samples) this epoch's shuffled order, uploaded each epoch
-    int* eval_indices;  // (n_eval) n_train, n_train + 1, ...: the eval samples in order
+    int* train_indices; // (num_samples) this rank's shard of the epoch's order, uploaded each epoch
+    int* eval_indices;  // (n_eval) this rank's eval samples: n_train + rank, + rank + N, ...
+    int n_eval;         // how many eval samples this rank scores (no padding: none twice)
+    int n_eval_total;   // eval samples over all ranks
 } DeviceData;
 
 static int upload_data(DeviceData* d, const Kernels* k, const Dataset* data, const Sampler* s) {
     int n_total = data->n_train + data->n_eval;
-    int* eval_order = malloc((size_t)data->n_eval * sizeof(int));
+    d->n_eval_total = data->n_eval;
+    d->n_eval = (data->n_eval - s->rank + s->world_size - 1) / s->world_size;
+    int* eval_order = malloc_nonzero((size_t)d->n_eval * sizeof(int));
     d->x = k->alloc((size_t)n_total * sizeof(float));
     d->y = k->alloc((size_t)n_total * sizeof(float));
     d->train_indices = k->alloc((size_t)s->num_samples * sizeof(int));
-    d->eval_indices = k->alloc((size_t)data->n_eval * sizeof(int));
+    d->eval_indices = k->alloc((size_t)d->n_eval * sizeof(int));
     if (eval_order == NULL || !d->x || !d->y || !d->train_indices || !d->eval_indices) {
         free(eval_order);
         return -1;
     }
-    for (int i = 0; i < data->n_eval; i++)
-        eval_order[i] = data->n_train + i;
+    for (int i = 0; i < d->n_eval; i++)
+        eval_order[i] = data->n_train + s->rank + i * s->world_size;
     int err = k->upload(d->x, data->x, (size_t)n_total * sizeof(float)) ||
               k->upload(d->y, data->y, (size_t)n_total * sizeof(float)) ||
-              k->upload(d->eval_indices, eval_order, (size_t)data->n_eval * sizeof(int));
+              k->upload(d->eval_indices, eval_order, (size_t)d->n_eval * sizeof(int));
     free(eval_order);
     return err ? -1 : 0;
 }
+// <<< shared "device data"
 
+// >>> shared "release_data": the same in every lesson that has it (tests/test_lessons.c)
 static void release_data(DeviceData* d, const Kernels* k) {
     void* buffers[] = {d->x, d->y, d->train_indices, d->eval_indices};
     for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++)
         if (buffers[i] != NULL)
             k->release(buffers[i]);
 }
+// <<< shared "release_data"
 
 // ----------------------------------------------------------------------------
 // training and evaluation
@@ -103,18 +113,18 @@ static int train_epoch(Mlp* m, Optimizer* opt, Sampler* s, const DeviceData* d, 
 }
 
 // The mean squared error over every eval sample, in chunks of the model's batch.
-static int evaluate(Mlp* m, const DeviceData* d, int n_eval, float* eval_loss) {
-    for (int first = 0; first < n_eval; first += m->max_batch) {
-        int B = n_eval - first < m->max_batch ? n_eval - first : m->max_batch;
+static int evaluate(Mlp* m, const DeviceData* d, float* eval_loss) {
+    for (int first = 0; first < d->n_eval; first += m->max_batch) {
+        int B = d->n_eval - first < m->max_batch ? d->n_eval - first : m->max_batch;
         RETURN_IF_FAILED(mlp_load_batch(m, d->x, d->y, d->eval_indices + first, B));
         RETURN_IF_FAILED(mlp_forward(m, B));
-        RETURN_IF_FAILED(mlp_loss(m, 1.0f / n_eval, B));
+        RETURN_IF_FAILED(mlp_loss(m, 1.0f / d->n_eval_total, B));
     }
     return mlp_take_loss(m, eval_loss);
 }
 
 // Trains from the start, or from the epoch after resume_from's (unless it is NULL).
-static int train(Mlp* m, const TrainConfig* c, const Dataset* data, const DeviceData* d, Sampler* s,
+static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s,
                  const Checkpoint* resume_from, EpochStats* stats) {
     Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
     int first_epoch = resume_from ? checkpoint_restore(resume_from, c, 1, m, &opt, stats, true) : 0;
@@ -125,7 +135,7 @@ static int train(Mlp* m, const TrainConfig* c, const Dataset* data, const Device
         double epoch_start = timer_seconds();
         EpochStats* e = &stats[epoch];
         RETURN_IF_FAILED(train_epoch(m, &opt, s, d, epoch, c->batch_size, &e->train_loss));
-        RETURN_IF_FAILED(evaluate(m, d, data->n_eval, &e->eval_loss));
+        RETURN_IF_FAILED(evaluate(m, d, &e->eval_loss));
         e->seconds = timer_seconds() - epoch_start;
         printf("Epoch [%d/%d] - Train Loss: %.6f, Eval Loss: %.6f\n", epoch + 1, c->epochs,
                e->train_loss, e->eval_loss);
@@ -181,11 +191,10 @@ int main(int argc, char** argv) {
         return EXIT_FAILURE;
     mlp_print_summary(&model);
 
-    int status =
-        train(&model, &c, &data, &d, &sampler, resuming ? &checkpoint : NULL, stats) == 0 &&
-                (c.out_dir == NULL || report_write(c.out_dir, stats, c.epochs) == 0)
-            ? EXIT_SUCCESS
-            : EXIT_FAILURE;
+    int status = train(&model, &c, &d, &sampler, resuming ? &checkpoint : NULL, stats) == 0 &&
+                         (c.out_dir == NULL || report_write(c.out_dir, stats, c.epochs) == 0)
+                     ? EXIT_SUCCESS
+                     : EXIT_FAILURE;
     checkpoint_free(&checkpoint);
     release_data(&d, dev.kernels);
     mlp_free(&model);

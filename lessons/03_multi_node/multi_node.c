@@ -350,14 +350,16 @@ static int upload_data(DeviceData* d, const Kernels* k, const Dataset* data, con
     free(eval_order);
     return err ? -1 : 0;
 }
+// <<< shared "device data"
 
+// >>> shared "release_data": the same in every lesson that has it (tests/test_lessons.c)
 static void release_data(DeviceData* d, const Kernels* k) {
     void* buffers[] = {d->x, d->y, d->train_indices, d->eval_indices};
     for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++)
         if (buffers[i] != NULL)
             k->release(buffers[i]);
 }
-// <<< shared "device data"
+// <<< shared "release_data"
 
 // ----------------------------------------------------------------------------
 // training and evaluation
