@@ -161,7 +161,8 @@ def c_init_params(hidden, seed):
 def c_sampler_indices(n, world_size, rank, seed, epoch):
     """sampler_set_epoch: this rank's training indices for epoch, in order."""
     i = np.arange(n - 1, 0, -1, dtype=np.int64)  # the swaps go from the top down
-    draws = rng_u64(seed, RNG_STREAM_SHUFFLE, (np.uint64(epoch) << np.uint64(32)) | i.astype(np.uint64))
+    counters = (np.uint64(epoch) << np.uint64(32)) | i.astype(np.uint64)  # epoch << 32 | i
+    draws = rng_u64(seed, RNG_STREAM_SHUFFLE, counters)
     swaps = (draws % (i + 1).astype(np.uint64)).astype(np.int64)
     permutation = list(range(n))
     for top, j in zip(i.tolist(), swaps.tolist()):
@@ -337,7 +338,8 @@ def parse_args():
                    "not as the float32 values that C uses")
     p.add_argument("--out", metavar="DIR", help="with --same-init: write DIR/losses.csv")
     p.add_argument("--dump-params", metavar="FILE",
-                   help="with --same-init: write the final parameters to FILE (raw float32, C layout)")
+                   help="with --same-init: write the final parameters to FILE (raw "
+                   "little-endian float32 in the C layout)")
     args = p.parse_args()
     if args.ranks < 1 or args.epochs < 1 or args.batch_size < 1:
         p.error("--ranks, --epochs and --batch-size must be positive")
