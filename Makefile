@@ -14,6 +14,7 @@
 #   make soak          16 ranks, 3 nodes x 4 ranks, 50 jobs back to back on one port
 #   make bench-01      median time per epoch of lesson 01 at defaults (bench-02: lesson 02, 1 and 2 ranks)
 #   make bench         every lesson beside PyTorch, with plots, into results/
+#   make check-01      a lesson's self-check on the CPU, PASS or FAIL line by line (check-02, check-03)
 #   make clean
 
 CUDA_HOME ?= /usr/local/cuda
@@ -102,7 +103,7 @@ GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 # below from forcing a relink when the configuration or the build id changes.
 .PRECIOUS: $(OBJ)/%.o $(OBJ)/%.cu.o $(BUILD)/fuzz/obj/%.o
 
-.PHONY: all lesson-01 lesson-02 lesson-03 run tests test asan memcheck fuzz soak bench bench-quick bench-01 bench-02 diff-02 diff-03 demo-multinode clean found need-sodium
+.PHONY: all lesson-01 lesson-02 lesson-03 run tests test asan memcheck fuzz soak bench bench-quick bench-01 bench-02 check-01 check-02 check-03 diff-02 diff-03 demo-multinode clean found need-sodium
 all: found $(LESSONS) $(TOOLS)
 
 # One line per optional part, so that a build says what it could use.
@@ -240,6 +241,15 @@ bench: all
 	@tools/bench.sh
 bench-quick: all
 	@tools/bench.sh --quick
+
+# A lesson's self-check for a class: runs it briefly on the CPU and prints PASS or FAIL
+# per check, against expected values and PyTorch (tools/check_lesson.sh).
+check-01: lesson-01
+	@tools/check_lesson.sh 01 $(BUILD)
+check-02: lesson-01 lesson-02
+	@tools/check_lesson.sh 02 $(BUILD)
+check-03: lesson-02 lesson-03
+	@tools/check_lesson.sh 03 $(BUILD)
 
 # What lesson 02 adds to lesson 01, and lesson 03 to lesson 02.
 diff-02:
