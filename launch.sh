@@ -12,7 +12,8 @@
 # When one node fails, or on Ctrl-C, every node is stopped; the exit status is
 # non-zero if any node failed.
 # The repository must be at the same path on every node. DDP_BUILD (another build
-# directory) and DDP_TOKEN pass on to every node.
+# directory) and DDP_TOKEN pass on to every node; without DDP_TOKEN, launch.sh makes a
+# token for the job.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=${DDP_BUILD:-build}
@@ -49,6 +50,13 @@ fi
 [ "$mode" = multi-node ] || die "--mode must be single-node or multi-node (see --help)"
 [ -n "$master" ] && [ -n "$workers" ] || die "multi-node needs --master-node and --worker-nodes"
 [[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 65535 ] || die "--port must be in [1, 65535], got '$port'"
+
+# Every job has a token: DDP_TOKEN if it is set, else one made here for this job alone.
+# It reaches every node through the remote shell's stdin (see node_command).
+if [ -z "${DDP_TOKEN:-}" ]; then
+    DDP_TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+    [ ${#DDP_TOKEN} -eq 32 ] || die "could not make a token for the job from /dev/urandom"
+fi
 
 IFS=, read -r -a worker_list <<<"$workers"
 nodes=("$master" "${worker_list[@]}")

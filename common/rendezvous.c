@@ -22,10 +22,12 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "file.h"
 #include "net.h"
 #include "timer.h"
 
 #define HELLO_WAIT_SECONDS 2.0 // how long one connection may take to answer its challenge
+#define HELLO_WAIT_TEXT "2 s"
 #define MESSAGE_BYTES (RDZV_HEADER_BYTES + RDZV_MAX_PAYLOAD)
 #define NOT_A_MESSAGE 1 // recv_msg: bytes came, but they are no valid message
 
@@ -106,7 +108,7 @@ static bool is_ipv4(const char* text) {
     return inet_pton(AF_INET, text, &addr) == 1;
 }
 
-// HELLO's fields; the proof follows them on the wire.
+// HELLO's fields, the node's challenge last; the proof follows them on the wire.
 static size_t encode_hello(const RdzvHello* h, unsigned char* buf, size_t cap) {
     Cursor c = {.out = buf, .len = cap};
     put_u32(&c, (uint32_t)h->node_rank);
@@ -117,6 +119,7 @@ static size_t encode_hello(const RdzvHello* h, unsigned char* buf, size_t cap) {
     put_text(&c, h->ring_addr, sizeof h->ring_addr);
     for (int i = 0; i < h->nproc; i++)
         put_u32(&c, (uint32_t)h->ring_ports[i]);
+    put_bytes(&c, h->nonce, RDZV_CHALLENGE_BYTES);
     return c.bad ? 0 : c.pos;
 }
 
@@ -137,11 +140,13 @@ static int decode_hello(RdzvMessage* m, const unsigned char* buf, size_t len) {
             return -1;
         h->ring_ports[i] = (int)port;
     }
+    get_bytes(&c, h->nonce, RDZV_CHALLENGE_BYTES);
     m->signed_len = c.pos;
     get_bytes(&c, m->proof, RDZV_PROOF_BYTES);
     return c.bad || c.pos != len ? -1 : 0;
 }
 
+// WORLD's fields; the master's proof follows them on the wire.
 static size_t encode_world(const RdzvWorld* w, unsigned char* buf, size_t cap) {
     Cursor c = {.out = buf, .len = cap};
     put_u32(&c, (uint32_t)w->world_size);
@@ -157,8 +162,9 @@ static size_t encode_world(const RdzvWorld* w, unsigned char* buf, size_t cap) {
     return c.bad ? 0 : c.pos;
 }
 
-static int decode_world(RdzvWorld* w, const unsigned char* buf, size_t len) {
+static int decode_world(RdzvMessage* m, const unsigned char* buf, size_t len) {
     Cursor c = {.in = buf, .len = len};
+    RdzvWorld* w = &m->world;
     w->world_size = (int)get_u32(&c);
     w->nnodes = (int)get_u32(&c);
     if (c.bad || w->nnodes < 1 || w->nnodes > RDZV_MAX_NODES || w->world_size < 1 ||
@@ -183,6 +189,8 @@ static int decode_world(RdzvWorld* w, const unsigned char* buf, size_t len) {
     }
     w->has_nccl_id = get_u32(&c) != 0;
     get_bytes(&c, w->nccl_id, RDZV_NCCL_ID_BYTES);
+    m->signed_len = c.pos;
+    get_bytes(&c, m->proof, RDZV_PROOF_BYTES);
     return c.bad || c.pos != len ? -1 : 0;
 }
 
@@ -241,7 +249,7 @@ static int decode_payload(RdzvMessage* m, RdzvType type, const unsigned char* pa
         bad = decode_hello(m, payload, len);
         break;
     case RDZV_WORLD:
-        bad = decode_world(&m->world, payload, len);
+        bad = decode_world(m, payload, len);
         break;
     case RDZV_REFUSE:
     case RDZV_ABORT:
@@ -329,56 +337,87 @@ static bool crypto_ready(void) {
     return sodium_init() >= 0;
 }
 
-// The answer to a challenge: HMAC-SHA256 keyed with the token over the challenge and
-// HELLO's fields (len bytes). The token stays here; only this digest travels.
-static void hello_proof(unsigned char* proof, const char* token, const unsigned char* challenge,
-                        const unsigned char* fields, size_t len) {
+// HMAC-SHA256 keyed with the token over label, the challenges (each RDZV_CHALLENGE_BYTES;
+// second may be NULL) and len bytes of a message's fields. The token stays here; only
+// this digest travels. The label keeps a node's proof from ever passing as a master's.
+static void make_proof(unsigned char* proof, const char* token, const char* label,
+                       const unsigned char* first, const unsigned char* second,
+                       const unsigned char* fields, size_t len) {
     crypto_auth_hmacsha256_state state;
     crypto_auth_hmacsha256_init(&state, (const unsigned char*)token, strlen(token));
-    crypto_auth_hmacsha256_update(&state, challenge, RDZV_CHALLENGE_BYTES);
+    crypto_auth_hmacsha256_update(&state, (const unsigned char*)label, strlen(label));
+    crypto_auth_hmacsha256_update(&state, first, RDZV_CHALLENGE_BYTES);
+    if (second != NULL)
+        crypto_auth_hmacsha256_update(&state, second, RDZV_CHALLENGE_BYTES);
     crypto_auth_hmacsha256_update(&state, fields, len);
     crypto_auth_hmacsha256_final(&state, proof);
     sodium_memzero(&state, sizeof state); // it holds the key, padded
 }
 
-// Whether m, the HELLO that arrived as bytes, proves that its sender knows the token and
-// answered this connection's challenge (a HELLO recorded elsewhere answered another).
-static bool proof_is_right(const Rdzv* r, const unsigned char* challenge, const RdzvMessage* m,
-                           const unsigned char* bytes) {
-    unsigned char want[RDZV_PROOF_BYTES];
-    hello_proof(want, r->token, challenge, bytes + RDZV_HEADER_BYTES, m->signed_len);
-    // Constant time: how long it takes says nothing about where the proofs differ.
+// A node's answer to the master's challenge: over HELLO's fields (its own challenge in them).
+static void hello_proof(unsigned char* proof, const char* token, const unsigned char* challenge,
+                        const unsigned char* fields, size_t len) {
+    make_proof(proof, token, "DDP-HELLO", challenge, NULL, fields, len);
+}
+
+// The master's answer to a node's challenge: over both challenges and WORLD's fields, so
+// that a WORLD is good for that node, on that connection, with that content only.
+static void world_proof(unsigned char* proof, const char* token, const unsigned char* challenge,
+                        const unsigned char* nonce, const unsigned char* fields, size_t len) {
+    make_proof(proof, token, "DDP-WORLD", challenge, nonce, fields, len);
+}
+
+// Whether the proof in m (which arrived as bytes) is want's, compared in constant time:
+// how long it takes says nothing about where the proofs differ.
+static bool proof_matches(const unsigned char* want, const RdzvMessage* m) {
     return crypto_verify_32(want, m->proof) == 0;
 }
 
 // ----------------------------------------------------------------------------
 // the token
 
-int rdzv_read_token(const char* token_file, char* token, size_t len, char* why, size_t why_len) {
-    const char* env = getenv("DDP_TOKEN");
-    if (token_file == NULL) {
-        if (env != NULL && strlen(env) > RDZV_TOKEN_BYTES) {
-            snprintf(why, why_len, "DDP_TOKEN is longer than %d characters", RDZV_TOKEN_BYTES);
-            return -1;
-        }
-        snprintf(token, len, "%s", env != NULL ? env : "");
-        return 0;
-    }
-    FILE* f = fopen(token_file, "r");
-    if (f == NULL || fgets(token, (int)len, f) == NULL) {
-        snprintf(why, why_len, "--token-file %s: %s", token_file,
-                 f == NULL ? strerror(errno) : "the file is empty");
-        if (f != NULL)
-            fclose(f);
+#define TOKEN_FILE_MAX_BYTES 4096
+
+// The first line of a token file, checked, into token.
+static int token_from_file(const char* path, RdzvToken* token, char* why, size_t why_len) {
+    size_t len;
+    mode_t mode;
+    char* text = file_read_all(path, TOKEN_FILE_MAX_BYTES, &len, &mode, why, why_len);
+    if (text == NULL) {
+        char problem[ERROR_TEXT_BYTES];
+        snprintf(problem, sizeof problem, "%s", why);
+        snprintf(why, why_len, "--token-file %s", problem);
         return -1;
     }
-    fclose(f);
-    token[strcspn(token, "\r\n")] = '\0';
-    if (strlen(token) > RDZV_TOKEN_BYTES) {
-        snprintf(why, why_len, "--token-file %s: the token is longer than %d characters",
-                 token_file, RDZV_TOKEN_BYTES);
+    size_t line = strcspn(text, "\r\n");
+    if (line == 0)
+        snprintf(why, why_len, "--token-file %s: its first line is empty (a token cannot be empty)",
+                 path);
+    else if (line > RDZV_TOKEN_BYTES)
+        snprintf(why, why_len, "--token-file %s: the token is longer than %d characters", path,
+                 RDZV_TOKEN_BYTES);
+    else
+        snprintf(token->text, sizeof token->text, "%.*s", (int)line, text);
+    free(text);
+    if (line == 0 || line > RDZV_TOKEN_BYTES)
+        return -1;
+    if ((mode & 077) != 0)
+        snprintf(token->warning, sizeof token->warning,
+                 "warning: --token-file %s can be read by other users (mode %04o): chmod 600 %s",
+                 path, (unsigned)mode, path);
+    return 0;
+}
+
+int rdzv_read_token(const char* token_file, RdzvToken* token, char* why, size_t why_len) {
+    *token = (RdzvToken){0};
+    if (token_file != NULL)
+        return token_from_file(token_file, token, why, why_len);
+    const char* env = getenv("DDP_TOKEN"); // an empty one is as good as unset
+    if (env != NULL && strlen(env) > RDZV_TOKEN_BYTES) {
+        snprintf(why, why_len, "DDP_TOKEN is longer than %d characters", RDZV_TOKEN_BYTES);
         return -1;
     }
+    snprintf(token->text, sizeof token->text, "%s", env != NULL ? env : "");
     return 0;
 }
 
@@ -483,55 +522,140 @@ static void check_hello(const Rdzv* r, const RdzvHello* own, const RdzvHello* h,
                  h->nproc, ranks_in(r) + h->nproc, RDZV_MAX_RANKS);
 }
 
-// Step 2) sends a fresh challenge (nonce) over fd and reads the answer, all within
-// HELLO_WAIT_SECONDS. 0 with a HELLO in m (as it arrived in bytes), or -1 with why set.
-static int challenge_and_read(int fd, unsigned char* nonce, RdzvMessage* m, unsigned char* bytes,
-                              char* why, size_t why_len) {
-    double deadline = timer_seconds() + HELLO_WAIT_SECONDS;
-    randombytes_buf(nonce, RDZV_CHALLENGE_BYTES);
-    NetStatus sent = send_msg(fd, RDZV_CHALLENGE, nonce, RDZV_CHALLENGE_BYTES, deadline);
-    if (sent != NET_OK) {
-        snprintf(why, why_len, "sending the challenge: %s", net_status_str(sent));
-        return -1;
-    }
-    int got = recv_msg(fd, m, bytes, deadline, why, why_len);
-    if (got == NET_TIMEOUT)
-        snprintf(why + strlen(why), why_len - strlen(why),
-                 " (no answer to the challenge within %.0f s)", HELLO_WAIT_SECONDS);
-    else if (got == 0 && m->type != RDZV_HELLO)
-        snprintf(why, why_len, "%s in answer to the challenge, not HELLO", type_name(m->type));
-    return got == 0 && m->type == RDZV_HELLO ? 0 : -1;
+// A connection that has its challenge and has not answered yet. The master serves up to
+// RDZV_MAX_PENDING of them side by side, so that one that says nothing holds back nobody.
+typedef struct {
+    int fd;            // -1: a free slot
+    double deadline;   // its answer is due by then
+    double arrived_at; // the oldest gives way when every slot is taken
+    unsigned char challenge[RDZV_CHALLENGE_BYTES];
+    unsigned char* bytes; // (MESSAGE_BYTES) what it sent so far
+    size_t got, want;     // bytes so far; bytes of its message once the header is in
+    RdzvType type;        // the message's, once the header is in
+    char peer[64];
+} Pending;
+
+static void pending_close(Pending* p, const char* why) {
+    if (why != NULL)
+        rank_log("rendezvous: ignored a connection from %s: %s", p->peer, why);
+    close(p->fd);
+    p->fd = -1;
 }
 
-// Takes one connection from the listener: its HELLO is accepted, or refused with a reason.
-static void admit_one(Rdzv* r, const RdzvHello* own, int fd) {
-    char peer[64], why[512];
-    unsigned char nonce[RDZV_CHALLENGE_BYTES], bytes[MESSAGE_BYTES];
-    RdzvMessage m;
-    net_peer_name(fd, peer, sizeof peer);
-    if (challenge_and_read(fd, nonce, &m, bytes, why, sizeof why) != 0) {
-        rank_log("rendezvous: ignored a connection from %s: %s", peer, why);
-        close(fd);
+// Step 2) a fresh challenge for a new connection, in slot p.
+static void pending_open(Pending* p, int fd, double gather_deadline) {
+    double now = timer_seconds();
+    *p = (Pending){.fd = fd, .arrived_at = now, .bytes = p->bytes, .want = RDZV_HEADER_BYTES};
+    p->deadline =
+        now + HELLO_WAIT_SECONDS < gather_deadline ? now + HELLO_WAIT_SECONDS : gather_deadline;
+    net_peer_name(fd, p->peer, sizeof p->peer);
+    randombytes_buf(p->challenge, RDZV_CHALLENGE_BYTES);
+    NetStatus sent = send_msg(fd, RDZV_CHALLENGE, p->challenge, RDZV_CHALLENGE_BYTES, p->deadline);
+    if (sent != NET_OK) {
+        char why[128];
+        snprintf(why, sizeof why, "sending the challenge: %s", net_status_str(sent));
+        pending_close(p, why);
+    }
+}
+
+// Takes every connection waiting on the listener into a free slot, the oldest pending
+// one giving way when none is free.
+static void accept_waiting(Rdzv* r, Pending* pending, double gather_deadline) {
+    int fd;
+    while ((fd = net_accept(r->listen_fd, 0.0)) >= 0) { // a deadline passed: do not wait
+        Pending* slot = NULL;
+        for (int i = 0; i < RDZV_MAX_PENDING; i++)
+            if (slot == NULL || pending[i].fd < 0 ||
+                (slot->fd >= 0 && pending[i].arrived_at < slot->arrived_at))
+                slot = &pending[i];
+        if (slot->fd >= 0)
+            pending_close(slot, "no answer yet, and newer connections are waiting");
+        pending_open(slot, fd, gather_deadline);
+    }
+}
+
+// Whether the HELLO in m (which arrived as bytes, answering challenge) proves that its
+// sender knows the token and answered this connection (a recorded HELLO answered another).
+static bool hello_proof_is_right(const Rdzv* r, const unsigned char* challenge,
+                                 const RdzvMessage* m, const unsigned char* bytes) {
+    unsigned char want[RDZV_PROOF_BYTES];
+    hello_proof(want, r->token, challenge, bytes + RDZV_HEADER_BYTES, m->signed_len);
+    return proof_matches(want, m);
+}
+
+// What the master makes of a message that came whole.
+typedef enum { ANSWER_ACCEPTED, ANSWER_REFUSED, ANSWER_NOT_A_HELLO } Answer;
+
+// Checks the message that came whole on p: a HELLO to accept (m filled), one refused (the
+// node was told why, and it was logged), or no HELLO at all (why says what it was).
+static Answer check_answer(const Rdzv* r, const RdzvHello* own, Pending* p, RdzvMessage* m,
+                           char* why, size_t why_len) {
+    size_t len = p->got - RDZV_HEADER_BYTES;
+    if (decode_payload(m, p->type, p->bytes + RDZV_HEADER_BYTES, len, why, why_len) != 0)
+        return ANSWER_NOT_A_HELLO;
+    if (m->type != RDZV_HELLO) {
+        snprintf(why, why_len, "%s in answer to the challenge, not HELLO", type_name(m->type));
+        return ANSWER_NOT_A_HELLO;
+    }
+    check_hello(r, own, &m->hello, hello_proof_is_right(r, p->challenge, m, p->bytes), why,
+                why_len);
+    if (why[0] == '\0')
+        return ANSWER_ACCEPTED;
+    rank_log("rendezvous: refused node %d from %s: %s", m->hello.node_rank, p->peer, why);
+    send_msg(p->fd, RDZV_REFUSE, why, strlen(why) + 1, timer_seconds() + 1.0);
+    return ANSWER_REFUSED;
+}
+
+// A whole message came on p: a HELLO is accepted, or refused with a reason.
+static void admit(Rdzv* r, const RdzvHello* own, Pending* p) {
+    static RdzvMessage m; // 8 KB: not on the stack
+    char why[ERROR_TEXT_BYTES] = "";
+    Answer answer = check_answer(r, own, p, &m, why, sizeof why);
+    if (answer != ANSWER_ACCEPTED) {
+        pending_close(p, answer == ANSWER_NOT_A_HELLO ? why : NULL);
         return;
     }
     const RdzvHello* h = &m.hello;
-    check_hello(r, own, h, proof_is_right(r, nonce, &m, bytes), why, sizeof why);
-    if (why[0] != '\0') {
-        rank_log("rendezvous: refused node %d from %s: %s", h->node_rank, peer, why);
-        send_msg(fd, RDZV_REFUSE, why, strlen(why) + 1, timer_seconds() + 1.0);
-        close(fd);
-        return;
-    }
     if (r->control_fd[h->node_rank] >= 0) { // check_hello found its first holder gone
         rank_log("rendezvous: node %d left before the world formed; %s takes its place",
-                 h->node_rank, peer);
+                 h->node_rank, p->peer);
         close(r->control_fd[h->node_rank]);
     }
-    r->control_fd[h->node_rank] = fd;
+    r->control_fd[h->node_rank] = p->fd;
     r->hello[h->node_rank] = *h;
+    memcpy(r->challenge[h->node_rank], p->challenge, RDZV_CHALLENGE_BYTES);
+    p->fd = -1; // the connection is the node's control channel now
     if (r->debug)
         rank_log("rendezvous: step 2) node %d joined from %s with %d worker%s, ring at %s",
-                 h->node_rank, peer, h->nproc, h->nproc > 1 ? "s" : "", h->ring_addr);
+                 h->node_rank, p->peer, h->nproc, h->nproc > 1 ? "s" : "", h->ring_addr);
+}
+
+// Reads what p's connection has now; a whole message goes on to admit.
+static void read_pending(Rdzv* r, const RdzvHello* own, Pending* p) {
+    char why[ERROR_TEXT_BYTES];
+    ssize_t n = recv(p->fd, p->bytes + p->got, p->want - p->got, MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        bool closed = n == 0 || errno == ECONNRESET || errno == EPIPE;
+        snprintf(why, sizeof why, "%s%s",
+                 closed ? "connection closed by the peer" : strerror(errno),
+                 p->got > 0 ? " in the middle of a message" : "");
+        pending_close(p, why);
+        return;
+    }
+    p->got += n > 0 ? (size_t)n : 0;
+    if (p->got < p->want)
+        return;
+    size_t payload = 0;
+    if (p->want == RDZV_HEADER_BYTES) { // the header is in: now the payload it announces
+        if (parse_header(p->bytes, &p->type, &payload, why, sizeof why) != 0) {
+            pending_close(p, why);
+            return;
+        }
+        p->want += payload;
+        if (payload > 0)
+            return;
+    }
+    admit(r, own, p);
 }
 
 static int nodes_in(const Rdzv* r) {
@@ -541,26 +665,65 @@ static int nodes_in(const Rdzv* r) {
     return n;
 }
 
+// Waits on the listener and every pending connection until one of them has something, a
+// pending answer is overdue (closed here), or deadline. fds (1 + RDZV_MAX_PENDING).
+static void wait_for_any(Rdzv* r, Pending* pending, struct pollfd* fds, double deadline) {
+    double now = timer_seconds(), until = deadline;
+    fds[0] = (struct pollfd){.fd = r->listen_fd, .events = POLLIN};
+    for (int i = 0; i < RDZV_MAX_PENDING; i++) {
+        if (pending[i].fd >= 0 && pending[i].deadline <= now)
+            pending_close(&pending[i],
+                          "timed out (no answer to the challenge within " HELLO_WAIT_TEXT ")");
+        fds[1 + i] = (struct pollfd){.fd = pending[i].fd, .events = POLLIN};
+        if (pending[i].fd >= 0 && pending[i].deadline < until)
+            until = pending[i].deadline;
+    }
+    int ms = until > now ? (int)((until - now) * 1000.0) + 1 : 0;
+    poll(fds, 1 + RDZV_MAX_PENDING, ms);
+}
+
+// Says which node ranks are missing when the gather times out, and ends it for everyone.
+static void give_up_gather(Rdzv* r) {
+    char missing[256] = "", reason[512];
+    for (int i = 1; i < r->nnodes; i++)
+        if (r->control_fd[i] < 0)
+            snprintf(missing + strlen(missing), sizeof missing - strlen(missing), " %d", i);
+    snprintf(reason, sizeof reason,
+             "rendezvous: timed out after %.0f s with %d of %d nodes; missing node rank%s:%s "
+             "(see --rdzv-timeout)",
+             r->timeout_s, nodes_in(r), r->nnodes, strchr(missing + 1, ' ') ? "s" : "", missing);
+    rank_log("%s", reason);
+    rdzv_send_abort(r, reason, true); // the nodes that came need not wait any longer
+}
+
 int rdzv_master_gather(Rdzv* r, const RdzvHello* own) {
     r->hello[0] = *own;
     double deadline = timer_seconds() + r->timeout_s;
-    while (nodes_in(r) < r->nnodes) {
-        int fd = net_accept(r->listen_fd, deadline);
-        if (fd >= 0) {
-            admit_one(r, own, fd);
-            continue;
-        }
-        char missing[256] = "", reason[512];
-        for (int i = 1; i < r->nnodes; i++)
-            if (r->control_fd[i] < 0)
-                snprintf(missing + strlen(missing), sizeof missing - strlen(missing), " %d", i);
-        snprintf(reason, sizeof reason,
-                 "rendezvous: %s after %.0f s with %d of %d nodes; missing node rank%s:%s "
-                 "(see --rdzv-timeout)",
-                 errno == ETIMEDOUT ? "timed out" : strerror(errno), r->timeout_s, nodes_in(r),
-                 r->nnodes, strchr(missing + 1, ' ') ? "s" : "", missing);
-        rank_log("%s", reason);
-        rdzv_send_abort(r, reason, true); // the nodes that came need not wait any longer
+    Pending* pending = calloc(RDZV_MAX_PENDING, sizeof *pending);
+    unsigned char* buffers = malloc((size_t)RDZV_MAX_PENDING * MESSAGE_BYTES);
+    struct pollfd fds[1 + RDZV_MAX_PENDING];
+    if (pending == NULL || buffers == NULL) {
+        free(pending), free(buffers);
+        rank_log("rendezvous: out of memory for the connections to come");
+        return -1;
+    }
+    for (int i = 0; i < RDZV_MAX_PENDING; i++)
+        pending[i] = (Pending){.fd = -1, .bytes = buffers + (size_t)i * MESSAGE_BYTES};
+    while (nodes_in(r) < r->nnodes && timer_seconds() < deadline) {
+        wait_for_any(r, pending, fds, deadline);
+        if (fds[0].revents & POLLIN)
+            accept_waiting(r, pending, deadline);
+        // Every connection with something to say is heard, even after the last node is in.
+        for (int i = 0; i < RDZV_MAX_PENDING; i++)
+            if (pending[i].fd >= 0 && pending[i].fd == fds[1 + i].fd && fds[1 + i].revents)
+                read_pending(r, own, &pending[i]);
+    }
+    for (int i = 0; i < RDZV_MAX_PENDING; i++)
+        if (pending[i].fd >= 0)
+            pending_close(&pending[i], "the rendezvous is over");
+    free(pending), free(buffers);
+    if (nodes_in(r) < r->nnodes) {
+        give_up_gather(r);
         return -1;
     }
     // Step 3) everyone is in: stop listening, so that nobody else can join.
@@ -587,13 +750,16 @@ void rdzv_make_world(const Rdzv* r, RdzvWorld* w) {
 
 int rdzv_master_send_world(Rdzv* r, const RdzvWorld* world) {
     unsigned char payload[RDZV_MAX_PAYLOAD];
-    size_t len = encode_world(world, payload, sizeof payload);
+    size_t len = encode_world(world, payload, sizeof payload - RDZV_PROOF_BYTES);
     double deadline = timer_seconds() + r->timeout_s;
     for (int n = 1; n < r->nnodes; n++) {
         if (r->debug)
             rank_log("rendezvous: step 4) WORLD to node %d: world size %d, its first rank %d", n,
                      world->world_size, world->rank_offset[n]);
-        if (len == 0 || send_msg(r->control_fd[n], RDZV_WORLD, payload, len, deadline) != NET_OK) {
+        // The same world for every node, with a proof for that node's challenges.
+        world_proof(payload + len, r->token, r->challenge[n], r->hello[n].nonce, payload, len);
+        if (len == 0 || send_msg(r->control_fd[n], RDZV_WORLD, payload, len + RDZV_PROOF_BYTES,
+                                 deadline) != NET_OK) {
             rank_log("rendezvous: could not send WORLD to node %d", n);
             return -1;
         }
@@ -633,9 +799,12 @@ static int expect_from_master(int fd, RdzvType want, RdzvMessage* m, unsigned ch
         rank_log("rendezvous: waiting for the master's %s: %s", type_name(want), why);
         return -1;
     }
-    if (m->type == RDZV_REFUSE || m->type == RDZV_ABORT) {
+    if (m->type == RDZV_REFUSE || m->type == RDZV_ABORT || m->type == RDZV_STOP) {
         rank_log("rendezvous: the master %s: %s",
-                 m->type == RDZV_REFUSE ? "refused this node" : "gave up", m->text);
+                 m->type == RDZV_REFUSE ? "refused this node"
+                 : m->type == RDZV_STOP ? "stopped the job"
+                                        : "gave up",
+                 m->text);
         return -1;
     }
     if (m->type != want) {
@@ -653,9 +822,13 @@ int rdzv_join(Rdzv* r, const RdzvHello* own, RdzvWorld* world) {
     unsigned char bytes[MESSAGE_BYTES];
     RdzvMessage m;
     RETURN_IF_FAILED(expect_from_master(fd, RDZV_CHALLENGE, &m, bytes, deadline));
-    // Step 2) HELLO answers the challenge: its fields, then their proof.
-    size_t len = encode_hello(own, bytes, sizeof bytes - RDZV_PROOF_BYTES);
-    hello_proof(bytes + len, r->token, m.challenge, bytes, len);
+    memcpy(r->challenge[0], m.challenge, RDZV_CHALLENGE_BYTES);
+    // Step 2) HELLO answers the challenge: its fields with a challenge of this node's own,
+    // then their proof.
+    RdzvHello hello = *own;
+    randombytes_buf(hello.nonce, RDZV_CHALLENGE_BYTES);
+    size_t len = encode_hello(&hello, bytes, sizeof bytes - RDZV_PROOF_BYTES);
+    hello_proof(bytes + len, r->token, r->challenge[0], bytes, len);
     len += RDZV_PROOF_BYTES;
     if (r->debug)
         rank_log("rendezvous: step 2) HELLO sent: node %d, %d worker%s, ring at %s", own->node_rank,
@@ -666,6 +839,16 @@ int rdzv_join(Rdzv* r, const RdzvHello* own, RdzvWorld* world) {
         return -1;
     }
     RETURN_IF_FAILED(expect_from_master(fd, RDZV_WORLD, &m, bytes, deadline));
+    // Step 4) WORLD, believed only with the master's proof of the token.
+    unsigned char want[RDZV_PROOF_BYTES];
+    world_proof(want, r->token, r->challenge[0], hello.nonce, bytes + RDZV_HEADER_BYTES,
+                m.signed_len);
+    if (!proof_matches(want, &m)) {
+        rank_log("rendezvous: the master at %s:%d did not prove it knows the token (a wrong "
+                 "token there, or not the master at all): this node refuses its WORLD",
+                 r->master_addr, r->master_port);
+        return -1;
+    }
     if (m.world.nnodes != r->nnodes || m.world.nproc[r->node_rank] != own->nproc) {
         rank_log("rendezvous: the master's answer is not a WORLD that fits this node");
         return -1;

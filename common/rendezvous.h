@@ -3,26 +3,34 @@
  *
  * Node 0's agent is the master: it listens on --master-addr:--master-port. The
  * other agents connect (retrying until the deadline, so start order does not
- * matter). The master sends each connection a CHALLENGE of 32 fresh random bytes;
- * the node answers with HELLO, which introduces it and carries a proof that it
- * knows the job's token: HMAC-SHA256 keyed with the token over the challenge and
- * the HELLO's fields. The token itself never crosses the network, and an answer
- * recorded on one connection is worthless on the next, whose challenge differs.
- * The master checks each HELLO and refuses, with a reason, a wrong proof (a wrong
- * token or a replayed answer), another build, other settings, a node rank out of
- * range or already taken. When every node is in, it stops listening and sends
- * WORLD: the world size, each node's first global rank, and what the collectives
- * need (NCCL's unique id, or where every rank's ring socket listens). The
- * connections stay open as control channels: ABORT travels through them when
- * anything fails (the job may restart), STOP when an agent was interrupted (the
- * job ends for good), DONE when a node has finished.
+ * matter). The proof of the job's token goes both ways, and the token itself never
+ * crosses the network:
+ *   - the master sends each connection a CHALLENGE of 32 fresh random bytes; the
+ *     node answers with HELLO, which introduces it, carries a challenge of the
+ *     node's own (32 fresh bytes) and a proof that it knows the token: HMAC-SHA256
+ *     keyed with the token over the master's challenge and HELLO's fields;
+ *   - WORLD carries the master's proof: HMAC-SHA256 keyed with the token over both
+ *     challenges and WORLD's own bytes. A node believes no WORLD without it, so a
+ *     machine that answers on the master's address without the token cannot send a
+ *     node's workers anywhere.
+ * An answer recorded on one connection is worthless on the next, whose challenges
+ * differ. The master checks each HELLO and refuses, with a reason, a wrong proof (a
+ * wrong token or a replayed answer), another build, other settings, a node rank out
+ * of range or already taken. It serves the connections that arrive side by side,
+ * each with a few seconds to answer, so a flood of silent strangers cannot hold the
+ * real nodes back, and the whole gather has one deadline. When every node is in, it
+ * stops listening and sends WORLD: the world size, each node's first global rank,
+ * and what the collectives need (NCCL's unique id, or where every rank's ring socket
+ * listens). The connections stay open as control channels: ABORT travels through
+ * them when anything fails (the job may restart), STOP when an agent was interrupted
+ * (the job ends for good), DONE when a node has finished.
  *
  * Every message has a fixed header (magic, version, type, payload length) and
  * is length-checked before use; nothing from the wire is trusted. The checks that
  * every arriving message passes are also rdzv_decode_message, which takes raw bytes,
  * so that they can be tested (and fuzzed) without a socket.
  *
- * APIs: RdzvHello, RdzvWorld, RdzvType, RdzvMessage, Rdzv, rdzv_read_token, rdzv_init,
+ * APIs: RdzvHello, RdzvWorld, RdzvType, RdzvMessage, Rdzv, RdzvToken, rdzv_read_token, rdzv_init,
  *       rdzv_master_listen,
  *       rdzv_master_gather, rdzv_make_world, rdzv_master_send_world, rdzv_connect, rdzv_join,
  *       rdzv_send_abort, rdzv_send_done, rdzv_poll, rdzv_master_wait_done, rdzv_close,
@@ -34,6 +42,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "check.h"
 #include "workers.h"
 
 #ifdef __cplusplus
@@ -41,7 +50,7 @@ extern "C" {
 #endif
 
 #define RDZV_MAGIC 0x44445052u // "DDPR"
-#define RDZV_VERSION 2         // 2: CHALLENGE, and a proof instead of the token in HELLO
+#define RDZV_VERSION 3         // 3: the node's challenge in HELLO, the master's proof in WORLD
 #define RDZV_HEADER_BYTES 12
 #define RDZV_MAX_NODES 64
 #define RDZV_MAX_RANKS 256
@@ -52,16 +61,18 @@ extern "C" {
 #define RDZV_NCCL_ID_BYTES 128
 #define RDZV_CHALLENGE_BYTES 32
 #define RDZV_PROOF_BYTES 32 // an HMAC-SHA256
+#define RDZV_MAX_PENDING 64 // connections the master serves at once before they answer
 
 // What a node tells the master about itself.
 typedef struct {
     int node_rank;
-    int nproc;                       // workers on this node
-    char build_id[64];               // nodes must run the same build
-    char nccl_version[16];           // "2.28.9" or "none"
-    char settings[RDZV_TEXT_BYTES];  // "key=value ..." of everything that must match
-    char ring_addr[RDZV_ADDR_BYTES]; // where this node's workers listen for the ring
-    int ring_ports[WORKERS_MAX];     // (nproc) one port per local worker
+    int nproc;                                 // workers on this node
+    char build_id[64];                         // nodes must run the same build
+    char nccl_version[16];                     // "2.28.9" or "none"
+    char settings[RDZV_TEXT_BYTES];            // "key=value ..." of everything that must match
+    char ring_addr[RDZV_ADDR_BYTES];           // where this node's workers listen for the ring
+    int ring_ports[WORKERS_MAX];               // (nproc) one port per local worker
+    unsigned char nonce[RDZV_CHALLENGE_BYTES]; // the node's challenge to the master
 } RdzvHello;
 
 // What the master tells every node once all are in.
@@ -91,8 +102,8 @@ typedef enum {
 typedef struct {
     RdzvType type;
     RdzvHello hello;                               // HELLO
-    unsigned char proof[RDZV_PROOF_BYTES];         // HELLO: the answer to the challenge
-    size_t signed_len;                             // HELLO: payload bytes the proof covers
+    unsigned char proof[RDZV_PROOF_BYTES];         // HELLO, WORLD: the sender's proof
+    size_t signed_len;                             // HELLO, WORLD: payload bytes it covers
     unsigned char challenge[RDZV_CHALLENGE_BYTES]; // CHALLENGE
     RdzvWorld world;                               // WORLD
     char text[RDZV_TEXT_BYTES];                    // REFUSE, ABORT, STOP: the reason
@@ -111,12 +122,22 @@ typedef struct {
     int listen_fd;                   // master only, until the world is formed
     int control_fd[RDZV_MAX_NODES];  // master: one per node (by node rank); node: [0]
     bool done[RDZV_MAX_NODES];       // master: which nodes said DONE
-    RdzvHello hello[RDZV_MAX_NODES]; // master: every node's HELLO
+    RdzvHello hello[RDZV_MAX_NODES]; // master: every node's HELLO (with its challenge)
+    // the challenge sent to each node (master), or answered (node: [0])
+    unsigned char challenge[RDZV_MAX_NODES][RDZV_CHALLENGE_BYTES];
 } Rdzv;
 
+// The job's shared secret, as rdzv_read_token found it.
+typedef struct {
+    char text[RDZV_TOKEN_BYTES + 1]; // "" for none
+    char warning[ERROR_TEXT_BYTES];  // what to warn about it, or ""
+} RdzvToken;
+
 // The job's shared secret: the first line of token_file (unless NULL), else $DDP_TOKEN,
-// else "" (len: RDZV_TOKEN_BYTES + 2 at least). Returns 0, or -1 with the reason in why.
-int rdzv_read_token(const char* token_file, char* token, size_t len, char* why, size_t why_len);
+// else none. The file must be a regular file (a FIFO would block), its first line a
+// token of 1 to RDZV_TOKEN_BYTES characters; a file that other users can read is
+// warned about, as ssh warns about keys. Returns 0, or -1 with the reason in why.
+int rdzv_read_token(const char* token_file, RdzvToken* token, char* why, size_t why_len);
 
 // Prepares r: the settings from the arguments, no connections yet. token is the job's
 // secret ("" for none), at most RDZV_TOKEN_BYTES characters.
@@ -136,8 +157,9 @@ int rdzv_master_send_world(Rdzv* r, const RdzvWorld* world);
 // Node: connects to the master, retrying until the deadline. Returns 0, or -1 after
 // a message saying what it tried (refused, timed out, no route) with a hint.
 int rdzv_connect(Rdzv* r);
-// Node: answers the master's CHALLENGE with own in HELLO, waits for WORLD. Returns 0,
-// or -1 after a message (refused, with the master's reason, or timed out).
+// Node: answers the master's CHALLENGE with own in HELLO (and a challenge of its own),
+// waits for WORLD and checks the master's proof in it. Returns 0, or -1 after a message
+// (refused or stopped, with the master's reason; a master without the token; timed out).
 int rdzv_join(Rdzv* r, const RdzvHello* own, RdzvWorld* world);
 
 // Node: tells the master; master: tells every node that the job stops: as ABORT, or as

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "support/losses.h"
@@ -66,7 +67,23 @@ typedef struct {
     const char* out;      // --out DIR, or NULL
     const char* extra[8]; // more flags, NULL-terminated
     const char* env[4];   // "KEY=value", NULL-terminated
+    int no_token;         // start without the job's token (else DDP_TOKEN=TOKEN, unless
+                          // env or extra give one)
 } Node;
+
+// The token of every job of these tests, unless a test gives another.
+#define TOKEN "tok-test-multi-node"
+
+// Whether the node is given a token of its own, in env or as --token-file.
+static int has_own_token(const Node* n) {
+    for (int i = 0; n->env[i] != NULL; i++)
+        if (strncmp(n->env[i], "DDP_TOKEN=", 10) == 0)
+            return 1;
+    for (int i = 0; n->extra[i] != NULL; i++)
+        if (strcmp(n->extra[i], "--token-file") == 0)
+            return 1;
+    return 0;
+}
 
 static void start_node(Proc* p, const Node* n) {
     char text[6][16];
@@ -90,9 +107,15 @@ static void start_node(Proc* p, const Node* n) {
     for (int i = 0; n->extra[i] != NULL; i++)
         args[k++] = n->extra[i];
     args[k] = NULL;
+    const char* env[6] = {NULL};
+    int e = 0;
+    for (; n->env[e] != NULL; e++)
+        env[e] = n->env[e];
+    if (!n->no_token && !has_own_token(n))
+        env[e++] = "DDP_TOKEN=" TOKEN;
     char name[32];
     snprintf(name, sizeof name, "node %d", n->node_rank);
-    start_clean(p, name, MULTI_NODE, args, n->env);
+    start_clean(p, name, MULTI_NODE, args, env);
 }
 
 // Waits until the master listens: it says so (the loopback warning) before anything else.
@@ -476,25 +499,62 @@ Test(multi_node, token_files_are_checked_like_ddp_token, .init = temp_dir_make,
     char right[128], wrong[128];
     snprintf(right, sizeof right, "%s/right", temp_dir);
     snprintf(wrong, sizeof wrong, "%s/wrong", temp_dir);
-    write_file(right, "s3cret-right\n", 0644);
+    write_file(right, "s3cret-right\n", 0600);
     write_file(wrong, "s3cret-wrong\n", 0644);
     Proc nodes[2], bad, none;
     start_node(&nodes[0], &(Node){.nnodes = 2, .port = port, .extra = {"--token-file", right}});
     start_node(
         &bad, &(Node){.nnodes = 2, .node_rank = 1, .port = port, .extra = {"--token-file", wrong}});
     expect_refused(&bad, (const char*[]){"refused", "wrong token", NULL});
-    start_node(&none, &(Node){.nnodes = 2, .node_rank = 1, .port = port}); // no token at all
-    expect_refused(&none, (const char*[]){"refused", "wrong token", NULL});
+    cr_assert_not_null(strstr(bad.err.text, "can be read by other users (mode 0644)"),
+                       "a token file that others can read is not warned about:\n%s", bad.err.text);
+    // No token at all, by the user's explicit word: the master still wants its token.
+    start_node(
+        &none,
+        &(Node){.nnodes = 2, .node_rank = 1, .port = port, .no_token = 1, .extra = {"--insecure"}});
+    expect_refused(&none, (const char*[]){"warning: --insecure", "refused", "wrong token", NULL});
     cr_assert(proc_wait_for(&nodes[0], PROC_STDERR, "wrong token", 2, now_seconds() + 10.0),
               "the master does not log both refusals; stderr:\n%s", nodes[0].err.text);
     start_node(
         &nodes[1],
         &(Node){.nnodes = 2, .node_rank = 1, .port = port, .extra = {"--token-file", right}});
     expect_job_completes(nodes, 2);
+    cr_assert_null(strstr(nodes[0].err.text, "can be read by other users"),
+                   "a token file of mode 0600 was warned about:\n%s", nodes[0].err.text);
     proc_free(&bad);
     proc_free(&none);
     for (int n = 0; n < 2; n++)
         proc_free(&nodes[n]);
+}
+
+Test(multi_node, a_job_of_several_nodes_without_a_token_needs_insecure, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
+    char blank[128], fifo[128];
+    snprintf(blank, sizeof blank, "%s/blank", temp_dir);
+    snprintf(fifo, sizeof fifo, "%s/fifo", temp_dir);
+    write_file(blank, "\nthe token would be on the second line\n", 0600);
+    cr_assert_eq(mkfifo(fifo, 0600), 0, "mkfifo: %s", strerror(errno));
+    struct {
+        Node node;
+        const char* want;
+    } cases[] = {
+        {{.nnodes = 2, .port = PORT_BASE + 15, .no_token = 1}, "a job of 2 nodes needs a token"},
+        {{.nnodes = 2, .port = PORT_BASE + 15, .extra = {"--token-file", blank}},
+         "its first line is empty (a token cannot be empty)"},
+        {{.nnodes = 2, .port = PORT_BASE + 15, .extra = {"--token-file", fifo}},
+         "not a regular file"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        Proc p;
+        start_node(&p, &cases[i].node);
+        proc_finish(&p, now_seconds() + 10.0); // a FIFO must not block the start
+        proc_expect_ended(&p);
+        cr_assert_eq(p.status, 2, "case %zu: exit status %d, want 2; stderr:\n%s", i, p.status,
+                     p.err.text);
+        cr_assert_not_null(strstr(p.err.text, cases[i].want), "case %zu: want '%s' in:\n%s", i,
+                           cases[i].want, p.err.text);
+        proc_free(&p);
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -600,7 +660,7 @@ static int connect_to(int port) {
     return fd;
 }
 
-// A message header as the wire format has it: magic, version (2), type, length.
+// A message header as the wire format has it: magic, version (3), type, length.
 static void put_header(unsigned char* h, uint32_t magic, uint16_t version, uint16_t type,
                        uint32_t length) {
     magic = htonl(magic), length = htonl(length);
@@ -611,11 +671,11 @@ static void put_header(unsigned char* h, uint32_t magic, uint16_t version, uint1
     memcpy(h + 8, &length, 4);
 }
 
-#define VERSION 2
+#define VERSION 3
 #define HELLO 1
 // HELLO's payload for one worker: node rank, nproc, build[64], nccl[16], settings[1024],
-// ring address[16], one port, the proof[32].
-#define HELLO_BYTES (4 + 4 + 64 + 16 + 1024 + 16 + 4 + 32)
+// ring address[16], one port, the node's challenge[32], the proof[32].
+#define HELLO_BYTES (4 + 4 + 64 + 16 + 1024 + 16 + 4 + 32 + 32)
 #define CHALLENGE_BYTES (12 + 32) // the master's first message on every connection
 
 // Sends bytes (len) on a new connection (and hangs up at once if hang_up), then waits
@@ -680,7 +740,7 @@ Test(multi_node, garbage_on_the_master_port_is_logged_and_ignored, .fini = proc_
                  "connection closed by the peer in the middle of a message");
     // iv) another protocol version: an agent of the version before
     put_header(msg, 0x44445052u, 1, HELLO, HELLO_BYTES);
-    send_garbage(&nodes[0], port, msg, 12, 0, 4, "protocol version 1, this build speaks 2");
+    send_garbage(&nodes[0], port, msg, 12, 0, 4, "protocol version 1, this build speaks 3");
     // v) a HELLO of the right length whose text fields hold no NUL byte
     put_header(msg, 0x44445052u, VERSION, HELLO, HELLO_BYTES);
     memset(msg + 12, 'A', HELLO_BYTES);

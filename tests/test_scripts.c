@@ -212,9 +212,10 @@ Test(start_multi_node, two_nodes_from_a_hosts_file_train_together_and_agree) {
     char* hosts = tmp_path("hosts");
     write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
     const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port),
-                         env_var("DDP_TOKEN_FILE", tmp_path("no_token")), NULL, NULL};
+                         env_var("DDP_TOKEN_FILE", tmp_path("no_token")),
+                         "DDP_TOKEN=0123456789abcdef", NULL, NULL};
     Proc master, worker;
-    run_two_nodes(&master, &worker, env, 3);
+    run_two_nodes(&master, &worker, env, 4);
 
     cr_assert_eq(master.status, 0, "master: status %d\nstdout:\n%s\nstderr:\n%s", master.status,
                  master.out.text, master.err.text);

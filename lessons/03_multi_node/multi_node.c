@@ -59,6 +59,7 @@ typedef struct {
     int master_port;
     int rdzv_timeout_s;     // --rdzv-timeout: how long to wait for every node
     const char* token_file; // --token-file: the job's shared secret, else DDP_TOKEN
+    bool insecure;          // --insecure: several nodes without a token
     int max_restarts;       // --max-restarts: new attempts after a worker fails
 } Options;
 
@@ -97,6 +98,9 @@ static void parse_args(Options* o, int argc, char** argv) {
         {.name = "--token-file", .kind = FLAG_TEXT, .destination = &o->token_file,
          .value_name = "FILE",
          .help = "the job's shared secret (default: env DDP_TOKEN)"},
+        {.name = "--insecure", .kind = FLAG_SWITCH, .destination = &o->insecure,
+         .help = "run a job of several nodes without a token: anyone who can reach the master "
+                 "port can join it"},
         {.name = "--backend", .kind = FLAG_CHOICE, .choices = "auto|nccl|ring|mpi",
          .destination = &o->backend, .value_name = "NAME",
          .help = "auto, nccl, ring or mpi (default auto: NCCL when every worker has its own GPU, "
@@ -170,6 +174,31 @@ static void make_plan(Agent* a, const Options* o) {
         checkpoint_find(&o->train, &checkpoint, why, sizeof why) < 0)
         exit(usage_error(why));
     checkpoint_free(&checkpoint);
+}
+
+// The job's shared secret (rdzv_read_token). A job of several nodes needs one, or
+// --insecure, the user's word that anyone who can reach the master port may join it.
+// Exits with EXIT_USAGE when there is none, or a bad one.
+static void read_token(const Options* o, RdzvToken* token) {
+    char why[ERROR_TEXT_BYTES];
+    if (rdzv_read_token(o->token_file, token, why, sizeof why) != 0)
+        exit(usage_error(why));
+    if (token->warning[0] != '\0')
+        fprintf(stderr, "%s\n", token->warning);
+    if (o->nnodes == 1 || token->text[0] != '\0')
+        return;
+    if (!o->insecure) {
+        snprintf(why, sizeof why,
+                 "a job of %d nodes needs a token, or anyone who can reach %s:%d could join it: "
+                 "give every node the same DDP_TOKEN or --token-file (./setup.sh --multi-node "
+                 "makes one), or --insecure to run without",
+                 o->nnodes, o->master_addr, o->master_port);
+        exit(usage_error(why));
+    }
+    fprintf(stderr,
+            "warning: --insecure: no token, so anyone who can reach %s:%d can join "
+            "this job\n",
+            o->master_addr, o->master_port);
 }
 
 // Everything that must be the same on every node, as "key=value ...": the training's
@@ -648,12 +677,11 @@ int main(int argc, char** argv) {
         return run_under_mpirun(&o);
     Agent plan = {0};
     make_plan(&plan, &o);
-    char token[RDZV_TOKEN_BYTES + 2], why[ERROR_TEXT_BYTES];
-    if (rdzv_read_token(o.token_file, token, sizeof token, why, sizeof why) != 0)
-        return usage_error(why);
+    RdzvToken token;
+    read_token(&o, &token);
     for (int restart = 1;; restart++) {
         Agent a = plan;
-        int status = run_job(&a, token);
+        int status = run_job(&a, token.text);
         // Only a failure of the workers (stop_reason) is worth another attempt, not an
         // interrupted agent, here or elsewhere (stop_for_good).
         if (status == 0 || status > 128 || a.stop_reason[0] == '\0' || a.stop_for_good ||
