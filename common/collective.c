@@ -100,6 +100,11 @@ int comm_init_ring_links(Communicator** comm, CommSettings s, ShmLink send, ShmL
     *comm = c;
     if (s.world_size == 1)
         return 0;
+    if (s.debug)
+        check_message(
+            "ring: to rank %d over %s, from rank %d over %s", mod(s.rank + 1, s.world_size),
+            send.channel != NULL ? "shared memory" : "a socket", mod(s.rank - 1, s.world_size),
+            recv.channel != NULL ? "shared memory" : "a socket");
     // Socket buffers of a megabyte let a whole chunk of a large all-reduce sit in the
     // kernel while the neighbour is still busy (best effort: the system may cap them).
     int buffer_bytes = 1 << 20;
@@ -120,6 +125,7 @@ int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd
 
 int comm_init_ring_shm(Communicator** comm, CommSettings s, ShmRegion* shm, int send_fd,
                        int recv_fd) {
+    *comm = NULL;
     if (shm_region_count(shm) != s.world_size) {
         check_message("comm_init_ring_shm: %d channels for %d ranks", shm_region_count(shm),
                       s.world_size);
