@@ -6,6 +6,8 @@
  * test runs twice: in suite ring_socket the bytes travel over those socketpairs, in
  * ring_shm through channels in shared memory (comm_ring_shm before the fork,
  * comm_init_ring_shm after), the sockets only telling each rank that its neighbours live.
+ * Suite ring_mixed runs a few of them on rings of both (comm_init_ring_links), as lesson
+ * 03 joins the ranks of a node by channels and the nodes by sockets.
  * Every rank runs a body on its own communicator, in a buffer that lives in
  * shared memory (mmap MAP_SHARED), and notes there what its call returned and
  * when; the test process reaps every rank, killing any still alive after
@@ -44,7 +46,8 @@
 
 // How the ring's bytes travel in the running test (Criterion runs each test in a process
 // of its own). RING_TEST(name) defines the test twice: ring_socket::name, ring_shm::name.
-typedef enum { OVER_SOCKETS, OVER_SHM } Transport;
+// OVER_MIXED: the link from rank r to r + 1 is a socket for odd r, a channel for even r.
+typedef enum { OVER_SOCKETS, OVER_SHM, OVER_MIXED } Transport;
 static Transport transport;
 
 #define RING_TEST(name)                                                                            \
@@ -108,6 +111,19 @@ typedef struct {
     char err[MAX_WORLD][ERR_MAX];
 } Ring;
 
+// A communicator on the two sockets of rank, and on its channels in shm unless NULL.
+static int make_communicator(Communicator** comm, CommSettings s, ShmRegion* shm, int send_fd,
+                             int recv_fd) {
+    if (shm == NULL)
+        return comm_init_ring(comm, s, send_fd, recv_fd);
+    if (transport == OVER_SHM)
+        return comm_init_ring_shm(comm, s, shm, send_fd, recv_fd);
+    int left = (s.rank + s.world_size - 1) % s.world_size;
+    ShmLink send = {s.rank % 2 == 1 ? NULL : shm_region_channel(shm, s.rank), send_fd};
+    ShmLink recv = {left % 2 == 1 ? NULL : shm_region_channel(shm, left), recv_fd};
+    return comm_init_ring_links(comm, s, send, recv);
+}
+
 // One rank's life: its two sockets (and channels), a communicator, the body, then exit.
 static void rank_process(Ring* g, int (*fds)[2], ShmRegion* shm, int rank, int err_fd) {
     prctl(PR_SET_PDEATHSIG, SIGKILL); // never outlive the test
@@ -117,8 +133,7 @@ static void rank_process(Ring* g, int (*fds)[2], ShmRegion* shm, int rank, int e
     comm_ring_keep_own(fds, g->world_size, rank, &r.send_fd, &r.recv_fd);
     CommSettings s = {
         .rank = rank, .world_size = g->world_size, .timeout_s = g->timeout_s, .k = &kernels_cpu};
-    if ((shm != NULL ? comm_init_ring_shm(&r.comm, s, shm, r.send_fd, r.recv_fd)
-                     : comm_init_ring(&r.comm, s, r.send_fd, r.recv_fd)) != 0)
+    if (make_communicator(&r.comm, s, shm, r.send_fd, r.recv_fd) != 0)
         _exit(3);
     g->body(&r);
     comm_destroy(r.comm);
@@ -180,7 +195,7 @@ static void ring_run(Ring* g) {
     pid_t pids[MAX_WORLD] = {0};
     cr_assert_eq(comm_ring_socketpairs(fds, g->world_size), 0);
     ShmRegion* shm = NULL;
-    if (transport == OVER_SHM)
+    if (transport != OVER_SOCKETS)
         cr_assert_not_null(shm = comm_ring_shm(g->world_size, 0), "comm_ring_shm: %s",
                            strerror(errno));
     for (int i = 0; i < g->world_size; i++) {
@@ -807,4 +822,30 @@ RING_TEST(allreduce_returns_minus_1_at_its_deadline_when_a_peer_stalls) {
                   g.world_size, g.err[0]);
         ring_free(&g);
     }
+}
+
+// ----------------------------------------------------------------------------
+// rings of sockets and channels both
+
+Test(ring_mixed, allreduce_is_exact_when_links_alternate_between_sockets_and_channels) {
+    transport = OVER_MIXED;
+    ring_test_allreduce_of_an_odd_count_is_exact_on_every_rank();
+    ring_test_allreduce_of_a_million_floats_is_exact_on_every_rank();
+    ring_test_allreduce_is_bitwise_identical_on_every_rank_when_sums_round();
+}
+
+Test(ring_mixed, broadcast_gives_every_rank_the_roots_buffer_over_sockets_and_channels) {
+    transport = OVER_MIXED;
+    ring_test_broadcast_from_a_non_zero_root_gives_every_rank_the_roots_buffer();
+}
+
+Test(ring_mixed, allreduce_fails_fast_when_a_peer_dies_on_a_ring_of_sockets_and_channels) {
+    transport = OVER_MIXED;
+    ring_test_allreduce_fails_fast_when_a_peer_is_killed_inside_the_call();
+    ring_test_allreduce_fails_fast_on_every_rank_when_a_peer_exits_before_calling();
+}
+
+Test(ring_mixed, allreduce_returns_minus_1_at_its_deadline_on_a_ring_of_sockets_and_channels) {
+    transport = OVER_MIXED;
+    ring_test_allreduce_returns_minus_1_at_its_deadline_when_a_peer_stalls();
 }
