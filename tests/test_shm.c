@@ -40,7 +40,6 @@
 typedef enum { ALL_CHANNELS, LINK_1_TO_0_IS_A_SOCKET } Links;
 
 typedef struct {
-    int status;          // the NetStatus of the call under test
     double took;         // its wall time, seconds
     double cpu;          // the CPU time this process used during it, seconds
     char note[NOTE_MAX]; // the first failed check, "" if none

@@ -41,6 +41,17 @@ typedef struct {
     ShmRegion* ring_shm; // the ring's channels (shm transport), NULL otherwise
 } Bench;
 
+// --transport is the ring's; auto is shared memory, as every rank is forked here.
+static void settle_transport(Bench* b) {
+    if (strcmp(b->backend, "ring") != 0 && strcmp(b->transport, "auto") != 0) {
+        fprintf(stderr, "error: --transport %s is the ring's; --backend %s moves its own bytes\n",
+                b->transport, b->backend);
+        exit(EXIT_USAGE);
+    }
+    if (strcmp(b->transport, "auto") == 0)
+        b->transport = strcmp(b->backend, "ring") == 0 ? "shm" : "socket";
+}
+
 static void parse_args(Bench* b, int argc, char** argv) {
     *b = (Bench){.backend = "ring",
                  .transport = "auto",
@@ -87,13 +98,7 @@ static void parse_args(Bench* b, int argc, char** argv) {
         fprintf(stderr, "error: %s\n", why);
         exit(EXIT_USAGE);
     }
-    if (strcmp(b->backend, "ring") != 0 && strcmp(b->transport, "auto") != 0) {
-        fprintf(stderr, "error: --transport %s is the ring's; --backend %s moves its own bytes\n",
-                b->transport, b->backend);
-        exit(EXIT_USAGE);
-    }
-    if (strcmp(b->transport, "auto") == 0) // every rank is forked here, on this machine
-        b->transport = strcmp(b->backend, "ring") == 0 ? "shm" : "socket";
+    settle_transport(b);
     if (b->min_bytes > b->max_bytes) {
         fprintf(stderr, "error: --min-bytes (%ld) must not exceed --max-bytes (%ld)\n",
                 b->min_bytes, b->max_bytes);
