@@ -345,7 +345,7 @@ static bool pending(const Stream* s) {
     return s->done < s->total;
 }
 
-// Step 2) a nap on a channel's counter, until the other side moves it or the nap ends.
+// Step 3a) a nap on a channel's counter, until the other side moves it or the nap ends.
 static NetStatus futex_nap(Stream* s, double left) {
     ShmChannel* ch = s->link.channel;
     _Atomic uint32_t* sleeps = s->sending ? &ch->producer_sleeps : &ch->consumer_sleeps;
@@ -367,7 +367,7 @@ static NetStatus futex_nap(Stream* s, double left) {
     return fine ? NET_OK : NET_ERROR;
 }
 
-// Step 2') a nap in poll() when a socket takes part: its readiness, and the hang-up
+// Step 3b) a nap in poll() when a socket takes part: its readiness, and the hang-up
 // of a channel's peer; a channel's bytes are looked at again after SHM_SOCKET_NAP_MS.
 static NetStatus poll_nap(const Stream* out, const Stream* in, double left) {
     struct pollfd fds[2];
@@ -398,8 +398,9 @@ static NetStatus peers_alive(const Stream* out, const Stream* in) {
     return st;
 }
 
-// Step 3) nothing could move. Sleeps on what blocks: the incoming channel if it is
-// empty (its producer wakes us), else the outgoing one (its consumer will).
+// Step 3) idle for a while: a peer that died will never move the bytes; a live one may
+// be slow. Sleeps on what blocks: the incoming channel if it is empty (its producer
+// wakes us), else the outgoing one (its consumer will).
 static NetStatus nap(Stream* out, Stream* in, double left) {
     NetStatus st = peers_alive(out, in);
     if (st != NET_OK)
@@ -416,8 +417,8 @@ typedef struct {
     unsigned looks;
 } Idle;
 
-// Called each time neither direction moved: spins for a few looks, then yields the core
-// until SHM_YIELD_SECONDS have passed idle, then naps. NET_OK: look again.
+// Step 2) neither direction moved: spins for a few looks, then yields the core until
+// SHM_YIELD_SECONDS have passed idle, then naps. NET_OK: look again.
 static NetStatus idle(Idle* w, Stream* out, Stream* in, double deadline) {
     if (w->looks++ < SHM_SPIN_LOOKS) {
         cpu_relax();

@@ -13,9 +13,9 @@
  * a waiting process learns of the death (shared memory itself says nothing).
  *
  * As in net.h, every call has a deadline (a timer_seconds() value) and answers with a
- * NetStatus. Waiting spins for microseconds, then yields the core, then sleeps on a
- * futex in short naps, checking the peers' sockets and the deadline between naps: more
- * processes than cores never burn the machine.
+ * NetStatus. Waiting spins for a few looks, yields the core for up to 100 us, then
+ * sleeps on a futex in naps of at most 2 ms, checking the peers' sockets and the
+ * deadline between naps: more processes than cores never burn the machine.
  *
  * APIs: ShmRegion, ShmChannel, ShmLink, SHM_MIN_CHANNEL_BYTES, SHM_MAX_CHANNEL_BYTES,
  *       SHM_DEFAULT_CHANNEL_BYTES, shm_region_create, shm_region_channel, shm_region_count,
@@ -43,8 +43,9 @@ extern "C" {
 typedef struct ShmRegion ShmRegion;   // one mapping: a header, then count channels
 typedef struct ShmChannel ShmChannel; // one producer, one consumer
 
-// A shared anonymous mapping of count channels of channel_bytes each (0: the
-// default), for the processes forked after this call. NULL with errno (EINVAL: a
+// A shared anonymous mapping of count channels (1 to 65536) of channel_bytes each (0:
+// the default), for the processes forked after this call; fresh for each job, as a
+// channel's counters carry on from whatever the last user left. NULL with errno (EINVAL: a
 // bad count or capacity; ENOMEM) on failure.
 ShmRegion* shm_region_create(int count, size_t channel_bytes);
 // Channel i of region, 0 <= i < shm_region_count(region).
