@@ -50,6 +50,12 @@
 
 // ----------------------------------------------------------------------------
 // the mapping: a header page, then per channel a page of counters and its ring
+//
+//   | ShmRegion | ch 0 counters | ch 0 ring (capacity) | ch 1 counters | ch 1 ring | ...
+//     4 KiB       4 KiB           rounded up to pages
+//
+// head, tail and the sleep flags sit 128 bytes apart, so that the producer's writes
+// and the consumer's never share a cache line (nor the line pairs that prefetch).
 
 #define SHM_LINE 128          // the adjacent-line prefetcher moves 64-byte lines in pairs
 #define SHM_PAGE 4096         // the region's header and each channel's counters
