@@ -8,6 +8,11 @@
  * N - 1 more steps passes the finished chunks around the ring. Each rank sends
  * 2 (N - 1) / N of the buffer whatever N is, and since every chunk is summed
  * at one place and then copied, all ranks end with the same bits.
+ *
+ * Each direction of the ring is a link: a socket, or a channel in shared memory
+ * (shm.h) beside a socket that only says whether the neighbour lives. Every message
+ * has the same frame either way; over a channel the reduce-scatter adds the incoming
+ * floats straight into the buffer, where a socket's land in `incoming` first.
  */
 #include "collective.h"
 
@@ -32,8 +37,9 @@ struct Communicator {
     CommSettings s;
     Backend backend;
     // the ring
-    int send_fd;     // to rank + 1
-    int recv_fd;     // from rank - 1
+    ShmLink send;    // to rank + 1
+    ShmLink recv;    // from rank - 1
+    ShmRegion* shm;  // this process's mapping of the channels, if the communicator owns it
     float* host;     // (capacity) host copy of a device buffer (GPU ranks only)
     float* incoming; // (capacity / world_size + 1) the chunk arriving from the left
     size_t capacity;
@@ -45,6 +51,8 @@ struct Communicator {
     float* one_float; // (1) device memory for the barrier
 #endif
 };
+
+#define NO_LINK ((ShmLink){NULL, -1})
 
 static int mod(int a, int n) {
     return ((a % n) + n) % n;
@@ -74,26 +82,60 @@ void comm_ring_keep_own(int (*fds)[2], int world_size, int rank, int* send_fd, i
                 close(fds[i][end]);
 }
 
-int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd) {
+ShmRegion* comm_ring_shm(int world_size, size_t channel_bytes) {
+    ShmRegion* shm = shm_region_create(world_size, channel_bytes);
+    if (shm == NULL)
+        rank_log("ring: shared memory for %d ranks (%zu bytes a channel): %s", world_size,
+                 channel_bytes, strerror(errno));
+    return shm;
+}
+
+int comm_init_ring_links(Communicator** comm, CommSettings s, ShmLink send, ShmLink recv) {
     Communicator* c = calloc(1, sizeof *c);
     if (c == NULL) {
         rank_log("comm_init_ring: out of memory");
         return -1;
     }
-    *c = (Communicator){.s = s, .backend = BACKEND_RING, .send_fd = send_fd, .recv_fd = recv_fd};
+    *c = (Communicator){.s = s, .backend = BACKEND_RING, .send = send, .recv = recv};
     *comm = c;
     if (s.world_size == 1)
         return 0;
+    if (s.debug)
+        rank_log("ring: to rank %d over %s, from rank %d over %s", mod(s.rank + 1, s.world_size),
+                 send.channel != NULL ? "shared memory" : "a socket", mod(s.rank - 1, s.world_size),
+                 recv.channel != NULL ? "shared memory" : "a socket");
     // Socket buffers of a megabyte let a whole chunk of a large all-reduce sit in the
     // kernel while the neighbour is still busy (best effort: the system may cap them).
     int buffer_bytes = 1 << 20;
-    setsockopt(send_fd, SOL_SOCKET, SO_SNDBUF, &buffer_bytes, sizeof buffer_bytes);
-    setsockopt(recv_fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof buffer_bytes);
-    if (net_set_nonblocking(send_fd) != 0 || net_set_nonblocking(recv_fd) != 0) {
+    if (send.channel == NULL)
+        setsockopt(send.fd, SOL_SOCKET, SO_SNDBUF, &buffer_bytes, sizeof buffer_bytes);
+    if (recv.channel == NULL)
+        setsockopt(recv.fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof buffer_bytes);
+    if (net_set_nonblocking(send.fd) != 0 || net_set_nonblocking(recv.fd) != 0) {
         rank_log("comm_init_ring: %s", strerror(errno));
         return -1;
     }
     return 0;
+}
+
+int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd) {
+    return comm_init_ring_links(comm, s, (ShmLink){NULL, send_fd}, (ShmLink){NULL, recv_fd});
+}
+
+int comm_init_ring_shm(Communicator** comm, CommSettings s, ShmRegion* shm, int send_fd,
+                       int recv_fd) {
+    *comm = NULL;
+    if (shm_region_count(shm) != s.world_size) {
+        rank_log("comm_init_ring_shm: %d channels for %d ranks", shm_region_count(shm),
+                 s.world_size);
+        return -1;
+    }
+    ShmLink send = {shm_region_channel(shm, s.rank), send_fd};
+    ShmLink recv = {shm_region_channel(shm, mod(s.rank - 1, s.world_size)), recv_fd};
+    int err = comm_init_ring_links(comm, s, send, recv);
+    if (*comm != NULL)
+        (*comm)->shm = shm;
+    return err;
 }
 
 #define RING_HELLO_MAGIC 0x52494e47u // "RING"
@@ -150,7 +192,7 @@ int comm_init_host(Communicator** comm, CommSettings s, HostCollectives ops) {
         return -1;
     }
     *c = (Communicator){
-        .s = s, .backend = BACKEND_HOST, .send_fd = -1, .recv_fd = -1, .host_ops = ops};
+        .s = s, .backend = BACKEND_HOST, .send = NO_LINK, .recv = NO_LINK, .host_ops = ops};
     *comm = c;
     return 0;
 }
@@ -185,19 +227,34 @@ typedef struct {
 
 #define RING_FRAME_MAGIC 0x52464d31u // "RFM1"
 
+// Moves the pieces over the ring's two links at once: sockets both, or through shm.c,
+// which also serves one channel beside one socket. Bit 1 of add: recv[1] is added into.
+static NetStatus ring_exchange(Communicator* c, const struct iovec* send, int send_count,
+                               const struct iovec* recv, int recv_count, unsigned add,
+                               double deadline) {
+    if (c->send.channel == NULL && c->recv.channel == NULL)
+        return net_exchange(c->send.fd, send, send_count, c->recv.fd, recv, recv_count, deadline);
+    return shm_exchange(c->send, send, send_count, c->recv, recv, recv_count, add, deadline);
+}
+
 // Sends send_bytes of send to the right and receives recv_bytes into into from the
-// left (either may be 0), each behind a frame, and checks the frame that arrives.
+// left (either may be 0), each behind a frame, and checks the frame that arrives. With
+// add, the incoming floats are added to those in into. Over a channel they are added as
+// they arrive, before the frame is checked: as in the all-gather, which receives into
+// the buffer itself, a failed check leaves the buffer undefined (and the call fails).
 static int ring_transfer(Communicator* c, const char* what, int step, const void* send,
-                         size_t send_bytes, void* into, size_t recv_bytes, double deadline) {
+                         size_t send_bytes, void* into, size_t recv_bytes, bool add,
+                         double deadline) {
     int N = c->s.world_size, r = c->s.rank;
     RingFrame out = {htonl(RING_FRAME_MAGIC), htonl(c->sequence), htonl((uint32_t)step),
                      htonl((uint32_t)send_bytes)};
     RingFrame in;
+    bool staged = add && c->recv.channel == NULL; // a socket's floats land in incoming first
     struct iovec send_pieces[2] = {{&out, sizeof out}, {(void*)send, send_bytes}};
-    struct iovec recv_pieces[2] = {{&in, sizeof in}, {into, recv_bytes}};
+    struct iovec recv_pieces[2] = {{&in, sizeof in}, {staged ? c->incoming : into, recv_bytes}};
     bool sending = send != NULL, receiving = into != NULL;
-    NetStatus st = net_exchange(c->send_fd, send_pieces, sending ? 2 : 0, c->recv_fd, recv_pieces,
-                                receiving ? 2 : 0, deadline);
+    NetStatus st = ring_exchange(c, send_pieces, sending ? 2 : 0, recv_pieces, receiving ? 2 : 0,
+                                 add && !staged ? 1u << 1 : 0, deadline);
     if (st != NET_OK) {
         rank_log("%s step %d with ranks %d (left) and %d (right): %s%s", what, step, mod(r - 1, N),
                  mod(r + 1, N), net_status_str(st), st == NET_TIMEOUT ? " (see --timeout)" : "");
@@ -212,12 +269,16 @@ static int ring_transfer(Communicator* c, const char* what, int step, const void
                  c->sequence, step, recv_bytes);
         return -1;
     }
+    float* own = into;
+    for (size_t i = 0; staged && i < recv_bytes / sizeof(float); i++)
+        own[i] += c->incoming[i];
     return 0;
 }
 
-// Sends chunk send_c of data to the right while receiving chunk recv_c from the left into into.
+// Sends chunk send_c of data to the right while receiving chunk recv_c from the left into
+// into (adding it to what into holds, with add).
 static int ring_step(Communicator* c, const char* what, int step, float* data, size_t count,
-                     int send_c, int recv_c, float* into, double deadline) {
+                     int send_c, int recv_c, float* into, bool add, double deadline) {
     int N = c->s.world_size, r = c->s.rank;
     size_t send_at = chunk_begin(count, N, send_c), recv_at = chunk_begin(count, N, recv_c);
     size_t send_n = chunk_begin(count, N, send_c + 1) - send_at;
@@ -226,28 +287,25 @@ static int ring_step(Communicator* c, const char* what, int step, float* data, s
         rank_log("%s step %d: chunk %d (%zu floats) to rank %d, chunk %d from rank %d", what, step,
                  send_c, send_n, mod(r + 1, N), recv_c, mod(r - 1, N));
     return ring_transfer(c, what, step, data + send_at, send_n * sizeof(float), into,
-                         recv_n * sizeof(float), deadline);
+                         recv_n * sizeof(float), add, deadline);
 }
 
 // The all-reduce on host memory: data (count) becomes the sum over the ranks.
 static int ring_allreduce_host(Communicator* c, float* data, size_t count) {
     int N = c->s.world_size, r = c->s.rank;
     double deadline = timer_seconds() + c->s.timeout_s;
-    // Step 1) reduce-scatter: in step s rank r sends chunk r - s and adds chunk r - s - 1.
+    // Step 1) reduce-scatter: in step s rank r sends chunk r - s and adds chunk r - s - 1
+    // (own[i] += incoming[i], in ring_transfer).
     for (int s = 0; s < N - 1; s++) {
         int recv_c = mod(r - s - 1, N);
         RETURN_IF_FAILED(ring_step(c, "ring reduce-scatter", s, data, count, mod(r - s, N), recv_c,
-                                   c->incoming, deadline));
-        float* own = data + chunk_begin(count, N, recv_c);
-        size_t n = chunk_begin(count, N, recv_c + 1) - chunk_begin(count, N, recv_c);
-        for (size_t i = 0; i < n; i++)
-            own[i] += c->incoming[i];
+                                   data + chunk_begin(count, N, recv_c), true, deadline));
     }
     // Step 2) all-gather: rank r now holds the sum of chunk r + 1; pass the sums on.
     for (int s = 0; s < N - 1; s++) {
         int recv_c = mod(r - s, N);
         RETURN_IF_FAILED(ring_step(c, "ring all-gather", N - 1 + s, data, count, mod(r + 1 - s, N),
-                                   recv_c, data + chunk_begin(count, N, recv_c), deadline));
+                                   recv_c, data + chunk_begin(count, N, recv_c), false, deadline));
     }
     return 0;
 }
@@ -262,9 +320,11 @@ static int ring_broadcast_host(Communicator* c, float* data, size_t count, int r
                  r == root ? "send to" : "receive from", r == root ? mod(r + 1, N) : mod(r - 1, N),
                  r != root && mod(r + 1, N) != root ? ", then pass on" : "");
     if (r != root)
-        RETURN_IF_FAILED(ring_transfer(c, "ring broadcast", 0, NULL, 0, data, bytes, deadline));
+        RETURN_IF_FAILED(
+            ring_transfer(c, "ring broadcast", 0, NULL, 0, data, bytes, false, deadline));
     if (mod(r + 1, N) != root)
-        RETURN_IF_FAILED(ring_transfer(c, "ring broadcast", 0, data, bytes, NULL, 0, deadline));
+        RETURN_IF_FAILED(
+            ring_transfer(c, "ring broadcast", 0, data, bytes, NULL, 0, false, deadline));
     return 0;
 }
 
@@ -359,7 +419,7 @@ static int nccl_init(Communicator** comm, CommSettings s, const void* unique_id)
         rank_log("comm_init_nccl: out of memory");
         return -1;
     }
-    *c = (Communicator){.s = s, .backend = BACKEND_NCCL, .send_fd = -1, .recv_fd = -1};
+    *c = (Communicator){.s = s, .backend = BACKEND_NCCL, .send = NO_LINK, .recv = NO_LINK};
     *comm = c;
     ncclUniqueId id;
     memcpy(&id, unique_id, sizeof id);
@@ -581,10 +641,11 @@ static void comm_close(Communicator* c, bool abort) {
 #else
     (void)abort;
 #endif
-    if (c->send_fd >= 0)
-        close(c->send_fd);
-    if (c->recv_fd >= 0 && c->recv_fd != c->send_fd)
-        close(c->recv_fd);
+    if (c->send.fd >= 0)
+        close(c->send.fd);
+    if (c->recv.fd >= 0 && c->recv.fd != c->send.fd)
+        close(c->recv.fd);
+    shm_region_unmap(c->shm);
     free(c->host);
     free(c->incoming);
     free(c);

@@ -5,7 +5,9 @@
  *   - NCCL on GPUs, one rank per GPU;
  *   - a ring over sockets, the algorithm NCCL and gloo use: reduce-scatter, then
  *     all-gather. It serves CPU ranks, and GPU ranks that share a GPU (it stages
- *     through host memory).
+ *     through host memory). Between ranks of one machine its bytes may travel
+ *     through channels in shared memory instead (shm.h), each direction of the
+ *     ring on its own: sockets stay for neighbours on other machines.
  * Buffers are in the memory of the device that the Kernels table drives.
  * Every call has a deadline (timeout_s from its start); a peer that fails or
  * goes away makes the call return -1 with a message naming that peer, never hang.
@@ -14,10 +16,10 @@
  * which run on the default stream; the build keeps nvcc's legacy default stream.
  *
  * APIs: Backend, CommSettings, HostCollectives, Communicator, comm_choose_backend,
- * comm_ring_socketpairs, comm_ring_keep_own, comm_ring_connect_tcp, comm_init_ring, comm_init_host,
- * NcclIdTransport, NcclIdRoute, comm_init_nccl, comm_nccl_version, comm_allreduce_sum,
- *       comm_allreduce_mean, comm_broadcast, comm_barrier, comm_allgather_u64, comm_abort,
- *       comm_destroy,
+ * comm_ring_socketpairs, comm_ring_keep_own, comm_ring_shm, comm_ring_connect_tcp, comm_init_ring,
+ * comm_init_ring_shm, comm_init_ring_links, comm_init_host, NcclIdTransport, NcclIdRoute,
+ * comm_init_nccl, comm_nccl_version, comm_allreduce_sum, comm_allreduce_mean, comm_broadcast,
+ *       comm_barrier, comm_allgather_u64, comm_abort, comm_destroy,
  *       comm_backend.
  */
 #ifndef COLLECTIVE_H
@@ -28,6 +30,7 @@
 #include <stdint.h>
 
 #include "kernels.h"
+#include "shm.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -62,6 +65,13 @@ int comm_ring_socketpairs(int (*fds)[2], int world_size);
 // from the left).
 void comm_ring_keep_own(int (*fds)[2], int world_size, int rank, int* send_fd, int* recv_fd);
 
+// Shared memory for the same ring (made before the fork, beside comm_ring_socketpairs):
+// channel i, of channel_bytes (0: SHM_DEFAULT_CHANNEL_BYTES), carries rank i's sends to
+// rank i + 1; the socketpairs then carry no data, but tell each rank when a neighbour
+// dies. NULL, with a message, on failure. The parent unmaps it (shm_region_unmap) once
+// the ranks are forked, as it closes its copies of the sockets.
+ShmRegion* comm_ring_shm(int world_size, size_t channel_bytes);
+
 // A ring across machines over TCP: connects to the right neighbour at
 // right_addr:right_port (retrying until the deadline) and accepts the left one on
 // listen_fd; both sides say which rank they are, and strangers are turned away.
@@ -78,6 +88,18 @@ int comm_choose_backend(const char* request, int gpus, int ranks, Backend* backe
 // A ring whose sockets are already connected: send_fd to rank + 1, recv_fd from
 // rank - 1 (mod world_size). The communicator owns both from now on.
 int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd);
+
+// In rank's process, after comm_ring_keep_own: a ring whose bytes travel through the
+// channels of shm (from comm_ring_shm), beside the two sockets of comm_ring_keep_own. The
+// communicator owns the sockets and this process's mapping of shm from now on.
+int comm_init_ring_shm(Communicator** comm, CommSettings s, ShmRegion* shm, int send_fd,
+                       int recv_fd);
+
+// The general form: each direction a socket ({NULL, fd}) or a channel beside a socket
+// to the same neighbour ({channel, fd}); both ends of a direction must agree. Lesson 03
+// joins a node's ranks by channels and the nodes by TCP. The communicator owns both
+// sockets, not the channels' mapping.
+int comm_init_ring_links(Communicator** comm, CommSettings s, ShmLink send, ShmLink recv);
 
 // A communicator whose collectives are ops (see HostCollectives).
 int comm_init_host(Communicator** comm, CommSettings s, HostCollectives ops);

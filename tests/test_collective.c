@@ -2,7 +2,12 @@
  * test_collective.c - the ring all-reduce, broadcast and barrier, run by real processes.
  *
  * Each test forks one process per rank, connected as lesson 02 connects its
- * workers (comm_ring_socketpairs before the fork, comm_ring_keep_own after).
+ * workers (comm_ring_socketpairs before the fork, comm_ring_keep_own after). Every
+ * test runs twice: in suite ring_socket the bytes travel over those socketpairs, in
+ * ring_shm through channels in shared memory (comm_ring_shm before the fork,
+ * comm_init_ring_shm after), the sockets only telling each rank that its neighbours live.
+ * Suite ring_mixed runs a few of them on rings of both (comm_init_ring_links), as lesson
+ * 03 joins the ranks of a node by channels and the nodes by sockets.
  * Every rank runs a body on its own communicator, in a buffer that lives in
  * shared memory (mmap MAP_SHARED), and notes there what its call returned and
  * when; the test process reaps every rank, killing any still alive after
@@ -38,6 +43,24 @@
 #define RANKS_DEADLINE_S 30.0     // a rank still alive then is killed and the test fails
 #define ERR_MAX 4096              // bytes of each rank's stderr kept
 #define SENTINEL_BITS 0x7fc0beefu // a NaN that no collective writes: "untouched"
+
+// How the ring's bytes travel in the running test (Criterion runs each test in a process
+// of its own). RING_TEST(name) defines the test twice: ring_socket::name, ring_shm::name.
+// OVER_MIXED: the link from rank r to r + 1 is a socket for odd r, a channel for even r.
+typedef enum { OVER_SOCKETS, OVER_SHM, OVER_MIXED } Transport;
+static Transport transport;
+
+#define RING_TEST(name)                                                                            \
+    static void ring_test_##name(void);                                                            \
+    Test(ring_socket, name) {                                                                      \
+        transport = OVER_SOCKETS;                                                                  \
+        ring_test_##name();                                                                        \
+    }                                                                                              \
+    Test(ring_shm, name) {                                                                         \
+        transport = OVER_SHM;                                                                      \
+        ring_test_##name();                                                                        \
+    }                                                                                              \
+    static void ring_test_##name(void)
 
 // ----------------------------------------------------------------------------
 // running ranks as processes
@@ -88,8 +111,21 @@ typedef struct {
     char err[MAX_WORLD][ERR_MAX];
 } Ring;
 
-// One rank's life: its two sockets, a communicator, the body, then exit.
-static void rank_process(Ring* g, int (*fds)[2], int rank, int err_fd) {
+// A communicator on the two sockets of rank, and on its channels in shm unless NULL.
+static int make_communicator(Communicator** comm, CommSettings s, ShmRegion* shm, int send_fd,
+                             int recv_fd) {
+    if (shm == NULL)
+        return comm_init_ring(comm, s, send_fd, recv_fd);
+    if (transport == OVER_SHM)
+        return comm_init_ring_shm(comm, s, shm, send_fd, recv_fd);
+    int left = (s.rank + s.world_size - 1) % s.world_size;
+    ShmLink send = {s.rank % 2 == 1 ? NULL : shm_region_channel(shm, s.rank), send_fd};
+    ShmLink recv = {left % 2 == 1 ? NULL : shm_region_channel(shm, left), recv_fd};
+    return comm_init_ring_links(comm, s, send, recv);
+}
+
+// One rank's life: its two sockets (and channels), a communicator, the body, then exit.
+static void rank_process(Ring* g, int (*fds)[2], ShmRegion* shm, int rank, int err_fd) {
     prctl(PR_SET_PDEATHSIG, SIGKILL); // never outlive the test
     dup2(err_fd, STDERR_FILENO);
     rank_log_set_rank(rank);
@@ -97,7 +133,7 @@ static void rank_process(Ring* g, int (*fds)[2], int rank, int err_fd) {
     comm_ring_keep_own(fds, g->world_size, rank, &r.send_fd, &r.recv_fd);
     CommSettings s = {
         .rank = rank, .world_size = g->world_size, .timeout_s = g->timeout_s, .k = &kernels_cpu};
-    if (comm_init_ring(&r.comm, s, r.send_fd, r.recv_fd) != 0)
+    if (make_communicator(&r.comm, s, shm, r.send_fd, r.recv_fd) != 0)
         _exit(3);
     g->body(&r);
     comm_destroy(r.comm);
@@ -158,6 +194,10 @@ static void ring_run(Ring* g) {
     int fds[MAX_WORLD][2], err_fds[MAX_WORLD];
     pid_t pids[MAX_WORLD] = {0};
     cr_assert_eq(comm_ring_socketpairs(fds, g->world_size), 0);
+    ShmRegion* shm = NULL;
+    if (transport != OVER_SOCKETS)
+        cr_assert_not_null(shm = comm_ring_shm(g->world_size, 0), "comm_ring_shm: %s",
+                           strerror(errno));
     for (int i = 0; i < g->world_size; i++) {
         FILE* f = tmpfile();
         cr_assert_not_null(f, "tmpfile: %s", strerror(errno));
@@ -169,13 +209,14 @@ static void ring_run(Ring* g) {
     for (int i = 0; i < g->world_size && !fork_failed; i++) {
         pids[i] = fork();
         if (pids[i] == 0)
-            rank_process(g, fds, i, err_fds[i]);
+            rank_process(g, fds, shm, i, err_fds[i]);
         fork_failed = pids[i] < 0;
         if (fork_failed)
             pids[i] = 0;
     }
     for (int i = 0; i < g->world_size; i++)
         close(fds[i][0]), close(fds[i][1]);
+    shm_region_unmap(shm);
     if (fork_failed) // the ranks started cannot finish: end them now
         for (int i = 0; i < g->world_size; i++)
             if (pids[i] > 0)
@@ -356,7 +397,7 @@ static void expect_exact_allreduce(int world, size_t count) {
     ring_free(&g);
 }
 
-Test(ring, allreduce_of_zero_floats_succeeds_and_writes_nothing) {
+RING_TEST(allreduce_of_zero_floats_succeeds_and_writes_nothing) {
     for (int world = 1; world <= MAX_WORLD; world++) {
         Ring g = {.world_size = world,
                   .count = 0,
@@ -373,18 +414,18 @@ Test(ring, allreduce_of_zero_floats_succeeds_and_writes_nothing) {
     }
 }
 
-Test(ring, allreduce_of_one_float_is_the_exact_sum_on_every_rank) {
+RING_TEST(allreduce_of_one_float_is_the_exact_sum_on_every_rank) {
     for (int world = 1; world <= MAX_WORLD; world++)
         expect_exact_allreduce(world, 1);
 }
 
-Test(ring, allreduce_of_fewer_floats_than_ranks_is_exact_on_every_rank) {
+RING_TEST(allreduce_of_fewer_floats_than_ranks_is_exact_on_every_rank) {
     // Some chunks are empty: those ring steps move zero bytes.
     for (int world = 2; world <= MAX_WORLD; world++)
         expect_exact_allreduce(world, (size_t)world - 1);
 }
 
-Test(ring, allreduce_of_an_odd_count_is_exact_on_every_rank) {
+RING_TEST(allreduce_of_an_odd_count_is_exact_on_every_rank) {
     // 1001 = 7 * 11 * 13: chunks of unequal sizes for every world size but 1 and 7.
     for (int world = 1; world <= MAX_WORLD; world++) {
         expect_exact_allreduce(world, 1001);
@@ -392,13 +433,13 @@ Test(ring, allreduce_of_an_odd_count_is_exact_on_every_rank) {
     }
 }
 
-Test(ring, allreduce_of_a_million_floats_is_exact_on_every_rank) {
+RING_TEST(allreduce_of_a_million_floats_is_exact_on_every_rank) {
     // Chunks far larger than a socket's buffer: sends and receives must overlap.
     expect_exact_allreduce(2, 1000000);
     expect_exact_allreduce(4, 1000003);
 }
 
-Test(ring, allreduce_is_bitwise_identical_on_every_rank_when_sums_round) {
+RING_TEST(allreduce_is_bitwise_identical_on_every_rank_when_sums_round) {
     // Each chunk is summed at one rank and copied: the same bits everywhere, though
     // not the bits of a serial sum, which adds in another order.
     const int worlds[] = {3, 5, 8};
@@ -435,7 +476,7 @@ Test(ring, allreduce_is_bitwise_identical_on_every_rank_when_sums_round) {
     }
 }
 
-Test(ring, allreduce_mean_is_exact_when_values_are_multiples_of_the_world_size) {
+RING_TEST(allreduce_mean_is_exact_when_values_are_multiples_of_the_world_size) {
     for (int world = 1; world <= MAX_WORLD; world++) {
         Ring g = {.world_size = world,
                   .count = 1001,
@@ -468,7 +509,7 @@ static void changing_sizes_body(RankCtx* r) {
     call_ended(r, rc);
 }
 
-Test(ring, one_communicator_serves_calls_of_changing_sizes) {
+RING_TEST(one_communicator_serves_calls_of_changing_sizes) {
     size_t total = 0;
     for (size_t c = 0; c < CHANGING_CALLS; c++)
         total += changing_counts[c];
@@ -518,7 +559,7 @@ static void expect_broadcast_from(int world, int root, size_t count) {
     ring_free(&g);
 }
 
-Test(ring, broadcast_from_rank_0_gives_every_rank_the_roots_buffer) {
+RING_TEST(broadcast_from_rank_0_gives_every_rank_the_roots_buffer) {
     for (int world = 1; world <= MAX_WORLD; world++) {
         expect_broadcast_from(world, 0, 1001);
         expect_broadcast_from(world, 0, 1);
@@ -526,7 +567,7 @@ Test(ring, broadcast_from_rank_0_gives_every_rank_the_roots_buffer) {
     expect_broadcast_from(3, 0, 1000000); // more than the sockets hold: the ring must pipeline
 }
 
-Test(ring, broadcast_from_a_non_zero_root_gives_every_rank_the_roots_buffer) {
+RING_TEST(broadcast_from_a_non_zero_root_gives_every_rank_the_roots_buffer) {
     for (int world = 2; world <= MAX_WORLD; world++) {
         expect_broadcast_from(world, world - 1, 1001);
         expect_broadcast_from(world, world / 2, 1001);
@@ -544,7 +585,7 @@ static void barrier_body(RankCtx* r) {
     call_ended(r, comm_barrier(r->comm));
 }
 
-Test(ring, barrier_lets_nobody_leave_before_the_last_rank_arrives) {
+RING_TEST(barrier_lets_nobody_leave_before_the_last_rank_arrives) {
     const int worlds[] = {1, 2, 3, 5, 8};
     for (size_t w = 0; w < sizeof worlds / sizeof *worlds; w++) {
         int world = worlds[w];
@@ -575,7 +616,7 @@ static void gather_hashes_body(RankCtx* r) {
                comm_allgather_u64(r->comm, hash_of_rank(r->rank), r->sh->report[r->rank].hashes));
 }
 
-Test(ring, allgather_u64_gives_every_rank_every_ranks_64_bit_number) {
+RING_TEST(allgather_u64_gives_every_rank_every_ranks_64_bit_number) {
     for (int world = 1; world <= MAX_WORLD; world++) {
         Ring g = {.world_size = world, .timeout_s = 10, .victim = -1, .body = gather_hashes_body};
         ring_run(&g);
@@ -695,7 +736,7 @@ static void run_fault(RankBody body, const char* fault, size_t count, int world,
     ring_free(&g);
 }
 
-Test(ring, allreduce_fails_fast_on_every_rank_when_a_peer_exits_before_calling) {
+RING_TEST(allreduce_fails_fast_on_every_rank_when_a_peer_exits_before_calling) {
     const int worlds[] = {2, 3, 5, 8};
     for (size_t w = 0; w < sizeof worlds / sizeof *worlds; w++) {
         run_fault(exits_before_calling_body, "a peer exits", 1001, worlds[w], 1, 0);
@@ -703,14 +744,14 @@ Test(ring, allreduce_fails_fast_on_every_rank_when_a_peer_exits_before_calling) 
     }
 }
 
-Test(ring, allreduce_fails_fast_on_every_rank_when_a_peer_is_killed_before_calling) {
+RING_TEST(allreduce_fails_fast_on_every_rank_when_a_peer_is_killed_before_calling) {
     const int worlds[] = {2, 3, 5, 8};
     for (size_t w = 0; w < sizeof worlds / sizeof *worlds; w++)
         run_fault(killed_before_calling_body, "a peer is killed", 1001, worlds[w], worlds[w] - 1,
                   SIGKILL);
 }
 
-Test(ring, allreduce_fails_fast_when_a_peer_is_killed_inside_the_call) {
+RING_TEST(allreduce_fails_fast_when_a_peer_is_killed_inside_the_call) {
     // A million floats: the victim dies with a chunk half sent.
     run_fault(killed_inside_the_call_body, "a peer is killed in its all-reduce", 1000000, 2, 1,
               SIGALRM);
@@ -718,7 +759,7 @@ Test(ring, allreduce_fails_fast_when_a_peer_is_killed_inside_the_call) {
               SIGALRM);
 }
 
-Test(ring, allreduce_fails_fast_when_a_peer_is_killed_while_the_others_wait_in_it) {
+RING_TEST(allreduce_fails_fast_when_a_peer_is_killed_while_the_others_wait_in_it) {
     const int worlds[] = {2, 3, 5};
     for (size_t w = 0; w < sizeof worlds / sizeof *worlds; w++)
         run_fault(killed_while_the_others_wait_body, "a peer is killed while the others wait", 1001,
@@ -748,7 +789,7 @@ static void stalls_body(RankCtx* r) {
     _exit(0);
 }
 
-Test(ring, allreduce_returns_minus_1_at_its_deadline_when_a_peer_stalls) {
+RING_TEST(allreduce_returns_minus_1_at_its_deadline_when_a_peer_stalls) {
     const int worlds[] = {2, 3, 4};
     for (size_t w = 0; w < sizeof worlds / sizeof *worlds; w++) {
         Ring g = {.world_size = worlds[w],
@@ -781,4 +822,30 @@ Test(ring, allreduce_returns_minus_1_at_its_deadline_when_a_peer_stalls) {
                   g.world_size, g.err[0]);
         ring_free(&g);
     }
+}
+
+// ----------------------------------------------------------------------------
+// rings of sockets and channels both
+
+Test(ring_mixed, allreduce_is_exact_when_links_alternate_between_sockets_and_channels) {
+    transport = OVER_MIXED;
+    ring_test_allreduce_of_an_odd_count_is_exact_on_every_rank();
+    ring_test_allreduce_of_a_million_floats_is_exact_on_every_rank();
+    ring_test_allreduce_is_bitwise_identical_on_every_rank_when_sums_round();
+}
+
+Test(ring_mixed, broadcast_gives_every_rank_the_roots_buffer_over_sockets_and_channels) {
+    transport = OVER_MIXED;
+    ring_test_broadcast_from_a_non_zero_root_gives_every_rank_the_roots_buffer();
+}
+
+Test(ring_mixed, allreduce_fails_fast_when_a_peer_dies_on_a_ring_of_sockets_and_channels) {
+    transport = OVER_MIXED;
+    ring_test_allreduce_fails_fast_when_a_peer_is_killed_inside_the_call();
+    ring_test_allreduce_fails_fast_on_every_rank_when_a_peer_exits_before_calling();
+}
+
+Test(ring_mixed, allreduce_returns_minus_1_at_its_deadline_on_a_ring_of_sockets_and_channels) {
+    transport = OVER_MIXED;
+    ring_test_allreduce_returns_minus_1_at_its_deadline_when_a_peer_stalls();
 }

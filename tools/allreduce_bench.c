@@ -2,9 +2,12 @@
  * allreduce_bench.c - all-reduce time and bandwidth per message size, as nccl-tests prints them.
  *
  *   build/allreduce_bench --backend ring --ranks 2 --min-bytes 8 --max-bytes 4M
+ *   build/allreduce_bench --backend ring --transport socket   (the ring over socketpairs)
  *
  * Forks one process per rank (on GPUs with NCCL: one per GPU) and hands the
  * communicator to sweep_run (allreduce_sweep.h), which checks and times every size.
+ * The ring's bytes travel through shared memory (comm_ring_shm) or over the
+ * socketpairs; auto picks shared memory, since every rank runs on this machine.
  * Under mpirun, --backend mpi prints the same table for MPI_Allreduce:
  *   mpirun -np 2 build/allreduce_bench --backend mpi
  */
@@ -29,27 +32,58 @@
 // flags
 
 typedef struct {
-    const char* backend; // ring or nccl
+    const char* backend;   // ring or nccl
+    const char* transport; // the ring's: auto, shm or socket
     int ranks;
     long min_bytes, max_bytes;
     int timeout_s;
     int ring_fds[WORKERS_MAX][2];
+    ShmRegion* ring_shm; // the ring's channels (shm transport), NULL otherwise
 } Bench;
 
 static int parse_bytes(const char* flag, const char* value, void* out, char* why, size_t why_len) {
     return sweep_parse_bytes(flag, value, out, why, why_len);
 }
 
+// What no single flag can tell: sizes in order, NCCL where it can run, a transport only
+// for the ring (auto is shared memory, as every rank is forked here). 0, or -1 with why.
+static int check_bench(Bench* b, char* why, size_t why_len) {
+    Backend engine;
+    if (b->min_bytes > b->max_bytes)
+        snprintf(why, why_len, "--min-bytes (%ld) must not exceed --max-bytes (%ld)", b->min_bytes,
+                 b->max_bytes);
+    else if (strcmp(b->backend, "ring") != 0 && strcmp(b->transport, "auto") != 0)
+        snprintf(why, why_len, "--transport %s is the ring's; --backend %s moves its own bytes",
+                 b->transport, b->backend);
+    else if (strcmp(b->backend, "nccl") == 0 &&
+             comm_choose_backend("nccl", device_gpu_count_forked(), b->ranks, &engine, why,
+                                 why_len) != 0)
+        return -1;
+    else {
+        if (strcmp(b->transport, "auto") == 0)
+            b->transport = strcmp(b->backend, "ring") == 0 ? "shm" : "socket";
+        return 0;
+    }
+    return -1;
+}
+
 // Fills b from argv. Exits with status 0 after --help and EXIT_USAGE after a bad flag.
 static void parse_args(Bench* b, int argc, char** argv) {
-    *b = (Bench){
-        .backend = "ring", .ranks = 2, .min_bytes = 8, .max_bytes = 4L << 20, .timeout_s = 60};
+    *b = (Bench){.backend = "ring",
+                 .transport = "auto",
+                 .ranks = 2,
+                 .min_bytes = 8,
+                 .max_bytes = 4L << 20,
+                 .timeout_s = 60};
     // clang-format off
     const Flag flags[] = {
         {.name = "--backend", .kind = FLAG_CHOICE, .choices = "ring|nccl|mpi",
          .destination = &b->backend, .value_name = "NAME",
          .help = "ring, nccl or mpi (default ring; mpi: MPI_Allreduce, under mpirun -np N, which "
                  "sets the ranks)"},
+        {.name = "--transport", .kind = FLAG_CHOICE, .choices = "auto|shm|socket",
+         .destination = &b->transport, .value_name = "NAME",
+         .help = "how the ring's bytes travel: shared memory or socketpairs (default auto: shm)"},
         {.name = "--ranks", .kind = FLAG_INT, .min = 1, .max = WORKERS_MAX,
          .destination = &b->ranks, .value_name = "N",
          .help = "processes, forked here (default 2)"},
@@ -67,19 +101,11 @@ static void parse_args(Bench* b, int argc, char** argv) {
     int status;
     if (!config_parse_or_explain(
             "allreduce_bench",
-            "All-reduce time and bandwidth per message size, as nccl-tests prints "
-            "them.",
-            flags, sizeof flags / sizeof *flags, argc, argv, &status))
+            "All-reduce time and bandwidth per message size, as nccl-tests prints them.", flags,
+            sizeof flags / sizeof *flags, argc, argv, &status))
         exit(status);
     char why[ERROR_TEXT_BYTES];
-    Backend engine;
-    if (b->min_bytes > b->max_bytes)
-        snprintf(why, sizeof why, "--min-bytes (%ld) must not exceed --max-bytes (%ld)",
-                 b->min_bytes, b->max_bytes);
-    if (b->min_bytes > b->max_bytes ||
-        (strcmp(b->backend, "nccl") == 0 &&
-         comm_choose_backend("nccl", device_gpu_count_forked(), b->ranks, &engine, why,
-                             sizeof why) != 0))
+    if (check_bench(b, why, sizeof why) != 0)
         exit(usage_error(why));
 }
 
@@ -109,8 +135,11 @@ static int rank_main(int rank, void* arg) {
         .rank = rank, .world_size = b->ranks, .timeout_s = b->timeout_s, .k = dev.kernels};
     Communicator* comm = NULL;
     NcclIdRoute route = {.transport = NCCL_ID_BY_RING, .send_fd = send_fd, .recv_fd = recv_fd};
-    int err = nccl ? comm_init_nccl(&comm, s, &route) : comm_init_ring(&comm, s, send_fd, recv_fd);
-    SweepEngine engine = {b->backend, rank, b->ranks, dev.kernels, comm, allreduce_sum, barrier};
+    int err = nccl                  ? comm_init_nccl(&comm, s, &route)
+              : b->ring_shm != NULL ? comm_init_ring_shm(&comm, s, b->ring_shm, send_fd, recv_fd)
+                                    : comm_init_ring(&comm, s, send_fd, recv_fd);
+    const char* name = nccl ? "nccl" : b->ring_shm != NULL ? "ring/shm" : "ring/socket";
+    SweepEngine engine = {name, rank, b->ranks, dev.kernels, comm, allreduce_sum, barrier};
     if (err || sweep_run(&engine, b->min_bytes, b->max_bytes) != 0)
         return 1;
     comm_destroy(comm);
@@ -144,10 +173,13 @@ int main(int argc, char** argv) {
     if (strcmp(b.backend, "mpi") == 0)
         return run_mpi(&b);
     Workers workers;
+    // The ring's sockets and channels are made before the fork, so that every rank inherits them.
     if (comm_ring_socketpairs(b.ring_fds, b.ranks) != 0 ||
+        (strcmp(b.transport, "shm") == 0 && (b.ring_shm = comm_ring_shm(b.ranks, 0)) == NULL) ||
         workers_start(&workers, b.ranks, 0, rank_main, &b) != 0)
         return EXIT_FAILURE;
-    for (int i = 0; i < b.ranks; i++)
+    for (int i = 0; i < b.ranks; i++) // the parent only supervises
         close(b.ring_fds[i][0]), close(b.ring_fds[i][1]);
+    shm_region_unmap(b.ring_shm);
     return workers_wait(&workers, NULL, NULL);
 }
