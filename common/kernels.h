@@ -76,6 +76,9 @@ typedef struct {
 } Kernels;
 
 extern const Kernels kernels_cpu;
+// kernels_cpu with the linear layer written as plain loops, the formulas as they read: the
+// specification that the tests hold kernels_cpu's tiled linear layer to. Slow; tests only.
+extern const Kernels kernels_cpu_naive;
 #ifdef HAVE_CUDA
 extern const Kernels kernels_cuda;
 #endif

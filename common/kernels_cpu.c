@@ -10,16 +10,48 @@
  * APIs: kernels_cpu.
  */
 #include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <pmmintrin.h> // _MM_DENORMALS_ZERO_ON
+#include <xmmintrin.h> // _mm_getcsr, _mm_setcsr, _MM_FLUSH_ZERO_ON
+#endif
 
 #include "check.h"
 #include "kernels.h"
 
 // ----------------------------------------------------------------------------
+// floating-point environment: subnormals flushed to zero
+//
+// Floats below FLT_MIN (1.2e-38) are subnormal: they give up precision to get closer to 0,
+// and x86 CPUs compute with them through slow microcode, around a hundred cycles per
+// instruction that meets one. Adam's first moment m of a parameter whose gradient is exactly
+// 0 (behind a ReLU that never fires) decays by beta1 = 0.9 a step, reaches them within a
+// thousand steps and stays there (0.9 of a few of the smallest subnormals rounds back to
+// itself). Flush-to-zero writes such results as 0 and denormals-are-zero reads such inputs
+// as 0, as PyTorch's torch.set_flush_denormal(True) and CUDA's -ftz=true do. It is a setting
+// of the thread that computes, which the threads it creates later inherit.
+
+// Sets flush-to-zero and denormals-are-zero for the calling thread, where the CPU has them.
+static void flush_subnormals_to_zero(void) {
+#if defined(__x86_64__)
+    _mm_setcsr(_mm_getcsr() | _MM_FLUSH_ZERO_ON | _MM_DENORMALS_ZERO_ON); // MXCSR bits 15, 6
+#elif defined(__aarch64__)
+    uint64_t fpcr; // FPCR.FZ, bit 24: both, in single and double precision
+    __asm__ volatile("mrs %0, fpcr" : "=r"(fpcr));
+    __asm__ volatile("msr fpcr, %0" : : "r"(fpcr | (UINT64_C(1) << 24)));
+#endif
+}
+
+// ----------------------------------------------------------------------------
 // memory: the CPU's memory is host memory
 
 static void* alloc_cpu(size_t bytes) {
+    // Every buffer of a computation comes from here first: the table's first use in the
+    // thread that computes, where it sets that thread's floating-point mode.
+    flush_subnormals_to_zero();
     // Aligned to a cache line, so that vector loads never straddle two and every
     // process gets the same speed; zeroed, as the GPU's alloc is.
     size_t rounded = (bytes + 63) / 64 * 64;
@@ -62,86 +94,27 @@ static int gather_batch_cpu(float* x, float* y, const float* data_x, const float
 }
 
 // ----------------------------------------------------------------------------
-// linear layer
+// linear layer: the reference
+//
+// The layer's three products as the formulas read, one running sum per output that adds its
+// terms in index order. This is what the layer computes; the tiled versions below compute the
+// same sums faster, and tests/test_kernels.c checks them against these on awkward shapes.
 
-// sum over i < n of a[i] * b[i]
-static inline float dot_cpu(const float* restrict a, const float* restrict b, int n) {
-    float sum = 0.0f;
-    // The compiler may not reorder one running sum on its own (only -ffast-math
-    // lets it, everywhere); this pragma allows it here alone, so the loop keeps
-    // eight partial sums in one vector register (built with -fopenmp-simd).
-#pragma omp simd reduction(+ : sum)
-    for (int i = 0; i < n; i++)
-        sum += a[i] * b[i];
-    return sum;
-}
-
-// out[k] = sum over j < n of scale[j * scale_stride] * rows[j * row_stride + k], k < width:
-// n scaled rows added up, so the inner loop is contiguous and vectorises. Four rows
-// go in at a time, which reads and writes out once for four of them.
-static void weighted_row_sum_cpu(float* restrict out, const float* restrict scale, int scale_stride,
-                                 const float* restrict rows, int row_stride, int n, int width) {
-    for (int k = 0; k < width; k++)
-        out[k] = 0.0f;
-    int j = 0;
-    for (; j + 4 <= n; j += 4) {
-        const float* r0 = rows + (size_t)j * row_stride;
-        const float *r1 = r0 + row_stride, *r2 = r1 + row_stride, *r3 = r2 + row_stride;
-        float s0 = scale[(size_t)j * scale_stride], s1 = scale[(size_t)(j + 1) * scale_stride];
-        float s2 = scale[(size_t)(j + 2) * scale_stride],
-              s3 = scale[(size_t)(j + 3) * scale_stride];
-        for (int k = 0; k < width; k++)
-            out[k] += s0 * r0[k] + s1 * r1[k] + s2 * r2[k] + s3 * r3[k];
-    }
-    for (; j < n; j++) {
-        float s = scale[(size_t)j * scale_stride];
-        const float* row = rows + (size_t)j * row_stride;
-        for (int k = 0; k < width; k++)
-            out[k] += s * row[k];
-    }
-}
-
-// out_row[o .. o + 4) = bias + x . w[o .. o + 4): four dot products in one pass, so
-// that each input value, once loaded, meets four weight rows.
-static inline void dot4_cpu(float* restrict out_row, const float* restrict x,
-                            const float* restrict w, const float* restrict bias, int o, int C) {
-    const float* w0 = w + (size_t)o * C;
-    const float *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
-    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-    for (int i = 0; i < C; i++) {
-        s0 += x[i] * w0[i];
-        s1 += x[i] * w1[i];
-        s2 += x[i] * w2[i];
-        s3 += x[i] * w3[i];
-    }
-    out_row[o] = bias[o] + s0;
-    out_row[o + 1] = bias[o + 1] + s1;
-    out_row[o + 2] = bias[o + 2] + s2;
-    out_row[o + 3] = bias[o + 3] + s3;
-}
-
-static int linear_forward_cpu(float* restrict out, const float* restrict inp,
-                              const float* restrict w, const float* restrict bias, int B, int C,
-                              int OC) {
-    for (int b = 0; b < B; b++) {
-        float* out_row = out + (size_t)b * OC;
-        const float* x = inp + (size_t)b * C;
-        int o = 0;
-        if (C == 1) // one input: a dot product of length 1 would waste the vector unit
-            for (; o < OC; o++)
-                out_row[o] = bias[o] + x[0] * w[o];
-        for (; o + 4 <= OC; o += 4)
-            dot4_cpu(out_row, x, w, bias, o, C);
-        for (; o < OC; o++)
-            out_row[o] = bias[o] + dot_cpu(x, w + (size_t)o * C, C);
-    }
+static int linear_forward_naive(float* out, const float* inp, const float* w, const float* bias,
+                                int B, int C, int OC) {
+    // out[b][o] = bias[o] + sum over i of inp[b][i] * w[o][i]
+    for (int b = 0; b < B; b++)
+        for (int o = 0; o < OC; o++) {
+            float sum = 0.0f;
+            for (int i = 0; i < C; i++)
+                sum += inp[(size_t)b * C + i] * w[(size_t)o * C + i];
+            out[(size_t)b * OC + o] = bias[o] + sum;
+        }
     return 0;
 }
 
-static int linear_backward_cpu(float* restrict dinp, float* restrict dw, float* restrict dbias,
-                               const float* restrict dout, const float* restrict inp,
-                               const float* restrict w, int B, int C, int OC) {
+static int linear_backward_naive(float* dinp, float* dw, float* dbias, const float* dout,
+                                 const float* inp, const float* w, int B, int C, int OC) {
     // dbias[o] = sum over b of dout[b][o]
     for (int o = 0; o < OC; o++) {
         float sum = 0.0f;
@@ -149,13 +122,176 @@ static int linear_backward_cpu(float* restrict dinp, float* restrict dw, float* 
             sum += dout[(size_t)b * OC + o];
         dbias[o] = sum;
     }
-    // dw[o][:] = sum over b of dout[b][o] * inp[b][:]
+    // dw[o][i] = sum over b of dout[b][o] * inp[b][i]
     for (int o = 0; o < OC; o++)
-        weighted_row_sum_cpu(dw + (size_t)o * C, dout + o, OC, inp, C, B, C);
-    // dinp[b][:] = sum over o of dout[b][o] * w[o][:]
-    if (dinp != NULL)
+        for (int i = 0; i < C; i++) {
+            float sum = 0.0f;
+            for (int b = 0; b < B; b++)
+                sum += dout[(size_t)b * OC + o] * inp[(size_t)b * C + i];
+            dw[(size_t)o * C + i] = sum;
+        }
+    // dinp[b][i] = sum over o of dout[b][o] * w[o][i]
+    for (int b = 0; b < B && dinp != NULL; b++)
+        for (int i = 0; i < C; i++) {
+            float sum = 0.0f;
+            for (int o = 0; o < OC; o++)
+                sum += dout[(size_t)b * OC + o] * w[(size_t)o * C + i];
+            dinp[(size_t)b * C + i] = sum;
+        }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// linear layer: tiled
+//
+// The three products have one shape: each row of the output is a weighted sum of the rows of
+// a matrix b,
+//     out[r][c] = sum over k of a[r][k] * b[k][c],
+// with a = dout, b = w for dinp; a = dout read down its columns, b = inp for dw; and for the
+// forward pass a = inp, b = w transposed. The innermost loop runs along c, over contiguous
+// memory: one vector operation per k, a[r][k] broadcast to every lane. Each output keeps one
+// running sum that adds its terms in k order, as the reference does, so no pragma has to
+// allow reordering, and the results do not depend on the vector width.
+
+// The widest vector register of the build's target, in floats (the compilers define these
+// from -march); 4 where none is known (SSE2, NEON).
+#if defined(__AVX512F__)
+#define SIMD_FLOATS 16
+#elif defined(__AVX__)
+#define SIMD_FLOATS 8
+#else
+#define SIMD_FLOATS 4
+#endif
+
+// A tile of outputs held in vector registers while k runs: 4 rows of 2 vectors, 8 running
+// sums, enough to keep both FMA units busy through their 4-cycle latency and few enough to
+// leave registers for the operands (AVX2 has 16). Each k then loads 2 vectors of b and 4
+// scalars of a for 8 fused multiply-adds, and the tile is stored once, at the end.
+#define TILE_ROWS 4
+#define TILE_COLS (2 * SIMD_FLOATS)
+// The forward pass copies w transposed, KC of its columns at a time, into a panel of
+// KC x TILE_COLS floats on the stack that stays in the L1 cache while every row tile uses it.
+#define KC 256
+
+static inline int min_int(int a, int b) {
+    return a < b ? a : b;
+}
+
+// out (rows, TILE_COLS) = a (rows, K) @ b (K, TILE_COLS) [+ bias (TILE_COLS)], for
+// rows <= TILE_ROWS, where a[r][k] = a[r * a_row + k * a_k] and out's rows are out_stride
+// apart; with accumulate, the sums start from out's values instead of 0.
+static void linear_tile(float* restrict out, size_t out_stride, const float* restrict bias,
+                        bool accumulate, const float* restrict a, size_t a_row, size_t a_k,
+                        const float* restrict b, size_t b_row, int rows, int K) {
+    // Tile rows past the last real one repeat it, so that every loop below has a constant
+    // trip count and the compiler can keep acc in registers; they are never stored.
+    const float* a_r[TILE_ROWS];
+    float acc[TILE_ROWS][TILE_COLS];
+    for (int r = 0; r < TILE_ROWS; r++) {
+        int real = min_int(r, rows - 1);
+        a_r[r] = a + real * a_row;
+        for (int c = 0; c < TILE_COLS; c++)
+            acc[r][c] = accumulate ? out[real * out_stride + c] : 0.0f;
+    }
+    for (int k = 0; k < K; k++) {
+        const float* b_k = b + k * b_row;
+        for (int r = 0; r < TILE_ROWS; r++) {
+            float a_rk = a_r[r][k * a_k];
+            for (int c = 0; c < TILE_COLS; c++)
+                acc[r][c] += a_rk * b_k[c];
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < TILE_COLS; c++)
+            out[r * out_stride + c] = bias != NULL ? bias[c] + acc[r][c] : acc[r][c];
+}
+
+// out (rows, cols) = a (rows, K) @ b (K, cols), a[r][k] = a[r * a_row + k * a_k]: tile by
+// tile, then one running sum per element for the columns left over (fewer than a tile).
+static void matmul_cpu(float* restrict out, const float* restrict a, size_t a_row, size_t a_k,
+                       const float* restrict b, int rows, int K, int cols) {
+    int c = 0;
+    // Column tiles outside, row tiles inside: the K x TILE_COLS piece of b that a column
+    // tile reads stays in the L1 cache for all of its row tiles.
+    for (; c + TILE_COLS <= cols; c += TILE_COLS)
+        for (int r = 0; r < rows; r += TILE_ROWS)
+            linear_tile(out + (size_t)r * cols + c, cols, NULL, false, a + r * a_row, a_row, a_k,
+                        b + c, cols, min_int(TILE_ROWS, rows - r), K);
+    for (; c < cols; c++)
+        for (int r = 0; r < rows; r++) {
+            float sum = 0.0f;
+            for (int k = 0; k < K; k++)
+                sum += a[r * a_row + k * a_k] * b[(size_t)k * cols + c];
+            out[(size_t)r * cols + c] = sum;
+        }
+}
+
+// sum over i < n of a[i] * b[i]
+static inline float dot_cpu(const float* restrict a, const float* restrict b, int n) {
+    float sum = 0.0f;
+    // The compiler may not reorder one running sum on its own (only -ffast-math lets it,
+    // everywhere); this pragma allows it here alone, so the loop keeps one partial sum per
+    // vector lane (built with -fopenmp-simd).
+#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < n; i++)
+        sum += a[i] * b[i];
+    return sum;
+}
+
+// panel (kc, TILE_COLS) = the first kc columns of w (TILE_COLS rows, row stride C), transposed
+static void pack_transposed(float* restrict panel, const float* restrict w, int C, int kc) {
+    // Reads along w's rows, so that each loaded cache line is used whole.
+    for (int c = 0; c < TILE_COLS; c++)
+        for (int k = 0; k < kc; k++)
+            panel[k * TILE_COLS + c] = w[(size_t)c * C + k];
+}
+
+static int linear_forward_cpu(float* restrict out, const float* restrict inp,
+                              const float* restrict w, const float* restrict bias, int B, int C,
+                              int OC) {
+    // out[b][o .. o + TILE_COLS) needs w's rows o .. o + TILE_COLS) down a column, i: the
+    // panel holds them transposed, so that the tile reads them along a row. Packing costs a
+    // copy of w per call, which B / TILE_ROWS row tiles then share.
+    float panel[KC * TILE_COLS]; // (KC, TILE_COLS)
+    int o = 0;
+    for (; o + TILE_COLS <= OC; o += TILE_COLS)
+        for (int k = 0; k < C; k += KC) {
+            int kc = min_int(KC, C - k);
+            pack_transposed(panel, w + (size_t)o * C + k, C, kc);
+            // the first block starts the sums, the last one adds the bias
+            const float* tile_bias = k + kc == C ? bias + o : NULL;
+            for (int b = 0; b < B; b += TILE_ROWS)
+                linear_tile(out + (size_t)b * OC + o, OC, tile_bias, k > 0, inp + (size_t)b * C + k,
+                            C, 1, panel, TILE_COLS, min_int(TILE_ROWS, B - b), kc);
+        }
+    // Outputs left over (fewer than a tile: all of them for the last layer, OC = 1): one
+    // dot product along C each.
+    for (; o < OC; o++)
         for (int b = 0; b < B; b++)
-            weighted_row_sum_cpu(dinp + (size_t)b * C, dout + (size_t)b * OC, 1, w, C, OC, C);
+            out[(size_t)b * OC + o] = bias[o] + dot_cpu(inp + (size_t)b * C, w + (size_t)o * C, C);
+    return 0;
+}
+
+static int linear_backward_cpu(float* restrict dinp, float* restrict dw, float* restrict dbias,
+                               const float* restrict dout, const float* restrict inp,
+                               const float* restrict w, int B, int C, int OC) {
+    // dbias[o] = sum over b of dout[b][o], added row by row so that the loop over o is
+    // contiguous; each dbias[o] still adds its terms in b order.
+    for (int o = 0; o < OC; o++)
+        dbias[o] = 0.0f;
+    for (int b = 0; b < B; b++)
+        for (int o = 0; o < OC; o++)
+            dbias[o] += dout[(size_t)b * OC + o];
+    // dw[o][i] = sum over b of dout[b][o] * inp[b][i]. With one input (the first layer) dw
+    // (OC, 1) is laid out as its transpose (1, OC) = inp^T @ dout: one row of OC outputs,
+    // which fills the tiles where dw's single column would not.
+    if (C == 1)
+        matmul_cpu(dw, inp, 0, 1, dout, 1, B, OC);
+    else
+        matmul_cpu(dw, dout, 1, OC, inp, OC, B, C);
+    // dinp[b][i] = sum over o of dout[b][o] * w[o][i]
+    if (dinp != NULL)
+        matmul_cpu(dinp, dout, OC, 1, w, B, OC, C);
     return 0;
 }
 
@@ -281,6 +417,7 @@ static int sgd_update_cpu(float* restrict params, float* restrict velocity,
 }
 
 // ----------------------------------------------------------------------------
+// the tables
 
 const Kernels kernels_cpu = {
     .name = "cpu",
@@ -293,6 +430,29 @@ const Kernels kernels_cpu = {
     .gather_batch = gather_batch_cpu,
     .linear_forward = linear_forward_cpu,
     .linear_backward = linear_backward_cpu,
+    .relu_forward = relu_forward_cpu,
+    .relu_backward = relu_backward_cpu,
+    .layernorm_forward = layernorm_forward_cpu,
+    .layernorm_backward = layernorm_backward_cpu,
+    .mse_forward = mse_forward_cpu,
+    .mse_backward = mse_backward_cpu,
+    .adam_update = adam_update_cpu,
+    .sgd_update = sgd_update_cpu,
+};
+
+// kernels_cpu with the linear layer's reference loops: the specification the tiled code is
+// tested against (the other operations have one version, kernels_cpu's).
+const Kernels kernels_cpu_naive = {
+    .name = "cpu-naive",
+    .alloc = alloc_cpu,
+    .release = release_cpu,
+    .upload = copy_cpu,
+    .download = copy_cpu,
+    .zero = zero_cpu,
+    .synchronize = synchronize_cpu,
+    .gather_batch = gather_batch_cpu,
+    .linear_forward = linear_forward_naive,
+    .linear_backward = linear_backward_naive,
     .relu_forward = relu_forward_cpu,
     .relu_backward = relu_backward_cpu,
     .layernorm_forward = layernorm_forward_cpu,
