@@ -153,22 +153,33 @@ static int linear_backward_naive(float* dinp, float* dw, float* dbias, const flo
 // running sum that adds its terms in k order, as the reference does, so no pragma has to
 // allow reordering, and the results do not depend on the vector width.
 
-// The widest vector register of the build's target, in floats (the compilers define these
-// from -march); 4 where none is known (SSE2, NEON).
+// The build target's vector registers (the compilers define these macros from -march): how
+// many floats one holds, and how many there are. Where none is known, SSE2's or NEON's.
 #if defined(__AVX512F__)
 #define SIMD_FLOATS 16
+#define SIMD_REGISTERS 32
 #elif defined(__AVX__)
 #define SIMD_FLOATS 8
+#define SIMD_REGISTERS 16
+#elif defined(__aarch64__)
+#define SIMD_FLOATS 4
+#define SIMD_REGISTERS 32
 #else
 #define SIMD_FLOATS 4
+#define SIMD_REGISTERS 16
 #endif
 
-// A tile of outputs held in vector registers while k runs: 4 rows of 2 vectors, 8 running
-// sums, enough to keep both FMA units busy through their 4-cycle latency and few enough to
-// leave registers for the operands (AVX2 has 16). Each k then loads 2 vectors of b and 4
-// scalars of a for 8 fused multiply-adds, and the tile is stored once, at the end.
-#define TILE_ROWS 4
+// A tile of outputs held in vector registers while k runs: rows of 2 vectors, in half of the
+// registers (8 running sums with AVX2, 16 with AVX-512), which leaves the other half for the
+// operands. 8 or more independent sums keep both FMA units busy through their 4-cycle
+// latency. Each k loads 2 vectors of b and TILE_ROWS scalars of a for 2 x TILE_ROWS fused
+// multiply-adds, and the tile is stored once, at the end.
+#ifndef TILE_ROWS
+#define TILE_ROWS (SIMD_REGISTERS / 4)
+#endif
+#ifndef TILE_COLS
 #define TILE_COLS (2 * SIMD_FLOATS)
+#endif
 // The forward pass copies w transposed, KC of its columns at a time, into a panel of
 // KC x TILE_COLS floats on the stack that stays in the L1 cache while every row tile uses it.
 #define KC 256
@@ -197,33 +208,42 @@ static void linear_tile(float* restrict out, size_t out_stride, const float* res
         const float* b_k = b + k * b_row;
         for (int r = 0; r < TILE_ROWS; r++) {
             float a_rk = a_r[r][k * a_k];
+#pragma omp simd
             for (int c = 0; c < TILE_COLS; c++)
                 acc[r][c] += a_rk * b_k[c];
         }
     }
-    for (int r = 0; r < rows; r++)
-        for (int c = 0; c < TILE_COLS; c++)
+    for (int r = 0; r < TILE_ROWS; r++)
+        for (int c = 0; c < TILE_COLS && r < rows; c++)
             out[r * out_stride + c] = bias != NULL ? bias[c] + acc[r][c] : acc[r][c];
 }
 
-// out (rows, cols) = a (rows, K) @ b (K, cols), a[r][k] = a[r * a_row + k * a_k]: tile by
-// tile, then one running sum per element for the columns left over (fewer than a tile).
-static void matmul_cpu(float* restrict out, const float* restrict a, size_t a_row, size_t a_k,
-                       const float* restrict b, int rows, int K, int cols) {
+// out (rows, cols) = a (rows, K) @ b (K, cols) [+ bias (cols)], a[r][k] = a[r * a_row + k * a_k].
+static void matmul_cpu(float* restrict out, const float* restrict bias, const float* restrict a,
+                       size_t a_row, size_t a_k, const float* restrict b, int rows, int K,
+                       int cols) {
     int c = 0;
     // Column tiles outside, row tiles inside: the K x TILE_COLS piece of b that a column
-    // tile reads stays in the L1 cache for all of its row tiles.
-    for (; c + TILE_COLS <= cols; c += TILE_COLS)
+    // tile reads stays in the L1 cache for all of its row tiles. A tile pays for itself when
+    // there are sums to keep (K > 1) in several rows.
+    for (; c + TILE_COLS <= cols && K > 1 && rows > 1; c += TILE_COLS)
         for (int r = 0; r < rows; r += TILE_ROWS)
-            linear_tile(out + (size_t)r * cols + c, cols, NULL, false, a + r * a_row, a_row, a_k,
-                        b + c, cols, min_int(TILE_ROWS, rows - r), K);
-    for (; c < cols; c++)
-        for (int r = 0; r < rows; r++) {
-            float sum = 0.0f;
-            for (int k = 0; k < K; k++)
-                sum += a[r * a_row + k * a_k] * b[(size_t)k * cols + c];
-            out[(size_t)r * cols + c] = sum;
+            linear_tile(out + (size_t)r * cols + c, cols, bias != NULL ? bias + c : NULL, false,
+                        a + r * a_row, a_row, a_k, b + c, cols, min_int(TILE_ROWS, rows - r), K);
+    // The rest a row at a time: the row's running sums live in out (in the L1 cache) and each
+    // k adds a scaled piece of b's row k along it, contiguous, in k order as in the tiles.
+    for (int r = 0; r < rows && c < cols; r++) {
+        float* out_r = out + (size_t)r * cols;
+        for (int j = c; j < cols; j++)
+            out_r[j] = 0.0f;
+        for (int k = 0; k < K; k++) {
+            float a_rk = a[r * a_row + k * a_k];
+            for (int j = c; j < cols; j++)
+                out_r[j] += a_rk * b[(size_t)k * cols + j];
         }
+        for (int j = c; j < cols && bias != NULL; j++)
+            out_r[j] = bias[j] + out_r[j];
+    }
 }
 
 // sum over i < n of a[i] * b[i]
@@ -252,6 +272,11 @@ static int linear_forward_cpu(float* restrict out, const float* restrict inp,
     // out[b][o .. o + TILE_COLS) needs w's rows o .. o + TILE_COLS) down a column, i: the
     // panel holds them transposed, so that the tile reads them along a row. Packing costs a
     // copy of w per call, which B / TILE_ROWS row tiles then share.
+    // With one input (the first layer) w (OC, 1) is laid out as its own transpose (1, OC).
+    if (C == 1) {
+        matmul_cpu(out, bias, inp, 1, 1, w, B, 1, OC);
+        return 0;
+    }
     float panel[KC * TILE_COLS]; // (KC, TILE_COLS)
     int o = 0;
     for (; o + TILE_COLS <= OC; o += TILE_COLS)
@@ -286,12 +311,12 @@ static int linear_backward_cpu(float* restrict dinp, float* restrict dw, float* 
     // (OC, 1) is laid out as its transpose (1, OC) = inp^T @ dout: one row of OC outputs,
     // which fills the tiles where dw's single column would not.
     if (C == 1)
-        matmul_cpu(dw, inp, 0, 1, dout, 1, B, OC);
+        matmul_cpu(dw, NULL, inp, 0, 1, dout, 1, B, OC);
     else
-        matmul_cpu(dw, dout, 1, OC, inp, OC, B, C);
+        matmul_cpu(dw, NULL, dout, 1, OC, inp, OC, B, C);
     // dinp[b][i] = sum over o of dout[b][o] * w[o][i]
     if (dinp != NULL)
-        matmul_cpu(dinp, dout, OC, 1, w, B, OC, C);
+        matmul_cpu(dinp, NULL, dout, OC, 1, w, B, OC, C);
     return 0;
 }
 

@@ -199,6 +199,150 @@ Test(kernels, mse_backward_is_the_gradient_of_the_batch_mean) {
 }
 
 // ----------------------------------------------------------------------------
+// the tiled linear layer against the reference loops (kernels_cpu_naive)
+
+// Shapes around every edge of the tiles, whatever the vector width (tiles of 4 or 8 rows by 8,
+// 16 or 32 columns): one row, one input, one output, rows and columns just past a tile, and
+// more inputs than the forward pass packs at a time (256).
+static const int ODD_B[] = {1, 3, 8, 33};
+static const int ODD_C[] = {1, 2, 17, 64, 65, 300};
+static const int ODD_OC[] = {1, 3, 16, 33, 64, 97};
+#define COUNT(array) ((int)(sizeof(array) / sizeof(array[0])))
+
+// Fails unless got and want (rows, cols) differ by at most tol everywhere (NaN fails), naming
+// the worst element by row and column, and the largest difference.
+static void expect_matrix_close(const float* got, const float* want, int rows, int cols, double tol,
+                                const char* what) {
+    int worst = 0;
+    double max_diff = -1.0;
+    for (int i = 0; i < rows * cols; i++) {
+        double diff = fabs((double)got[i] - want[i]);
+        if (isnan(diff))
+            diff = INFINITY;
+        if (diff > max_diff) {
+            max_diff = diff;
+            worst = i;
+        }
+    }
+    cr_assert(max_diff <= tol,
+              "%s: worst element [%d][%d]: got %.9g, want %.9g; max difference %.3g > tolerance "
+              "%.3g",
+              what, worst / cols, worst % cols, got[worst], want[worst], max_diff, tol);
+}
+
+// a[i] a whole number in [-4, 4], reproducible from (seed, i). Products and sums of these
+// stay exact in float (below 2^24), so any order of the additions gives the same bits.
+static void fill_small_integers(float* a, int n, uint64_t seed) {
+    for (int i = 0; i < n; i++)
+        a[i] = (float)(rng_u64(seed, TEST_STREAM, (uint64_t)i) % 9) - 4.0f;
+}
+
+// One shape of the linear layer: its inputs, and a tiled and a reference copy of each output.
+typedef struct {
+    int B, C, OC;
+    float *inp, *w, *bias, *dout;   // (B, C), (OC, C), (OC), (B, OC)
+    float *out, *dinp, *dw, *dbias; // tiled (kernels_cpu): (B, OC), (B, C), (OC, C), (OC)
+    float *out_ref, *dinp_ref, *dw_ref, *dbias_ref; // the same, from kernels_cpu_naive
+} LinearShape;
+
+// Inputs from fill (integers or floats); outputs NaN, so that an element left unwritten fails.
+static LinearShape linear_shape_new(int B, int C, int OC, void (*fill)(float*, int, uint64_t)) {
+    LinearShape s = {.B = B, .C = C, .OC = OC};
+    float** inputs[] = {&s.inp, &s.w, &s.bias, &s.dout};
+    int input_sizes[] = {B * C, OC * C, OC, B * OC};
+    for (int i = 0; i < COUNT(inputs); i++) {
+        *inputs[i] = new_floats(input_sizes[i]);
+        fill(*inputs[i], input_sizes[i], 20 + (uint64_t)i);
+    }
+    float** outputs[] = {&s.out,     &s.dinp,     &s.dw,     &s.dbias,
+                         &s.out_ref, &s.dinp_ref, &s.dw_ref, &s.dbias_ref};
+    int output_sizes[] = {B * OC, B * C, OC * C, OC};
+    for (int i = 0; i < COUNT(outputs); i++) {
+        *outputs[i] = new_floats(output_sizes[i % 4]);
+        fill_nan(*outputs[i], output_sizes[i % 4]);
+    }
+    return s;
+}
+
+static void linear_shape_free(LinearShape* s) {
+    float* all[] = {s->inp, s->w,     s->bias,    s->dout,     s->out,    s->dinp,
+                    s->dw,  s->dbias, s->out_ref, s->dinp_ref, s->dw_ref, s->dbias_ref};
+    for (int i = 0; i < COUNT(all); i++)
+        free(all[i]);
+}
+
+// Both tables' forward and backward passes on s, compared within tol.
+static void compare_linear_layers(LinearShape* s, double tol) {
+    int B = s->B, C = s->C, OC = s->OC;
+    cr_assert_eq(kernels_cpu.linear_forward(s->out, s->inp, s->w, s->bias, B, C, OC), 0);
+    cr_assert_eq(kernels_cpu_naive.linear_forward(s->out_ref, s->inp, s->w, s->bias, B, C, OC), 0);
+    cr_assert_eq(
+        kernels_cpu.linear_backward(s->dinp, s->dw, s->dbias, s->dout, s->inp, s->w, B, C, OC), 0);
+    cr_assert_eq(kernels_cpu_naive.linear_backward(s->dinp_ref, s->dw_ref, s->dbias_ref, s->dout,
+                                                   s->inp, s->w, B, C, OC),
+                 0);
+    char what[96];
+    snprintf(what, sizeof what, "linear_forward out, B=%d C=%d OC=%d", B, C, OC);
+    expect_matrix_close(s->out, s->out_ref, B, OC, tol, what);
+    snprintf(what, sizeof what, "linear_backward dinp, B=%d C=%d OC=%d", B, C, OC);
+    expect_matrix_close(s->dinp, s->dinp_ref, B, C, tol, what);
+    snprintf(what, sizeof what, "linear_backward dw, B=%d C=%d OC=%d", B, C, OC);
+    expect_matrix_close(s->dw, s->dw_ref, OC, C, tol, what);
+    snprintf(what, sizeof what, "linear_backward dbias, B=%d C=%d OC=%d", B, C, OC);
+    expect_matrix_close(s->dbias, s->dbias_ref, 1, OC, tol, what);
+}
+
+Test(kernels, tiled_linear_layer_equals_the_naive_one_on_odd_shapes) {
+    // Whole numbers: every sum is exact, so the tiles must give the reference's bits.
+    for (int bi = 0; bi < COUNT(ODD_B); bi++)
+        for (int ci = 0; ci < COUNT(ODD_C); ci++)
+            for (int oi = 0; oi < COUNT(ODD_OC); oi++) {
+                LinearShape s =
+                    linear_shape_new(ODD_B[bi], ODD_C[ci], ODD_OC[oi], fill_small_integers);
+                compare_linear_layers(&s, 0.0);
+                linear_shape_free(&s);
+            }
+}
+
+// Floats in [-1, 1), reproducible from (seed, i).
+static void fill_unit_floats(float* a, int n, uint64_t seed) {
+    fill_uniform(a, n, -1, 1, seed);
+}
+
+Test(kernels, tiled_linear_layer_agrees_with_the_naive_one_on_the_lessons_shapes) {
+    // The model's three layers at the default batch and hidden size, and the last eval chunk.
+    // Each output adds up to 64 products of size <= 1, rounded in both versions: the tiles add
+    // them in the same order, but the compiler fuses multiplies and adds in its own places
+    // (and the last layer's dot products use partial sums), so the two differ by a few
+    // roundings of partial sums below ~10 (2^-24 each, ~6e-7); 1e-5 leaves room for that and
+    // none for a missing or doubled term (>= 1e-3 here).
+    const int shapes[][3] = {{32, 1, 64}, {32, 64, 64}, {32, 64, 1}, {16, 64, 64}};
+    for (int i = 0; i < COUNT(shapes); i++) {
+        LinearShape s =
+            linear_shape_new(shapes[i][0], shapes[i][1], shapes[i][2], fill_unit_floats);
+        compare_linear_layers(&s, 1e-5);
+        linear_shape_free(&s);
+    }
+}
+
+Test(kernels, tiled_linear_backward_leaves_dinp_alone_when_it_is_null) {
+    LinearShape s = linear_shape_new(33, 1, 97, fill_small_integers); // the first layer's shape
+    float* untouched = new_floats(s.B * s.C);
+    fill_nan(untouched, s.B * s.C);
+    cr_assert_eq(
+        kernels_cpu.linear_backward(NULL, s.dw, s.dbias, s.dout, s.inp, s.w, s.B, s.C, s.OC), 0);
+    cr_assert_eq(kernels_cpu_naive.linear_backward(NULL, s.dw_ref, s.dbias_ref, s.dout, s.inp, s.w,
+                                                   s.B, s.C, s.OC),
+                 0);
+    expect_matrix_close(s.dw, s.dw_ref, s.OC, s.C, 0.0, "linear_backward dw without dinp");
+    expect_matrix_close(s.dbias, s.dbias_ref, 1, s.OC, 0.0, "linear_backward dbias without dinp");
+    cr_assert_eq(memcmp(s.dinp, untouched, (size_t)s.B * s.C * sizeof(float)), 0,
+                 "dinp was written although the call passed NULL");
+    free(untouched);
+    linear_shape_free(&s);
+}
+
+// ----------------------------------------------------------------------------
 // backward passes against finite differences, layer by layer
 
 typedef struct {
