@@ -189,11 +189,12 @@ static inline int min_int(int a, int b) {
 }
 
 // out (rows, TILE_COLS) = a (rows, K) @ b (K, TILE_COLS) [+ bias (TILE_COLS)], for
-// rows <= TILE_ROWS, where a[r][k] = a[r * a_row + k * a_k] and out's rows are out_stride
-// apart; with accumulate, the sums start from out's values instead of 0.
+// rows <= TILE_ROWS, where a[r][k] = a[r * a_row + k * a_k], b's row k is two vectors, at
+// b + k * b_row and b_half floats further (SIMD_FLOATS further in a row-major b), and out's
+// rows are out_stride apart; with accumulate, the sums start from out's values, not from 0.
 static void linear_tile(float* restrict out, size_t out_stride, const float* restrict bias,
                         bool accumulate, const float* restrict a, size_t a_row, size_t a_k,
-                        const float* restrict b, size_t b_row, int rows, int K) {
+                        const float* restrict b, size_t b_row, size_t b_half, int rows, int K) {
     // Tile rows past the last real one repeat it, so that every loop below has a constant
     // trip count and the compiler can keep acc in registers; they are never stored.
     const float* a_r[TILE_ROWS];
@@ -209,8 +210,10 @@ static void linear_tile(float* restrict out, size_t out_stride, const float* res
         for (int r = 0; r < TILE_ROWS; r++) {
             float a_rk = a_r[r][k * a_k];
 #pragma omp simd
-            for (int c = 0; c < TILE_COLS; c++)
+            for (int c = 0; c < SIMD_FLOATS; c++) {
                 acc[r][c] += a_rk * b_k[c];
+                acc[r][SIMD_FLOATS + c] += a_rk * b_k[b_half + c];
+            }
         }
     }
     for (int r = 0; r < TILE_ROWS; r++)
@@ -229,7 +232,8 @@ static void matmul_cpu(float* restrict out, const float* restrict bias, const fl
     for (; c + TILE_COLS <= cols && K > 1 && rows > 1; c += TILE_COLS)
         for (int r = 0; r < rows; r += TILE_ROWS)
             linear_tile(out + (size_t)r * cols + c, cols, bias != NULL ? bias + c : NULL, false,
-                        a + r * a_row, a_row, a_k, b + c, cols, min_int(TILE_ROWS, rows - r), K);
+                        a + r * a_row, a_row, a_k, b + c, cols, SIMD_FLOATS,
+                        min_int(TILE_ROWS, rows - r), K);
     // The rest a row at a time: the row's running sums live in out (in the L1 cache) and each
     // k adds a scaled piece of b's row k along it, contiguous, in k order as in the tiles.
     for (int r = 0; r < rows && c < cols; r++) {
@@ -258,12 +262,17 @@ static inline float dot_cpu(const float* restrict a, const float* restrict b, in
     return sum;
 }
 
-// panel (kc, TILE_COLS) = the first kc columns of w (TILE_COLS rows, row stride C), transposed
+// panel (2, kc, SIMD_FLOATS) = the first kc columns of w's TILE_COLS rows (row stride C),
+// transposed, in two halves: panel[h][k][l] = w[h * SIMD_FLOATS + l][k].
 static void pack_transposed(float* restrict panel, const float* restrict w, int C, int kc) {
-    // Reads along w's rows, so that each loaded cache line is used whole.
-    for (int c = 0; c < TILE_COLS; c++)
+    // Each k interleaves SIMD_FLOATS rows of w into one register's width of the panel: the
+    // compiler turns such a group of stores into vector loads and shuffles. (A panel row as
+    // wide as the tile, two registers, it copies a float at a time, about 4x slower.)
+    for (int h = 0; h < 2; h++)
         for (int k = 0; k < kc; k++)
-            panel[k * TILE_COLS + c] = w[(size_t)c * C + k];
+            for (int l = 0; l < SIMD_FLOATS; l++)
+                panel[((size_t)h * kc + k) * SIMD_FLOATS + l] =
+                    w[(size_t)(h * SIMD_FLOATS + l) * C + k];
 }
 
 static int linear_forward_cpu(float* restrict out, const float* restrict inp,
@@ -277,7 +286,7 @@ static int linear_forward_cpu(float* restrict out, const float* restrict inp,
         matmul_cpu(out, bias, inp, 1, 1, w, B, 1, OC);
         return 0;
     }
-    float panel[KC * TILE_COLS]; // (KC, TILE_COLS)
+    float panel[KC * TILE_COLS]; // (2, KC, SIMD_FLOATS)
     int o = 0;
     for (; o + TILE_COLS <= OC; o += TILE_COLS)
         for (int k = 0; k < C; k += KC) {
@@ -287,7 +296,8 @@ static int linear_forward_cpu(float* restrict out, const float* restrict inp,
             const float* tile_bias = k + kc == C ? bias + o : NULL;
             for (int b = 0; b < B; b += TILE_ROWS)
                 linear_tile(out + (size_t)b * OC + o, OC, tile_bias, k > 0, inp + (size_t)b * C + k,
-                            C, 1, panel, TILE_COLS, min_int(TILE_ROWS, B - b), kc);
+                            C, 1, panel, SIMD_FLOATS, (size_t)kc * SIMD_FLOATS,
+                            min_int(TILE_ROWS, B - b), kc);
         }
     // Outputs left over (fewer than a tile: all of them for the last layer, OC = 1): one
     // dot product along C each.

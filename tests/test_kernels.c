@@ -19,6 +19,7 @@
  * Shapes: B batch rows, C input features, OC output features, N elements.
  */
 #include <criterion/criterion.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -697,6 +698,34 @@ Test(optimizer, adam_leaves_a_parameter_with_zero_gradient_and_moments_alone) {
     cr_assert_eq(k->adam_update(&p, &m, &v, &g, s, 1), 0);
     double want = 1.5;
     expect_close(&p, &want, 1, 0.0, "adam param with zero gradient");
+}
+
+Test(optimizer, cpu_updates_flush_moments_below_flt_min_to_zero) {
+#if !defined(__x86_64__) && !defined(__aarch64__)
+    cr_skip_test("kernels_cpu knows no flush-to-zero mode on this CPU");
+#endif
+    // A parameter behind a ReLU that never fires gets gradient 0, and its moment decays by
+    // beta1 = 0.9 a step. From FLT_MIN, the smallest normal float, the next one is subnormal:
+    // flush-to-zero writes it as 0. One that is already subnormal (from a checkpoint, say)
+    // is read as 0 (denormals-are-zero). The CPU table's alloc sets both for this thread.
+    enum { N = 2 };
+    float* state = k->alloc(4 * N * sizeof(float));
+    cr_assert_not_null(state);
+    float *p = state, *m = p + N, *v = m + N, *g = v + N;
+    float start[N] = {FLT_MIN, FLT_MIN / 4};
+    for (int i = 0; i < N; i++)
+        p[i] = 1.0f, m[i] = start[i], v[i] = 1e-6f, g[i] = 0.0f;
+    AdamSettings s = {0.01f, 0.9f, 0.999f, 1e-8f, 100};
+    cr_assert_eq(k->adam_update(p, m, v, g, s, N), 0);
+    double zeros[N] = {0, 0}, ones[N] = {1, 1};
+    expect_close(m, zeros, N, 0.0, "adam first moments from FLT_MIN and FLT_MIN / 4 with g = 0");
+    expect_close(p, ones, N, 0.0, "adam params with g = 0 and a flushed first moment");
+    // SGD's velocity decays the same way
+    for (int i = 0; i < N; i++)
+        m[i] = start[i];
+    cr_assert_eq(k->sgd_update(p, m, g, 0.01f, 0.9f, N), 0);
+    expect_close(m, zeros, N, 0.0, "sgd velocities from FLT_MIN and FLT_MIN / 4 with g = 0");
+    k->release(state);
 }
 
 Test(optimizer, sgd_momentum_two_steps_match_torch_formula) {
