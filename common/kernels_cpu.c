@@ -198,14 +198,20 @@ static void linear_tile(float* restrict out, size_t out_stride, const float* res
     // Tile rows past the last real one repeat it, so that every loop below has a constant
     // trip count and the compiler can keep acc in registers; they are never stored.
     const float* a_r[TILE_ROWS];
+    for (int r = 0; r < TILE_ROWS; r++)
+        a_r[r] = a + min_int(r, rows - 1) * a_row;
+    // The first term (k = 0) goes in with the starting values (a zero-filled acc would be
+    // filled in memory, and then loaded, a large part of a short tile's time).
     float acc[TILE_ROWS][TILE_COLS];
     for (int r = 0; r < TILE_ROWS; r++) {
-        int real = min_int(r, rows - 1);
-        a_r[r] = a + real * a_row;
-        for (int c = 0; c < TILE_COLS; c++)
-            acc[r][c] = accumulate ? out[real * out_stride + c] : 0.0f;
+        const float* start = out + min_int(r, rows - 1) * out_stride;
+        for (int c = 0; c < SIMD_FLOATS; c++) {
+            acc[r][c] = (accumulate ? start[c] : 0.0f) + a_r[r][0] * b[c];
+            acc[r][SIMD_FLOATS + c] =
+                (accumulate ? start[SIMD_FLOATS + c] : 0.0f) + a_r[r][0] * b[b_half + c];
+        }
     }
-    for (int k = 0; k < K; k++) {
+    for (int k = 1; k < K; k++) {
         const float* b_k = b + k * b_row;
         for (int r = 0; r < TILE_ROWS; r++) {
             float a_rk = a_r[r][k * a_k];
@@ -229,7 +235,7 @@ static void matmul_cpu(float* restrict out, const float* restrict bias, const fl
     // Column tiles outside, row tiles inside: the K x TILE_COLS piece of b that a column
     // tile reads stays in the L1 cache for all of its row tiles. A tile pays for itself when
     // there are sums to keep (K > 1) in several rows.
-    for (; c + TILE_COLS <= cols && K > 1 && rows > 1; c += TILE_COLS)
+    for (; c + TILE_COLS <= cols && rows > 1; c += TILE_COLS)
         for (int r = 0; r < rows; r += TILE_ROWS)
             linear_tile(out + (size_t)r * cols + c, cols, bias != NULL ? bias + c : NULL, false,
                         a + r * a_row, a_row, a_k, b + c, cols, SIMD_FLOATS,
