@@ -3,11 +3,14 @@
  *
  * Each function is the twin of a CUDA kernel in kernels_cuda.cu, which keeps
  * these comments so that a diff of the two shows only the parallelisation.
- * The inner loops run over contiguous memory so that the compiler vectorises
- * them (without -ffast-math); see dot_cpu and weighted_row_sum_cpu.
+ * The linear layer, nearly all of the arithmetic, comes twice: as the formulas
+ * read (the reference, kernels_cpu_naive) and tiled, the same sums kept in
+ * vector registers (kernels_cpu). Every inner loop runs over contiguous memory
+ * so that the compiler vectorises it as written (without -ffast-math). The
+ * CPU computes with subnormal floats flushed to zero.
  *
  * Shapes: B batch rows, C input features, OC output features, N elements.
- * APIs: kernels_cpu.
+ * APIs: kernels_cpu, kernels_cpu_naive.
  */
 #include <math.h>
 #include <stdbool.h>
@@ -26,13 +29,14 @@
 // floating-point environment: subnormals flushed to zero
 //
 // Floats below FLT_MIN (1.2e-38) are subnormal: they give up precision to get closer to 0,
-// and x86 CPUs compute with them through slow microcode, around a hundred cycles per
-// instruction that meets one. Adam's first moment m of a parameter whose gradient is exactly
-// 0 (behind a ReLU that never fires) decays by beta1 = 0.9 a step, reaches them within a
-// thousand steps and stays there (0.9 of a few of the smallest subnormals rounds back to
-// itself). Flush-to-zero writes such results as 0 and denormals-are-zero reads such inputs
-// as 0, as PyTorch's torch.set_flush_denormal(True) and CUDA's -ftz=true do. It is a setting
-// of the thread that computes, which the threads it creates later inherit.
+// and many CPUs compute with them through a slow path (on x86, a microcode assist of the
+// order of a hundred cycles for an instruction that meets one). Adam's first moment m (and
+// SGD's velocity) of a parameter whose gradient is exactly 0, behind a ReLU that never fires,
+// decays by 0.9 a step, reaches them within a thousand steps and stays there: 0.9 times one
+// of the four smallest subnormals rounds back to itself. Flush-to-zero writes such results
+// as 0 and denormals-are-zero reads such inputs as 0, as torch.set_flush_denormal(True) and
+// CUDA's -ftz=true do. Both are settings of the thread that computes, which the threads it
+// creates and the processes it forks afterwards inherit. (Lesson 01's README: what it costs.)
 
 // Sets flush-to-zero and denormals-are-zero for the calling thread, where the CPU has them.
 static void flush_subnormals_to_zero(void) {
@@ -174,12 +178,8 @@ static int linear_backward_naive(float* dinp, float* dw, float* dbias, const flo
 // operands. 8 or more independent sums keep both FMA units busy through their 4-cycle
 // latency. Each k loads 2 vectors of b and TILE_ROWS scalars of a for 2 x TILE_ROWS fused
 // multiply-adds, and the tile is stored once, at the end.
-#ifndef TILE_ROWS
 #define TILE_ROWS (SIMD_REGISTERS / 4)
-#endif
-#ifndef TILE_COLS
 #define TILE_COLS (2 * SIMD_FLOATS)
-#endif
 // The forward pass copies w transposed, KC of its columns at a time, into a panel of
 // KC x TILE_COLS floats on the stack that stays in the L1 cache while every row tile uses it.
 #define KC 256
@@ -195,8 +195,8 @@ static inline int min_int(int a, int b) {
 static void linear_tile(float* restrict out, size_t out_stride, const float* restrict bias,
                         bool accumulate, const float* restrict a, size_t a_row, size_t a_k,
                         const float* restrict b, size_t b_row, size_t b_half, int rows, int K) {
-    // Tile rows past the last real one repeat it, so that every loop below has a constant
-    // trip count and the compiler can keep acc in registers; they are never stored.
+    // K >= 1. Tile rows past the last real one repeat it, so that every loop below has a
+    // constant trip count and the compiler can keep acc in registers; they are never stored.
     const float* a_r[TILE_ROWS];
     for (int r = 0; r < TILE_ROWS; r++)
         a_r[r] = a + min_int(r, rows - 1) * a_row;
@@ -215,6 +215,8 @@ static void linear_tile(float* restrict out, size_t out_stride, const float* res
         const float* b_k = b + k * b_row;
         for (int r = 0; r < TILE_ROWS; r++) {
             float a_rk = a_r[r][k * a_k];
+            // No reduction: each element of acc is a sum of its own. The pragma says that the
+            // lanes are independent; without it GCC keeps acc in memory, not registers.
 #pragma omp simd
             for (int c = 0; c < SIMD_FLOATS; c++) {
                 acc[r][c] += a_rk * b_k[c];
@@ -233,9 +235,9 @@ static void matmul_cpu(float* restrict out, const float* restrict bias, const fl
                        int cols) {
     int c = 0;
     // Column tiles outside, row tiles inside: the K x TILE_COLS piece of b that a column
-    // tile reads stays in the L1 cache for all of its row tiles. A tile pays for itself when
-    // there are sums to keep (K > 1) in several rows.
-    for (; c + TILE_COLS <= cols && rows > 1; c += TILE_COLS)
+    // tile reads stays in the L1 cache for all of its row tiles. A single row (the last
+    // layer's dw) is faster a row at a time than in a tile of mostly repeated rows.
+    for (; c + TILE_COLS <= cols && rows > 1 && K > 0; c += TILE_COLS)
         for (int r = 0; r < rows; r += TILE_ROWS)
             linear_tile(out + (size_t)r * cols + c, cols, bias != NULL ? bias + c : NULL, false,
                         a + r * a_row, a_row, a_k, b + c, cols, SIMD_FLOATS,
@@ -281,6 +283,7 @@ static void pack_transposed(float* restrict panel, const float* restrict w, int 
                     w[(size_t)(h * SIMD_FLOATS + l) * C + k];
 }
 
+// linear_forward_naive's sums, tiled.
 static int linear_forward_cpu(float* restrict out, const float* restrict inp,
                               const float* restrict w, const float* restrict bias, int B, int C,
                               int OC) {
@@ -288,8 +291,8 @@ static int linear_forward_cpu(float* restrict out, const float* restrict inp,
     // panel holds them transposed, so that the tile reads them along a row. Packing costs a
     // copy of w per call, which B / TILE_ROWS row tiles then share.
     // With one input (the first layer) w (OC, 1) is laid out as its own transpose (1, OC).
-    if (C == 1) {
-        matmul_cpu(out, bias, inp, 1, 1, w, B, 1, OC);
+    if (C <= 1) {
+        matmul_cpu(out, bias, inp, 1, 1, w, B, C, OC);
         return 0;
     }
     float panel[KC * TILE_COLS]; // (2, KC, SIMD_FLOATS)
@@ -313,6 +316,7 @@ static int linear_forward_cpu(float* restrict out, const float* restrict inp,
     return 0;
 }
 
+// linear_backward_naive's sums, tiled.
 static int linear_backward_cpu(float* restrict dinp, float* restrict dw, float* restrict dbias,
                                const float* restrict dout, const float* restrict inp,
                                const float* restrict w, int B, int C, int OC) {
@@ -445,6 +449,9 @@ static int adam_update_cpu(float* restrict params, float* restrict m, float* res
     // torch.optim.Adam: p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), with the bias
     // corrections bc = 1 - beta^step. Multiplying through by sqrt(bc2) leaves one
     // square root and one division per element.
+    // One pass, element by element, over contiguous arrays: the compiler vectorises it as
+    // written. Its time is the square roots and divisions, which share one divider unit;
+    // reciprocal approximations would be faster, and no longer torch's results.
     float bc1 = 1.0f - powf(s.beta1, (float)s.step);
     float bc2_sqrt = sqrtf(1.0f - powf(s.beta2, (float)s.step));
     float step_size = s.learning_rate / bc1 * bc2_sqrt;
@@ -459,6 +466,7 @@ static int adam_update_cpu(float* restrict params, float* restrict m, float* res
 
 static int sgd_update_cpu(float* restrict params, float* restrict velocity,
                           const float* restrict grads, float learning_rate, float momentum, int N) {
+    // one vectorised pass, as adam_update_cpu
     for (int i = 0; i < N; i++) {
         velocity[i] = momentum * velocity[i] + grads[i];
         params[i] -= learning_rate * velocity[i];
