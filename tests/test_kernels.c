@@ -4,7 +4,8 @@
  * Backward passes against central finite differences, layer by layer and for
  * the whole model; forward passes and optimizer steps against values worked
  * out by hand from the documented formulas (PyTorch's nn.Linear, nn.LayerNorm,
- * nn.MSELoss, torch.optim.Adam, torch.optim.SGD).
+ * nn.MSELoss, torch.optim.Adam, torch.optim.SGD); the tiled linear layer
+ * against its reference loops (kernels_cpu_naive).
  *
  * How the gradient checks stay sharp in float32:
  *   - the scalar being differentiated, L = sum(out * r) with fixed random r,
@@ -315,8 +316,8 @@ Test(kernels, tiled_linear_layer_agrees_with_the_naive_one_on_the_lessons_shapes
     // Each output adds up to 64 products of size <= 1, rounded in both versions: the tiles add
     // them in the same order, but the compiler fuses multiplies and adds in its own places
     // (and the last layer's dot products use partial sums), so the two differ by a few
-    // roundings of partial sums below ~10 (2^-24 each, ~6e-7); 1e-5 leaves room for that and
-    // none for a missing or doubled term (>= 1e-3 here).
+    // roundings of partial sums below ~10 (2^-24 each, ~6e-7). 1e-5 leaves room for that,
+    // while a missing, doubled or misplaced term moves an output by a product, ~0.25.
     const int shapes[][3] = {{32, 1, 64}, {32, 64, 64}, {32, 64, 1}, {16, 64, 64}};
     for (int i = 0; i < COUNT(shapes); i++) {
         LinearShape s =
@@ -700,6 +701,17 @@ Test(optimizer, adam_leaves_a_parameter_with_zero_gradient_and_moments_alone) {
     expect_close(&p, &want, 1, 0.0, "adam param with zero gradient");
 }
 
+// Fails unless every a[i] is +0, bit for bit. Bits, not a comparison: with denormals-are-zero
+// set, the CPU itself would compare a subnormal equal to 0.
+static void expect_positive_zeros(const float* a, int n, const char* what) {
+    for (int i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &a[i], sizeof bits);
+        cr_assert_eq(bits, 0, "%s: element [%d] has the bits 0x%08x, not those of +0", what, i,
+                     (unsigned)bits);
+    }
+}
+
 Test(optimizer, cpu_updates_flush_moments_below_flt_min_to_zero) {
 #if !defined(__x86_64__) && !defined(__aarch64__)
     cr_skip_test("kernels_cpu knows no flush-to-zero mode on this CPU");
@@ -717,14 +729,14 @@ Test(optimizer, cpu_updates_flush_moments_below_flt_min_to_zero) {
         p[i] = 1.0f, m[i] = start[i], v[i] = 1e-6f, g[i] = 0.0f;
     AdamSettings s = {0.01f, 0.9f, 0.999f, 1e-8f, 100};
     cr_assert_eq(k->adam_update(p, m, v, g, s, N), 0);
-    double zeros[N] = {0, 0}, ones[N] = {1, 1};
-    expect_close(m, zeros, N, 0.0, "adam first moments from FLT_MIN and FLT_MIN / 4 with g = 0");
+    expect_positive_zeros(m, N, "adam first moments from FLT_MIN and FLT_MIN / 4 with g = 0");
+    double ones[N] = {1, 1};
     expect_close(p, ones, N, 0.0, "adam params with g = 0 and a flushed first moment");
     // SGD's velocity decays the same way
     for (int i = 0; i < N; i++)
         m[i] = start[i];
     cr_assert_eq(k->sgd_update(p, m, g, 0.01f, 0.9f, N), 0);
-    expect_close(m, zeros, N, 0.0, "sgd velocities from FLT_MIN and FLT_MIN / 4 with g = 0");
+    expect_positive_zeros(m, N, "sgd velocities from FLT_MIN and FLT_MIN / 4 with g = 0");
     k->release(state);
 }
 
