@@ -6,11 +6,13 @@
  * GPU kernels. Both take the same arguments, in the order outputs, inputs,
  * parameters, sizes, and return 0 on success or -1 after reporting an error.
  * Pointers are in the device's memory: get it with alloc, fill it with upload.
+ * The CPU tables compute with subnormal floats flushed to zero: their alloc sets
+ * that mode for the calling thread (kernels_cpu.c says why).
  *
  * Shapes: B batch rows, C input features, OC output features, N elements.
  * Every gradient function overwrites its outputs (no accumulation).
  *
- * APIs: Kernels, kernels_cpu, kernels_cuda (only in builds with CUDA).
+ * APIs: Kernels, kernels_cpu, kernels_cpu_naive, kernels_cuda (only in builds with CUDA).
  */
 #ifndef KERNELS_H
 #define KERNELS_H
@@ -76,6 +78,9 @@ typedef struct {
 } Kernels;
 
 extern const Kernels kernels_cpu;
+// kernels_cpu with the linear layer written as plain loops, the formulas as they read: the
+// specification that the tests hold kernels_cpu's tiled linear layer to. Slow; tests only.
+extern const Kernels kernels_cpu_naive;
 #ifdef HAVE_CUDA
 extern const Kernels kernels_cuda;
 #endif

@@ -4,9 +4,12 @@
  * Each kernel is the twin of a function in kernels_cpu.c and keeps its
  * comments, so that a diff of the two files shows only the parallelisation.
  * Most kernels give one thread one output element, and that thread sums one
- * term after another, as the CPU twin's loop reads. The two devices agree to
- * rounding, not bit for bit: the CPU keeps partial sums in vector lanes, and
- * each compiler fuses multiplies and adds (FMA) in its own places.
+ * term after another, as the CPU twin's loop reads (for the linear layer, the
+ * reference loops, linear_forward_naive and linear_backward_naive). The two
+ * devices agree to rounding, not bit for bit: the CPU keeps partial sums in
+ * vector lanes in a few places, each compiler fuses multiplies and adds (FMA)
+ * in its own places, and the CPU flushes subnormal floats to zero, which these
+ * kernels do not (nvcc flushes only with -ftz=true, which the Makefile leaves off).
  * Each launcher has its CPU twin's signature: it launches on the default
  * stream, checks the launch and returns 0, or -1 after reporting an error.
  * Errors inside a kernel surface at the next synchronize or copy.

@@ -4,7 +4,8 @@
  * Backward passes against central finite differences, layer by layer and for
  * the whole model; forward passes and optimizer steps against values worked
  * out by hand from the documented formulas (PyTorch's nn.Linear, nn.LayerNorm,
- * nn.MSELoss, torch.optim.Adam, torch.optim.SGD).
+ * nn.MSELoss, torch.optim.Adam, torch.optim.SGD); the tiled linear layer
+ * against its reference loops (kernels_cpu_naive).
  *
  * How the gradient checks stay sharp in float32:
  *   - the scalar being differentiated, L = sum(out * r) with fixed random r,
@@ -19,6 +20,7 @@
  * Shapes: B batch rows, C input features, OC output features, N elements.
  */
 #include <criterion/criterion.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -196,6 +198,150 @@ Test(kernels, mse_backward_is_the_gradient_of_the_batch_mean) {
     cr_assert_eq(k->mse_backward(dpred, pred, target, 3), 0);
     double want[] = {2.0 * 1 / 3, 0, 2.0 * -2 / 3};
     expect_close(dpred, want, 3, 1e-7, "mse dpred");
+}
+
+// ----------------------------------------------------------------------------
+// the tiled linear layer against the reference loops (kernels_cpu_naive)
+
+// Shapes around every edge of the tiles, whatever the vector width (tiles of 4 or 8 rows by 8,
+// 16 or 32 columns): one row, one input, one output, rows and columns just past a tile, and
+// more inputs than the forward pass packs at a time (256).
+static const int ODD_B[] = {1, 3, 8, 33};
+static const int ODD_C[] = {1, 2, 17, 64, 65, 300};
+static const int ODD_OC[] = {1, 3, 16, 33, 64, 97};
+#define COUNT(array) ((int)(sizeof(array) / sizeof(array[0])))
+
+// Fails unless got and want (rows, cols) differ by at most tol everywhere (NaN fails), naming
+// the worst element by row and column, and the largest difference.
+static void expect_matrix_close(const float* got, const float* want, int rows, int cols, double tol,
+                                const char* what) {
+    int worst = 0;
+    double max_diff = -1.0;
+    for (int i = 0; i < rows * cols; i++) {
+        double diff = fabs((double)got[i] - want[i]);
+        if (isnan(diff))
+            diff = INFINITY;
+        if (diff > max_diff) {
+            max_diff = diff;
+            worst = i;
+        }
+    }
+    cr_assert(max_diff <= tol,
+              "%s: worst element [%d][%d]: got %.9g, want %.9g; max difference %.3g > tolerance "
+              "%.3g",
+              what, worst / cols, worst % cols, got[worst], want[worst], max_diff, tol);
+}
+
+// a[i] a whole number in [-4, 4], reproducible from (seed, i). Products and sums of these
+// stay exact in float (below 2^24), so any order of the additions gives the same bits.
+static void fill_small_integers(float* a, int n, uint64_t seed) {
+    for (int i = 0; i < n; i++)
+        a[i] = (float)(rng_u64(seed, TEST_STREAM, (uint64_t)i) % 9) - 4.0f;
+}
+
+// One shape of the linear layer: its inputs, and a tiled and a reference copy of each output.
+typedef struct {
+    int B, C, OC;
+    float *inp, *w, *bias, *dout;   // (B, C), (OC, C), (OC), (B, OC)
+    float *out, *dinp, *dw, *dbias; // tiled (kernels_cpu): (B, OC), (B, C), (OC, C), (OC)
+    float *out_ref, *dinp_ref, *dw_ref, *dbias_ref; // the same, from kernels_cpu_naive
+} LinearShape;
+
+// Inputs from fill (integers or floats); outputs NaN, so that an element left unwritten fails.
+static LinearShape linear_shape_new(int B, int C, int OC, void (*fill)(float*, int, uint64_t)) {
+    LinearShape s = {.B = B, .C = C, .OC = OC};
+    float** inputs[] = {&s.inp, &s.w, &s.bias, &s.dout};
+    int input_sizes[] = {B * C, OC * C, OC, B * OC};
+    for (int i = 0; i < COUNT(inputs); i++) {
+        *inputs[i] = new_floats(input_sizes[i]);
+        fill(*inputs[i], input_sizes[i], 20 + (uint64_t)i);
+    }
+    float** outputs[] = {&s.out,     &s.dinp,     &s.dw,     &s.dbias,
+                         &s.out_ref, &s.dinp_ref, &s.dw_ref, &s.dbias_ref};
+    int output_sizes[] = {B * OC, B * C, OC * C, OC};
+    for (int i = 0; i < COUNT(outputs); i++) {
+        *outputs[i] = new_floats(output_sizes[i % 4]);
+        fill_nan(*outputs[i], output_sizes[i % 4]);
+    }
+    return s;
+}
+
+static void linear_shape_free(LinearShape* s) {
+    float* all[] = {s->inp, s->w,     s->bias,    s->dout,     s->out,    s->dinp,
+                    s->dw,  s->dbias, s->out_ref, s->dinp_ref, s->dw_ref, s->dbias_ref};
+    for (int i = 0; i < COUNT(all); i++)
+        free(all[i]);
+}
+
+// Both tables' forward and backward passes on s, compared within tol.
+static void compare_linear_layers(LinearShape* s, double tol) {
+    int B = s->B, C = s->C, OC = s->OC;
+    cr_assert_eq(kernels_cpu.linear_forward(s->out, s->inp, s->w, s->bias, B, C, OC), 0);
+    cr_assert_eq(kernels_cpu_naive.linear_forward(s->out_ref, s->inp, s->w, s->bias, B, C, OC), 0);
+    cr_assert_eq(
+        kernels_cpu.linear_backward(s->dinp, s->dw, s->dbias, s->dout, s->inp, s->w, B, C, OC), 0);
+    cr_assert_eq(kernels_cpu_naive.linear_backward(s->dinp_ref, s->dw_ref, s->dbias_ref, s->dout,
+                                                   s->inp, s->w, B, C, OC),
+                 0);
+    char what[96];
+    snprintf(what, sizeof what, "linear_forward out, B=%d C=%d OC=%d", B, C, OC);
+    expect_matrix_close(s->out, s->out_ref, B, OC, tol, what);
+    snprintf(what, sizeof what, "linear_backward dinp, B=%d C=%d OC=%d", B, C, OC);
+    expect_matrix_close(s->dinp, s->dinp_ref, B, C, tol, what);
+    snprintf(what, sizeof what, "linear_backward dw, B=%d C=%d OC=%d", B, C, OC);
+    expect_matrix_close(s->dw, s->dw_ref, OC, C, tol, what);
+    snprintf(what, sizeof what, "linear_backward dbias, B=%d C=%d OC=%d", B, C, OC);
+    expect_matrix_close(s->dbias, s->dbias_ref, 1, OC, tol, what);
+}
+
+Test(kernels, tiled_linear_layer_equals_the_naive_one_on_odd_shapes) {
+    // Whole numbers: every sum is exact, so the tiles must give the reference's bits.
+    for (int bi = 0; bi < COUNT(ODD_B); bi++)
+        for (int ci = 0; ci < COUNT(ODD_C); ci++)
+            for (int oi = 0; oi < COUNT(ODD_OC); oi++) {
+                LinearShape s =
+                    linear_shape_new(ODD_B[bi], ODD_C[ci], ODD_OC[oi], fill_small_integers);
+                compare_linear_layers(&s, 0.0);
+                linear_shape_free(&s);
+            }
+}
+
+// Floats in [-1, 1), reproducible from (seed, i).
+static void fill_unit_floats(float* a, int n, uint64_t seed) {
+    fill_uniform(a, n, -1, 1, seed);
+}
+
+Test(kernels, tiled_linear_layer_agrees_with_the_naive_one_on_the_lessons_shapes) {
+    // The model's three layers at the default batch and hidden size, and the last eval chunk.
+    // Each output adds up to 64 products of size <= 1, rounded in both versions: the tiles add
+    // them in the same order, but the compiler fuses multiplies and adds in its own places
+    // (and the last layer's dot products use partial sums), so the two differ by a few
+    // roundings of partial sums below ~10 (2^-24 each, ~6e-7). 1e-5 leaves room for that,
+    // while a missing, doubled or misplaced term moves an output by a product, ~0.25.
+    const int shapes[][3] = {{32, 1, 64}, {32, 64, 64}, {32, 64, 1}, {16, 64, 64}};
+    for (int i = 0; i < COUNT(shapes); i++) {
+        LinearShape s =
+            linear_shape_new(shapes[i][0], shapes[i][1], shapes[i][2], fill_unit_floats);
+        compare_linear_layers(&s, 1e-5);
+        linear_shape_free(&s);
+    }
+}
+
+Test(kernels, tiled_linear_backward_leaves_dinp_alone_when_it_is_null) {
+    LinearShape s = linear_shape_new(33, 1, 97, fill_small_integers); // the first layer's shape
+    float* untouched = new_floats(s.B * s.C);
+    fill_nan(untouched, s.B * s.C);
+    cr_assert_eq(
+        kernels_cpu.linear_backward(NULL, s.dw, s.dbias, s.dout, s.inp, s.w, s.B, s.C, s.OC), 0);
+    cr_assert_eq(kernels_cpu_naive.linear_backward(NULL, s.dw_ref, s.dbias_ref, s.dout, s.inp, s.w,
+                                                   s.B, s.C, s.OC),
+                 0);
+    expect_matrix_close(s.dw, s.dw_ref, s.OC, s.C, 0.0, "linear_backward dw without dinp");
+    expect_matrix_close(s.dbias, s.dbias_ref, 1, s.OC, 0.0, "linear_backward dbias without dinp");
+    cr_assert_eq(memcmp(s.dinp, untouched, (size_t)s.B * s.C * sizeof(float)), 0,
+                 "dinp was written although the call passed NULL");
+    free(untouched);
+    linear_shape_free(&s);
 }
 
 // ----------------------------------------------------------------------------
@@ -553,6 +699,45 @@ Test(optimizer, adam_leaves_a_parameter_with_zero_gradient_and_moments_alone) {
     cr_assert_eq(k->adam_update(&p, &m, &v, &g, s, 1), 0);
     double want = 1.5;
     expect_close(&p, &want, 1, 0.0, "adam param with zero gradient");
+}
+
+// Fails unless every a[i] is +0, bit for bit. Bits, not a comparison: with denormals-are-zero
+// set, the CPU itself would compare a subnormal equal to 0.
+static void expect_positive_zeros(const float* a, int n, const char* what) {
+    for (int i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &a[i], sizeof bits);
+        cr_assert_eq(bits, 0, "%s: element [%d] has the bits 0x%08x, not those of +0", what, i,
+                     (unsigned)bits);
+    }
+}
+
+Test(optimizer, cpu_updates_flush_moments_below_flt_min_to_zero) {
+#if !defined(__x86_64__) && !defined(__aarch64__)
+    cr_skip_test("kernels_cpu knows no flush-to-zero mode on this CPU");
+#endif
+    // A parameter behind a ReLU that never fires gets gradient 0, and its moment decays by
+    // beta1 = 0.9 a step. From FLT_MIN, the smallest normal float, the next one is subnormal:
+    // flush-to-zero writes it as 0. One that is already subnormal (from a checkpoint, say)
+    // is read as 0 (denormals-are-zero). The CPU table's alloc sets both for this thread.
+    enum { N = 2 };
+    float* state = k->alloc(4 * N * sizeof(float));
+    cr_assert_not_null(state);
+    float *p = state, *m = p + N, *v = m + N, *g = v + N;
+    float start[N] = {FLT_MIN, FLT_MIN / 4};
+    for (int i = 0; i < N; i++)
+        p[i] = 1.0f, m[i] = start[i], v[i] = 1e-6f, g[i] = 0.0f;
+    AdamSettings s = {0.01f, 0.9f, 0.999f, 1e-8f, 100};
+    cr_assert_eq(k->adam_update(p, m, v, g, s, N), 0);
+    expect_positive_zeros(m, N, "adam first moments from FLT_MIN and FLT_MIN / 4 with g = 0");
+    double ones[N] = {1, 1};
+    expect_close(p, ones, N, 0.0, "adam params with g = 0 and a flushed first moment");
+    // SGD's velocity decays the same way
+    for (int i = 0; i < N; i++)
+        m[i] = start[i];
+    cr_assert_eq(k->sgd_update(p, m, g, 0.01f, 0.9f, N), 0);
+    expect_positive_zeros(m, N, "sgd velocities from FLT_MIN and FLT_MIN / 4 with g = 0");
+    k->release(state);
 }
 
 Test(optimizer, sgd_momentum_two_steps_match_torch_formula) {
