@@ -121,7 +121,7 @@ int checkpoint_ranks_agree(Communicator* comm, int rank, int world_size, const C
     uint64_t mine = found != NULL ? 1ull << 32 | found->crc : 0;
     uint64_t* hashes = malloc((size_t)world_size * sizeof *hashes);
     int differ = 0;
-    if (hashes == NULL || comm_allgather_u64(comm, mine, hashes) != 0) {
+    if (hashes == NULL || comm_allgather_u64(comm, "checkpoints read", mine, hashes) != 0) {
         free(hashes);
         return -1;
     }

@@ -33,6 +33,19 @@
 #include "net.h"
 #include "timer.h"
 
+typedef enum { RING_SUM, RING_MEAN, RING_BROADCAST, RING_BARRIER } RingOp;
+
+// A collective as every rank must see it: what the caller named (CommCall), which
+// operation, and how many floats. Ring frames carry it; NCCL and host collectives
+// compare it in a collective of its own (check_fingerprints).
+typedef struct {
+    uint32_t op;                // RingOp
+    int32_t epoch;              // -1 for none
+    int32_t step;               // -1 for none
+    uint32_t count;             // floats in the whole collective
+    char what[COMM_WHAT_BYTES]; // NUL-padded
+} Fingerprint;
+
 struct Communicator {
     CommSettings s;
     Backend backend;
@@ -44,6 +57,8 @@ struct Communicator {
     float* incoming; // (capacity / world_size + 1) the chunk arriving from the left
     size_t capacity;
     uint32_t sequence;        // ring collectives run so far: the same on every rank, or a bug
+    Fingerprint current;      // the collective running now, as its caller named it
+    bool fingerprints_agreed; // NCCL and host collectives: the first call's were compared
     HostCollectives host_ops; // BACKEND_HOST only
 #ifdef HAVE_NCCL
     ncclComm_t nccl;
@@ -217,15 +232,48 @@ static int ring_reserve(Communicator* c, size_t count, bool staged) {
 
 // Every ring message starts with a frame, so that ranks that run different
 // collectives (a missed all-reduce, a stray process on the socket) stop with a
-// message instead of adding up unrelated numbers.
+// message naming both calls instead of adding up unrelated numbers.
 typedef struct {
-    uint32_t magic;    // RING_FRAME_MAGIC
-    uint32_t sequence; // which collective of this communicator
-    uint32_t step;     // which step of it
-    uint32_t bytes;    // the payload that follows
+    uint32_t magic;     // RING_FRAME_MAGIC
+    uint32_t sequence;  // which collective of this communicator
+    uint32_t step;      // which step of it
+    uint32_t bytes;     // the payload that follows
+    Fingerprint called; // the collective, as the sender's caller named it
 } RingFrame;
 
-#define RING_FRAME_MAGIC 0x52464d31u // "RFM1"
+#define RING_FRAME_MAGIC 0x52464d32u // "RFM2": frames with the caller's fingerprint
+
+// The fingerprint of a collective: op on count floats, for call.
+static Fingerprint fingerprint_of(RingOp op, size_t count, CommCall call) {
+    Fingerprint f = {.op = op, .epoch = call.epoch, .step = call.step, .count = (uint32_t)count};
+    snprintf(f.what, sizeof f.what, "%s", call.what);
+    return f;
+}
+
+// f in network byte order, or back: the frame carries it as the sender's bytes.
+static Fingerprint fingerprint_swapped(Fingerprint f, uint32_t (*swap)(uint32_t)) {
+    f.op = swap(f.op), f.count = swap(f.count);
+    f.epoch = (int32_t)swap((uint32_t)f.epoch), f.step = (int32_t)swap((uint32_t)f.step);
+    return f;
+}
+
+static bool same_fingerprint(const Fingerprint* a, const Fingerprint* b) {
+    return a->op == b->op && a->epoch == b->epoch && a->step == b->step && a->count == b->count &&
+           strncmp(a->what, b->what, sizeof a->what) == 0;
+}
+
+// "all-reduce "gradients" (epoch 3, step 12, 4481 floats)".
+static void describe_fingerprint(const Fingerprint* f, char* out, size_t len) {
+    static const char* const ops[] = {"all-reduce (sum)", "all-reduce (mean)", "broadcast",
+                                      "barrier"};
+    char where[64] = "";
+    if (f->epoch >= 0)
+        snprintf(where, sizeof where, "epoch %d, ", f->epoch + 1);
+    if (f->step >= 0)
+        snprintf(where + strlen(where), sizeof where - strlen(where), "step %d, ", f->step + 1);
+    snprintf(out, len, "%s \"%.*s\" (%s%u float%s)", f->op < 4 ? ops[f->op] : "?",
+             (int)sizeof f->what, f->what, where, f->count, f->count == 1 ? "" : "s");
+}
 
 // Moves the pieces over the ring's two links at once: sockets both, or through shm.c,
 // which also serves one channel beside one socket. Bit 1 of add: recv[1] is added into.
@@ -247,7 +295,7 @@ static int ring_transfer(Communicator* c, const char* what, int step, const void
                          double deadline) {
     int N = c->s.world_size, r = c->s.rank;
     RingFrame out = {htonl(RING_FRAME_MAGIC), htonl(c->sequence), htonl((uint32_t)step),
-                     htonl((uint32_t)send_bytes)};
+                     htonl((uint32_t)send_bytes), fingerprint_swapped(c->current, htonl)};
     RingFrame in;
     bool staged = add && c->recv.channel == NULL; // a socket's floats land in incoming first
     struct iovec send_pieces[2] = {{&out, sizeof out}, {(void*)send, send_bytes}};
@@ -259,6 +307,18 @@ static int ring_transfer(Communicator* c, const char* what, int step, const void
         rank_log("%s step %d with ranks %d (left) and %d (right): %s%s", what, step, mod(r - 1, N),
                  mod(r + 1, N), net_status_str(st), st == NET_TIMEOUT ? " (see --timeout)" : "");
         return -1;
+    }
+    if (receiving && ntohl(in.magic) == RING_FRAME_MAGIC) {
+        Fingerprint theirs = fingerprint_swapped(in.called, ntohl);
+        if (!same_fingerprint(&theirs, &c->current)) {
+            char a[128], b[128];
+            describe_fingerprint(&theirs, a, sizeof a);
+            describe_fingerprint(&c->current, b, sizeof b);
+            rank_log("%s: rank %d is at %s, this rank at %s: the ranks are not running the same "
+                     "collectives",
+                     what, mod(r - 1, N), a, b);
+            return -1;
+        }
     }
     if (receiving && (ntohl(in.magic) != RING_FRAME_MAGIC || ntohl(in.sequence) != c->sequence ||
                       ntohl(in.step) != (uint32_t)step || ntohl(in.bytes) != recv_bytes)) {
@@ -327,8 +387,6 @@ static int ring_broadcast_host(Communicator* c, float* data, size_t count, int r
             ring_transfer(c, "ring broadcast", 0, data, bytes, NULL, 0, false, deadline));
     return 0;
 }
-
-typedef enum { RING_SUM, RING_MEAN, RING_BROADCAST } RingOp;
 
 // Runs op on host memory (the ring's, or the program's host collectives): buf itself on
 // the CPU, a staged copy of a GPU buffer.
@@ -557,7 +615,72 @@ int comm_choose_backend(const char* request, int gpus, int ranks, Backend* backe
     return 0;
 }
 
-int comm_allreduce_sum(Communicator* c, float* buf, size_t count) {
+// A sum over the ranks of n floats in host memory, by the engine itself and without a
+// fingerprint of its own: the one collective that compares the fingerprints.
+static int raw_sum(Communicator* c, float* host, size_t n) {
+    if (c->backend == BACKEND_HOST)
+        return c->host_ops.allreduce_sum(c->host_ops.ctx, host, n);
+#ifdef HAVE_NCCL
+    float* device = c->s.k->alloc(n * sizeof(float));
+    int err = device == NULL || c->s.k->upload(device, host, n * sizeof(float)) ||
+              nccl_allreduce(c, device, n, ncclSum) ||
+              c->s.k->download(host, device, n * sizeof(float));
+    if (device != NULL)
+        c->s.k->release(device);
+    return err ? -1 : 0;
+#else
+    return -1; // the ring checks its frames instead
+#endif
+}
+
+#define FINGERPRINT_WORDS (sizeof(Fingerprint) / sizeof(uint32_t))
+
+// NCCL's and a host engine's frames are not ours: every rank's fingerprint travels in a
+// small sum instead (each rank fills its own slots with 16-bit pieces, exact in floats),
+// and every rank compares them all, so that all fail together when one differs.
+static int check_fingerprints(Communicator* c) {
+    size_t per_rank = 2 * FINGERPRINT_WORDS, n = (size_t)c->s.world_size * per_rank;
+    float* slots = calloc(n, sizeof(float));
+    uint32_t words[FINGERPRINT_WORDS];
+    memcpy(words, &c->current, sizeof words);
+    for (size_t w = 0; slots != NULL && w < FINGERPRINT_WORDS; w++) {
+        slots[(size_t)c->s.rank * per_rank + 2 * w] = (float)(words[w] & 0xffff);
+        slots[(size_t)c->s.rank * per_rank + 2 * w + 1] = (float)(words[w] >> 16);
+    }
+    int err = slots == NULL || raw_sum(c, slots, n) != 0;
+    for (int r = 0; !err && r < c->s.world_size; r++) {
+        for (size_t w = 0; w < FINGERPRINT_WORDS; w++)
+            words[w] = (uint32_t)slots[r * per_rank + 2 * w] |
+                       (uint32_t)slots[r * per_rank + 2 * w + 1] << 16;
+        Fingerprint theirs;
+        memcpy(&theirs, words, sizeof theirs);
+        if (!same_fingerprint(&theirs, &c->current)) {
+            char a[128], b[128];
+            describe_fingerprint(&theirs, a, sizeof a);
+            describe_fingerprint(&c->current, b, sizeof b);
+            rank_log("rank %d is at %s, this rank at %s: the ranks are not running the same "
+                     "collectives",
+                     r, a, b);
+            err = 1;
+        }
+    }
+    free(slots);
+    return err ? -1 : 0;
+}
+
+// Starts a collective: records its fingerprint and, for NCCL and host collectives, has
+// the ranks compare theirs at the first call and, under --debug, at every call.
+static int begin_collective(Communicator* c, RingOp op, size_t count, CommCall call) {
+    c->current = fingerprint_of(op, count, call);
+    if (c->backend == BACKEND_RING || c->s.world_size == 1 ||
+        (c->fingerprints_agreed && !c->s.debug))
+        return 0;
+    c->fingerprints_agreed = true;
+    return check_fingerprints(c);
+}
+
+int comm_allreduce_sum(Communicator* c, float* buf, size_t count, CommCall call) {
+    RETURN_IF_FAILED(begin_collective(c, RING_SUM, count, call));
 #ifdef HAVE_NCCL
     if (c->backend == BACKEND_NCCL)
         return nccl_allreduce(c, buf, count, ncclSum);
@@ -565,7 +688,8 @@ int comm_allreduce_sum(Communicator* c, float* buf, size_t count) {
     return ring_run(c, RING_SUM, buf, count, 0);
 }
 
-int comm_allreduce_mean(Communicator* c, float* buf, size_t count) {
+int comm_allreduce_mean(Communicator* c, float* buf, size_t count, CommCall call) {
+    RETURN_IF_FAILED(begin_collective(c, RING_MEAN, count, call));
 #ifdef HAVE_NCCL
     if (c->backend == BACKEND_NCCL)
         return nccl_allreduce(c, buf, count, ncclAvg);
@@ -573,7 +697,8 @@ int comm_allreduce_mean(Communicator* c, float* buf, size_t count) {
     return ring_run(c, RING_MEAN, buf, count, 0);
 }
 
-int comm_broadcast(Communicator* c, float* buf, size_t count, int root) {
+int comm_broadcast(Communicator* c, float* buf, size_t count, int root, CommCall call) {
+    RETURN_IF_FAILED(begin_collective(c, RING_BROADCAST, count, call));
 #ifdef HAVE_NCCL
     if (c->backend == BACKEND_NCCL)
         return nccl_broadcast(c, buf, count, root);
@@ -583,6 +708,7 @@ int comm_broadcast(Communicator* c, float* buf, size_t count, int root) {
 
 int comm_barrier(Communicator* c) {
     // Nobody leaves an all-reduce before everyone has arrived.
+    RETURN_IF_FAILED(begin_collective(c, RING_BARRIER, 1, COMM_ONCE("barrier")));
 #ifdef HAVE_NCCL
     if (c->backend == BACKEND_NCCL)
         return nccl_allreduce(c, c->one_float, 1, ncclSum);
@@ -601,7 +727,7 @@ int comm_barrier(Communicator* c) {
 // sum with zeros leaves them unchanged, so an all-reduce can carry them.
 #define U64_PIECES 4
 
-int comm_allgather_u64(Communicator* c, uint64_t mine, uint64_t* all) {
+int comm_allgather_u64(Communicator* c, const char* what, uint64_t mine, uint64_t* all) {
     const Kernels* k = c->s.k;
     size_t count = (size_t)c->s.world_size * U64_PIECES;
     float* host = calloc(count, sizeof(float));
@@ -613,7 +739,7 @@ int comm_allgather_u64(Communicator* c, uint64_t mine, uint64_t* all) {
             host[c->s.rank * U64_PIECES + p] = (float)((mine >> (16 * p)) & 0xffff);
         // Step 2) the sum over ranks fills every slot on every rank.
         err = k->upload(device, host, count * sizeof(float)) ||
-              comm_allreduce_sum(c, device, count) ||
+              comm_allreduce_sum(c, device, count, COMM_ONCE(what)) ||
               k->download(host, device, count * sizeof(float));
     }
     for (int r = 0; !err && r < c->s.world_size; r++) {
@@ -625,7 +751,7 @@ int comm_allgather_u64(Communicator* c, uint64_t mine, uint64_t* all) {
         k->release(device);
     free(host);
     if (err)
-        rank_log("all-gather of one number per rank failed");
+        rank_log("all-gather of the %s failed", what);
     return err ? -1 : 0;
 }
 

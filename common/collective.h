@@ -15,7 +15,8 @@
  * (created with cudaStreamCreate), so it is ordered after the model's kernels,
  * which run on the default stream; the build keeps nvcc's legacy default stream.
  *
- * APIs: Backend, CommSettings, HostCollectives, Communicator, comm_choose_backend,
+ * APIs: Backend, CommSettings, HostCollectives, Communicator, CommCall, COMM_CALL, COMM_ONCE,
+ *       comm_choose_backend,
  * comm_ring_socketpairs, comm_ring_keep_own, comm_ring_shm, comm_ring_connect_tcp, comm_init_ring,
  * comm_init_ring_shm, comm_init_ring_links, comm_init_host, NcclIdTransport, NcclIdRoute,
  * comm_init_nccl, comm_nccl_version, comm_allreduce_sum, comm_allreduce_mean, comm_broadcast,
@@ -49,6 +50,21 @@ typedef struct {
 } HostCollectives;
 
 typedef struct Communicator Communicator;
+
+// What a collective is for, as its caller names it: its fingerprint. Every rank must make
+// the same calls in the same order. The first call that differs fails on the ranks it
+// involves, naming both sides (a skipped all-reduce, a rank a step behind): the ring
+// checks the fingerprint in the frame of every message; NCCL and a program's host
+// collectives compare it in one small collective before their first call, and before
+// every call under --debug.
+typedef struct {
+    const char* what; // "gradients", "train loss"...: COMM_WHAT_BYTES - 1 characters count
+    int epoch;        // -1: not in an epoch
+    int step;         // -1: not in a step
+} CommCall;
+#define COMM_WHAT_BYTES 20
+#define COMM_CALL(what, epoch, step) ((CommCall){(what), (epoch), (step)})
+#define COMM_ONCE(what) COMM_CALL((what), -1, -1)
 
 typedef struct {
     int rank;         // this process, 0 .. world_size - 1
@@ -129,12 +145,12 @@ int comm_init_nccl(Communicator** comm, CommSettings s, const NcclIdRoute* route
 // The NCCL version as "2.28.9", or "none" in builds without NCCL.
 const char* comm_nccl_version(void);
 
-int comm_allreduce_sum(Communicator* comm, float* buf, size_t count);
-int comm_allreduce_mean(Communicator* comm, float* buf, size_t count);
-int comm_broadcast(Communicator* comm, float* buf, size_t count, int root);
+int comm_allreduce_sum(Communicator* comm, float* buf, size_t count, CommCall call);
+int comm_allreduce_mean(Communicator* comm, float* buf, size_t count, CommCall call);
+int comm_broadcast(Communicator* comm, float* buf, size_t count, int root, CommCall call);
 int comm_barrier(Communicator* comm);
-// all (world_size) = every rank's mine, on every rank: a hash, a count, a fingerprint.
-int comm_allgather_u64(Communicator* comm, uint64_t mine, uint64_t* all);
+// all (world_size) = every rank's mine, on every rank: a hash, a count. what names it.
+int comm_allgather_u64(Communicator* comm, const char* what, uint64_t mine, uint64_t* all);
 // Ends the communicator at once, even in the middle of a failed call.
 void comm_abort(Communicator* comm);
 void comm_destroy(Communicator* comm);

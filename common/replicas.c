@@ -25,7 +25,8 @@ int replicas_check(Communicator* comm, const Kernels* k, const float* params, si
     uint64_t* hashes = malloc((size_t)world_size * sizeof(uint64_t));
     int err = host == NULL || hashes == NULL || k->download(host, params, count * sizeof(float));
     if (!err)
-        err = comm_allgather_u64(comm, replicas_hash(host, count * sizeof(float)), hashes);
+        err = comm_allgather_u64(comm, "replica hashes", replicas_hash(host, count * sizeof(float)),
+                                 hashes);
     int agree = !err;
     for (int r = 1; !err && r < world_size; r++)
         if (hashes[r] != hashes[0]) {

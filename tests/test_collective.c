@@ -355,20 +355,20 @@ static void fill_int_values(RankCtx* r, size_t count, float scale) {
 static void allreduce_sum_body(RankCtx* r) {
     fill_int_values(r, r->sh->count, 1.0f);
     call_started(r);
-    call_ended(r, comm_allreduce_sum(r->comm, r->buf, r->sh->count));
+    call_ended(r, comm_allreduce_sum(r->comm, r->buf, r->sh->count, COMM_ONCE("test")));
 }
 
 static void allreduce_mean_body(RankCtx* r) {
     fill_int_values(r, r->sh->count, (float)r->sh->world_size);
     call_started(r);
-    call_ended(r, comm_allreduce_mean(r->comm, r->buf, r->sh->count));
+    call_ended(r, comm_allreduce_mean(r->comm, r->buf, r->sh->count, COMM_ONCE("test")));
 }
 
 static void allreduce_rounding_body(RankCtx* r) {
     for (size_t i = 0; i < r->sh->count; i++)
         r->buf[i] = rounding_value(r->rank, i);
     call_started(r);
-    call_ended(r, comm_allreduce_sum(r->comm, r->buf, r->sh->count));
+    call_ended(r, comm_allreduce_sum(r->comm, r->buf, r->sh->count, COMM_ONCE("test")));
 }
 
 // The root holds int_value(root, i); every other rank starts from a NaN.
@@ -376,7 +376,7 @@ static void broadcast_body(RankCtx* r) {
     for (size_t i = 0; i < r->sh->count; i++)
         r->buf[i] = r->rank == r->sh->root ? int_value(r->sh->root, i) : NAN;
     call_started(r);
-    call_ended(r, comm_broadcast(r->comm, r->buf, r->sh->count, r->sh->root));
+    call_ended(r, comm_broadcast(r->comm, r->buf, r->sh->count, r->sh->root, COMM_ONCE("test")));
 }
 
 // ----------------------------------------------------------------------------
@@ -503,7 +503,7 @@ static void changing_sizes_body(RankCtx* r) {
     for (size_t c = 0; c < CHANGING_CALLS && rc == 0; c++) {
         for (size_t i = 0; i < changing_counts[c]; i++)
             r->buf[at + i] = int_value(r->rank, i + c);
-        rc = comm_allreduce_sum(r->comm, r->buf + at, changing_counts[c]);
+        rc = comm_allreduce_sum(r->comm, r->buf + at, changing_counts[c], COMM_ONCE("test"));
         at += changing_counts[c];
     }
     call_ended(r, rc);
@@ -612,8 +612,8 @@ static uint64_t hash_of_rank(int rank) { // every bit pattern, the top bits set
 
 static void gather_hashes_body(RankCtx* r) {
     call_started(r);
-    call_ended(r,
-               comm_allgather_u64(r->comm, hash_of_rank(r->rank), r->sh->report[r->rank].hashes));
+    call_ended(r, comm_allgather_u64(r->comm, "hashes", hash_of_rank(r->rank),
+                                     r->sh->report[r->rank].hashes));
 }
 
 RING_TEST(allgather_u64_gives_every_rank_every_ranks_64_bit_number) {
@@ -629,6 +629,159 @@ RING_TEST(allgather_u64_gives_every_rank_every_ranks_64_bit_number) {
                              (unsigned long long)hash_of_rank(of));
         ring_free(&g);
     }
+}
+
+// ----------------------------------------------------------------------------
+// fingerprints: ranks that call different collectives fail at the first one, naming both
+
+#define FINGERPRINT_STEPS 5
+#define SKIPPED_STEP 2
+
+// Steps 0..4 of epoch 0, one gradient all-reduce each; the victim skips step 2. The
+// report's rc is the first failed step's index + 1 (0: none failed).
+static void skipping_body(RankCtx* r) {
+    call_started(r);
+    int failed = 0;
+    for (int step = 0; step < FINGERPRINT_STEPS && failed == 0; step++) {
+        if (r->rank == r->sh->victim && step == SKIPPED_STEP)
+            continue;
+        fill_int_values(r, r->sh->count, 1.0f);
+        if (comm_allreduce_mean(r->comm, r->buf, r->sh->count, COMM_CALL("gradients", 0, step)) !=
+            0)
+            failed = step + 1;
+    }
+    call_ended(r, failed);
+}
+
+RING_TEST(a_rank_that_skips_an_allreduce_makes_the_next_call_fail_naming_both_calls) {
+    for (int world = 2; world <= 3; world++) {
+        Ring g = {
+            .world_size = world, .count = 100, .timeout_s = 5, .victim = 1, .body = skipping_body};
+        ring_run(&g);
+        // The victim's right neighbour receives its step-4 call where it expects step 3
+        // (steps print from 1), and the victim, whose left neighbour is at step 3, fails too.
+        int right = 2 % world;
+        cr_assert_eq(g.sh->report[right].rc, SKIPPED_STEP + 1,
+                     "world %d: rank %d failed at step %d, want %d:\n%s", world, right,
+                     g.sh->report[right].rc, SKIPPED_STEP + 1, g.err[right]);
+        cr_assert_eq(g.sh->report[1].rc, SKIPPED_STEP + 2,
+                     "world %d: the rank that skipped failed at step %d, want %d:\n%s", world,
+                     g.sh->report[1].rc, SKIPPED_STEP + 2, g.err[1]);
+        char want[256];
+        snprintf(want, sizeof want,
+                 "rank 1 is at all-reduce (mean) \"gradients\" (epoch 1, step 4, 100 floats), "
+                 "this rank at all-reduce (mean) \"gradients\" (epoch 1, step 3, 100 floats)");
+        cr_assert_not_null(strstr(g.err[right], want), "world %d: rank %d does not say '%s':\n%s",
+                           world, right, want, g.err[right]);
+        cr_assert_not_null(strstr(g.err[1], "is at all-reduce (mean) \"gradients\" (epoch 1, "
+                                            "step 3, 100 floats), this rank at all-reduce (mean) "
+                                            "\"gradients\" (epoch 1, step 4"),
+                           "world %d: the rank that skipped does not name both calls:\n%s", world,
+                           g.err[1]);
+        ring_free(&g);
+    }
+}
+
+// Rank 0 all-reduces "train loss", the others "eval loss": the same size, not the same call.
+static void misnamed_body(RankCtx* r) {
+    fill_int_values(r, r->sh->count, 1.0f);
+    call_started(r);
+    call_ended(r, comm_allreduce_sum(r->comm, r->buf, r->sh->count,
+                                     COMM_CALL(r->rank == 0 ? "train loss" : "eval loss", 4, -1)));
+}
+
+RING_TEST(collectives_with_other_names_fail_on_every_rank_that_meets_them) {
+    Ring g = {.world_size = 2, .count = 1, .timeout_s = 5, .victim = -1, .body = misnamed_body};
+    ring_run(&g);
+    for (int r = 0; r < 2; r++) {
+        cr_assert_eq(g.sh->report[r].rc, -1, "rank %d's call succeeded", r);
+        cr_assert_not_null(strstr(g.err[r], r == 0 ? "\"eval loss\" (epoch 5, 1 float), this "
+                                                     "rank at all-reduce (sum) \"train loss\""
+                                                   : "\"train loss\" (epoch 5, 1 float), this "
+                                                     "rank at all-reduce (sum) \"eval loss\""),
+                           "rank %d does not name both calls:\n%s", r, g.err[r]);
+    }
+    ring_free(&g);
+}
+
+// A program's host collectives (as MPI's are), here made of the ring itself: their
+// frames are not ours, so the communicator compares fingerprints in a collective.
+static int host_sum(void* ring, float* buf, size_t count) {
+    return comm_allreduce_sum(ring, buf, count, COMM_ONCE("host engine"));
+}
+static int host_broadcast(void* ring, float* buf, size_t count, int root) {
+    return comm_broadcast(ring, buf, count, root, COMM_ONCE("host engine"));
+}
+static int host_barrier(void* ring) {
+    return comm_barrier(ring);
+}
+
+// Two calls on a communicator of host collectives; the victim's second is another step.
+static void host_body(RankCtx* r) {
+    CommSettings s = {
+        .rank = r->rank, .world_size = r->sh->world_size, .timeout_s = 5, .k = &kernels_cpu};
+    HostCollectives ops = {"ring as host", host_sum, host_broadcast, host_barrier, r->comm};
+    Communicator* host = NULL;
+    call_started(r);
+    int failed = comm_init_host(&host, s, ops) != 0;
+    for (int step = 0; step < 2 && !failed; step++) {
+        fill_int_values(r, r->sh->count, 1.0f);
+        int as_step = r->rank == r->sh->victim && step == 1 ? 7 : step;
+        failed =
+            comm_allreduce_sum(host, r->buf, r->sh->count, COMM_CALL("gradients", 0, as_step)) != 0
+                ? step + 1
+                : 0;
+    }
+    comm_destroy(host);
+    call_ended(r, failed);
+}
+
+Test(host_collectives, fingerprints_are_compared_before_the_first_call_only_without_debug) {
+    transport = OVER_SOCKETS;
+    Ring g = {.world_size = 3, .count = 10, .timeout_s = 5, .victim = 2, .body = host_body};
+    ring_run(&g);
+    // The first call's fingerprints agree; the second's differ, but only --debug compares
+    // every call: without it, the engine runs the call (and the data is what it is).
+    for (int r = 0; r < 3; r++)
+        cr_assert_eq(g.sh->report[r].rc, 0, "rank %d failed at call %d:\n%s", r, g.sh->report[r].rc,
+                     g.err[r]);
+    ring_free(&g);
+}
+
+// As host_body, with --debug: every call's fingerprints are compared.
+static void host_debug_body(RankCtx* r) {
+    CommSettings s = {.rank = r->rank,
+                      .world_size = r->sh->world_size,
+                      .timeout_s = 5,
+                      .debug = true,
+                      .k = &kernels_cpu};
+    HostCollectives ops = {"ring as host", host_sum, host_broadcast, host_barrier, r->comm};
+    Communicator* host = NULL;
+    call_started(r);
+    int failed = comm_init_host(&host, s, ops) != 0;
+    for (int step = 0; step < 2 && !failed; step++) {
+        fill_int_values(r, r->sh->count, 1.0f);
+        int as_step = r->rank == r->sh->victim && step == 1 ? 7 : step;
+        if (comm_allreduce_sum(host, r->buf, r->sh->count, COMM_CALL("gradients", 0, as_step)))
+            failed = step + 1;
+    }
+    comm_destroy(host);
+    call_ended(r, failed);
+}
+
+Test(host_collectives, under_debug_a_call_that_differs_fails_on_every_rank_naming_it) {
+    transport = OVER_SOCKETS;
+    Ring g = {.world_size = 3, .count = 10, .timeout_s = 5, .victim = 2, .body = host_debug_body};
+    ring_run(&g);
+    for (int r = 0; r < 3; r++) {
+        cr_assert_eq(g.sh->report[r].rc, 2, "rank %d: want a failure at call 2, got %d:\n%s", r,
+                     g.sh->report[r].rc, g.err[r]);
+        cr_assert_not_null(strstr(g.err[r], r == 2 ? "rank 0 is at all-reduce (sum) "
+                                                   : "rank 2 is at all-reduce (sum) "
+                                                     "\"gradients\" (epoch 1, step 8"),
+                           "rank %d does not name the call that differs:\n%s", r, g.err[r]);
+    }
+    ring_free(&g);
 }
 
 // ----------------------------------------------------------------------------
@@ -664,7 +817,8 @@ static void killed_inside_the_call_body(RankCtx* r) {
         fill_int_values(r, r->sh->count, 1.0f);
         call_started(r);
         setitimer(ITIMER_REAL, &t, NULL);
-        comm_allreduce_sum(r->comm, r->buf, r->sh->count); // blocks: nobody else has called
+        comm_allreduce_sum(r->comm, r->buf, r->sh->count,
+                           COMM_ONCE("test")); // blocks: nobody else has called
         call_ended(r, 0);
         _exit(0);
     }

@@ -113,7 +113,7 @@ static void parse_args(Bench* b, int argc, char** argv) {
 // a rank
 
 static int allreduce_sum(void* comm, float* buf, size_t count) {
-    return comm_allreduce_sum(comm, buf, count);
+    return comm_allreduce_sum(comm, buf, count, COMM_ONCE("benchmark"));
 }
 
 static int barrier(void* comm) {

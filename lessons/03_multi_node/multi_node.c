@@ -414,11 +414,12 @@ static int train_epoch(Mlp* m, Optimizer* opt, Sampler* s, const DeviceData* d, 
         // pass is kept out of the all-reduce's time.)
         RETURN_IF_FAILED(m->k->synchronize());
         double start = timer_seconds();
-        RETURN_IF_FAILED(comm_allreduce_mean(comm, m->grads, (size_t)m->num_params));
+        RETURN_IF_FAILED(comm_allreduce_mean(comm, m->grads, (size_t)m->num_params,
+                                             COMM_CALL("gradients", epoch, step)));
         *comm_seconds += timer_seconds() - start;
         RETURN_IF_FAILED(mlp_update(m, opt));
     }
-    RETURN_IF_FAILED(comm_allreduce_mean(comm, m->loss, 1));
+    RETURN_IF_FAILED(comm_allreduce_mean(comm, m->loss, 1, COMM_CALL("train loss", epoch, -1)));
     return mlp_take_loss(m, train_loss);
 }
 // <<< shared "train_epoch"
@@ -426,14 +427,14 @@ static int train_epoch(Mlp* m, Optimizer* opt, Sampler* s, const DeviceData* d, 
 // >>> shared "evaluate": the same in every lesson that has it (tests/test_lessons.c)
 // The mean squared error over every eval sample: each rank scores its share, the sum
 // over ranks of (its squared errors / all eval samples) is the global mean.
-static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, float* eval_loss) {
+static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, int epoch, float* eval_loss) {
     for (int first = 0; first < d->n_eval; first += m->max_batch) {
         int B = d->n_eval - first < m->max_batch ? d->n_eval - first : m->max_batch;
         RETURN_IF_FAILED(mlp_load_batch(m, d->x, d->y, d->eval_indices + first, B));
         RETURN_IF_FAILED(mlp_forward(m, B));
         RETURN_IF_FAILED(mlp_loss(m, 1.0f / d->n_eval_total, B));
     }
-    RETURN_IF_FAILED(comm_allreduce_sum(comm, m->loss, 1));
+    RETURN_IF_FAILED(comm_allreduce_sum(comm, m->loss, 1, COMM_CALL("eval loss", epoch, -1)));
     return mlp_take_loss(m, eval_loss);
 }
 // <<< shared "evaluate"
@@ -455,7 +456,7 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
         EpochStats* e = &stats[epoch];
         RETURN_IF_FAILED(
             train_epoch(m, &opt, s, d, epoch, c->batch_size, comm, &comm_seconds, &e->train_loss));
-        RETURN_IF_FAILED(evaluate(m, d, comm, &e->eval_loss));
+        RETURN_IF_FAILED(evaluate(m, d, comm, epoch, &e->eval_loss));
         e->seconds = timer_seconds() - epoch_start;
         if (verbose) {
             printf("Epoch [%d/%d] - Train Loss: %.6f, Eval Loss: %.6f\n", epoch + 1, c->epochs,
@@ -519,7 +520,8 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
         return 1;
     // Every rank made the same weights from the seed; DDP broadcasts rank 0's anyway,
     // so that replicas start equal even when initialisation is not deterministic.
-    if (comm_broadcast(comm, model.params, (size_t)model.num_params, 0) != 0)
+    if (comm_broadcast(comm, model.params, (size_t)model.num_params, 0,
+                       COMM_ONCE("initial parameters")) != 0)
         return 1;
     if (rank == 0)
         mlp_print_summary(&model);
