@@ -11,6 +11,9 @@
  *      mid-training - reports through rank_log, one line on stderr prefixed
  *      "[Rank r] " once a program has called rank_log_set_rank, and returns -1.
  *      Callers pass the -1 on (RETURN_IF_FAILED) without printing again.
+ *   A failure that a restart cannot cure (a full disk, a run whose loss diverged) is
+ *   reported with rank_log_for_good instead: a worker that saw one exits with
+ *   WORKERS_EXIT_FOR_GOOD (workers.h), and the job ends instead of restarting.
  *   3. The socket layer (net.h) is the one exception: like the system calls it
  *      wraps it returns a status (NetStatus, or -1 with errno), because only its
  *      caller knows what the bytes were for and can put the failure into words.
@@ -21,12 +24,15 @@
  *
  * Headers of common/ declare C functions, also when nvcc compiles a .cu file as C++.
  * APIs: ERROR_TEXT_BYTES, CUDA_CHECK, NCCL_CHECK, SYS_CHECK, RETURN_IF_FAILED, check_report,
- *       rank_log, rank_log_set_rank, malloc_nonzero.
+ *       rank_log, rank_log_set_rank, rank_log_for_good, rank_failed_for_good,
+ *       rank_log_keep_last_line, malloc_nonzero.
  */
 #ifndef CHECK_H
 #define CHECK_H
 
 #include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,6 +50,12 @@ void rank_log_set_rank(int rank);
 void rank_log(const char* format, ...) __attribute__((format(printf, 1, 2)));
 // Prints "[Rank r] file:line: expr: reason" through rank_log.
 void check_report(const char* file, int line, const char* expr, const char* reason);
+// rank_log for a failure that a restart cannot cure; rank_failed_for_good() is then true.
+void rank_log_for_good(const char* format, ...) __attribute__((format(printf, 1, 2)));
+bool rank_failed_for_good(void);
+// From now on every line of rank_log (its message, without the prefix) is copied into
+// buffer (len bytes): a worker's supervisor can then name what the worker said last.
+void rank_log_keep_last_line(char* buffer, size_t len);
 
 // malloc that never asks for 0 bytes, where malloc(0) may return NULL and a count of 0
 // (an empty shard, no epochs yet) would look like a failure.

@@ -5,13 +5,18 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "check.h"
+#include "file.h"
 
 // ----------------------------------------------------------------------------
 // a run and its checkpoint
@@ -42,20 +47,27 @@ int checkpoint_find(const TrainConfig* c, Checkpoint* ck, char* why, size_t why_
     memset(ck, 0, sizeof *ck);
     if (c->checkpoint_dir == NULL)
         return 0;
-    // A fresh run makes the directory now, so that a bad one fails before any training.
-    if (!c->resume && !c->resume_if_present) {
-        RETURN_IF_FAILED(checkpoint_path(path, sizeof path, c->checkpoint_dir, why, why_len));
-        if (mkdir(c->checkpoint_dir, 0755) != 0 && errno != EEXIST) {
-            snprintf(why, why_len, "--checkpoint-dir %s: cannot create the directory: %s",
-                     c->checkpoint_dir, strerror(errno));
-            return -1;
-        }
-        if (stat(path, &st) != 0)
-            return 0;
+    // A fresh run makes the directory now, and every run proves it can write there, so
+    // that a bad one fails before any training rather than at the first save.
+    bool fresh = !c->resume && !c->resume_if_present;
+    RETURN_IF_FAILED(checkpoint_path(path, sizeof path, c->checkpoint_dir, why, why_len));
+    if (fresh && mkdir(c->checkpoint_dir, 0755) != 0 && errno != EEXIST) {
+        snprintf(why, why_len, "--checkpoint-dir %s: cannot create the directory: %s",
+                 c->checkpoint_dir, strerror(errno));
+        return -1;
+    }
+    if ((fresh || stat(c->checkpoint_dir, &st) == 0) &&
+        file_dir_writable(c->checkpoint_dir, problem, sizeof problem) != 0) {
+        snprintf(why, why_len, "--checkpoint-dir %s", problem);
+        return -1;
+    }
+    if (fresh && stat(path, &st) == 0) {
         snprintf(why, why_len,
                  "%s exists: add --resume to go on from it, or remove it to start over", path);
         return -1;
     }
+    if (fresh)
+        return 0;
     if (checkpoint_read(c->checkpoint_dir, ck, problem, sizeof problem) != 0) {
         if (errno == ENOENT && c->resume_if_present)
             return 0;
@@ -88,6 +100,23 @@ int checkpoint_restore(const Checkpoint* ck, const TrainConfig* c, int world_siz
     return ck->epochs_done;
 }
 
+static bool all_finite(const float* v, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return false;
+    return true;
+}
+
+// A write that failed for want of room or rights fails every restart the same way: the
+// job ends with its cause instead. Anything else (a passing fault) may be retried.
+static void write_failed(const char* why, int err) {
+    if (err == ENOSPC || err == EDQUOT || err == EROFS || err == EACCES || err == EPERM ||
+        err == EFBIG)
+        rank_log_for_good("checkpoint: %s", why);
+    else
+        rank_log("checkpoint: %s", why);
+}
+
 int checkpoint_save_due(const TrainConfig* c, int world_size, const Mlp* m, const Optimizer* opt,
                         const EpochStats* stats, int epochs_done) {
     if (c->checkpoint_dir == NULL ||
@@ -105,12 +134,18 @@ int checkpoint_save_due(const TrainConfig* c, int world_size, const Mlp* m, cons
                      .opt_m = malloc(P * sizeof(float)),
                      .opt_v = malloc(P * sizeof(float)),
                      .history = (EpochStats*)stats};
-    char why[512] = "out of memory";
+    char why[ERROR_TEXT_BYTES] = "out of memory";
     int err = ck.params == NULL || ck.opt_m == NULL || ck.opt_v == NULL ||
-              mlp_get_state(m, ck.params, ck.opt_m, ck.opt_v) != 0 ||
-              checkpoint_write(c->checkpoint_dir, &ck, why, sizeof why) != 0;
-    if (err)
+              mlp_get_state(m, ck.params, ck.opt_m, ck.opt_v) != 0;
+    if (!err && !all_finite(ck.params, P))
+        rank_log_for_good("checkpoint: the parameters after epoch %d are not all finite numbers: "
+                          "the last checkpoint stays as it was",
+                          epochs_done);
+    else if (!err && checkpoint_write(c->checkpoint_dir, &ck, why, sizeof why) != 0)
+        write_failed(why, errno);
+    else if (err)
         rank_log("checkpoint: %s", why);
+    err = err || !all_finite(ck.params, P) || rank_failed_for_good();
     ck.history = NULL; // the caller's
     checkpoint_free(&ck);
     return err ? -1 : 0;
@@ -137,4 +172,36 @@ int checkpoint_ranks_agree(Communicator* comm, int rank, int world_size, const C
         }
     free(hashes);
     return differ ? -1 : 0;
+}
+
+int checkpoint_lock(const char* dir, char* why, size_t why_len) {
+    char path[PATH_MAX], holder[32] = "";
+    snprintf(path, sizeof path, "%s/checkpoint.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        snprintf(why, why_len, "--checkpoint-dir %s: cannot lock it: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int err = errno;
+        ssize_t n = pread(fd, holder, sizeof holder - 1, 0);
+        holder[n > 0 ? n : 0] = '\0';
+        holder[strcspn(holder, "\n")] = '\0';
+        close(fd);
+        if (err == EWOULDBLOCK)
+            snprintf(why, why_len,
+                     "--checkpoint-dir %s is in use by another run (pid %s): wait for it to "
+                     "end, or give this run another directory",
+                     dir, holder[0] != '\0' ? holder : "unknown");
+        else
+            snprintf(why, why_len, "--checkpoint-dir %s: cannot lock it: %s", dir, strerror(err));
+        return -1;
+    }
+    // The holder's pid, for the message of a run that finds the directory taken (only
+    // that message needs it: a failure here costs nothing else).
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len)
+        pid[0] = '\0';
+    return fd;
 }

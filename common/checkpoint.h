@@ -10,7 +10,14 @@
  * replica is the same, one checkpoint serves any world size, and a run resumed
  * with the same world size reproduces the uninterrupted run bit for bit on the CPU.
  *
- * APIs: checkpoint_find, checkpoint_restore, checkpoint_save_due, checkpoint_ranks_agree.
+ * The run that writes holds a lock on the directory for its whole life
+ * (checkpoint_lock): a second run on the same directory is refused at its start instead
+ * of clashing with the first at a save. A save that fails for want of room or rights,
+ * and parameters that are no longer numbers, end the job for good (rank_log_for_good):
+ * a restart would only meet them again, and the last good checkpoint stays as it was.
+ *
+ * APIs: checkpoint_find, checkpoint_lock, checkpoint_restore, checkpoint_save_due,
+ *       checkpoint_ranks_agree.
  */
 #ifndef CHECKPOINT_H
 #define CHECKPOINT_H
@@ -32,6 +39,11 @@ extern "C" {
 // reason in why (a checkpoint that does not fit, is damaged, is missing after --resume, or would be
 // overwritten by a fresh run).
 int checkpoint_find(const TrainConfig* c, Checkpoint* ck, char* why, size_t why_len);
+
+// Locks dir (DIR/checkpoint.lock, with flock) for this process and the workers it forks,
+// for as long as the returned descriptor stays open: the run's life. Returns it, or -1
+// with the reason in why ("--checkpoint-dir DIR is in use by another run (pid N)...").
+int checkpoint_lock(const char* dir, char* why, size_t why_len);
 
 // Puts ck's state into m, opt and stats (room for c->epochs) and returns the epoch
 // to start at; verbose (rank 0) says so, and says when the world size changed.

@@ -229,7 +229,10 @@ static int write_atomically(const char* dir, const char* path, const unsigned ch
     if (fd >= 0 && close(fd) != 0)
         ok = 0;
     if (!ok || rename(tmp, path) != 0) {
-        snprintf(why, why_len, "writing %s: %s", ok ? path : tmp, strerror(errno));
+        int err = errno;
+        snprintf(why, why_len, "writing %s: %s", ok ? path : tmp, strerror(err));
+        unlink(tmp); // a failed write leaves nothing half-written behind
+        errno = err;
         return -1;
     }
     // The rename itself is only durable once the directory is.

@@ -67,7 +67,8 @@ int checkpoint_decode(Checkpoint* ck, const unsigned char* bytes, size_t len, ch
 // dir/CHECKPOINT_FILE into path (len bytes), with one '/' whether or not dir ends with
 // one. Returns 0, or -1 with the reason in why (a path too long).
 int checkpoint_path(char* path, size_t len, const char* dir, char* why, size_t why_len);
-// Writes dir/CHECKPOINT_FILE atomically (dir exists). Returns 0, or -1 with the reason in why.
+// Writes dir/CHECKPOINT_FILE atomically (dir exists). Returns 0, or -1 with the reason in why
+// and errno set (ENOSPC: the disk is full); the temporary file of a failed write is removed.
 int checkpoint_write(const char* dir, const Checkpoint* ck, char* why, size_t why_len);
 // Reads and decodes dir/CHECKPOINT_FILE. Returns 0, or -1 with the reason in why
 // (errno is ENOENT when the file is not there).

@@ -679,6 +679,17 @@ static int begin_collective(Communicator* c, RingOp op, size_t count, CommCall c
     return check_fingerprints(c);
 }
 
+int comm_choose_transport(const char* request, Backend backend, bool* shm, char* why,
+                          size_t why_len) {
+    if (backend != BACKEND_RING && strcmp(request, "auto") != 0) {
+        snprintf(why, why_len, "--transport %s is the ring's; --backend %s moves its own bytes",
+                 request, backend == BACKEND_NCCL ? "nccl" : "mpi");
+        return -1;
+    }
+    *shm = backend == BACKEND_RING && strcmp(request, "socket") != 0;
+    return 0;
+}
+
 int comm_allreduce_sum(Communicator* c, float* buf, size_t count, CommCall call) {
     RETURN_IF_FAILED(begin_collective(c, RING_SUM, count, call));
 #ifdef HAVE_NCCL

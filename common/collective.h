@@ -16,7 +16,7 @@
  * which run on the default stream; the build keeps nvcc's legacy default stream.
  *
  * APIs: Backend, CommSettings, HostCollectives, Communicator, CommCall, COMM_CALL, COMM_ONCE,
- *       comm_choose_backend,
+ *       comm_choose_backend, comm_choose_transport,
  * comm_ring_socketpairs, comm_ring_keep_own, comm_ring_shm, comm_ring_connect_tcp, comm_init_ring,
  * comm_init_ring_shm, comm_init_ring_links, comm_init_host, NcclIdTransport, NcclIdRoute,
  * comm_init_nccl, comm_nccl_version, comm_allreduce_sum, comm_allreduce_mean, comm_broadcast,
@@ -100,6 +100,12 @@ int comm_ring_connect_tcp(int listen_fd, int rank, int world_size, const char* r
 // asked for and cannot serve.
 int comm_choose_backend(const char* request, int gpus, int ranks, Backend* backend, char* why,
                         size_t why_len);
+
+// How the ring's bytes travel between ranks of one node, as request ("auto", "shm" or
+// "socket") asks: auto is shared memory for the ring. Only the ring has a transport
+// (NCCL moves its own bytes). Returns 0 with *shm set, or -1 with the reason in why.
+int comm_choose_transport(const char* request, Backend backend, bool* shm, char* why,
+                          size_t why_len);
 
 // A ring whose sockets are already connected: send_fd to rank + 1, recv_fd from
 // rank - 1 (mod world_size). The communicator owns both from now on.

@@ -60,3 +60,16 @@ char* file_read_all(const char* path, size_t max_bytes, size_t* len, mode_t* mod
     errno = err;
     return text;
 }
+
+int file_dir_writable(const char* dir, char* why, size_t why_len) {
+    char probe[4096];
+    snprintf(probe, sizeof probe, "%s/.write-test-%d", dir, (int)getpid());
+    int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(why, why_len, "cannot write in %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    close(fd);
+    unlink(probe);
+    return 0;
+}

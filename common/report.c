@@ -4,6 +4,7 @@
 #include "report.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,9 +12,11 @@
 #include <sys/wait.h>
 
 #include "check.h"
+#include "file.h"
 
 int report_prepare_dir(const char* dir, char* why, size_t why_len) {
     struct stat st;
+    char problem[ERROR_TEXT_BYTES];
     if (strpbrk(dir, "'\n") != NULL) { // gnuplot's script quotes the path with '
         snprintf(why, why_len, "--out %s: the name may not contain ' or a newline", dir);
         return -1;
@@ -26,26 +29,41 @@ int report_prepare_dir(const char* dir, char* why, size_t why_len) {
         snprintf(why, why_len, "--out %s: not a directory", dir);
         return -1;
     }
+    if (file_dir_writable(dir, problem, sizeof problem) != 0) {
+        snprintf(why, why_len, "--out %s", problem);
+        return -1;
+    }
     return 0;
 }
 
-static int write_csv(const char* dir, const EpochStats* stats, int epochs) {
-    char path[4096], tmp[4096];
+static void csv_row(FILE* f, int epoch, const EpochStats* e) {
+    fprintf(f, "%d,%.9g,%.9g,%.6f\n", epoch, e->train_loss, e->eval_loss, e->seconds);
+}
+
+int report_open(Report* r, const char* dir, const EpochStats* stats, int epochs_done) {
+    *r = (Report){.dir = dir};
+    if (dir == NULL)
+        return 0;
+    char path[4096];
     snprintf(path, sizeof path, "%s/losses.csv", dir);
-    snprintf(tmp, sizeof tmp, "%s/.losses.csv.tmp", dir);
-    FILE* f = fopen(tmp, "w");
-    if (f == NULL) {
-        rank_log("error: cannot write %s: %s", tmp, strerror(errno));
+    r->csv = fopen(path, "w");
+    if (r->csv == NULL) {
+        rank_log_for_good("error: cannot write %s: %s", path, strerror(errno));
         return -1;
     }
-    fprintf(f, "epoch,train_loss,eval_loss,seconds\n");
-    for (int e = 0; e < epochs; e++)
-        fprintf(f, "%d,%.9g,%.9g,%.6f\n", e + 1, stats[e].train_loss, stats[e].eval_loss,
-                stats[e].seconds);
-    int failed = ferror(f);
-    if (fclose(f) != 0 || failed || rename(tmp, path) != 0) {
-        rank_log("error: cannot write %s: %s", path, strerror(errno));
-        remove(tmp);
+    fprintf(r->csv, "epoch,train_loss,eval_loss,seconds\n");
+    for (int e = 0; e < epochs_done; e++)
+        csv_row(r->csv, e + 1, &stats[e]);
+    return report_add(r, 0, NULL); // flushes what a resumed run brings
+}
+
+int report_add(Report* r, int epoch, const EpochStats* e) {
+    if (r->csv == NULL)
+        return 0;
+    if (e != NULL)
+        csv_row(r->csv, epoch, e);
+    if (fflush(r->csv) != 0 || ferror(r->csv)) {
+        rank_log_for_good("error: cannot write %s/losses.csv: %s", r->dir, strerror(errno));
         return -1;
     }
     return 0;
@@ -65,24 +83,50 @@ static void plot_losses(const char* dir) {
         rank_log("warning: gnuplot could not be started: %s", strerror(errno));
         return;
     }
+    // Drawn beside, then renamed: a gnuplot that fails half-way leaves no broken picture.
+    char png[4096], tmp[4096];
+    snprintf(png, sizeof png, "%s/loss.png", dir);
+    snprintf(tmp, sizeof tmp, "%s/.loss.png.tmp", dir);
     fprintf(gp,
             "set terminal pngcairo size 800,500 noenhanced\n"
-            "set output '%s/loss.png'\n"
+            "set output '%s'\n"
             "set datafile separator ','\n"
             "set title 'Training and evaluation loss'\n"
             "set xlabel 'epoch'\nset ylabel 'MSE loss'\nset logscale y\nset grid\n"
             "plot '%s/losses.csv' using 1:2 skip 1 with lines lw 2 title 'train', "
             "'' using 1:3 skip 1 with lines lw 2 title 'eval'\n",
-            dir, dir);
+            tmp, dir);
     int status = pclose(gp);
-    if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0 || rename(tmp, png) != 0) {
+        remove(tmp);
         rank_log("warning: gnuplot failed, so no %s/loss.png; %s/losses.csv has the data", dir,
                  dir);
+    }
 }
 
-int report_write(const char* dir, const EpochStats* stats, int epochs) {
-    if (write_csv(dir, stats, epochs) != 0)
+int report_close(Report* r, bool plot) {
+    if (r->csv == NULL)
+        return 0;
+    int failed = fclose(r->csv) != 0;
+    r->csv = NULL;
+    if (failed) {
+        rank_log_for_good("error: cannot write %s/losses.csv: %s", r->dir, strerror(errno));
         return -1;
-    plot_losses(dir);
+    }
+    if (plot)
+        plot_losses(r->dir);
     return 0;
+}
+
+int report_check_finite(const EpochStats* e, int epoch, bool verbose) {
+    if (isfinite(e->train_loss) && isfinite(e->eval_loss))
+        return 0;
+    if (verbose)
+        rank_log_for_good("error: the training diverged in epoch %d (train loss %g, eval loss "
+                          "%g): it stops here, and no checkpoint of it is saved; try a smaller "
+                          "--learning-rate",
+                          epoch, e->train_loss, e->eval_loss);
+    else
+        rank_log_for_good("the training diverged in epoch %d", epoch);
+    return -1;
 }

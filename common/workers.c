@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -22,9 +23,27 @@ static void on_stop_signal(int sig) {
     stop_signal = sig;
 }
 
+// In a new worker: the signals as a program starts with them (a restart's parent has its
+// own SIGINT and SIGTERM handler, which would make the worker ignore both), and its last
+// words kept where the parent can read them.
+static void worker_begins(Workers* w, int i) {
+    struct sigaction dfl = {.sa_handler = SIG_DFL};
+    sigemptyset(&dfl.sa_mask);
+    sigaction(SIGINT, &dfl, NULL);
+    sigaction(SIGTERM, &dfl, NULL);
+    stop_signal = 0;
+    if (w->last_line != NULL)
+        rank_log_keep_last_line(w->last_line[i], WORKERS_LAST_LINE_BYTES);
+}
+
 int workers_start(Workers* w, int count, int first_rank, WorkerMain main, void* arg) {
     memset(w, 0, sizeof *w);
     w->first_rank = first_rank;
+    // Shared with the workers; without it (no memory) a failure is named without its words.
+    w->last_line = mmap(NULL, WORKERS_MAX * sizeof *w->last_line, PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (w->last_line == MAP_FAILED)
+        w->last_line = NULL;
     signal(SIGCHLD, SIG_DFL); // an inherited SIG_IGN would let the kernel reap them unseen
     pid_t parent = getpid();
     fflush(NULL); // or the children would print the parent's buffered output again
@@ -42,9 +61,10 @@ int workers_start(Workers* w, int count, int first_rank, WorkerMain main, void* 
             if (getppid() != parent)
                 _exit(1);
             rank_log_set_rank(first_rank + i);
+            worker_begins(w, i);
             int status = main(i, arg);
             fflush(NULL);
-            _exit(status);
+            _exit(status != 0 && rank_failed_for_good() ? WORKERS_EXIT_FOR_GOOD : status);
         }
         w->pids[i] = pid;
         w->count = i + 1;
@@ -56,13 +76,15 @@ int workers_start(Workers* w, int count, int first_rank, WorkerMain main, void* 
     return 0;
 }
 
-// "exited with status 3" or "killed by signal 9 (Killed)".
-static void describe_status(int status, char* out, size_t out_len) {
+// "killed by signal 9 (Killed)", or "exited with status 1" and what worker i logged last.
+static void describe_status(const Workers* w, int i, int status, char* out, size_t out_len) {
+    const char* said = w->last_line != NULL ? w->last_line[i] : "";
     if (WIFSIGNALED(status))
         snprintf(out, out_len, "killed by signal %d (%s)", WTERMSIG(status),
                  strsignal(WTERMSIG(status)));
     else
-        snprintf(out, out_len, "exited with status %d", WEXITSTATUS(status));
+        snprintf(out, out_len, "exited with status %d%s%.*s", WEXITSTATUS(status),
+                 said[0] != '\0' ? ": " : "", WORKERS_LAST_LINE_BYTES, said);
 }
 
 // Reaps the workers that have exited; returns how many failed. Ranks killed by a
@@ -81,15 +103,24 @@ static int reap(Workers* w, int quiet) {
         for (int i = 0; i < w->count; i++) {
             if (!ended[i] || WIFSIGNALED(status[i]) != (pass == 0))
                 continue;
-            char how[128];
-            describe_status(status[i], how, sizeof how);
+            char how[WORKERS_LAST_LINE_BYTES + 64];
+            describe_status(w, i, status[i], how, sizeof how);
             rank_log("[Rank %d] %s", w->first_rank + i, how);
             if (w->failure[0] == '\0') {
                 snprintf(w->failure, sizeof w->failure, "[Rank %d] %s", w->first_rank + i, how);
                 w->failure_is_signal = WIFSIGNALED(status[i]);
+                w->failure_is_for_good =
+                    WIFEXITED(status[i]) && WEXITSTATUS(status[i]) == WORKERS_EXIT_FOR_GOOD;
             }
         }
     return failed;
+}
+
+// Once every worker has ended, their last lines have been read (or never will be).
+static void forget_last_lines(Workers* w) {
+    if (w->last_line != NULL)
+        munmap(w->last_line, WORKERS_MAX * sizeof *w->last_line);
+    w->last_line = NULL;
 }
 
 static int running(const Workers* w) {
@@ -124,6 +155,7 @@ void workers_stop(Workers* w) {
                      (int)w->pids[i]);
             w->pids[i] = 0;
         }
+    forget_last_lines(w);
 }
 
 int workers_wait(Workers* w, WorkersPoll poll, void* poll_arg) {
@@ -143,5 +175,6 @@ int workers_wait(Workers* w, WorkersPoll poll, void* poll_arg) {
         }
         usleep(10000);
     }
+    forget_last_lines(w);
     return 0;
 }

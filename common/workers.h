@@ -4,9 +4,11 @@
  * The parent forks before it touches CUDA (a forked child cannot use a CUDA
  * context made by its parent); each worker then picks its own device. The
  * parent only supervises: when a worker exits non-zero or is killed, it says
- * which rank failed and how, ends the others (SIGTERM, then SIGKILL after a
- * grace period) and reports failure. SIGINT or SIGTERM to the parent ends
- * every worker, and a worker whose parent dies is killed by the kernel.
+ * which rank failed and how (with the last line that worker logged), ends the
+ * others (SIGTERM, then SIGKILL after a grace period) and reports failure.
+ * SIGINT or SIGTERM to the parent ends every worker, and a worker whose parent
+ * dies is killed by the kernel. A worker starts with the default signal
+ * dispositions, whatever the parent had set (a restart's parent catches SIGTERM).
  *
  * APIs: WorkerMain, Workers, WorkersPoll, workers_start, workers_wait, workers_stop.
  */
@@ -22,6 +24,9 @@ extern "C" {
 
 #define WORKERS_MAX 64
 #define WORKERS_GRACE_SECONDS 2.0
+// A worker's exit status for a failure that a restart cannot cure (rank_log_for_good).
+#define WORKERS_EXIT_FOR_GOOD 3
+#define WORKERS_LAST_LINE_BYTES 512
 
 // A worker's whole life; its return value becomes the process's exit status.
 typedef int (*WorkerMain)(int local_rank, void* arg);
@@ -30,8 +35,13 @@ typedef struct {
     int count;
     int first_rank;          // global rank of local worker 0 (lesson 03: several nodes)
     pid_t pids[WORKERS_MAX]; // 0 once reaped
-    char failure[256];       // the first failure: "[Rank 3] killed by signal 9 (Killed)"
-    bool failure_is_signal;  // it was killed, rather than exiting with an error
+    // the first failure: "[Rank 3] killed by signal 9 (Killed)", or "[Rank 0] exited with
+    // status 1: " and the last line that worker logged
+    char failure[WORKERS_LAST_LINE_BYTES + 128];
+    bool failure_is_signal;   // it was killed, rather than exiting with an error
+    bool failure_is_for_good; // it exited with WORKERS_EXIT_FOR_GOOD: no restart can help
+    // (count) what each worker logged last, in memory the workers share with the parent
+    char (*last_line)[WORKERS_LAST_LINE_BYTES];
 } Workers;
 
 // Forks count workers, each running main(local_rank, arg). Returns 0, or -1

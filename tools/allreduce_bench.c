@@ -48,23 +48,21 @@ static int parse_bytes(const char* flag, const char* value, void* out, char* why
 // What no single flag can tell: sizes in order, NCCL where it can run, a transport only
 // for the ring (auto is shared memory, as every rank is forked here). 0, or -1 with why.
 static int check_bench(Bench* b, char* why, size_t why_len) {
-    Backend engine;
-    if (b->min_bytes > b->max_bytes)
+    Backend engine = strcmp(b->backend, "nccl") == 0  ? BACKEND_NCCL
+                     : strcmp(b->backend, "mpi") == 0 ? BACKEND_HOST
+                                                      : BACKEND_RING;
+    bool shm;
+    if (b->min_bytes > b->max_bytes) {
         snprintf(why, why_len, "--min-bytes (%ld) must not exceed --max-bytes (%ld)", b->min_bytes,
                  b->max_bytes);
-    else if (strcmp(b->backend, "ring") != 0 && strcmp(b->transport, "auto") != 0)
-        snprintf(why, why_len, "--transport %s is the ring's; --backend %s moves its own bytes",
-                 b->transport, b->backend);
-    else if (strcmp(b->backend, "nccl") == 0 &&
-             comm_choose_backend("nccl", device_gpu_count_forked(), b->ranks, &engine, why,
-                                 why_len) != 0)
         return -1;
-    else {
-        if (strcmp(b->transport, "auto") == 0)
-            b->transport = strcmp(b->backend, "ring") == 0 ? "shm" : "socket";
-        return 0;
     }
-    return -1;
+    if (comm_choose_transport(b->transport, engine, &shm, why, why_len) != 0 ||
+        (engine == BACKEND_NCCL && comm_choose_backend("nccl", device_gpu_count_forked(), b->ranks,
+                                                       &engine, why, why_len) != 0))
+        return -1;
+    b->transport = shm ? "shm" : "socket";
+    return 0;
 }
 
 // Fills b from argv. Exits with status 0 after --help and EXIT_USAGE after a bad flag.

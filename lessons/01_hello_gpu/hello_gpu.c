@@ -123,12 +123,13 @@ static int evaluate(Mlp* m, const DeviceData* d, float* eval_loss) {
     return mlp_take_loss(m, eval_loss);
 }
 
-// Trains from the start, or from the epoch after resume_from's (unless it is NULL).
+// Trains from the start, or from the epoch after resume_from's (unless it is NULL); each
+// epoch's losses go to report as soon as they are known.
 static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s,
-                 const Checkpoint* resume_from, EpochStats* stats) {
+                 const Checkpoint* resume_from, EpochStats* stats, Report* report) {
     Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
     int first_epoch = resume_from ? checkpoint_restore(resume_from, c, 1, m, &opt, stats, true) : 0;
-    if (first_epoch < 0)
+    if (first_epoch < 0 || report_open(report, c->out_dir, stats, first_epoch) != 0)
         return -1;
     double start = timer_seconds();
     for (int epoch = first_epoch; epoch < c->epochs; epoch++) {
@@ -139,6 +140,9 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s,
         e->seconds = timer_seconds() - epoch_start;
         printf("Epoch [%d/%d] - Train Loss: %.6f, Eval Loss: %.6f\n", epoch + 1, c->epochs,
                e->train_loss, e->eval_loss);
+        RETURN_IF_FAILED(report_add(report, epoch + 1, e));
+        // A loss that is no longer a number ends the run here, before a checkpoint of it.
+        RETURN_IF_FAILED(report_check_finite(e, epoch + 1, true));
         RETURN_IF_FAILED(checkpoint_save_due(c, 1, m, &opt, stats, epoch + 1));
     }
     double total = timer_seconds() - start;
@@ -174,7 +178,9 @@ int main(int argc, char** argv) {
         (c.out_dir != NULL && report_prepare_dir(c.out_dir, why, sizeof why) != 0))
         return usage_error(why);
     int resuming = checkpoint_find(&c, &checkpoint, why, sizeof why);
-    if (resuming < 0)
+    // The run holds its checkpoint directory until it exits: one run per directory.
+    if (resuming < 0 ||
+        (c.checkpoint_dir != NULL && checkpoint_lock(c.checkpoint_dir, why, sizeof why) < 0))
         return usage_error(why);
     print_device(&dev, c.device);
     config_print_banner(&c);
@@ -191,10 +197,10 @@ int main(int argc, char** argv) {
         return EXIT_FAILURE;
     mlp_print_summary(&model);
 
-    int status = train(&model, &c, &d, &sampler, resuming ? &checkpoint : NULL, stats) == 0 &&
-                         (c.out_dir == NULL || report_write(c.out_dir, stats, c.epochs) == 0)
-                     ? EXIT_SUCCESS
-                     : EXIT_FAILURE;
+    Report report = {0};
+    int trained = train(&model, &c, &d, &sampler, resuming ? &checkpoint : NULL, stats, &report);
+    int status =
+        report_close(&report, trained == 0) == 0 && trained == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
     checkpoint_free(&checkpoint);
     release_data(&d, dev.kernels);
     mlp_free(&model);

@@ -37,16 +37,17 @@
 
 typedef struct {
     TrainConfig train;
-    int nproc;           // --gpus / --nproc-per-node: workers on this node (0: decide)
-    const char* backend; // --backend auto|nccl|ring
-    int timeout_s;       // --timeout: deadline of every collective
-    bool debug;          // --debug: print every collective step
-    int max_restarts;    // --max-restarts: new attempts after a worker fails
+    int nproc;             // --gpus / --nproc-per-node: workers on this node (0: decide)
+    const char* backend;   // --backend auto|nccl|ring
+    const char* transport; // --transport auto|shm|socket: how the ring's bytes travel
+    int timeout_s;         // --timeout: deadline of every collective
+    bool debug;            // --debug: print every collective step
+    int max_restarts;      // --max-restarts: new attempts after a worker fails
 } Options;
 
 // Fills o from argv. Exits with status 0 after --help and EXIT_USAGE after a bad flag.
 static void parse_args(Options* o, int argc, char** argv) {
-    *o = (Options){.backend = "auto", .timeout_s = 60};
+    *o = (Options){.backend = "auto", .transport = "auto", .timeout_s = 60};
     config_defaults(&o->train);
     // clang-format off
     const Flag flags[] = {
@@ -58,6 +59,10 @@ static void parse_args(Options* o, int argc, char** argv) {
          .destination = &o->backend, .value_name = "NAME",
          .help = "auto, nccl or ring (default auto: NCCL when every worker has its own GPU, the "
                  "ring all-reduce otherwise)"},
+        {.name = "--transport", .kind = FLAG_CHOICE, .choices = "auto|shm|socket",
+         .destination = &o->transport, .value_name = "NAME",
+         .help = "how the ring's bytes travel: shared memory or socketpairs (default auto: "
+                 "shm)"},
         {.name = "--timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
          .destination = &o->timeout_s, .value_name = "SECONDS",
          .help = "deadline of every collective (default 60)"},
@@ -85,7 +90,10 @@ typedef struct {
     int world_size;
     int gpus; // GPUs visible to this node
     Backend backend;
+    bool shm;                     // the ring's bytes go through shared memory
     int ring_fds[WORKERS_MAX][2]; // socketpair i carries rank i's sends to rank i + 1
+    ShmRegion* ring_shm;          // the ring's channels, made anew for every attempt
+    int checkpoint_lock;          // the run's hold on --checkpoint-dir, or -1
 } Plan;
 
 // Decides world size and backend before anything is forked. Exits with EXIT_USAGE
@@ -99,11 +107,18 @@ static void make_plan(Plan* p, const Options* o) {
     if (p->gpus < 0 ||
         comm_choose_backend(o->backend, p->gpus, p->world_size, &p->backend, why, sizeof why) !=
             0 ||
+        comm_choose_transport(o->transport, p->backend, &p->shm, why, sizeof why) != 0 ||
         config_check(&o->train, p->world_size, why, sizeof why) != 0 ||
         (o->train.out_dir != NULL && report_prepare_dir(o->train.out_dir, why, sizeof why) != 0) ||
         checkpoint_find(&o->train, &checkpoint, why, sizeof why) < 0)
         exit(usage_error(why));
     checkpoint_free(&checkpoint);
+    // The parent holds the checkpoint directory for the whole job, restarts included.
+    p->checkpoint_lock = o->train.checkpoint_dir == NULL
+                             ? -1
+                             : checkpoint_lock(o->train.checkpoint_dir, why, sizeof why);
+    if (o->train.checkpoint_dir != NULL && p->checkpoint_lock < 0)
+        exit(usage_error(why));
 }
 
 // ----------------------------------------------------------------------------
@@ -202,13 +217,15 @@ static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, int epoch, 
 
 // >>> shared "train": the same in every lesson that has it (tests/test_lessons.c)
 // Trains from the start, or from the epoch after resume_from's (unless it is NULL);
-// rank 0 (verbose) prints the progress and writes the checkpoints.
+// rank 0 (verbose) prints the progress, adds each epoch to report and writes the
+// checkpoints.
 static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, Communicator* comm,
-                 int world_size, bool verbose, const Checkpoint* resume_from, EpochStats* stats) {
+                 int world_size, bool verbose, const Checkpoint* resume_from, EpochStats* stats,
+                 Report* report) {
     Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
     int first_epoch =
         resume_from ? checkpoint_restore(resume_from, c, world_size, m, &opt, stats, verbose) : 0;
-    if (first_epoch < 0)
+    if (first_epoch < 0 || report_open(report, verbose ? c->out_dir : NULL, stats, first_epoch))
         return -1;
     double comm_seconds = 0.0;
     double start = timer_seconds();
@@ -219,11 +236,14 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
             train_epoch(m, &opt, s, d, epoch, c->batch_size, comm, &comm_seconds, &e->train_loss));
         RETURN_IF_FAILED(evaluate(m, d, comm, epoch, &e->eval_loss));
         e->seconds = timer_seconds() - epoch_start;
-        if (verbose) {
+        if (verbose)
             printf("Epoch [%d/%d] - Train Loss: %.6f, Eval Loss: %.6f\n", epoch + 1, c->epochs,
                    e->train_loss, e->eval_loss);
+        RETURN_IF_FAILED(report_add(report, epoch + 1, e));
+        // Every rank has the same losses: all stop at a loss that is no longer a number.
+        RETURN_IF_FAILED(report_check_finite(e, epoch + 1, verbose));
+        if (verbose)
             RETURN_IF_FAILED(checkpoint_save_due(c, world_size, m, &opt, stats, epoch + 1));
-        }
     }
     double total = timer_seconds() - start;
     int epochs_run = c->epochs - first_epoch;
@@ -289,13 +309,15 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
         checkpoint_ranks_agree(comm, rank, world_size, resuming ? &checkpoint : NULL) != 0)
         return 1;
 
-    int status = 1;
-    if (train(&model, c, &d, &sampler, comm, world_size, rank == 0, resuming ? &checkpoint : NULL,
-              stats) == 0 &&
-        replicas_check(comm, model.k, model.params, (size_t)model.num_params, rank, world_size) ==
-            0 &&
-        (rank != 0 || c->out_dir == NULL || report_write(c->out_dir, stats, c->epochs) == 0))
-        status = 0;
+    Report report = {0};
+    int status = train(&model, c, &d, &sampler, comm, world_size, rank == 0,
+                       resuming ? &checkpoint : NULL, stats, &report) == 0 &&
+                         replicas_check(comm, model.k, model.params, (size_t)model.num_params, rank,
+                                        world_size) == 0
+                     ? 0
+                     : 1;
+    if (report_close(&report, status == 0) != 0)
+        status = 1;
     checkpoint_free(&checkpoint);
     release_data(&d, dev->kernels);
     mlp_free(&model);
@@ -316,6 +338,8 @@ static int make_communicator(Communicator** comm, const Plan* p, int rank, const
                       .timeout_s = p->opt.timeout_s,
                       .debug = p->opt.debug,
                       .k = dev->kernels};
+    if (p->backend == BACKEND_RING && p->ring_shm != NULL)
+        return comm_init_ring_shm(comm, s, p->ring_shm, send_fd, recv_fd);
     if (p->backend == BACKEND_RING)
         return comm_init_ring(comm, s, send_fd, recv_fd);
     // NCCL's id travels once around the ring's sockets, which then have served.
@@ -349,13 +373,16 @@ static int worker_main(int rank, void* arg) {
 // One attempt at the job: every worker forked, supervised to the end. Returns what
 // workers_wait does; w->failure names the first failure.
 static int run_workers(Workers* w, Plan* p) {
-    *w = (Workers){0};
-    // The ring's sockets are made before the fork, so that every worker inherits them.
+    // The ring's sockets (and its channels in shared memory) are made before the fork, so
+    // that every worker inherits them.
     if (comm_ring_socketpairs(p->ring_fds, p->world_size) != 0 ||
+        (p->shm && (p->ring_shm = comm_ring_shm(p->world_size, 0)) == NULL) ||
         workers_start(w, p->world_size, 0, worker_main, p) != 0)
         return EXIT_FAILURE;
     for (int i = 0; i < p->world_size; i++) // the parent only supervises
         close(p->ring_fds[i][0]), close(p->ring_fds[i][1]);
+    shm_region_unmap(p->ring_shm);
+    p->ring_shm = NULL;
     return workers_wait(w, NULL, NULL);
 }
 
@@ -377,6 +404,11 @@ int main(int argc, char** argv) {
         // Only a failed worker is worth another attempt (128 + signal: interrupted).
         if (status == 0 || status > 128 || workers.failure[0] == '\0' || o.max_restarts == 0)
             return status;
+        if (workers.failure_is_for_good) {
+            fprintf(stderr, "no restart: it could not cure what ended the job: %s\n",
+                    workers.failure);
+            return status;
+        }
         if (restart > o.max_restarts) {
             fprintf(stderr, "no restarts left (%d used): the job ends after: %s\n", o.max_restarts,
                     workers.failure);

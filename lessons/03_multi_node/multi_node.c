@@ -49,12 +49,13 @@
 
 typedef struct {
     TrainConfig train;
-    int nproc;           // --nproc-per-node / --gpus: workers on this node (0: decide)
-    const char* backend; // --backend auto|nccl|ring
-    int timeout_s;       // --timeout: deadline of every collective
-    bool debug;          // --debug: print every rendezvous and collective step
-    int nnodes;          // --nnodes
-    int node_rank;       // --node-rank: 0 is the master
+    int nproc;             // --nproc-per-node / --gpus: workers on this node (0: decide)
+    const char* backend;   // --backend auto|nccl|ring
+    const char* transport; // --transport auto|shm|socket: the ring's bytes within a node
+    int timeout_s;         // --timeout: deadline of every collective
+    bool debug;            // --debug: print every rendezvous and collective step
+    int nnodes;            // --nnodes
+    int node_rank;         // --node-rank: 0 is the master
     const char* master_addr;
     int master_port;
     int rdzv_timeout_s;     // --rdzv-timeout: how long to wait for every node
@@ -67,6 +68,7 @@ typedef struct {
 // argv. Exits with status 0 after --help and EXIT_USAGE after a bad flag.
 static void parse_args(Options* o, int argc, char** argv) {
     *o = (Options){.backend = "auto",
+                   .transport = "auto",
                    .timeout_s = 60,
                    .nnodes = 1,
                    .master_addr = "127.0.0.1",
@@ -106,6 +108,10 @@ static void parse_args(Options* o, int argc, char** argv) {
          .help = "auto, nccl, ring or mpi (default auto: NCCL when every worker has its own GPU, "
                  "the ring all-reduce otherwise; mpi: MPI_Allreduce, under mpirun -np N "
                  "multi_node)"},
+        {.name = "--transport", .kind = FLAG_CHOICE, .choices = "auto|shm|socket",
+         .destination = &o->transport, .value_name = "NAME",
+         .help = "how the ring's bytes travel between the workers of a node: shared memory or "
+                 "TCP (default auto: shm; TCP between nodes)"},
         {.name = "--timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
          .destination = &o->timeout_s, .value_name = "SECONDS",
          .help = "deadline of every collective (default 60)"},
@@ -135,6 +141,9 @@ typedef struct {
     Options opt;
     int gpus; // GPUs visible on this node
     Backend backend;
+    bool shm;                         // the ring's bytes within the node go through shared memory
+    ShmRegion* ring_shm;              // the node's ring channels, made anew for every attempt
+    int checkpoint_lock;              // node 0's hold on --checkpoint-dir, or -1
     int nproc;                        // workers on this node
     int ring_listen_fds[WORKERS_MAX]; // (nproc) each worker's ring socket, bound before the
                                       // rendezvous
@@ -168,12 +177,18 @@ static void make_plan(Agent* a, const Options* o) {
                  o->nnodes, a->nproc, RDZV_MAX_RANKS);
     if (a->gpus < 0 || o->nnodes * a->nproc > RDZV_MAX_RANKS ||
         comm_choose_backend(o->backend, a->gpus, a->nproc, &a->backend, why, sizeof why) != 0 ||
+        comm_choose_transport(o->transport, a->backend, &a->shm, why, sizeof why) != 0 ||
         config_check(&o->train, o->nnodes * a->nproc, why, sizeof why) != 0 ||
         (o->node_rank == 0 && o->train.out_dir != NULL &&
          report_prepare_dir(o->train.out_dir, why, sizeof why) != 0) ||
         checkpoint_find(&o->train, &checkpoint, why, sizeof why) < 0)
         exit(usage_error(why));
     checkpoint_free(&checkpoint);
+    // Node 0 writes the checkpoints: its agent holds the directory for the whole job.
+    bool writer = o->node_rank == 0 && o->train.checkpoint_dir != NULL;
+    a->checkpoint_lock = writer ? checkpoint_lock(o->train.checkpoint_dir, why, sizeof why) : -1;
+    if (writer && a->checkpoint_lock < 0)
+        exit(usage_error(why));
 }
 
 // The job's shared secret (rdzv_read_token). A job of several nodes needs one, or
@@ -337,7 +352,8 @@ static int finish(Agent* a, const Workers* w, int status) {
                  interrupted             ? "interrupted"
                  : w->failure[0] != '\0' ? w->failure
                                          : "its workers' set-up failed");
-        a->stop_for_good = interrupted; // whoever stopped this agent means the whole job
+        // Whoever stopped this agent means the whole job; what no restart can cure, too.
+        a->stop_for_good = interrupted || w->failure_is_for_good;
         rdzv_send_abort(&a->rdzv, a->stop_reason, a->stop_for_good);
     }
     fprintf(stderr, "node %d: job stopped: %s\n", node, a->stop_reason);
@@ -441,13 +457,15 @@ static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, int epoch, 
 
 // >>> shared "train": the same in every lesson that has it (tests/test_lessons.c)
 // Trains from the start, or from the epoch after resume_from's (unless it is NULL);
-// rank 0 (verbose) prints the progress and writes the checkpoints.
+// rank 0 (verbose) prints the progress, adds each epoch to report and writes the
+// checkpoints.
 static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, Communicator* comm,
-                 int world_size, bool verbose, const Checkpoint* resume_from, EpochStats* stats) {
+                 int world_size, bool verbose, const Checkpoint* resume_from, EpochStats* stats,
+                 Report* report) {
     Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
     int first_epoch =
         resume_from ? checkpoint_restore(resume_from, c, world_size, m, &opt, stats, verbose) : 0;
-    if (first_epoch < 0)
+    if (first_epoch < 0 || report_open(report, verbose ? c->out_dir : NULL, stats, first_epoch))
         return -1;
     double comm_seconds = 0.0;
     double start = timer_seconds();
@@ -458,11 +476,14 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
             train_epoch(m, &opt, s, d, epoch, c->batch_size, comm, &comm_seconds, &e->train_loss));
         RETURN_IF_FAILED(evaluate(m, d, comm, epoch, &e->eval_loss));
         e->seconds = timer_seconds() - epoch_start;
-        if (verbose) {
+        if (verbose)
             printf("Epoch [%d/%d] - Train Loss: %.6f, Eval Loss: %.6f\n", epoch + 1, c->epochs,
                    e->train_loss, e->eval_loss);
+        RETURN_IF_FAILED(report_add(report, epoch + 1, e));
+        // Every rank has the same losses: all stop at a loss that is no longer a number.
+        RETURN_IF_FAILED(report_check_finite(e, epoch + 1, verbose));
+        if (verbose)
             RETURN_IF_FAILED(checkpoint_save_due(c, world_size, m, &opt, stats, epoch + 1));
-        }
     }
     double total = timer_seconds() - start;
     int epochs_run = c->epochs - first_epoch;
@@ -535,13 +556,15 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
         checkpoint_ranks_agree(comm, rank, world_size, resuming ? &checkpoint : NULL) != 0)
         return 1;
 
-    int status = 1;
-    if (train(&model, c, &d, &sampler, comm, world_size, rank == 0, resuming ? &checkpoint : NULL,
-              stats) == 0 &&
-        replicas_check(comm, model.k, model.params, (size_t)model.num_params, rank, world_size) ==
-            0 &&
-        (rank != 0 || c->out_dir == NULL || report_write(c->out_dir, stats, c->epochs) == 0))
-        status = 0;
+    Report report = {0};
+    int status = train(&model, c, &d, &sampler, comm, world_size, rank == 0,
+                       resuming ? &checkpoint : NULL, stats, &report) == 0 &&
+                         replicas_check(comm, model.k, model.params, (size_t)model.num_params, rank,
+                                        world_size) == 0
+                     ? 0
+                     : 1;
+    if (report_close(&report, status == 0) != 0)
+        status = 1;
     checkpoint_free(&checkpoint);
     release_data(&d, dev->kernels);
     mlp_free(&model);
@@ -575,7 +598,21 @@ static int make_communicator(Communicator** comm, const Agent* a, int rank, int 
         if (comm_ring_connect_tcp(a->ring_listen_fds[local_rank], rank, N, a->world.ring_addr[next],
                                   a->world.ring_port[next], s.timeout_s, &send_fd, &recv_fd) != 0)
             return -1;
-        return comm_init_ring(comm, s, send_fd, recv_fd);
+        if (a->ring_shm == NULL)
+            return comm_init_ring(comm, s, send_fd, recv_fd);
+        // Within the node the bytes take the channels (the TCP sockets then only tell
+        // whether the neighbour lives); the links to other nodes stay TCP. A node's ranks
+        // are consecutive, so both ends of every link agree on which it is.
+        int nproc = a->nproc;
+        bool one_node = a->opt.nnodes == 1;
+        ShmLink send = {
+            local_rank + 1 < nproc || one_node ? shm_region_channel(a->ring_shm, local_rank) : NULL,
+            send_fd};
+        ShmLink recv = {local_rank > 0 || one_node
+                            ? shm_region_channel(a->ring_shm, (local_rank + nproc - 1) % nproc)
+                            : NULL,
+                        recv_fd};
+        return comm_init_ring_links(comm, s, send, recv);
     }
     // The agent relays NCCL's id: from global rank 0 up to the master's agent, into WORLD,
     // and down to every other worker.
@@ -648,8 +685,11 @@ static int run_job(Agent* a, const char* token) {
     Workers workers;
     int first_rank = a->world.rank_offset[a->opt.node_rank];
     if (make_id_channels(a) != 0 ||
+        (a->shm && (a->ring_shm = comm_ring_shm(a->nproc, 0)) == NULL) ||
         workers_start(&workers, a->nproc, first_rank, worker_main, a) != 0)
         return EXIT_FAILURE;
+    shm_region_unmap(a->ring_shm);
+    a->ring_shm = NULL;
     for (int i = 0; i < a->nproc; i++) { // the workers have them now
         close(a->ring_listen_fds[i]);
         if (a->backend == BACKEND_NCCL)

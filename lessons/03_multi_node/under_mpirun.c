@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "checkpoint.h"
 #include "mpi_world.h"
 #include "report.h"
 
@@ -61,7 +62,7 @@ static int open_device(MpirunRank* r, const char* request, int local_rank) {
 int mpirun_start(MpirunRank* r, const TrainConfig* c, const char* backend, int timeout_s,
                  bool debug) {
     char why[ERROR_TEXT_BYTES];
-    *r = (MpirunRank){0};
+    *r = (MpirunRank){.checkpoint_lock = -1};
     // The device comes first where the launcher says the local rank: a CUDA-aware MPI
     // then sets up its transport for the GPU this rank will use.
     int launcher_local_rank = mpi_local_rank_from_launcher();
@@ -71,8 +72,12 @@ int mpirun_start(MpirunRank* r, const TrainConfig* c, const char* backend, int t
     rank_log_set_rank(r->rank);
     if (launcher_local_rank < 0)
         RETURN_IF_FAILED(open_device(r, c->device, r->local_rank));
+    // Rank 0 writes --out and the checkpoints, and holds the checkpoint directory.
+    bool writer = r->rank == 0;
     if (config_check(c, r->world_size, why, sizeof why) != 0 ||
-        (r->rank == 0 && c->out_dir != NULL && report_prepare_dir(c->out_dir, why, sizeof why))) {
+        (writer && c->out_dir != NULL && report_prepare_dir(c->out_dir, why, sizeof why)) ||
+        (writer && c->checkpoint_dir != NULL &&
+         (r->checkpoint_lock = checkpoint_lock(c->checkpoint_dir, why, sizeof why)) < 0)) {
         rank_log("error: %s", why);
         return -1;
     }

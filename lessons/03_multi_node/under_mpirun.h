@@ -21,6 +21,7 @@ typedef struct {
     int rank, world_size, local_rank;
     Device dev;
     Communicator* comm;
+    int checkpoint_lock; // rank 0's hold on --checkpoint-dir, or -1
 } MpirunRank;
 
 #ifdef HAVE_MPI
