@@ -177,6 +177,16 @@ int checkpoint_ranks_agree(Communicator* comm, int rank, int world_size, const C
 int checkpoint_lock(const char* dir, char* why, size_t why_len) {
     char path[PATH_MAX], holder[32] = "";
     snprintf(path, sizeof path, "%s/checkpoint.lock", dir);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        snprintf(why, why_len, "--checkpoint-dir %s: cannot create the directory: %s", dir,
+                 strerror(errno));
+        return -1;
+    }
+    char problem[ERROR_TEXT_BYTES];
+    if (file_dir_writable(dir, problem, sizeof problem) != 0) {
+        snprintf(why, why_len, "--checkpoint-dir %s", problem);
+        return -1;
+    }
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
         snprintf(why, why_len, "--checkpoint-dir %s: cannot lock it: %s", dir, strerror(errno));

@@ -40,7 +40,8 @@ extern "C" {
 // overwritten by a fresh run).
 int checkpoint_find(const TrainConfig* c, Checkpoint* ck, char* why, size_t why_len);
 
-// Locks dir (DIR/checkpoint.lock, with flock) for this process and the workers it forks,
+// Locks dir (made if missing; DIR/checkpoint.lock, with flock), before anything else looks
+// at it, for this process and the workers it forks,
 // for as long as the returned descriptor stays open: the run's life. Returns it, or -1
 // with the reason in why ("--checkpoint-dir DIR is in use by another run (pid N)...").
 int checkpoint_lock(const char* dir, char* why, size_t why_len);

@@ -535,15 +535,19 @@ typedef struct {
     char peer[64];
 } Pending;
 
-static void pending_close(Pending* p, const char* why) {
-    if (why != NULL)
+// The first few ignored connections are logged one by one; a flood of strangers is
+// counted, so that it cannot flood the log too (rdzv_master_gather says how many).
+#define LOGGED_IGNORED 10
+
+static void pending_close(Rdzv* r, Pending* p, const char* why) {
+    if (why != NULL && r->ignored++ < LOGGED_IGNORED)
         rank_log("rendezvous: ignored a connection from %s: %s", p->peer, why);
     close(p->fd);
     p->fd = -1;
 }
 
 // Step 2) a fresh challenge for a new connection, in slot p.
-static void pending_open(Pending* p, int fd, double gather_deadline) {
+static void pending_open(Rdzv* r, Pending* p, int fd, double gather_deadline) {
     double now = timer_seconds();
     *p = (Pending){.fd = fd, .arrived_at = now, .bytes = p->bytes, .want = RDZV_HEADER_BYTES};
     p->deadline =
@@ -554,7 +558,7 @@ static void pending_open(Pending* p, int fd, double gather_deadline) {
     if (sent != NET_OK) {
         char why[128];
         snprintf(why, sizeof why, "sending the challenge: %s", net_status_str(sent));
-        pending_close(p, why);
+        pending_close(r, p, why);
     }
 }
 
@@ -569,8 +573,8 @@ static void accept_waiting(Rdzv* r, Pending* pending, double gather_deadline) {
                 (slot->fd >= 0 && pending[i].arrived_at < slot->arrived_at))
                 slot = &pending[i];
         if (slot->fd >= 0)
-            pending_close(slot, "no answer yet, and newer connections are waiting");
-        pending_open(slot, fd, gather_deadline);
+            pending_close(r, slot, "no answer yet, and newer connections are waiting");
+        pending_open(r, slot, fd, gather_deadline);
     }
 }
 
@@ -612,7 +616,7 @@ static void admit(Rdzv* r, const RdzvHello* own, Pending* p) {
     char why[ERROR_TEXT_BYTES] = "";
     Answer answer = check_answer(r, own, p, &m, why, sizeof why);
     if (answer != ANSWER_ACCEPTED) {
-        pending_close(p, answer == ANSWER_NOT_A_HELLO ? why : NULL);
+        pending_close(r, p, answer == ANSWER_NOT_A_HELLO ? why : NULL);
         return;
     }
     const RdzvHello* h = &m.hello;
@@ -630,30 +634,32 @@ static void admit(Rdzv* r, const RdzvHello* own, Pending* p) {
                  h->node_rank, p->peer, h->nproc, h->nproc > 1 ? "s" : "", h->ring_addr);
 }
 
-// Reads what p's connection has now; a whole message goes on to admit.
+// Reads all that p's connection has now; a whole message goes on to admit. All of it: a
+// stranger that has sent its garbage (and hung up) is dealt with before a node that
+// comes after it has said a word.
 static void read_pending(Rdzv* r, const RdzvHello* own, Pending* p) {
     char why[ERROR_TEXT_BYTES];
-    ssize_t n = recv(p->fd, p->bytes + p->got, p->want - p->got, MSG_DONTWAIT);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-        bool closed = n == 0 || errno == ECONNRESET || errno == EPIPE;
-        snprintf(why, sizeof why, "%s%s",
-                 closed ? "connection closed by the peer" : strerror(errno),
-                 p->got > 0 ? " in the middle of a message" : "");
-        pending_close(p, why);
-        return;
-    }
-    p->got += n > 0 ? (size_t)n : 0;
-    if (p->got < p->want)
-        return;
-    size_t payload = 0;
-    if (p->want == RDZV_HEADER_BYTES) { // the header is in: now the payload it announces
-        if (parse_header(p->bytes, &p->type, &payload, why, sizeof why) != 0) {
-            pending_close(p, why);
+    while (p->got < p->want) {
+        ssize_t n = recv(p->fd, p->bytes + p->got, p->want - p->got, MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return; // the rest comes later
+        if (n <= 0) {
+            bool closed = n == 0 || errno == ECONNRESET || errno == EPIPE;
+            snprintf(why, sizeof why, "%s%s",
+                     closed ? "connection closed by the peer" : strerror(errno),
+                     p->got > 0 ? " in the middle of a message" : "");
+            pending_close(r, p, why);
             return;
         }
-        p->want += payload;
-        if (payload > 0)
-            return;
+        p->got += (size_t)n;
+        size_t payload = 0;
+        if (p->got == RDZV_HEADER_BYTES) { // the header is in: now the payload it announces
+            if (parse_header(p->bytes, &p->type, &payload, why, sizeof why) != 0) {
+                pending_close(r, p, why);
+                return;
+            }
+            p->want += payload;
+        }
     }
     admit(r, own, p);
 }
@@ -672,7 +678,7 @@ static void wait_for_any(Rdzv* r, Pending* pending, struct pollfd* fds, double d
     fds[0] = (struct pollfd){.fd = r->listen_fd, .events = POLLIN};
     for (int i = 0; i < RDZV_MAX_PENDING; i++) {
         if (pending[i].fd >= 0 && pending[i].deadline <= now)
-            pending_close(&pending[i],
+            pending_close(r, &pending[i],
                           "timed out (no answer to the challenge within " HELLO_WAIT_TEXT ")");
         fds[1 + i] = (struct pollfd){.fd = pending[i].fd, .events = POLLIN};
         if (pending[i].fd >= 0 && pending[i].deadline < until)
@@ -698,6 +704,7 @@ static void give_up_gather(Rdzv* r) {
 
 int rdzv_master_gather(Rdzv* r, const RdzvHello* own) {
     r->hello[0] = *own;
+    r->ignored = 0;
     double deadline = timer_seconds() + r->timeout_s;
     Pending* pending = calloc(RDZV_MAX_PENDING, sizeof *pending);
     unsigned char* buffers = malloc((size_t)RDZV_MAX_PENDING * MESSAGE_BYTES);
@@ -720,8 +727,11 @@ int rdzv_master_gather(Rdzv* r, const RdzvHello* own) {
     }
     for (int i = 0; i < RDZV_MAX_PENDING; i++)
         if (pending[i].fd >= 0)
-            pending_close(&pending[i], "the rendezvous is over");
+            pending_close(r, &pending[i], "the rendezvous is over");
     free(pending), free(buffers);
+    if (r->ignored > LOGGED_IGNORED)
+        rank_log("rendezvous: ignored %d more connections that did not answer as nodes",
+                 r->ignored - LOGGED_IGNORED);
     if (nodes_in(r) < r->nnodes) {
         give_up_gather(r);
         return -1;

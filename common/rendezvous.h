@@ -123,6 +123,7 @@ typedef struct {
     int control_fd[RDZV_MAX_NODES];  // master: one per node (by node rank); node: [0]
     bool done[RDZV_MAX_NODES];       // master: which nodes said DONE
     RdzvHello hello[RDZV_MAX_NODES]; // master: every node's HELLO (with its challenge)
+    int ignored;                     // master: connections ignored in this gather
     // the challenge sent to each node (master), or answered (node: [0])
     unsigned char challenge[RDZV_MAX_NODES][RDZV_CHALLENGE_BYTES];
 } Rdzv;

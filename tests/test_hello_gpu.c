@@ -14,6 +14,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -517,4 +518,125 @@ Test(hello_gpu, a_missing_damaged_or_unfitting_checkpoint_exits_2_with_one_line,
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         expect_usage_error(cases[i].args, cases[i].name);
     free(bytes);
+}
+
+// ----------------------------------------------------------------------------
+// f) nothing lost, nothing poisoned
+
+Test(hello_gpu, a_run_that_diverges_stops_naming_the_epoch_and_saves_no_checkpoint,
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
+    char ckpt[128], out[128], path[192];
+    snprintf(ckpt, sizeof ckpt, "%s/ckpt", temp_dir);
+    snprintf(out, sizeof out, "%s/out", temp_dir);
+    Proc r =
+        proc_run(PROGRAM,
+                 (const char*[]){"--device", "cpu", "--optimizer", "sgd", "--learning-rate", "10",
+                                 "--epochs", "5", "--checkpoint-dir", ckpt, "--out", out, NULL},
+                 NULL);
+    cr_assert_neq(r.status, 0, "a diverged run exited 0; stdout:\n%s", r.out.text);
+    cr_assert_not_null(strstr(r.err.text, "error: the training diverged in epoch 1 (train loss"),
+                       "the run does not say where it diverged:\n%s", r.err.text);
+    cr_assert_null(strstr(r.out.text, "Epoch [2/5]"), "the run went on after diverging:\n%s",
+                   r.out.text);
+    snprintf(path, sizeof path, "%s/checkpoint.bin", ckpt);
+    cr_assert_neq(access(path, F_OK), 0, "a diverged run saved %s", path);
+    double losses[8][2];
+    cr_assert_eq(losses_read(out, losses, 8), 1, "losses.csv lacks the epoch that diverged");
+    proc_free(&r);
+}
+
+Test(hello_gpu, ctrl_c_keeps_every_finished_epoch_in_losses_csv_and_exits_130,
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
+    char out[128];
+    snprintf(out, sizeof out, "%s/out", temp_dir);
+    Proc p;
+    proc_start(&p, PROGRAM,
+               (const char*[]){"--device", "cpu", "--epochs", "100000", "--data-size", "200",
+                               "--out", out, NULL},
+               NULL);
+    cr_assert(proc_wait_for(&p, PROC_STDOUT, "Epoch [5/", 1, now_seconds() + PROC_DEADLINE_S),
+              "no fifth epoch; stderr:\n%s", p.err.text);
+    kill(p.pid, SIGINT);
+    proc_finish(&p, now_seconds() + 10.0);
+    cr_assert_eq(p.status, 130, "exit status %d after Ctrl-C, want 130", p.status);
+    static EpochLine printed[MAX_LINES];
+    static double losses[MAX_LINES][2];
+    int epochs = epoch_lines(p.out.text, printed, MAX_LINES);
+    int rows = losses_read(out, losses, MAX_LINES);
+    // The signal may fall between an epoch's line and its row: one row short at most.
+    cr_assert(rows >= 5 - 1 && rows >= epochs - 1,
+              "losses.csv holds %d rows after %d printed epochs: the run lost what it did", rows,
+              epochs);
+    for (int e = 0; e < rows && e < epochs; e++)
+        cr_assert(fabs(losses[e][1] - printed[e].eval_loss) <= 1e-6 + 1e-5 * printed[e].eval_loss,
+                  "row %d of losses.csv is not epoch %d's", e + 1, e + 1);
+    proc_free(&p);
+}
+
+Test(hello_gpu, an_out_or_checkpoint_dir_that_cannot_be_written_fails_before_any_work) {
+    // /proc refuses new files to everyone, root included (a mode bit would not stop root).
+    const char* dirs[][2] = {{"--out", "/proc/self"}, {"--checkpoint-dir", "/proc/self"}};
+    for (int i = 0; i < 2; i++) {
+        Proc r = proc_run(PROGRAM, (const char*[]){"--device", "cpu", dirs[i][0], dirs[i][1], NULL},
+                          NULL);
+        cr_assert_eq(r.status, 2, "%s %s: exit status %d, want 2; stderr:\n%s", dirs[i][0],
+                     dirs[i][1], r.status, r.err.text);
+        cr_assert_not_null(strstr(r.err.text, "cannot write in /proc/self"),
+                           "%s: the reason is not given:\n%s", dirs[i][0], r.err.text);
+        cr_assert_null(strstr(r.out.text, "Epoch"), "%s: training started:\n%s", dirs[i][0],
+                       r.out.text);
+        proc_free(&r);
+    }
+}
+
+Test(hello_gpu, a_second_run_on_a_checkpoint_dir_in_use_is_refused_naming_the_first,
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
+    char ckpt[128], pid[32];
+    snprintf(ckpt, sizeof ckpt, "%s/ckpt", temp_dir);
+    Proc first;
+    proc_start(&first, PROGRAM,
+               (const char*[]){"--device", "cpu", "--epochs", "100000", "--data-size", "200",
+                               "--checkpoint-dir", ckpt, "--checkpoint-every", "1000", NULL},
+               NULL);
+    cr_assert(proc_wait_for(&first, PROC_STDOUT, "Epoch [1/", 1, now_seconds() + PROC_DEADLINE_S),
+              "the first run did not start; stderr:\n%s", first.err.text);
+    Proc second = proc_run(
+        PROGRAM, (const char*[]){"--device", "cpu", "--checkpoint-dir", ckpt, "--resume", NULL},
+        NULL);
+    snprintf(pid, sizeof pid, "(pid %d)", (int)first.pid);
+    cr_assert_eq(second.status, 2, "the second run: exit status %d; stderr:\n%s", second.status,
+                 second.err.text);
+    cr_assert_not_null(strstr(second.err.text, "is in use by another run"),
+                       "the second run was not refused:\n%s", second.err.text);
+    cr_assert_not_null(strstr(second.err.text, pid), "the refusal does not name %s:\n%s", pid,
+                       second.err.text);
+    proc_kill(&first);
+    proc_free(&first);
+    proc_free(&second);
+}
+
+Test(hello_gpu, a_gnuplot_that_fails_leaves_no_picture_behind, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
+    // A gnuplot that writes half a picture, then fails.
+    char bin[128], gnuplot[160], path_env[256], dir[128], names[512];
+    snprintf(bin, sizeof bin, "%s/bin", temp_dir);
+    snprintf(gnuplot, sizeof gnuplot, "%s/gnuplot", bin);
+    snprintf(path_env, sizeof path_env, "PATH=%s:/usr/bin:/bin", bin);
+    snprintf(dir, sizeof dir, "%s/run", temp_dir);
+    cr_assert_eq(mkdir(bin, 0755), 0);
+    write_file(gnuplot,
+               "#!/bin/sh\n"
+               "out=$(sed -n \"s/^set output '\\(.*\\)'$/\\1/p\")\n"
+               "printf 'half a PNG' > \"$out\"\n"
+               "exit 1\n",
+               0755);
+    Proc r =
+        proc_run(PROGRAM, (const char*[]){"--device", "cpu", "--epochs", "2", "--out", dir, NULL},
+                 &(ProcOptions){.env = (const char*[]){path_env, NULL}});
+    cr_assert_eq(r.status, 0, "a failed plot is only a warning; exit status %d:\n%s", r.status,
+                 r.err.text);
+    cr_assert_not_null(strstr(r.err.text, "warning: gnuplot failed"), "%s", r.err.text);
+    cr_assert_eq(list_dir(dir, names, sizeof names), 1, "%s holds more than the CSV: %s", dir,
+                 names);
+    proc_free(&r);
 }

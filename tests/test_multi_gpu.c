@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -481,4 +482,94 @@ Test(multi_gpu_on_a_gpu, nccl_with_one_rank_matches_the_cpu, .init = temp_dir_ma
 Test(multi_gpu_on_a_gpu, the_ring_with_two_ranks_sharing_one_gpu_matches_the_cpu,
      .init = temp_dir_make, .fini = proc_end_leftovers) {
     expect_gpu_run_matches_cpu("ring", "2");
+}
+
+// ----------------------------------------------------------------------------
+// e) failures that no restart cures, and signals after a restart
+
+Test(multi_gpu, sigterm_to_a_restarted_worker_ends_it, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
+    char ck[128];
+    snprintf(ck, sizeof ck, "%s/ck", temp_dir);
+    Proc p;
+    proc_start(&p, MULTI_GPU,
+               (const char*[]){RESTART_ARGS, "--checkpoint-dir", ck, "--max-restarts", "1", NULL},
+               NULL);
+    kill_rank_1_after(&p, "Epoch [5/", 1);
+    // The new workers are forked by a parent that catches SIGTERM: they must not inherit it.
+    cr_assert(proc_wait_for(&p, PROC_STDOUT, "Resuming from ", 1, now_seconds() + 20.0),
+              "no restart; stderr:\n%s", p.err.text);
+    pid_t workers[2];
+    proc_wait_for_children(&p, workers, 2);
+    double signalled_at = now_seconds();
+    cr_assert_eq(kill(workers[1], SIGTERM), 0, "kill: %s", strerror(errno));
+    proc_finish(&p, now_seconds() + PROC_DEADLINE_S);
+    cr_assert_lt(p.exited_at - signalled_at, FAILURE_EXIT_S,
+                 "the job ran on %.1f s after SIGTERM to a restarted worker",
+                 p.exited_at - signalled_at);
+    cr_assert_not_null(strstr(p.err.text, "[Rank 1] killed by signal 15"),
+                       "the restarted worker did not die of SIGTERM; stderr:\n%s", p.err.text);
+    proc_free(&p);
+}
+
+Test(multi_gpu, a_full_disk_ends_the_job_at_once_with_its_cause_instead_of_restarting,
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
+    char ck[128], tmp[192], checkpoint[192];
+    snprintf(ck, sizeof ck, "%s/ck", temp_dir);
+    snprintf(tmp, sizeof tmp, "%s/checkpoint.bin.tmp", ck);
+    snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint.bin", ck);
+    cr_assert_eq(mkdir(ck, 0755), 0);
+    // Every write of a checkpoint lands on /dev/full: "No space left on device".
+    cr_assert_eq(symlink("/dev/full", tmp), 0, "symlink: %s", strerror(errno));
+    Proc p =
+        proc_run(MULTI_GPU,
+                 (const char*[]){"--device", "cpu", "--gpus", "2", "--epochs", "3", "--data-size",
+                                 "400", "--checkpoint-dir", ck, "--max-restarts", "3", NULL},
+                 NULL);
+    cr_assert_neq(p.status, 0, "the job succeeded without a checkpoint");
+    cr_assert_null(strstr(p.err.text, "restart 1/3"), "a full disk was retried:\n%s", p.err.text);
+    cr_assert_not_null(strstr(p.err.text, "no restart: it could not cure what ended the job: "
+                                          "[Rank 0] exited with status 3: checkpoint: writing"),
+                       "the end does not give the cause:\n%s", p.err.text);
+    cr_assert_not_null(strstr(p.err.text, "No space left on device"), "%s", p.err.text);
+    cr_assert_neq(access(tmp, F_OK), 0, "the failed write left %s behind", tmp);
+    cr_assert_neq(access(checkpoint, F_OK), 0, "a checkpoint was written");
+    proc_free(&p);
+}
+
+Test(multi_gpu, a_run_that_diverges_stops_on_every_rank_and_is_not_restarted, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
+    char ck[128];
+    snprintf(ck, sizeof ck, "%s/ck", temp_dir);
+    Proc p = proc_run(MULTI_GPU,
+                      (const char*[]){"--device", "cpu", "--gpus", "2", "--epochs", "5",
+                                      "--optimizer", "sgd", "--learning-rate", "10",
+                                      "--checkpoint-dir", ck, "--max-restarts", "2", NULL},
+                      NULL);
+    cr_assert_neq(p.status, 0, "a diverged run exited 0; stdout:\n%s", p.out.text);
+    cr_assert_null(strstr(p.out.text, "Replicas agree"), "a diverged run was checked:\n%s",
+                   p.out.text);
+    cr_assert_not_null(strstr(p.err.text, "the training diverged in epoch 1"), "%s", p.err.text);
+    cr_assert_null(strstr(p.err.text, "restart 1/2"), "divergence was retried:\n%s", p.err.text);
+    proc_free(&p);
+}
+
+Test(multi_gpu, ctrl_c_keeps_losses_csv_and_exits_130, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
+    char out[128];
+    snprintf(out, sizeof out, "%s/out", temp_dir);
+    Proc p;
+    proc_start(&p, MULTI_GPU,
+               (const char*[]){"--device", "cpu", "--gpus", "2", "--epochs", "1000000",
+                               "--data-size", "200", "--out", out, NULL},
+               NULL);
+    cr_assert(proc_wait_for(&p, PROC_STDOUT, "Epoch [3/", 1, now_seconds() + PROC_DEADLINE_S),
+              "no third epoch; stderr:\n%s", p.err.text);
+    kill(p.pid, SIGINT);
+    proc_finish(&p, now_seconds() + FAILURE_EXIT_S);
+    cr_assert_eq(p.status, 130, "exit status %d after Ctrl-C, want 130; stderr:\n%s", p.status,
+                 p.err.text);
+    double losses[64][2];
+    cr_assert_geq(losses_read(out, losses, 64), 2, "losses.csv lost the epochs done");
+    proc_free(&p);
 }

@@ -791,7 +791,8 @@ Test(rendezvous, a_second_node_with_a_taken_node_rank_is_refused,
     spawn_node(&last, 3, port, TOKEN, &node2, &second, 1, NULL, ONCE_CONNECTED);
     char log[4096];
     master_gather(&master, &own, log, sizeof log);
-    cr_assert_eq(master.hello[1].nproc, 2, "the twin took node 1's place");
+    cr_assert_eq(master.hello[1].nproc, 2, "the twin took node 1's place; the master's log:\n%s",
+                 log);
     RdzvWorld world;
     rdzv_make_world(&master, &world);
     cr_assert_eq(rdzv_master_send_world(&master, &world), 0);
@@ -991,6 +992,9 @@ static void spawn_fake_master(Child* c, int listen_fd, const Wire* msg, bool cha
     int answer_fd;
     if (fork_node(c, &answer_fd) != 0)
         return;
+    struct pollfd waiting = {.fd = listen_fd, .events = POLLIN};
+    if (poll(&waiting, 1, 10000) != 1) // the node connected before the child was forked
+        _exit(CHILD_CANNOT_CONNECT);
     int fd = accept(listen_fd, NULL, NULL);
     struct timeval t = {.tv_sec = 10};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &t, sizeof t);
@@ -1418,4 +1422,98 @@ Test(rendezvous, a_node_that_goes_away_stops_the_job_but_one_that_said_done_may_
     cr_assert_not_null(strstr(log, "timed out waiting for 1 node to finish"), "%s", log);
     rdzv_close(&master);
     rdzv_close(&node);
+}
+
+// ----------------------------------------------------------------------------
+// floods: strangers that connect and say nothing
+
+#define FLOOD_CONNECTIONS 300
+
+// A child that opens `count` connections to port and keeps them open, silent, for
+// `seconds` (count 0: opens new ones without end until then, closing the oldest as it
+// goes); it passes gate `then` once the first `count` (or 100) are open.
+static void spawn_flood(Child* c, int port, int count, double seconds, const Gate* then) {
+    int answer_fd;
+    if (fork_node(c, &answer_fd) != 0)
+        return;
+    static int fds[FLOOD_CONNECTIONS];
+    int open = 0, made = 0, want = count > 0 ? count : FLOOD_CONNECTIONS;
+    double until = now_seconds() + seconds;
+    while (now_seconds() < until) {
+        if (count > 0 && made == count) {
+            usleep(10000);
+            continue;
+        }
+        if (open == want) // an endless flood: the oldest makes way
+            close(fds[made % want]), open--;
+        int fd = connect_to(port);
+        if (fd < 0)
+            _exit(CHILD_CANNOT_CONNECT);
+        fds[made % want] = fd;
+        open++, made++;
+        if (then != NULL && made == (count > 0 ? count : 100))
+            gate_pass(then);
+    }
+    _exit(CHILD_JOINED);
+}
+
+Test(rendezvous, a_flood_of_silent_connections_holds_back_no_node,
+     .fini = end_children_and_release_stderr) {
+    int port = PORT_BASE + 15;
+    Rdzv master;
+    master_listen(&master, 2, port);
+    Gate flooded;
+    gate_open(&flooded);
+    Child flood, node;
+    spawn_flood(&flood, port, FLOOD_CONNECTIONS, 8.0, &flooded);
+    RdzvHello own = hello_of(0, 1, "127.0.0.1", 40000), good = hello_of(1, 1, "127.0.0.1", 40001);
+    spawn_node(&node, 2, port, TOKEN, &good, &flooded, 1, NULL, ONCE_CONNECTED);
+    char log[65536];
+    double start = now_seconds();
+    master_gather(&master, &own, log, sizeof log);
+    double took = now_seconds() - start;
+    RdzvWorld world;
+    rdzv_make_world(&master, &world);
+    cr_assert_eq(rdzv_master_send_world(&master, &world), 0);
+    collect(&node);
+    cr_assert_eq(node.status, CHILD_JOINED, "the node did not join: %s", node.err);
+    // 300 silent strangers, 64 served at a time, each with 2 s to answer: served one after
+    // the other they would have held the node back for minutes.
+    cr_assert_lt(took, 4.0, "the node was held back %.1f s by the flood", took);
+    cr_assert_geq(count_of(log, "newer connections are waiting"), 1,
+                  "the oldest strangers did not make way:\n%.2000s", log);
+    cr_assert_not_null(strstr(log, "more connections that did not answer as nodes"),
+                       "the flood was logged line by line:\n%.2000s", log);
+    cr_assert_lt(count_of(log, "\n"), 20, "the flood flooded the log:\n%.2000s", log);
+    rdzv_close(&master);
+    kill(flood.pid, SIGKILL);
+    reap_child(flood.pid, 5.0);
+}
+
+Test(rendezvous, the_gather_gives_up_at_its_deadline_whatever_a_flood_does,
+     .fini = end_children_and_release_stderr) {
+    int port = PORT_BASE + 16;
+    Rdzv master;
+    rdzv_init(&master, 2, 0, "127.0.0.1", port, TOKEN, 2.0, false);
+    char why[ERROR_TEXT_BYTES];
+    cr_assert_eq(rdzv_master_listen(&master, why, sizeof why), 0, "%s", why);
+    master_fd = master.listen_fd;
+    Gate flooding;
+    gate_open(&flooding);
+    Child flood;
+    spawn_flood(&flood, port, 0, 10.0, &flooding);
+    RdzvHello own = hello_of(0, 1, "127.0.0.1", 40000);
+    char log[65536];
+    catch_stderr();
+    double start = now_seconds();
+    int status = rdzv_master_gather(&master, &own);
+    double took = now_seconds() - start;
+    release_stderr(log, sizeof log);
+    cr_assert_eq(status, -1, "a job formed of strangers");
+    cr_assert(took > 1.9 && took < 3.0, "the gather with a 2 s deadline ended after %.2f s", took);
+    cr_assert_not_null(strstr(log, "rendezvous: timed out after 2 s with 1 of 2 nodes"),
+                       "the end is not the deadline's:\n%.2000s", log);
+    rdzv_close(&master);
+    kill(flood.pid, SIGKILL);
+    reap_child(flood.pid, 5.0);
 }

@@ -177,10 +177,11 @@ int main(int argc, char** argv) {
     if (device_open(&dev, c.device, 0, why, sizeof why) != 0 ||
         (c.out_dir != NULL && report_prepare_dir(c.out_dir, why, sizeof why) != 0))
         return usage_error(why);
-    int resuming = checkpoint_find(&c, &checkpoint, why, sizeof why);
     // The run holds its checkpoint directory until it exits: one run per directory.
-    if (resuming < 0 ||
-        (c.checkpoint_dir != NULL && checkpoint_lock(c.checkpoint_dir, why, sizeof why) < 0))
+    if (c.checkpoint_dir != NULL && checkpoint_lock(c.checkpoint_dir, why, sizeof why) < 0)
+        return usage_error(why);
+    int resuming = checkpoint_find(&c, &checkpoint, why, sizeof why);
+    if (resuming < 0)
         return usage_error(why);
     print_device(&dev, c.device);
     config_print_banner(&c);

@@ -104,21 +104,19 @@ static void make_plan(Plan* p, const Options* o) {
     p->opt = *o;
     p->gpus = device_gpus_for_workers(o->train.device, why, sizeof why);
     p->world_size = o->nproc > 0 ? o->nproc : (p->gpus > 0 ? p->gpus : 2);
+    // The parent holds the checkpoint directory for the whole job, restarts included.
+    const char* dir = o->train.checkpoint_dir;
+    p->checkpoint_lock = -1;
     if (p->gpus < 0 ||
         comm_choose_backend(o->backend, p->gpus, p->world_size, &p->backend, why, sizeof why) !=
             0 ||
         comm_choose_transport(o->transport, p->backend, &p->shm, why, sizeof why) != 0 ||
         config_check(&o->train, p->world_size, why, sizeof why) != 0 ||
         (o->train.out_dir != NULL && report_prepare_dir(o->train.out_dir, why, sizeof why) != 0) ||
+        (dir != NULL && (p->checkpoint_lock = checkpoint_lock(dir, why, sizeof why)) < 0) ||
         checkpoint_find(&o->train, &checkpoint, why, sizeof why) < 0)
         exit(usage_error(why));
     checkpoint_free(&checkpoint);
-    // The parent holds the checkpoint directory for the whole job, restarts included.
-    p->checkpoint_lock = o->train.checkpoint_dir == NULL
-                             ? -1
-                             : checkpoint_lock(o->train.checkpoint_dir, why, sizeof why);
-    if (o->train.checkpoint_dir != NULL && p->checkpoint_lock < 0)
-        exit(usage_error(why));
 }
 
 // ----------------------------------------------------------------------------

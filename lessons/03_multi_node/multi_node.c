@@ -172,6 +172,10 @@ static void make_plan(Agent* a, const Options* o) {
     }
     a->gpus = device_gpus_for_workers(o->train.device, why, sizeof why);
     a->nproc = o->nproc > 0 ? o->nproc : (a->gpus > 0 ? a->gpus : 2);
+    // Node 0 writes the checkpoints: its agent holds the directory for the whole job.
+    const char* dir = o->train.checkpoint_dir;
+    bool writer = o->node_rank == 0 && dir != NULL;
+    a->checkpoint_lock = -1;
     if (a->gpus >= 0 && o->nnodes * a->nproc > RDZV_MAX_RANKS)
         snprintf(why, sizeof why, "--nnodes %d x --nproc-per-node %d is more than %d ranks",
                  o->nnodes, a->nproc, RDZV_MAX_RANKS);
@@ -181,14 +185,10 @@ static void make_plan(Agent* a, const Options* o) {
         config_check(&o->train, o->nnodes * a->nproc, why, sizeof why) != 0 ||
         (o->node_rank == 0 && o->train.out_dir != NULL &&
          report_prepare_dir(o->train.out_dir, why, sizeof why) != 0) ||
+        (writer && (a->checkpoint_lock = checkpoint_lock(dir, why, sizeof why)) < 0) ||
         checkpoint_find(&o->train, &checkpoint, why, sizeof why) < 0)
         exit(usage_error(why));
     checkpoint_free(&checkpoint);
-    // Node 0 writes the checkpoints: its agent holds the directory for the whole job.
-    bool writer = o->node_rank == 0 && o->train.checkpoint_dir != NULL;
-    a->checkpoint_lock = writer ? checkpoint_lock(o->train.checkpoint_dir, why, sizeof why) : -1;
-    if (writer && a->checkpoint_lock < 0)
-        exit(usage_error(why));
 }
 
 // The job's shared secret (rdzv_read_token). A job of several nodes needs one, or
