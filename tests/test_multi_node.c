@@ -38,10 +38,8 @@
 #define FAILURE_EXIT_S 10.0 // after a fault every node must be gone within this
 #define GONE_WAIT_S 3.0     // how long an agent's group may take to vanish once it exited
 
-// Every test has its own ports (Criterion runs tests in parallel): PORT_BASE + a
-// distinct offset, all below the ephemeral range the ring's listeners come from.
-#define PORT_BASE 29700
-#define BAD_FLAGS_PORT "29714" // PORT_BASE + 14
+// Every test has its own ports (Criterion runs tests in parallel): port_for_test with an
+// offset of its own, all below the ephemeral range the ring's listeners come from.
 
 // ----------------------------------------------------------------------------
 // starting nodes
@@ -293,27 +291,27 @@ static void expect_a_job_like_multi_gpu(int nnodes, int nproc, int port, int fir
 
 Test(multi_node, two_nodes_of_one_worker_train_exactly_like_multi_gpu_with_two_ranks,
      .init = temp_dir_make, .fini = proc_end_leftovers) {
-    expect_a_job_like_multi_gpu(2, 1, PORT_BASE + 0, 0, 0.0);
+    expect_a_job_like_multi_gpu(2, 1, port_for_test(0), 0, 0.0);
 }
 
 Test(multi_node, two_nodes_of_two_workers_train_exactly_like_multi_gpu_with_four_ranks,
      .init = temp_dir_make, .fini = proc_end_leftovers) {
-    expect_a_job_like_multi_gpu(2, 2, PORT_BASE + 1, 0, 0.0);
+    expect_a_job_like_multi_gpu(2, 2, port_for_test(1), 0, 0.0);
 }
 
 Test(multi_node, three_nodes_of_one_worker_train_exactly_like_multi_gpu_with_three_ranks,
      .init = temp_dir_make, .fini = proc_end_leftovers) {
-    expect_a_job_like_multi_gpu(3, 1, PORT_BASE + 2, 0, 0.0);
+    expect_a_job_like_multi_gpu(3, 1, port_for_test(2), 0, 0.0);
 }
 
 Test(multi_node, three_nodes_of_two_workers_train_exactly_like_multi_gpu_with_six_ranks,
      .init = temp_dir_make, .fini = proc_end_leftovers) {
-    expect_a_job_like_multi_gpu(3, 2, PORT_BASE + 3, 0, 0.0);
+    expect_a_job_like_multi_gpu(3, 2, port_for_test(3), 0, 0.0);
 }
 
 Test(multi_node, a_worker_node_started_a_second_before_the_master_waits_for_it,
      .init = temp_dir_make, .fini = proc_end_leftovers) {
-    expect_a_job_like_multi_gpu(2, 1, PORT_BASE + 4, 1, 1.0);
+    expect_a_job_like_multi_gpu(2, 1, port_for_test(4), 1, 1.0);
 }
 
 // ----------------------------------------------------------------------------
@@ -326,7 +324,7 @@ Test(multi_node, a_worker_killed_on_node_1_stops_every_node_and_each_names_it,
     for (int n = 0; n < NNODES; n++)
         start_node(&nodes[n], &(Node){.nnodes = NNODES,
                                       .node_rank = n,
-                                      .port = PORT_BASE + 5,
+                                      .port = port_for_test(5),
                                       .epochs = 100000,
                                       .data_size = 200});
     cr_assert(proc_wait_for(&nodes[0], PROC_STDOUT, "Epoch [", 1, now_seconds() + PROC_DEADLINE_S),
@@ -378,7 +376,7 @@ Test(multi_node, with_max_restarts_1_a_killed_worker_restarts_every_node_and_cha
     for (int n = 0; n < NNODES; n++) // the unbroken run
         start_node(&nodes[n], &(Node){.nnodes = NNODES,
                                       .node_rank = n,
-                                      .port = PORT_BASE + 30,
+                                      .port = port_for_test(30),
                                       .epochs = EPOCHS,
                                       .data_size = 20000,
                                       .out = n == 0 ? whole : NULL});
@@ -387,7 +385,7 @@ Test(multi_node, with_max_restarts_1_a_killed_worker_restarts_every_node_and_cha
         proc_free(&nodes[n]);
         start_node(&nodes[n], &(Node){.nnodes = NNODES,
                                       .node_rank = n,
-                                      .port = PORT_BASE + 31,
+                                      .port = port_for_test(31),
                                       .epochs = EPOCHS,
                                       .data_size = 20000,
                                       .out = n == 0 ? restarted : NULL,
@@ -419,7 +417,7 @@ Test(multi_node, with_max_restarts_an_interrupted_agent_ends_the_job_on_every_no
     for (int n = 0; n < NNODES; n++)
         start_node(&nodes[n], &(Node){.nnodes = NNODES,
                                       .node_rank = n,
-                                      .port = PORT_BASE + 32,
+                                      .port = port_for_test(32),
                                       .epochs = 100000,
                                       .data_size = 200,
                                       .extra = {"--max-restarts", "3"}});
@@ -451,7 +449,8 @@ Test(multi_node, with_max_restarts_an_interrupted_agent_ends_the_job_on_every_no
 Test(multi_node, a_node_whose_master_never_started_gives_up_at_its_rdzv_timeout,
      .fini = proc_end_leftovers) {
     Proc p;
-    start_node(&p, &(Node){.nnodes = 2, .node_rank = 1, .port = PORT_BASE + 6, .rdzv_timeout = 2});
+    start_node(&p,
+               &(Node){.nnodes = 2, .node_rank = 1, .port = port_for_test(6), .rdzv_timeout = 2});
     proc_finish(&p, now_seconds() + PROC_DEADLINE_S);
     proc_expect_ended(&p);
     double took = p.exited_at - p.started_at;
@@ -471,7 +470,7 @@ Test(multi_node, a_node_whose_master_never_started_gives_up_at_its_rdzv_timeout,
 
 Test(multi_node, a_node_with_the_wrong_token_is_refused_and_the_right_one_still_joins,
      .fini = proc_end_leftovers) {
-    int port = PORT_BASE + 7;
+    int port = port_for_test(7);
     Proc nodes[2], wrong;
     start_node(&nodes[0], &(Node){.nnodes = 2, .port = port, .env = {"DDP_TOKEN=tok-right-5e1"}});
     start_node(
@@ -495,7 +494,7 @@ Test(multi_node, a_node_with_the_wrong_token_is_refused_and_the_right_one_still_
 
 Test(multi_node, token_files_are_checked_like_ddp_token, .init = temp_dir_make,
      .fini = proc_end_leftovers) {
-    int port = PORT_BASE + 8;
+    int port = port_for_test(8);
     char right[128], wrong[128];
     snprintf(right, sizeof right, "%s/right", temp_dir);
     snprintf(wrong, sizeof wrong, "%s/wrong", temp_dir);
@@ -529,6 +528,7 @@ Test(multi_node, token_files_are_checked_like_ddp_token, .init = temp_dir_make,
 
 Test(multi_node, a_job_of_several_nodes_without_a_token_needs_insecure, .init = temp_dir_make,
      .fini = proc_end_leftovers) {
+    int port = port_for_test(15);
     char blank[128], fifo[128];
     snprintf(blank, sizeof blank, "%s/blank", temp_dir);
     snprintf(fifo, sizeof fifo, "%s/fifo", temp_dir);
@@ -538,11 +538,10 @@ Test(multi_node, a_job_of_several_nodes_without_a_token_needs_insecure, .init = 
         Node node;
         const char* want;
     } cases[] = {
-        {{.nnodes = 2, .port = PORT_BASE + 15, .no_token = 1}, "a job of 2 nodes needs a token"},
-        {{.nnodes = 2, .port = PORT_BASE + 15, .extra = {"--token-file", blank}},
+        {{.nnodes = 2, .port = port, .no_token = 1}, "a job of 2 nodes needs a token"},
+        {{.nnodes = 2, .port = port, .extra = {"--token-file", blank}},
          "its first line is empty (a token cannot be empty)"},
-        {{.nnodes = 2, .port = PORT_BASE + 15, .extra = {"--token-file", fifo}},
-         "not a regular file"},
+        {{.nnodes = 2, .port = port, .extra = {"--token-file", fifo}}, "not a regular file"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         Proc p;
@@ -562,7 +561,7 @@ Test(multi_node, a_job_of_several_nodes_without_a_token_needs_insecure, .init = 
 
 Test(multi_node, a_second_node_with_a_taken_node_rank_is_refused_and_the_job_still_forms,
      .fini = proc_end_leftovers) {
-    int port = PORT_BASE + 9;
+    int port = port_for_test(9);
     Proc nodes[3], twin;
     // --debug: the master says when node 1 has joined, so the twin comes second.
     start_node(&nodes[0], &(Node){.nnodes = 3, .port = port, .extra = {"--debug"}});
@@ -582,7 +581,7 @@ Test(multi_node, a_second_node_with_a_taken_node_rank_is_refused_and_the_job_sti
 
 Test(multi_node, a_node_with_other_settings_is_refused_naming_the_setting,
      .fini = proc_end_leftovers) {
-    int port = PORT_BASE + 10;
+    int port = port_for_test(10);
     Proc nodes[2], other;
     start_node(&nodes[0], &(Node){.nnodes = 2, .port = port, .epochs = 3});
     start_node(&other, &(Node){.nnodes = 2, .node_rank = 1, .port = port, .epochs = 4});
@@ -630,14 +629,15 @@ static int listen_on(int port) {
 
 Test(multi_node, a_master_on_a_port_in_use_exits_2_at_once_and_says_so,
      .fini = proc_end_leftovers) {
-    int fd = listen_on(PORT_BASE + 11);
-    expect_port_in_use(PORT_BASE + 11);
+    int taken = port_for_test(11), fd = listen_on(taken);
+    expect_port_in_use(taken);
     close(fd);
     // a running master holds its port the same way
     Proc first;
-    start_node(&first, &(Node){.nnodes = 2, .port = PORT_BASE + 12});
+    int held = port_for_test(12);
+    start_node(&first, &(Node){.nnodes = 2, .port = held});
     wait_until_listening(&first);
-    expect_port_in_use(PORT_BASE + 12);
+    expect_port_in_use(held);
     cr_assert(!first.reaped, "the first master ended: %s", first.err.text);
     proc_kill(&first);
     proc_expect_group_gone(&first, GONE_WAIT_S);
@@ -718,7 +718,7 @@ static void send_garbage(Proc* master, int port, const void* bytes, size_t len, 
 }
 
 Test(multi_node, garbage_on_the_master_port_is_logged_and_ignored, .fini = proc_end_leftovers) {
-    int port = PORT_BASE + 13;
+    int port = port_for_test(13);
     Proc nodes[2];
     start_node(&nodes[0], &(Node){.nnodes = 2, .port = port});
     wait_until_listening(&nodes[0]);
@@ -787,28 +787,30 @@ static void expect_usage_error(const char* const* args, const char* const* env, 
 
 Test(multi_node, bad_flags_exit_2_with_one_line_naming_the_flag, .fini = proc_end_leftovers) {
     // Each keeps to this test's port, should it get as far as listening.
+    char bad_flags_port[16];
+    snprintf(bad_flags_port, sizeof bad_flags_port, "%d", port_for_test(14));
     struct {
         const char* args[10];
         const char* env[2];
         const char* name;
     } cases[] = {
-        {{"--nnodes", "0", "--master-port", BAD_FLAGS_PORT}, {NULL}, "--nnodes"},
-        {{"--nnodes", "65", "--master-port", BAD_FLAGS_PORT}, {NULL}, "--nnodes"},
-        {{"--nnodes", "2", "--node-rank", "2", "--master-port", BAD_FLAGS_PORT},
+        {{"--nnodes", "0", "--master-port", bad_flags_port}, {NULL}, "--nnodes"},
+        {{"--nnodes", "65", "--master-port", bad_flags_port}, {NULL}, "--nnodes"},
+        {{"--nnodes", "2", "--node-rank", "2", "--master-port", bad_flags_port},
          {NULL},
          "--node-rank"},
-        {{"--node-rank", "-1", "--master-port", BAD_FLAGS_PORT}, {NULL}, "--node-rank"},
+        {{"--node-rank", "-1", "--master-port", bad_flags_port}, {NULL}, "--node-rank"},
         {{"--master-port", "70000"}, {NULL}, "--master-port"},
         {{"--master-port", "0"}, {NULL}, "--master-port"},
         {{"--nnodes", "2"}, {"MASTER_PORT=abc"}, "MASTER_PORT"},
-        {{"--master-port", BAD_FLAGS_PORT, "--nnodes", "2", "--node-rank", "1"},
+        {{"--master-port", bad_flags_port, "--nnodes", "2", "--node-rank", "1"},
          {"NNODES=x"},
          "NNODES"},
-        {{"--device", "cpu", "--master-port", BAD_FLAGS_PORT, "--token-file", "/nonexistent"},
+        {{"--device", "cpu", "--master-port", bad_flags_port, "--token-file", "/nonexistent"},
          {NULL},
          "--token-file /nonexistent"},
-        {{"--rdzv-timeout", "0", "--master-port", BAD_FLAGS_PORT}, {NULL}, "--rdzv-timeout"},
-        {{"--master-addr", "", "--master-port", BAD_FLAGS_PORT}, {NULL}, "--master-addr"},
+        {{"--rdzv-timeout", "0", "--master-port", bad_flags_port}, {NULL}, "--rdzv-timeout"},
+        {{"--master-addr", "", "--master-port", bad_flags_port}, {NULL}, "--master-addr"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         expect_usage_error(cases[i].args, cases[i].env, cases[i].name);

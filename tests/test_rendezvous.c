@@ -45,9 +45,7 @@
 #include "rendezvous.h"
 #include "support/proc.h"
 
-// Every test has its own ports (Criterion runs tests in parallel); test_multi_node.c
-// uses 29700 and up.
-#define PORT_BASE 29760
+// Every test has its own port (Criterion runs tests in parallel): port_for_test(50 + n).
 #define RDZV_TIMEOUT_S 10.0 // of the master and of every node: a test that waits this long fails
 #define CHILD_DEADLINE_S 20.0
 
@@ -330,7 +328,7 @@ static void expect_world(const RdzvWorld* w, const RdzvHello* hellos, int nnodes
 
 Test(rendezvous, the_world_numbers_ranks_node_by_node_when_nodes_have_different_worker_counts,
      .fini = end_children_and_release_stderr) {
-    int port = PORT_BASE + 0;
+    int port = port_for_test(50);
     RdzvHello hellos[3] = {hello_of(0, 2, "127.0.0.1", 40000), hello_of(1, 3, "127.0.0.2", 41000),
                            hello_of(2, 1, "127.0.0.3", 42000)};
     Rdzv master;
@@ -371,7 +369,7 @@ Test(rendezvous, the_world_numbers_ranks_node_by_node_when_nodes_have_different_
 
 Test(rendezvous, the_master_stops_listening_once_the_world_is_formed,
      .fini = end_children_and_release_stderr) {
-    int port = PORT_BASE + 1;
+    int port = port_for_test(51);
     RdzvHello own = hello_of(0, 1, "127.0.0.1", 40000), node = hello_of(1, 1, "127.0.0.1", 40001);
     Rdzv master;
     master_listen(&master, 2, port);
@@ -421,7 +419,7 @@ static void form_after_bad_ones(int port, Rdzv* master, Gate* gate, int bad, cha
 
 Test(rendezvous, each_bad_hello_is_refused_with_its_reason_and_the_job_still_forms,
      .fini = end_children_and_release_stderr) {
-    int port = PORT_BASE + 2;
+    int port = port_for_test(52);
     enum { BAD = 7 };
     struct {
         RdzvHello hello;
@@ -712,7 +710,7 @@ static void spawn_raw(Child* c, int port, const Wire* msg, bool sign, RawMode mo
 
 Test(rendezvous, a_hello_written_by_hand_from_the_documented_layout_is_accepted,
      .fini = end_children_and_release_stderr) {
-    int port = PORT_BASE + 4;
+    int port = port_for_test(54);
     RdzvHello own = hello_of(0, 1, "127.0.0.1", 40000);
     Rdzv master;
     master_listen(&master, 2, port);
@@ -773,7 +771,7 @@ static const unsigned char* raw_reply(const Child* c) {
 
 Test(rendezvous, a_second_node_with_a_taken_node_rank_is_refused,
      .fini = end_children_and_release_stderr) {
-    int port = PORT_BASE + 3;
+    int port = port_for_test(53);
     RdzvHello own = hello_of(0, 1, "127.0.0.1", 40000), node2 = hello_of(2, 1, "127.0.0.1", 40003);
     Rdzv master;
     master_listen(&master, 3, port);
@@ -875,7 +873,7 @@ Test(rendezvous, hellos_that_do_not_parse_are_ignored_and_the_job_still_forms,
     RawMode modes[BAD];
     for (int i = 0; i < BAD; i++)
         modes[i] = RAW_EXPECT_CLOSE;
-    expect_ignored_then_formed(PORT_BASE + 5, msgs, modes, reasons, BAD);
+    expect_ignored_then_formed(port_for_test(55), msgs, modes, reasons, BAD);
 }
 
 Test(rendezvous, a_connection_that_breaks_the_framing_is_ignored_and_logged_with_its_reason,
@@ -898,7 +896,7 @@ Test(rendezvous, a_connection_that_breaks_the_framing_is_ignored_and_logged_with
         "payload length 2147483647 is over the limit of 65536 bytes",
         "connection closed by the peer in the middle of a message",
     };
-    expect_ignored_then_formed(PORT_BASE + 9, msgs, modes, reasons, sizeof msgs / sizeof *msgs);
+    expect_ignored_then_formed(port_for_test(59), msgs, modes, reasons, sizeof msgs / sizeof *msgs);
 }
 
 // ----------------------------------------------------------------------------
@@ -907,7 +905,8 @@ Test(rendezvous, a_connection_that_breaks_the_framing_is_ignored_and_logged_with
 Test(rendezvous, a_node_without_a_master_gives_up_at_its_deadline_and_says_why,
      .fini = end_children_and_release_stderr) {
     Rdzv node;
-    rdzv_init(&node, 2, 1, "127.0.0.1", PORT_BASE + 6, TOKEN, 1.0, false);
+    int port = port_for_test(56);
+    rdzv_init(&node, 2, 1, "127.0.0.1", port, TOKEN, 1.0, false);
     char log[4096];
     double start = now_seconds();
     catch_stderr();
@@ -917,7 +916,7 @@ Test(rendezvous, a_node_without_a_master_gives_up_at_its_deadline_and_says_why,
     cr_assert_eq(status, -1, "connected to nothing");
     cr_assert(took > 0.5 && took < 3.0, "gave up after %.2f s with a deadline of 1 s", took);
     char where[32];
-    snprintf(where, sizeof where, "127.0.0.1:%d", PORT_BASE + 6);
+    snprintf(where, sizeof where, "127.0.0.1:%d", port);
     const char* want[] = {"cannot reach the master", where, "Connection refused",
                           "is the master started"};
     for (size_t i = 0; i < sizeof want / sizeof *want; i++)
@@ -970,10 +969,10 @@ static int join_with_answer(int listen_fd, int port, const void* answer, size_t 
 
 Test(rendezvous, a_node_gives_up_on_a_master_that_never_answers,
      .fini = end_children_and_release_stderr) {
-    int fd = listen_on(PORT_BASE + 7);
+    int port = port_for_test(57), fd = listen_on(port);
     char log[4096];
     double start = now_seconds();
-    int status = join_with_answer(fd, PORT_BASE + 7, NULL, 0, log, sizeof log, NULL);
+    int status = join_with_answer(fd, port, NULL, 0, log, sizeof log, NULL);
     double took = now_seconds() - start;
     close(fd);
     cr_assert_eq(status, -1, "joined a master that said nothing");
@@ -1023,7 +1022,7 @@ static void spawn_fake_master(Child* c, int listen_fd, const Wire* msg, bool cha
 
 Test(rendezvous, a_node_takes_only_a_world_that_fits_it_from_a_master_with_the_token,
      .fini = end_children_and_release_stderr) {
-    int port = PORT_BASE + 8;
+    int port = port_for_test(58);
     int fd = listen_on(port);
     unsigned char bytes[RDZV_CHALLENGE_BYTES] = {1, 2, 3};
     Wire short_challenge = challenge_wire(bytes);
@@ -1115,7 +1114,7 @@ static bool proof_matches(const Wire* msg, const unsigned char* challenge) {
 
 Test(rendezvous, the_token_never_appears_in_what_a_node_sends,
      .fini = end_children_and_release_stderr) {
-    int port = PORT_BASE + 14;
+    int port = port_for_test(64);
     unsigned char first[RDZV_CHALLENGE_BYTES], second[RDZV_CHALLENGE_BYTES];
     memset(first, 0x11, sizeof first);
     memset(second, 0x22, sizeof second);
@@ -1141,11 +1140,11 @@ Test(rendezvous, the_token_never_appears_in_what_a_node_sends,
 
 Test(rendezvous, a_hello_replayed_on_a_new_connection_is_refused_and_the_job_still_forms,
      .fini = end_children_and_release_stderr) {
-    int port = PORT_BASE + 11;
+    int port = port_for_test(61);
     unsigned char earlier[RDZV_CHALLENGE_BYTES];
     memset(earlier, 0x5a, sizeof earlier);
     static Wire recorded;
-    capture_hello(&recorded, PORT_BASE + 10, earlier); // a right answer, to another challenge
+    capture_hello(&recorded, port_for_test(60), earlier); // a right answer, to another challenge
     cr_assert(proof_matches(&recorded, earlier), "the recorded HELLO is no right answer");
     Rdzv master;
     master_listen(&master, 2, port);
@@ -1166,7 +1165,7 @@ Test(rendezvous, a_hello_replayed_on_a_new_connection_is_refused_and_the_job_sti
 
 Test(rendezvous, a_node_with_a_wrong_token_is_refused_and_logged_and_the_right_nodes_form_the_job,
      .fini = end_children_and_release_stderr) {
-    int port = PORT_BASE + 12;
+    int port = port_for_test(62);
     RdzvHello hellos[3] = {hello_of(0, 1, "127.0.0.1", 40000), hello_of(1, 1, "127.0.0.1", 40001),
                            hello_of(2, 1, "127.0.0.1", 40002)};
     Rdzv master;
@@ -1199,7 +1198,7 @@ Test(rendezvous, a_node_with_a_wrong_token_is_refused_and_logged_and_the_right_n
 
 Test(rendezvous, a_connection_that_never_answers_the_challenge_holds_back_no_node,
      .fini = end_children_and_release_stderr) {
-    int port = PORT_BASE + 13;
+    int port = port_for_test(63);
     Rdzv master;
     master_listen(&master, 2, port);
     Gate gate;
@@ -1459,7 +1458,7 @@ static void spawn_flood(Child* c, int port, int count, double seconds, const Gat
 
 Test(rendezvous, a_flood_of_silent_connections_holds_back_no_node,
      .fini = end_children_and_release_stderr) {
-    int port = PORT_BASE + 15;
+    int port = port_for_test(65);
     Rdzv master;
     master_listen(&master, 2, port);
     Gate flooded;
@@ -1492,7 +1491,7 @@ Test(rendezvous, a_flood_of_silent_connections_holds_back_no_node,
 
 Test(rendezvous, the_gather_gives_up_at_its_deadline_whatever_a_flood_does,
      .fini = end_children_and_release_stderr) {
-    int port = PORT_BASE + 16;
+    int port = port_for_test(66);
     Rdzv master;
     rdzv_init(&master, 2, 0, "127.0.0.1", port, TOKEN, 2.0, false);
     char why[ERROR_TEXT_BYTES];

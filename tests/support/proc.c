@@ -9,6 +9,7 @@
  */
 #include "proc.h"
 
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <ctype.h>
 #include <dirent.h>
@@ -16,12 +17,14 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -558,4 +561,38 @@ const char* build_program(const char* name) {
     cr_assert_lt(count, 8, "more than 8 programs asked for");
     memcpy(paths[count], path, (size_t)len + 1);
     return paths[count++];
+}
+
+// ----------------------------------------------------------------------------
+// ports
+
+#define PORT_BASE_DEFAULT 29700
+#define PORT_TRIES 20
+#define PORT_STRIDE 1000
+
+// Whether nothing listens on (or holds) 127.0.0.1:port just now.
+static int port_is_free(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    int free_now = fd >= 0 && bind(fd, (struct sockaddr*)&sa, sizeof sa) == 0;
+    if (fd >= 0)
+        close(fd);
+    return free_now;
+}
+
+int port_for_test(int offset) {
+    const char* text = getenv("DDP_PORT_BASE");
+    char* end = NULL;
+    long base = text != NULL && *text != '\0' ? strtol(text, &end, 10) : PORT_BASE_DEFAULT;
+    cr_assert(text == NULL || *text == '\0' || (*end == '\0' && base >= 1024 && base <= 40000),
+              "DDP_PORT_BASE must be an integer in [1024, 40000], got '%s'", text);
+    for (int i = 0; i < PORT_TRIES; i++) {
+        int port = (int)base + offset + i * PORT_STRIDE;
+        if (port <= 65535 && port_is_free(port))
+            return port;
+    }
+    cr_assert_fail("no free port at DDP_PORT_BASE %ld + %d (+ n x %d)", base, offset, PORT_STRIDE);
+    return -1;
 }

@@ -19,7 +19,7 @@
  *       read_pid_file, pids_where, pid_runs, proc_wait_for_children, expect_pids_gone,
  *       proc_expect_group_gone,
  *       temp_dir, temp_dir_make, remove_tree, read_file, write_file,
- *       build_program.
+ *       port_for_test, build_program.
  */
 #ifndef TESTS_SUPPORT_PROC_H
 #define TESTS_SUPPORT_PROC_H
@@ -132,6 +132,15 @@ void remove_tree(const char* path);
 char* read_file(const char* path, size_t* len);
 // Writes text as the whole file at path, created with mode.
 void write_file(const char* path, const char* text, mode_t mode);
+
+// ----------------------------------------------------------------------------
+// ports
+
+// The TCP port of a test: DDP_PORT_BASE (default 29700) + offset, or, where something else
+// holds that one already (another checkout's suite, a job left running), the first free
+// one at + 1000, + 2000, ... Every suite keeps to offsets of its own (test_multi_node 0-49,
+// test_rendezvous 50-99, test_scripts 100-199), so that its tests run side by side.
+int port_for_test(int offset);
 
 // ----------------------------------------------------------------------------
 // the build under test
