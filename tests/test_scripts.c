@@ -11,6 +11,13 @@
  * what it left behind in /proc by that port: a build/multi_node whose command line has
  * `--master-port PORT`. The .fini kills whatever a failed test left. Needs
  * `make NO_CUDA=1` (or `make`) first.
+ *
+ * tests/support/ssh_like_rsh.sh is a remote shell that behaves as ssh does: it joins its
+ * arguments into one string and runs it with sh -c in a clean environment. The jobs
+ * launched through it prove that the token, the flags and the job's settings reach the
+ * nodes through that one string and stdin, and through nothing else. A value that the
+ * scripts must refuse carries $(touch MARKER) or x[$(touch MARKER)] (bash runs the
+ * command in an array subscript): the marker must never appear.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -27,6 +34,7 @@
 #include "support/proc.h"
 
 #define STOP_WITHIN_S 15.0 // launch.sh stops every node within this after a failure or Ctrl-C
+#define REFUSED_WITHIN_S 10.0 // a script refuses a FIFO within this (a read of one blocks)
 #define GONE_WITHIN_S 5.0  // agents of a job that ended are gone within this
 #define LINE_BYTES (PATH_MAX + 1024) // a line of output that names a path
 
@@ -172,6 +180,52 @@ static const char* line_without_prefix(const char* text, const char* prefix) {
     return NULL;
 }
 
+// A FIFO in the test's temporary directory that nobody writes: a read of it blocks for ever.
+static char* fifo_path(const char* name) {
+    char* path = tmp_path(name);
+    cr_assert_eq(mkfifo(path, 0600), 0, "mkfifo %s: %s", path, strerror(errno));
+    return path;
+}
+
+// Finishes r, which must end by itself within REFUSED_WITHIN_S of its start.
+static void finish_at_once(Proc* r) {
+    proc_finish(r, r->started_at + REFUSED_WITHIN_S);
+    cr_assert_neq(r->status, -1, "%s still ran %.0f s after its start (blocked?); stderr:\n%s",
+                  r->name, REFUSED_WITHIN_S, r->err.text);
+}
+
+// A value that a script must refuse before any use: NAME=VALUE in its environment (or a
+// flag and its value), with %s in VALUE standing for a marker file's path, and what the
+// refusal says the variable must be. No value holds ' or a control character, so that the
+// script shows it as 'VALUE'.
+typedef struct {
+    const char* name;
+    const char* value;
+    const char* must_be;
+} BadValue;
+
+// bad's value with the marker's path in place of its %s, into text (len bytes).
+static void bad_value_text(char* text, size_t len, const BadValue* bad, const char* marker) {
+    snprintf(text, len, bad->value, marker);
+}
+
+// Checks that r refused bad (its value value) with exactly "SCRIPT: NAME must be ..., got
+// 'VALUE'", exit status 2, printed nothing on stdout and left no marker.
+static void expect_refusal(Proc* r, const char* script, const BadValue* bad, const char* value,
+                           const char* marker) {
+    char want[LINE_BYTES];
+    snprintf(want, sizeof want, "%s: %s must be %s, got '%s'\n", script, bad->name, bad->must_be,
+             value);
+    cr_expect_eq(r->status, 2, "%s=%s: status %d\nstderr:\n%s", bad->name, value, r->status,
+                 r->err.text);
+    cr_expect_str_eq(r->err.text, want, "%s=%s: stderr:\n%s\nexpected:\n%s", bad->name, value,
+                     r->err.text, want);
+    cr_expect_str_empty(r->out.text, "%s=%s: it ran something:\n%s", bad->name, value,
+                        r->out.text);
+    cr_expect_neq(access(marker, F_OK), 0, "%s=%s: the command in the value ran", bad->name,
+                  value);
+}
+
 // The command start_multi_node.sh must print: "+ REPO/build/multi_node " (or DDP_BUILD's) then
 // rest.
 static void expected_command(char* line, size_t len, const char* rest) {
@@ -195,10 +249,11 @@ static void print_command(Proc* r, const char* role, const char* const env[]) {
 #define TRAIN_FLAGS_TEXT "--epochs 2 --data-size 400 --device cpu"
 
 // Starts the master and a worker (NODE_RANK=1) of a two-node job with the same env
-// (then NODE_RANK), and waits for both.
-static void run_two_nodes(Proc* master, Proc* worker, const char** env, int env_count) {
-    const char* master_argv[] = {"./start_multi_node.sh", "master", TRAIN_FLAGS, NULL};
-    const char* worker_argv[] = {"./start_multi_node.sh", "worker", TRAIN_FLAGS, NULL};
+// (then NODE_RANK) and flags, TRAIN_FLAGS then extra (or NULL), and waits for both.
+static void run_two_nodes(Proc* master, Proc* worker, const char** env, int env_count,
+                          const char* extra) {
+    const char* master_argv[] = {"./start_multi_node.sh", "master", TRAIN_FLAGS, extra, NULL};
+    const char* worker_argv[] = {"./start_multi_node.sh", "worker", TRAIN_FLAGS, extra, NULL};
     run_start(master, "master", env, master_argv);
     env[env_count] = "NODE_RANK=1";
     run_start(worker, "worker", env, worker_argv);
@@ -215,7 +270,7 @@ Test(start_multi_node, two_nodes_from_a_hosts_file_train_together_and_agree) {
                          env_var("DDP_TOKEN_FILE", tmp_path("no_token")),
                          "DDP_TOKEN=0123456789abcdef", NULL, NULL};
     Proc master, worker;
-    run_two_nodes(&master, &worker, env, 4);
+    run_two_nodes(&master, &worker, env, 4, NULL);
 
     cr_assert_eq(master.status, 0, "master: status %d\nstdout:\n%s\nstderr:\n%s", master.status,
                  master.out.text, master.err.text);
@@ -250,7 +305,7 @@ Test(start_multi_node, nodes_that_share_a_token_file_train_together) {
     const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port),
                          env_var("DDP_TOKEN_FILE", token), NULL, NULL};
     Proc master, worker;
-    run_two_nodes(&master, &worker, env, 3);
+    run_two_nodes(&master, &worker, env, 3, NULL);
 
     cr_assert_eq(master.status, 0, "master: status %d\nstderr:\n%s", master.status,
                  master.err.text);
@@ -410,6 +465,150 @@ Test(start_multi_node, ddp_token_in_the_environment_replaces_the_token_file) {
     first_line(line, sizeof line, r.out.text);
     cr_assert_null(strstr(line, "--token-file"), "the command: %s", line);
     proc_free(&r);
+}
+
+Test(start_multi_node, a_job_of_two_nodes_without_a_token_is_refused_and_says_why) {
+    test_port = 29823;
+    char* hosts = tmp_path("hosts");
+    write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
+    const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port),
+                         env_var("DDP_TOKEN_FILE", tmp_path("no_token")), NULL};
+    const char* argv[] = {"./start_multi_node.sh", "master", TRAIN_FLAGS, NULL};
+    Proc r;
+    run_script(&r, "master", env, argv);
+    cr_assert_eq(r.status, 2, "status %d\nstderr:\n%s", r.status, r.err.text);
+    cr_assert_not_null(strstr(r.err.text, "error: a job of 2 nodes needs a token, or anyone who "
+                                          "can reach 127.0.0.1:"),
+                       "the program's refusal is not in stderr:\n%s", r.err.text);
+    cr_assert_not_null(strstr(r.err.text, "or --insecure to run without"), "stderr:\n%s",
+                       r.err.text);
+    cr_assert_null(strstr(r.out.text, "--token-file"), "stdout:\n%s", r.out.text);
+    proc_free(&r);
+}
+
+Test(start_multi_node, insecure_passes_through_and_two_nodes_without_a_token_train) {
+    test_port = 29824;
+    char* hosts = tmp_path("hosts");
+    write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
+    const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port),
+                         env_var("DDP_TOKEN_FILE", tmp_path("no_token")), NULL, NULL};
+    Proc master, worker;
+    run_two_nodes(&master, &worker, env, 3, "--insecure");
+
+    cr_assert_eq(master.status, 0, "master: status %d\nstderr:\n%s", master.status,
+                 master.err.text);
+    cr_assert_eq(worker.status, 0, "worker: status %d\nstderr:\n%s", worker.status,
+                 worker.err.text);
+    char line[LINE_BYTES];
+    first_line(line, sizeof line, worker.out.text);
+    cr_assert_not_null(strstr(line, " --insecure"), "the worker's command: %s", line);
+    cr_assert_not_null(strstr(master.err.text, "warning: --insecure: no token"),
+                       "the master's stderr:\n%s", master.err.text);
+    cr_assert_not_null(strstr(master.out.text, "Replicas agree: yes (2 ranks"),
+                       "the master's output:\n%s", master.out.text);
+    proc_free(&master);
+    proc_free(&worker);
+}
+
+Test(start_multi_node, a_hosts_file_that_is_a_fifo_exits_2_at_once_naming_it) {
+    test_port = 29825;
+    char* fifo = fifo_path("hosts");
+    const char* env[] = {env_var("HOSTS_FILE", fifo), port_var(test_port), "NODE_RANK=1",
+                         env_var("DDP_TOKEN_FILE", tmp_path("no_token")), NULL};
+    const char* argv[] = {"./start_multi_node.sh", "worker", TRAIN_FLAGS, NULL};
+    Proc r;
+    run_start(&r, "worker", env, argv);
+    finish_at_once(&r);
+    char want[LINE_BYTES];
+    snprintf(want, sizeof want,
+             "start_multi_node.sh: %s: not a regular file (a FIFO, a device or a directory)\n",
+             fifo);
+    cr_assert_eq(r.status, 2, "status %d\nstderr:\n%s", r.status, r.err.text);
+    cr_assert_str_eq(r.err.text, want, "stderr:\n%s\nexpected:\n%s", r.err.text, want);
+    cr_assert_str_empty(r.out.text, "it ran something:\n%s", r.out.text);
+    proc_free(&r);
+}
+
+Test(start_multi_node, a_token_file_that_is_a_fifo_exits_2_at_once_naming_it) {
+    test_port = 29826;
+    char *hosts = tmp_path("hosts"), *fifo = fifo_path("token");
+    write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
+    const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port),
+                         env_var("DDP_TOKEN_FILE", fifo), NULL};
+    const char* argv[] = {"./start_multi_node.sh", "master", TRAIN_FLAGS, NULL};
+    Proc r;
+    run_start(&r, "master", env, argv);
+    finish_at_once(&r);
+    char want[LINE_BYTES];
+    snprintf(want, sizeof want, "--token-file %s: not a regular file", fifo);
+    cr_assert_eq(r.status, 2, "status %d\nstderr:\n%s", r.status, r.err.text);
+    cr_assert_not_null(strstr(r.err.text, want), "no '%s' in stderr:\n%s", want, r.err.text);
+    proc_free(&r);
+}
+
+Test(start_multi_node, a_bad_variable_exits_2_naming_it_and_its_range_and_runs_nothing) {
+    test_port = 29827;
+    static const struct {
+        const char* role;
+        BadValue bad;
+    } cases[] = {
+        {"worker", {"NODE_RANK", "x[$(touch %s)]", "an integer in [1, 63] for a worker"}},
+        {"worker", {"NODE_RANK", "$(touch %s)1", "an integer in [1, 63] for a worker"}},
+        {"worker", {"NODE_RANK", "64", "an integer in [1, 63] for a worker"}},
+        {"master", {"NODE_RANK", "1", "0 (or unset) for the master"}},
+        {"master", {"NNODES", "x[$(touch %s)]", "an integer in [1, 64]"}},
+        {"master", {"NNODES", "65", "an integer in [1, 64]"}},
+        {"master", {"NNODES", "-2", "an integer in [1, 64]"}},
+        {"master", {"MASTER_PORT", "x[$(touch %s)]", "an integer in [1, 65535]"}},
+        {"master", {"MASTER_PORT", "65536", "an integer in [1, 65535]"}},
+        {"master", {"MASTER_PORT", "99999999999999999999", "an integer in [1, 65535]"}},
+        {"master", {"GPUS_PER_NODE", "x[$(touch %s)]", "an integer in [1, 64]"}},
+        {"master", {"GPUS_PER_NODE", "0", "an integer in [1, 64]"}},
+        {"master", {"GPUS_PER_NODE", "2 --insecure", "an integer in [1, 64]"}},
+        {"master", {"MASTER_ADDR", "$(touch %s)", "a host name or an IPv4 address"}},
+        {"master", {"MASTER_ADDR", "-oProxyCommand=touch", "a host name or an IPv4 address"}},
+        {"master", {"MASTER_ADDR", "node_2", "a host name or an IPv4 address"}},
+        {"master", {"MASTER_ADDR", "127.0.0.1 slots=2", "a host name or an IPv4 address"}},
+        {"master",
+         {"HOSTS_FILE", "-", "a path (not starting with '-', without control characters)"}},
+        {"master",
+         {"HOSTS_FILE", "--help", "a path (not starting with '-', without control characters)"}},
+        {"master",
+         {"DDP_TOKEN_FILE", "--insecure",
+          "a path (not starting with '-', without control characters)"}},
+        {"master", {"DDP_BUILD", "no-such-build", "a build directory (such as build/asan)"}},
+        {"master",
+         {"DDP_BUILD", "-$(touch %s)", "a path (not starting with '-', without control "
+                                       "characters)"}},
+    };
+    char* hosts = tmp_path("hosts");
+    write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
+    const char* base[][2] = {{"HOSTS_FILE", hosts},
+                             {"MASTER_PORT", "29827"},
+                             {"DDP_TOKEN_FILE", tmp_path("no_token")},
+                             {"DDP_TOKEN", "0123456789abcdef"}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const BadValue* bad = &cases[c].bad;
+        char marker[128], value[256], vars[5][LINE_BYTES];
+        snprintf(marker, sizeof marker, "%s/marker%zu", temp_dir, c);
+        bad_value_text(value, sizeof value, bad, marker);
+        const char* env[6];
+        int n = 0;
+        for (size_t b = 0; b < 4; b++)
+            if (strcmp(base[b][0], bad->name) != 0) {
+                snprintf(vars[n], LINE_BYTES, "%s=%s", base[b][0], base[b][1]);
+                env[n] = vars[n];
+                n++;
+            }
+        snprintf(vars[n], LINE_BYTES, "%s=%s", bad->name, value);
+        env[n] = vars[n];
+        env[++n] = NULL;
+        const char* argv[] = {"./start_multi_node.sh", cases[c].role, TRAIN_FLAGS, NULL};
+        Proc r;
+        run_script(&r, cases[c].role, env, argv);
+        expect_refusal(&r, "start_multi_node.sh", bad, value, marker);
+        proc_free(&r);
+    }
 }
 
 // ----------------------------------------------------------------------------
