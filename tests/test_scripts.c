@@ -16,7 +16,7 @@
  * arguments into one string and runs it with sh -c in a clean environment. The jobs
  * launched through it prove that the token, the flags and the job's settings reach the
  * nodes through that one string and stdin, and through nothing else. A value that the
- * scripts must refuse carries $(touch MARKER) or x[$(touch MARKER)] (bash runs the
+ * scripts must refuse carries $(touch MARKER) or PATH[$(touch MARKER)] (bash runs the
  * command in an array subscript): the marker must never appear.
  */
 #include <criterion/criterion.h>
@@ -567,17 +567,17 @@ Test(start_multi_node, a_bad_variable_exits_2_naming_it_and_its_range_and_runs_n
         const char* role;
         BadValue bad;
     } cases[] = {
-        {"worker", {"NODE_RANK", "x[$(touch %s)]", "an integer in [1, 63] for a worker"}},
+        {"worker", {"NODE_RANK", "PATH[$(touch %s)]", "an integer in [1, 63] for a worker"}},
         {"worker", {"NODE_RANK", "$(touch %s)1", "an integer in [1, 63] for a worker"}},
         {"worker", {"NODE_RANK", "64", "an integer in [1, 63] for a worker"}},
         {"master", {"NODE_RANK", "1", "0 (or unset) for the master"}},
-        {"master", {"NNODES", "x[$(touch %s)]", "an integer in [1, 64]"}},
+        {"master", {"NNODES", "PATH[$(touch %s)]", "an integer in [1, 64]"}},
         {"master", {"NNODES", "65", "an integer in [1, 64]"}},
         {"master", {"NNODES", "-2", "an integer in [1, 64]"}},
-        {"master", {"MASTER_PORT", "x[$(touch %s)]", "an integer in [1, 65535]"}},
+        {"master", {"MASTER_PORT", "PATH[$(touch %s)]", "an integer in [1, 65535]"}},
         {"master", {"MASTER_PORT", "65536", "an integer in [1, 65535]"}},
         {"master", {"MASTER_PORT", "99999999999999999999", "an integer in [1, 65535]"}},
-        {"master", {"GPUS_PER_NODE", "x[$(touch %s)]", "an integer in [1, 64]"}},
+        {"master", {"GPUS_PER_NODE", "PATH[$(touch %s)]", "an integer in [1, 64]"}},
         {"master", {"GPUS_PER_NODE", "0", "an integer in [1, 64]"}},
         {"master", {"GPUS_PER_NODE", "2 --insecure", "an integer in [1, 64]"}},
         {"master", {"MASTER_ADDR", "$(touch %s)", "a host name or an IPv4 address"}},
@@ -609,7 +609,9 @@ Test(start_multi_node, a_bad_variable_exits_2_naming_it_and_its_range_and_runs_n
         bad_value_text(value, sizeof value, bad, marker);
         const char* env[6];
         env_with(env, vars, base, 4, bad->name, value);
-        const char* argv[] = {"./start_multi_node.sh", cases[c].role, TRAIN_FLAGS, NULL};
+        // Were a value not refused, the program would run, and wait for no longer than this.
+        const char* argv[] = {"./start_multi_node.sh", cases[c].role, TRAIN_FLAGS,
+                              "--rdzv-timeout",        "2",           NULL};
         Proc r;
         run_script(&r, cases[c].role, env, argv);
         expect_refusal(&r, "start_multi_node.sh", bad, value, marker);
@@ -895,12 +897,12 @@ Test(launch, a_port_above_65535_exits_2) {
 Test(launch, a_bad_flag_or_variable_exits_2_naming_it_and_its_range_before_any_node_starts) {
     // A flag (--NAME) or a variable; a value of --gpus goes to --mode single-node.
     static const BadValue cases[] = {
-        {"--gpus-per-node", "x[$(touch %s)]", "an integer in [1, 64]"},
+        {"--gpus-per-node", "PATH[$(touch %s)]", "an integer in [1, 64]"},
         {"--gpus-per-node", "0", "an integer in [1, 64]"},
         {"--gpus-per-node", "1 --insecure", "an integer in [1, 64]"},
-        {"--gpus", "x[$(touch %s)]", "an integer in [1, 64]"},
+        {"--gpus", "PATH[$(touch %s)]", "an integer in [1, 64]"},
         {"--gpus", "65", "an integer in [1, 64]"},
-        {"--port", "x[$(touch %s)]", "in [1, 65535]"},
+        {"--port", "PATH[$(touch %s)]", "in [1, 65535]"},
         {"--port", "99999999999999999999", "in [1, 65535]"},
         {"DDP_BUILD", "no-such-build", "a build directory (such as build/asan)"},
         {"DDP_BUILD", "-$(touch %s)", "a path (not starting with '-', without control characters)"},
@@ -1108,7 +1110,7 @@ Test(setup, multi_node_refuses_a_hosts_file_that_is_a_fifo_at_once) {
 Test(setup, multi_node_refuses_a_bad_variable_before_anything_runs) {
     test_port = 29830;
     static const BadValue cases[] = {
-        {"MASTER_PORT", "x[$(touch %s)]", "an integer in [1, 65535]"},
+        {"MASTER_PORT", "PATH[$(touch %s)]", "an integer in [1, 65535]"},
         {"MASTER_PORT", "0", "an integer in [1, 65535]"},
         {"MASTER_PORT", "29500 -o x", "an integer in [1, 65535]"},
         {"HOSTS_FILE", "-", "a path (not starting with '-', without control characters)"},
