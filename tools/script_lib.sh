@@ -5,7 +5,8 @@
 # Every value from the environment or a flag is checked before any use, as strictly as
 # the programs check their flags. Not only for the user's sake: bash evaluates an array
 # subscript, $((...)) and [[ A -eq B ]] as arithmetic, and arithmetic on a value such as
-# 'x[$(cmd)]' runs cmd. An empty value counts as unset, as it does for the programs.
+# 'PATH[$(cmd)]' (a variable that is set, then a subscript) runs cmd. An empty value
+# counts as unset, as it does for the programs.
 #
 # The remote shell's contract is ssh's: `RSH HOST COMMAND` runs the one string COMMAND
 # with the remote account's shell (sh -c, in a fresh environment). ssh joins all its
