@@ -6,21 +6,24 @@
 #               [--gpus-per-node G] [--port P] [training flags]
 #
 # multi-node runs ./start_multi_node.sh on every node through a remote shell:
-# `ssh -o BatchMode=yes -o ConnectTimeout=10 HOST CMD` by default, or
-# `$DDP_RSH HOST bash -c CMD` when DDP_RSH is set (e.g. DDP_RSH="ip netns exec").
+# `ssh -o BatchMode=yes -o ConnectTimeout=10 HOST COMMAND` by default, or
+# `$DDP_RSH HOST COMMAND` when DDP_RSH is set. Either way COMMAND is one string for the
+# remote account's shell (a POSIX sh), as ssh takes it: DDP_RSH must take HOST and one
+# shell command string and run it there, as ssh does (tools/local_rsh.sh: on this machine;
+# tools/netns_rsh.sh: in the network namespace HOST). DDP_RSH may carry options
+# (DDP_RSH="ssh -p 2222"), split at blanks.
 # Every line a node prints is prefixed with its name (name#rank if a name repeats).
 # When one node fails, or on Ctrl-C, every node is stopped; the exit status is
 # non-zero if any node failed.
 # The repository must be at the same path on every node. DDP_BUILD (another build
-# directory) and DDP_TOKEN pass on to every node; without DDP_TOKEN, launch.sh makes a
-# token for the job.
+# directory) and DDP_TOKEN pass on to every node, the token on the remote shell's stdin,
+# never on a command line; without DDP_TOKEN, launch.sh makes a token for the job.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-build=${DDP_BUILD:-build}
-[[ $build == /* ]] || build=$here/$build
 
 die() { echo "launch.sh: $*" >&2; exit 2; }
-usage() { sed -n '2,15s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,21s/^# \{0,1\}//p' "$0"; }
+. "$here/tools/script_lib.sh" # check_int, check_path, sh_quote, remote_shell
 
 mode='' gpus='' master='' workers='' gpus_per_node='' port=29500
 args=()
@@ -41,6 +44,15 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+# The environment and the flags, checked before any use (tools/script_lib.sh).
+check_path DDP_BUILD
+build=${DDP_BUILD:-build}
+[[ $build == /* ]] || build=$here/$build
+[ -z "${DDP_BUILD:-}" ] || [ -d "$build" ] ||
+    die "DDP_BUILD must be a build directory (such as build/asan), got ${DDP_BUILD@Q}"
+check_int gpus --gpus 1 64
+check_int gpus_per_node --gpus-per-node 1 64
+
 if [ "$mode" = single-node ]; then
     [ -x "$build/multi_gpu" ] || die "${DDP_BUILD:-build}/multi_gpu not found: run 'make lesson-02' first"
     cmd=("$build/multi_gpu" ${gpus:+--gpus "$gpus"} "${args[@]+"${args[@]}"}")
@@ -49,7 +61,13 @@ if [ "$mode" = single-node ]; then
 fi
 [ "$mode" = multi-node ] || die "--mode must be single-node or multi-node (see --help)"
 [ -n "$master" ] && [ -n "$workers" ] || die "multi-node needs --master-node and --worker-nodes"
-[[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 65535 ] || die "--port must be in [1, 65535], got '$port'"
+[ -z "$gpus" ] || die "--gpus is for --mode single-node; a multi-node job takes --gpus-per-node"
+[[ $port =~ ^[0-9]{1,5}$ ]] && ((10#$port >= 1 && 10#$port <= 65535)) || die "--port must be in [1, 65535], got '$port'"
+port=$((10#$port))
+# The token travels as one line (see node_command), and the program takes 64 characters.
+token=${DDP_TOKEN:-}
+[[ $token != *$'\n'* && ${#token} -le 64 ]] ||
+    die "DDP_TOKEN must be one line of at most 64 characters"
 
 # Every job has a token: DDP_TOKEN if it is set, else one made here for this job alone.
 # It reaches every node through the remote shell's stdin (see node_command).
@@ -76,29 +94,20 @@ if ! problem=$(printf '%s\n' "${nodes[@]}" | "$build/hostfile" - 2>&1 >/dev/null
     die "$flag: ${BASH_REMATCH[2]% (first on line *}"
 fi
 
-# Runs CMD on HOST through the remote shell.
-remote() {
-    local host=$1 command=$2
-    if [ -n "${DDP_RSH:-}" ]; then
-        $DDP_RSH "$host" bash -c "$command"
-    else
-        ssh -o BatchMode=yes -o ConnectTimeout=10 "$host" "$command"
-    fi
-}
-
-# The command for node i: start_multi_node.sh with the job described in the environment.
+# The command for node i, one string for the remote shell (tools/script_lib.sh's sh_quote):
+# start_multi_node.sh with the job described in the environment. Its first step reads
+# the token from the remote shell's stdin: a command line is visible to every user of
+# both machines (ps).
 node_command() {
     local i=$1 role=worker
     [ "$i" -eq 0 ] && role=master
     local env
-    env="MASTER_ADDR=$(printf %q "$master") MASTER_PORT=$port NNODES=${#nodes[@]} NODE_RANK=$i"
-    [ -z "$gpus_per_node" ] || env+=" GPUS_PER_NODE=$(printf %q "$gpus_per_node")"
-    [ -z "${DDP_BUILD:-}" ] || env+=" DDP_BUILD=$(printf %q "$DDP_BUILD")"
-    # The token comes through the remote shell's stdin: a command line is visible to
-    # every user of both machines (ps).
-    [ -z "${DDP_TOKEN:-}" ] || printf 'IFS= read -r DDP_TOKEN && export DDP_TOKEN && '
-    printf 'cd %q && %s exec ./start_multi_node.sh %s' "$here" "$env" "$role"
-    printf ' %q' "${args[@]+"${args[@]}"}"
+    env="MASTER_ADDR=$(sh_quote "$master") MASTER_PORT=$port NNODES=${#nodes[@]} NODE_RANK=$i"
+    [ -z "$gpus_per_node" ] || env+=" GPUS_PER_NODE=$gpus_per_node"
+    [ -z "${DDP_BUILD:-}" ] || env+=" DDP_BUILD=$(sh_quote "$DDP_BUILD")"
+    printf 'IFS= read -r DDP_TOKEN && export DDP_TOKEN && cd %s && export %s && ' \
+        "$(sh_quote "$here")" "$env"
+    printf 'exec ./start_multi_node.sh %s' "$(sh_quote "$role" "${args[@]+"${args[@]}"}")"
 }
 
 # Each node runs as a background job in a process group of its own (set -m), so that
@@ -120,7 +129,7 @@ for i in "${!nodes[@]}"; do
     host=${nodes[$i]}
     labels[i]=$host
     [ -z "$repeated" ] || labels[i]="$host#$i"
-    ( remote "$host" "$(node_command "$i")" <<<"${DDP_TOKEN:-}" 2>&1 |
+    ( remote_shell "$host" "$(node_command "$i")" <<<"$DDP_TOKEN" 2>&1 |
         sed -u "s/^/[${labels[i]}] /" ) &
     pids+=($!)
 done

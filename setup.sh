@@ -14,6 +14,8 @@ set -euo pipefail
 PACKAGES=(build-essential libcriterion-dev libsodium-dev gnuplot-nox)
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 here=$(cd "$(dirname "$0")" && pwd)
+die() { echo "setup.sh: $*" >&2; exit 2; }
+. "$here/tools/script_lib.sh" # check_int, check_path, sh_quote, remote_shell
 
 multi_node=0
 for option in "$@"; do
@@ -28,6 +30,15 @@ for option in "$@"; do
     *) echo "setup.sh: unknown option '$option' (see --help)" >&2; exit 2 ;;
     esac
 done
+# --multi-node's environment, checked before anything runs (tools/script_lib.sh).
+if [ "$multi_node" -eq 1 ]; then
+    for var in HOSTS_FILE DDP_TOKEN_FILE DDP_BUILD; do check_path "$var"; done
+    check_int MASTER_PORT MASTER_PORT 1 65535
+    build_dir=${DDP_BUILD:-build}
+    [[ $build_dir == /* ]] || build_dir=$here/$build_dir
+    [ -z "${DDP_BUILD:-}" ] || [ -d "$build_dir" ] ||
+        die "DDP_BUILD must be a build directory (such as build/asan), got ${DDP_BUILD@Q}"
+fi
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
     echo "setup.sh: this script supports Debian and Ubuntu (apt-get); on other systems install" >&2
@@ -74,6 +85,18 @@ else
     echo "GPU: none found (the lessons run on the CPU with --device auto)"
 fi
 
+# A new token file at path, mode 0600, from 24 random bytes. It is written under another
+# name first (mktemp makes it, mode 0600), then linked in place, which fails if anything
+# took the name meanwhile: the path itself is never opened, so a FIFO there cannot block.
+make_token_file() {
+    local tmp status
+    tmp=$(mktemp "$1.XXXXXX") || return 1
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$tmp" && ln "$tmp" "$1"
+    status=$?
+    rm -f "$tmp"
+    return "$status"
+}
+
 # --multi-node: hosts.txt reads as start_multi_node.sh reads it (through build/hostfile, or
 # DDP_BUILD's), every host answers the remote shell without a password and runs the same
 # build, the master port is free here, and every node has the token.
@@ -87,11 +110,16 @@ check_multi_node() {
     mapfile -t hosts < <(awk 'NF { print $1 }' <<<"$listing")
     [ ${#hosts[@]} -gt 0 ] || { echo "hosts: none in $hosts_file: list the nodes there, master first"; return 1; }
     echo "hosts: ${hosts[*]} (master: ${hosts[0]})"
-    if [ ! -f "$token_file" ]; then
-        (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$token_file")
-        echo "token: created $token_file (mode 0600)"
-    else
+    if [ -f "$token_file" ]; then
         echo "token: $token_file exists"
+    elif [ -e "$token_file" ] || [ -L "$token_file" ]; then
+        echo "token: $token_file is not a regular file (a FIFO, a device, a directory or a broken link): remove it, or set DDP_TOKEN_FILE"
+        return 1
+    elif ! make_token_file "$token_file"; then
+        echo "token: cannot create $token_file"
+        return 1
+    else
+        echo "token: created $token_file (mode 0600)"
     fi
     if ! command -v ss >/dev/null 2>&1; then
         echo "port: cannot check whether $port is free (ss not found: apt-get install iproute2)"
@@ -104,11 +132,8 @@ check_multi_node() {
     build=$(git -C "$here" describe --always --dirty 2>/dev/null || echo unknown)
     for host in $(printf '%s\n' "${hosts[@]}" | sort -u); do
         local remote_build
-        if [ -n "${DDP_RSH:-}" ]; then
-            remote_build=$($DDP_RSH "$host" bash -c "git -C $(printf %q "$here") describe --always --dirty" 2>/dev/null) || remote_build=
-        else
-            remote_build=$(ssh -o BatchMode=yes -o ConnectTimeout=10 "$host" "git -C $(printf %q "$here") describe --always --dirty" 2>/dev/null) || remote_build=
-        fi
+        remote_build=$(remote_shell "$host" "git -C $(sh_quote "$here") describe --always --dirty" \
+            </dev/null 2>/dev/null) || remote_build=
         if [ -z "$remote_build" ]; then
             echo "$host: cannot run commands there without a password: ssh-copy-id $host (and check that $here exists there)"
             problems=$((problems + 1))

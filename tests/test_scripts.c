@@ -11,6 +11,13 @@
  * what it left behind in /proc by that port: a build/multi_node whose command line has
  * `--master-port PORT`. The .fini kills whatever a failed test left. Needs
  * `make NO_CUDA=1` (or `make`) first.
+ *
+ * tests/support/ssh_like_rsh.sh is a remote shell that behaves as ssh does: it joins its
+ * arguments into one string and runs it with sh -c in a clean environment. The jobs
+ * launched through it prove that the token, the flags and the job's settings reach the
+ * nodes through that one string and stdin, and through nothing else. A value that the
+ * scripts must refuse carries $(touch MARKER) or PATH[$(touch MARKER)] (bash runs the
+ * command in an array subscript): the marker must never appear.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -26,8 +33,9 @@
 
 #include "support/proc.h"
 
-#define STOP_WITHIN_S 15.0 // launch.sh stops every node within this after a failure or Ctrl-C
-#define GONE_WITHIN_S 5.0  // agents of a job that ended are gone within this
+#define STOP_WITHIN_S 15.0    // launch.sh stops every node within this after a failure or Ctrl-C
+#define REFUSED_WITHIN_S 10.0 // a script refuses a FIFO within this (a read of one blocks)
+#define GONE_WITHIN_S 5.0     // agents of a job that ended are gone within this
 #define LINE_BYTES (PATH_MAX + 1024) // a line of output that names a path
 
 // ----------------------------------------------------------------------------
@@ -172,6 +180,67 @@ static const char* line_without_prefix(const char* text, const char* prefix) {
     return NULL;
 }
 
+// A FIFO in the test's temporary directory that nobody writes: a read of it blocks for ever.
+static char* fifo_path(const char* name) {
+    char* path = tmp_path(name);
+    cr_assert_eq(mkfifo(path, 0600), 0, "mkfifo %s: %s", path, strerror(errno));
+    return path;
+}
+
+// Finishes r, which must end by itself within REFUSED_WITHIN_S of its start.
+static void finish_at_once(Proc* r) {
+    proc_finish(r, r->started_at + REFUSED_WITHIN_S);
+    cr_assert_neq(r->status, -1, "%s still ran %.0f s after its start (blocked?); stderr:\n%s",
+                  r->name, REFUSED_WITHIN_S, r->err.text);
+}
+
+// A value that a script must refuse before any use: NAME=VALUE in its environment (or a
+// flag and its value), with %s in VALUE standing for a marker file's path, and what the
+// refusal says the variable must be. No value holds ' or a control character, so that the
+// script shows it as 'VALUE'.
+typedef struct {
+    const char* name;
+    const char* value;
+    const char* must_be;
+} BadValue;
+
+// bad's value with the marker's path in place of its %s, into text (len bytes).
+static void bad_value_text(char* text, size_t len, const BadValue* bad, const char* marker) {
+    snprintf(text, len, bad->value, marker);
+}
+
+// The environment of the count NAME=VALUE pairs of base, with name=value in place of its
+// own NAME (or after them): the strings in vars (count + 1), their pointers in env
+// (count + 2, NULL-terminated).
+static void env_with(const char** env, char vars[][LINE_BYTES], const char* const base[][2],
+                     size_t count, const char* name, const char* value) {
+    size_t n = 0;
+    for (size_t b = 0; b < count; b++)
+        if (strcmp(base[b][0], name) != 0) {
+            snprintf(vars[n], LINE_BYTES, "%s=%s", base[b][0], base[b][1]);
+            env[n] = vars[n];
+            n++;
+        }
+    snprintf(vars[n], LINE_BYTES, "%s=%s", name, value);
+    env[n] = vars[n];
+    env[n + 1] = NULL;
+}
+
+// Checks that r refused bad (its value value) with exactly "SCRIPT: NAME must be ..., got
+// 'VALUE'", exit status 2, printed nothing on stdout and left no marker.
+static void expect_refusal(Proc* r, const char* script, const BadValue* bad, const char* value,
+                           const char* marker) {
+    char want[LINE_BYTES];
+    snprintf(want, sizeof want, "%s: %s must be %s, got '%s'\n", script, bad->name, bad->must_be,
+             value);
+    cr_expect_eq(r->status, 2, "%s=%s: status %d\nstderr:\n%s", bad->name, value, r->status,
+                 r->err.text);
+    cr_expect_str_eq(r->err.text, want, "%s=%s: stderr:\n%s\nexpected:\n%s", bad->name, value,
+                     r->err.text, want);
+    cr_expect_str_empty(r->out.text, "%s=%s: it ran something:\n%s", bad->name, value, r->out.text);
+    cr_expect_neq(access(marker, F_OK), 0, "%s=%s: the command in the value ran", bad->name, value);
+}
+
 // The command start_multi_node.sh must print: "+ REPO/build/multi_node " (or DDP_BUILD's) then
 // rest.
 static void expected_command(char* line, size_t len, const char* rest) {
@@ -195,10 +264,11 @@ static void print_command(Proc* r, const char* role, const char* const env[]) {
 #define TRAIN_FLAGS_TEXT "--epochs 2 --data-size 400 --device cpu"
 
 // Starts the master and a worker (NODE_RANK=1) of a two-node job with the same env
-// (then NODE_RANK), and waits for both.
-static void run_two_nodes(Proc* master, Proc* worker, const char** env, int env_count) {
-    const char* master_argv[] = {"./start_multi_node.sh", "master", TRAIN_FLAGS, NULL};
-    const char* worker_argv[] = {"./start_multi_node.sh", "worker", TRAIN_FLAGS, NULL};
+// (then NODE_RANK) and flags, TRAIN_FLAGS then extra (or NULL), and waits for both.
+static void run_two_nodes(Proc* master, Proc* worker, const char** env, int env_count,
+                          const char* extra) {
+    const char* master_argv[] = {"./start_multi_node.sh", "master", TRAIN_FLAGS, extra, NULL};
+    const char* worker_argv[] = {"./start_multi_node.sh", "worker", TRAIN_FLAGS, extra, NULL};
     run_start(master, "master", env, master_argv);
     env[env_count] = "NODE_RANK=1";
     run_start(worker, "worker", env, worker_argv);
@@ -215,7 +285,7 @@ Test(start_multi_node, two_nodes_from_a_hosts_file_train_together_and_agree) {
                          env_var("DDP_TOKEN_FILE", tmp_path("no_token")),
                          "DDP_TOKEN=0123456789abcdef", NULL, NULL};
     Proc master, worker;
-    run_two_nodes(&master, &worker, env, 4);
+    run_two_nodes(&master, &worker, env, 4, NULL);
 
     cr_assert_eq(master.status, 0, "master: status %d\nstdout:\n%s\nstderr:\n%s", master.status,
                  master.out.text, master.err.text);
@@ -250,7 +320,7 @@ Test(start_multi_node, nodes_that_share_a_token_file_train_together) {
     const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port),
                          env_var("DDP_TOKEN_FILE", token), NULL, NULL};
     Proc master, worker;
-    run_two_nodes(&master, &worker, env, 3);
+    run_two_nodes(&master, &worker, env, 3, NULL);
 
     cr_assert_eq(master.status, 0, "master: status %d\nstderr:\n%s", master.status,
                  master.err.text);
@@ -412,6 +482,143 @@ Test(start_multi_node, ddp_token_in_the_environment_replaces_the_token_file) {
     proc_free(&r);
 }
 
+Test(start_multi_node, a_job_of_two_nodes_without_a_token_is_refused_and_says_why) {
+    test_port = 29823;
+    char* hosts = tmp_path("hosts");
+    write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
+    const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port),
+                         env_var("DDP_TOKEN_FILE", tmp_path("no_token")), NULL};
+    const char* argv[] = {"./start_multi_node.sh", "master", TRAIN_FLAGS, NULL};
+    Proc r;
+    run_script(&r, "master", env, argv);
+    cr_assert_eq(r.status, 2, "status %d\nstderr:\n%s", r.status, r.err.text);
+    cr_assert_not_null(strstr(r.err.text, "error: a job of 2 nodes needs a token, or anyone who "
+                                          "can reach 127.0.0.1:"),
+                       "the program's refusal is not in stderr:\n%s", r.err.text);
+    cr_assert_not_null(strstr(r.err.text, "or --insecure to run without"), "stderr:\n%s",
+                       r.err.text);
+    cr_assert_null(strstr(r.out.text, "--token-file"), "stdout:\n%s", r.out.text);
+    proc_free(&r);
+}
+
+Test(start_multi_node, insecure_passes_through_and_two_nodes_without_a_token_train) {
+    test_port = 29824;
+    char* hosts = tmp_path("hosts");
+    write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
+    const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port),
+                         env_var("DDP_TOKEN_FILE", tmp_path("no_token")), NULL, NULL};
+    Proc master, worker;
+    run_two_nodes(&master, &worker, env, 3, "--insecure");
+
+    cr_assert_eq(master.status, 0, "master: status %d\nstderr:\n%s", master.status,
+                 master.err.text);
+    cr_assert_eq(worker.status, 0, "worker: status %d\nstderr:\n%s", worker.status,
+                 worker.err.text);
+    char line[LINE_BYTES];
+    first_line(line, sizeof line, worker.out.text);
+    cr_assert_not_null(strstr(line, " --insecure"), "the worker's command: %s", line);
+    cr_assert_not_null(strstr(master.err.text, "warning: --insecure: no token"),
+                       "the master's stderr:\n%s", master.err.text);
+    cr_assert_not_null(strstr(master.out.text, "Replicas agree: yes (2 ranks"),
+                       "the master's output:\n%s", master.out.text);
+    proc_free(&master);
+    proc_free(&worker);
+}
+
+Test(start_multi_node, a_hosts_file_that_is_a_fifo_exits_2_at_once_naming_it) {
+    test_port = 29825;
+    char* fifo = fifo_path("hosts");
+    const char* env[] = {env_var("HOSTS_FILE", fifo), port_var(test_port), "NODE_RANK=1",
+                         env_var("DDP_TOKEN_FILE", tmp_path("no_token")), NULL};
+    const char* argv[] = {"./start_multi_node.sh", "worker", TRAIN_FLAGS, NULL};
+    Proc r;
+    run_start(&r, "worker", env, argv);
+    finish_at_once(&r);
+    char want[LINE_BYTES];
+    snprintf(want, sizeof want,
+             "start_multi_node.sh: %s: not a regular file (a FIFO, a device or a directory)\n",
+             fifo);
+    cr_assert_eq(r.status, 2, "status %d\nstderr:\n%s", r.status, r.err.text);
+    cr_assert_str_eq(r.err.text, want, "stderr:\n%s\nexpected:\n%s", r.err.text, want);
+    cr_assert_str_empty(r.out.text, "it ran something:\n%s", r.out.text);
+    proc_free(&r);
+}
+
+Test(start_multi_node, a_token_file_that_is_a_fifo_exits_2_at_once_naming_it) {
+    test_port = 29826;
+    char *hosts = tmp_path("hosts"), *fifo = fifo_path("token");
+    write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
+    const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port),
+                         env_var("DDP_TOKEN_FILE", fifo), NULL};
+    const char* argv[] = {"./start_multi_node.sh", "master", TRAIN_FLAGS, NULL};
+    Proc r;
+    run_start(&r, "master", env, argv);
+    finish_at_once(&r);
+    char want[LINE_BYTES];
+    snprintf(want, sizeof want, "--token-file %s: not a regular file", fifo);
+    cr_assert_eq(r.status, 2, "status %d\nstderr:\n%s", r.status, r.err.text);
+    cr_assert_not_null(strstr(r.err.text, want), "no '%s' in stderr:\n%s", want, r.err.text);
+    proc_free(&r);
+}
+
+Test(start_multi_node, a_bad_variable_exits_2_naming_it_and_its_range_and_runs_nothing) {
+    test_port = 29827;
+    static const struct {
+        const char* role;
+        BadValue bad;
+    } cases[] = {
+        {"worker", {"NODE_RANK", "PATH[$(touch %s)]", "an integer in [1, 63] for a worker"}},
+        {"worker", {"NODE_RANK", "$(touch %s)1", "an integer in [1, 63] for a worker"}},
+        {"worker", {"NODE_RANK", "64", "an integer in [1, 63] for a worker"}},
+        {"master", {"NODE_RANK", "1", "0 (or unset) for the master"}},
+        {"master", {"NNODES", "PATH[$(touch %s)]", "an integer in [1, 64]"}},
+        {"master", {"NNODES", "65", "an integer in [1, 64]"}},
+        {"master", {"NNODES", "-2", "an integer in [1, 64]"}},
+        {"master", {"MASTER_PORT", "PATH[$(touch %s)]", "an integer in [1, 65535]"}},
+        {"master", {"MASTER_PORT", "65536", "an integer in [1, 65535]"}},
+        {"master", {"MASTER_PORT", "99999999999999999999", "an integer in [1, 65535]"}},
+        {"master", {"GPUS_PER_NODE", "PATH[$(touch %s)]", "an integer in [1, 64]"}},
+        {"master", {"GPUS_PER_NODE", "0", "an integer in [1, 64]"}},
+        {"master", {"GPUS_PER_NODE", "2 --insecure", "an integer in [1, 64]"}},
+        {"master", {"MASTER_ADDR", "$(touch %s)", "a host name or an IPv4 address"}},
+        {"master", {"MASTER_ADDR", "-oProxyCommand=touch", "a host name or an IPv4 address"}},
+        {"master", {"MASTER_ADDR", "node_2", "a host name or an IPv4 address"}},
+        {"master", {"MASTER_ADDR", "127.0.0.1 slots=2", "a host name or an IPv4 address"}},
+        {"master",
+         {"HOSTS_FILE", "-", "a path (not starting with '-', without control characters)"}},
+        {"master",
+         {"HOSTS_FILE", "--help", "a path (not starting with '-', without control characters)"}},
+        {"master",
+         {"DDP_TOKEN_FILE", "--insecure",
+          "a path (not starting with '-', without control characters)"}},
+        {"master", {"DDP_BUILD", "no-such-build", "a build directory (such as build/asan)"}},
+        {"master",
+         {"DDP_BUILD", "-$(touch %s)",
+          "a path (not starting with '-', without control characters)"}},
+    };
+    char* hosts = tmp_path("hosts");
+    write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
+    const char* const base[][2] = {{"HOSTS_FILE", hosts},
+                                   {"MASTER_PORT", "29827"},
+                                   {"DDP_TOKEN_FILE", tmp_path("no_token")},
+                                   {"DDP_TOKEN", "0123456789abcdef"}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const BadValue* bad = &cases[c].bad;
+        char marker[128], value[256], vars[5][LINE_BYTES];
+        snprintf(marker, sizeof marker, "%s/marker%zu", temp_dir, c);
+        bad_value_text(value, sizeof value, bad, marker);
+        const char* env[6];
+        env_with(env, vars, base, 4, bad->name, value);
+        // Were a value not refused, the program would run, and wait for no longer than this.
+        const char* argv[] = {"./start_multi_node.sh", cases[c].role, TRAIN_FLAGS,
+                              "--rdzv-timeout",        "2",           NULL};
+        Proc r;
+        run_script(&r, cases[c].role, env, argv);
+        expect_refusal(&r, "start_multi_node.sh", bad, value, marker);
+        proc_free(&r);
+    }
+}
+
 // ----------------------------------------------------------------------------
 // launch.sh
 
@@ -471,24 +678,84 @@ static int command_line_holds(pid_t pid, const void* text) {
     return len > 0 && strstr(buf, text) != NULL;
 }
 
+#define SSH_LIKE_RSH "tests/support/ssh_like_rsh.sh"
+
 Test(launch, ddp_token_reaches_every_node_without_showing_on_a_command_line) {
     test_port = 29811;
     const char* token = "launch-token-5e1f";
     const char* flags[] = {"--epochs", "400", "--data-size", "400", "--device", "cpu", NULL};
     // Like ssh, this remote shell keeps its command line for as long as the node runs.
-    char* rsh = tmp_path("ssh_like_rsh.sh");
-    write_file(rsh, "#!/usr/bin/env bash\nshift\n\"$@\"\n", 0755);
     Proc r;
-    launch_start(&r, rsh, "127.0.0.1", test_port, flags, token);
+    launch_start(&r, SSH_LIKE_RSH, "127.0.0.1", test_port, flags, token);
     // Both nodes train only if both had the token; meanwhile no process shows it.
     cr_assert(proc_wait_for(&r, PROC_STDOUT, "Epoch [", 1, r.started_at + PROC_DEADLINE_S),
               "the job did not train\nstdout:\n%s\nstderr:\n%s", r.out.text, r.err.text);
     pid_t shown[4];
     int count = pids_where(command_line_holds, token, shown, 4);
     cr_assert_eq(count, 0, "the token shows on the command line of pid %d", (int)shown[0]);
+    // Not for want of command lines to look at: the remote shells still run, showing theirs.
+    char job[32];
+    snprintf(job, sizeof job, "MASTER_PORT=%d ", test_port);
+    cr_assert_geq(pids_where(command_line_holds, job, shown, 4), 2,
+                  "the remote shells of the job were not running");
     proc_finish(&r, r.started_at + PROC_DEADLINE_S);
     cr_assert_eq(r.status, 0, "status %d\nstdout:\n%s\nstderr:\n%s", r.status, r.out.text,
                  r.err.text);
+    cr_assert_null(strstr(r.out.text, "wrong token"), "stdout:\n%s", r.out.text);
+    proc_free(&r);
+}
+
+Test(launch, a_job_through_an_ssh_like_remote_shell_authenticates_with_the_token_launch_made) {
+    test_port = 29815;
+    const char* flags[] = {TRAIN_FLAGS, NULL};
+    Proc r;
+    launch_start(&r, SSH_LIKE_RSH, "127.0.0.1", test_port, flags, NULL);
+    proc_finish(&r, r.started_at + PROC_DEADLINE_S);
+    cr_assert_eq(r.status, 0, "status %d\nstdout:\n%s\nstderr:\n%s", r.status, r.out.text,
+                 r.err.text);
+    cr_assert_not_null(strstr(r.out.text, "Replicas agree: yes (2 ranks"), "stdout:\n%s",
+                       r.out.text);
+    // The clean environment passes no token; had stdin not brought it, a node would use a
+    // token file (--token-file on its command line) or none.
+    for (int rank = 0; rank < 2; rank++) {
+        char want[PATH_MAX + 128];
+        snprintf(want, sizeof want, "[127.0.0.1#%d] + %s/%s --nnodes 2 --node-rank %d ", rank, repo,
+                 build_program("multi_node"), rank);
+        const char* line = strstr(r.out.text, want);
+        cr_assert_not_null(line, "no '%s' in stdout:\n%s", want, r.out.text);
+        cr_assert_null(strstr(line, "--token-file"), "node %d had no token on stdin: %.*s", rank,
+                       (int)strcspn(line, "\n"), line);
+    }
+    const char* outputs[] = {r.out.text, r.err.text};
+    for (int i = 0; i < 2; i++) {
+        cr_assert_null(strstr(outputs[i], "wrong token"), "%s", outputs[i]);
+        cr_assert_null(strstr(outputs[i], "needs a token"), "%s", outputs[i]);
+    }
+    proc_free(&r);
+}
+
+Test(launch, flags_with_blanks_quotes_dollars_backslashes_and_newlines_reach_the_program_intact) {
+    test_port = 29816;
+    // Every character that a shell reads as more than itself. --out takes neither ' nor a
+    // newline (gnuplot's script quotes it); --checkpoint-dir takes both.
+    char* out = tmp_path("out \"dq\" $HOME ${x:-y} `id` $(id) \\ \\n * ? [a] ; & | < > ~ #");
+    char* checkpoints = tmp_path("ck 'sq' '\\'' \"\n$(id)\n\t`id` \\");
+    const char* flags[] = {TRAIN_FLAGS, "--out", out, "--checkpoint-dir", checkpoints, NULL};
+    Proc r;
+    launch_start(&r, SSH_LIKE_RSH, "127.0.0.1", test_port, flags, NULL);
+    proc_finish(&r, r.started_at + PROC_DEADLINE_S);
+    cr_assert_eq(r.status, 0, "status %d\nstdout:\n%s\nstderr:\n%s", r.status, r.out.text,
+                 r.err.text);
+    char want[LINE_BYTES];
+    snprintf(want, sizeof want, " --out %s --checkpoint-dir ", out);
+    cr_assert_not_null(strstr(r.out.text, want), "no '%s' in stdout:\n%s", want, r.out.text);
+    char path[LINE_BYTES];
+    snprintf(path, sizeof path, "%s/losses.csv", out);
+    cr_assert_eq(access(path, F_OK), 0, "no %s: %s\nstdout:\n%s", path, strerror(errno),
+                 r.out.text);
+    snprintf(path, sizeof path, "%s/checkpoint.bin", checkpoints);
+    cr_assert_eq(access(path, F_OK), 0, "no %s: %s\nstdout:\n%s", path, strerror(errno),
+                 r.out.text);
     proc_free(&r);
 }
 
@@ -509,10 +776,10 @@ Test(launch, a_node_that_fails_is_named_and_every_other_node_is_stopped) {
     // A remote shell that cannot start node 1: as if ssh to it failed.
     char* rsh = tmp_path("failing_rsh.sh");
     write_file(rsh,
-               "#!/usr/bin/env bash\n"
+               "#!/bin/sh\n"
                "shift\n"
                "case \"$*\" in *NODE_RANK=1*) exit 3 ;; esac\n"
-               "exec \"$@\"\n",
+               "exec sh -c \"$*\"\n",
                0755);
     const char* flags[] = {"--epochs", "100000", "--data-size", "200", "--device", "cpu", NULL};
     Proc r;
@@ -627,6 +894,76 @@ Test(launch, a_port_above_65535_exits_2) {
     expect_usage_error(argv, "--port must be");
 }
 
+Test(launch, a_bad_flag_or_variable_exits_2_naming_it_and_its_range_before_any_node_starts) {
+    // A flag (--NAME) or a variable; a value of --gpus goes to --mode single-node.
+    static const BadValue cases[] = {
+        {"--gpus-per-node", "PATH[$(touch %s)]", "an integer in [1, 64]"},
+        {"--gpus-per-node", "0", "an integer in [1, 64]"},
+        {"--gpus-per-node", "1 --insecure", "an integer in [1, 64]"},
+        {"--gpus", "PATH[$(touch %s)]", "an integer in [1, 64]"},
+        {"--gpus", "65", "an integer in [1, 64]"},
+        {"--port", "PATH[$(touch %s)]", "in [1, 65535]"},
+        {"--port", "99999999999999999999", "in [1, 65535]"},
+        {"DDP_BUILD", "no-such-build", "a build directory (such as build/asan)"},
+        {"DDP_BUILD", "-$(touch %s)", "a path (not starting with '-', without control characters)"},
+    };
+    // Were a check missing, this remote shell would fail every node with status 1.
+    const char* const base[][2] = {{"DDP_RSH", "/bin/false"},
+                                   {"DDP_TOKEN_FILE", tmp_path("no_token")}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const BadValue* bad = &cases[c];
+        char marker[128], value[256], vars[3][LINE_BYTES];
+        snprintf(marker, sizeof marker, "%s/marker%zu", temp_dir, c);
+        bad_value_text(value, sizeof value, bad, marker);
+        const char* env[4];
+        int is_flag = strncmp(bad->name, "--", 2) == 0;
+        env_with(env, vars, base, 2, is_flag ? "DDP_TOKEN" : bad->name,
+                 is_flag ? "0123456789abcdef" : value);
+        const char* argv[16] = {"./launch.sh", "--mode",         "multi-node", "--master-node",
+                                "127.0.0.1",   "--worker-nodes", "127.0.0.1"};
+        int argc = 7;
+        if (strcmp(bad->name, "--gpus") == 0) {
+            argv[2] = "single-node";
+            argc = 3;
+        }
+        if (is_flag) {
+            argv[argc++] = bad->name;
+            argv[argc++] = value;
+        }
+        const char* flags[] = {TRAIN_FLAGS, NULL};
+        for (int i = 0; flags[i] != NULL; i++)
+            argv[argc++] = flags[i];
+        argv[argc] = NULL;
+        Proc r;
+        run_script(&r, "launch", env, argv);
+        expect_refusal(&r, "launch.sh", bad, value, marker);
+        proc_free(&r);
+    }
+}
+
+Test(launch, gpus_in_a_multi_node_job_exits_2_naming_gpus_per_node) {
+    const char* argv[] = {"./launch.sh", "--mode",
+                          "multi-node",  "--master-node",
+                          "127.0.0.1",   "--worker-nodes",
+                          "127.0.0.1",   "--gpus",
+                          "2",           NULL};
+    expect_usage_error(argv, "--gpus is for --mode single-node; a multi-node job takes "
+                             "--gpus-per-node");
+}
+
+Test(launch, a_token_of_two_lines_exits_2_before_any_node_starts_and_is_not_shown) {
+    const char* env[] = {"DDP_RSH=/bin/false", "DDP_TOKEN=first-line\nsecond-line", NULL};
+    const char* argv[] = {"./launch.sh", "--mode",         "multi-node", "--master-node",
+                          "127.0.0.1",   "--worker-nodes", "127.0.0.1",  NULL};
+    Proc r;
+    run_script(&r, "launch", env, argv);
+    cr_assert_eq(r.status, 2, "status %d\nstderr:\n%s", r.status, r.err.text);
+    cr_assert_str_eq(r.err.text,
+                     "launch.sh: DDP_TOKEN must be one line of at most 64 characters\n");
+    cr_assert_str_empty(r.out.text, "stdout:\n%s", r.out.text);
+    proc_free(&r);
+}
+
 // ----------------------------------------------------------------------------
 // setup.sh --multi-node
 
@@ -728,4 +1065,75 @@ Test(setup, multi_node_reports_a_bad_hosts_file_and_fails) {
     cr_assert_null(strstr(r.out.text, "multi-node: ready"), "stdout:\n%s", r.out.text);
     cr_assert_neq(r.status, 0, "setup.sh exited 0 with a bad hosts file");
     proc_free(&r);
+}
+
+Test(setup, multi_node_refuses_a_token_path_that_is_a_fifo_at_once) {
+    test_port = 29828;
+    char* fifo = fifo_path("token");
+    char* hosts = tmp_path("hosts");
+    write_file(hosts, SETUP_HOSTS, 0644);
+    const char* env[] = {"DDP_RSH=tools/local_rsh.sh", env_var("HOSTS_FILE", hosts),
+                         env_var("DDP_TOKEN_FILE", fifo), port_var(test_port), NULL};
+    const char* argv[] = {"./setup.sh", "--multi-node", NULL};
+    Proc r;
+    run_start(&r, "setup", env, argv);
+    finish_at_once(&r);
+    if (strstr(r.out.text, "packages: missing") != NULL)
+        cr_skip_test("setup.sh stops at missing packages before --multi-node:\n%s", r.out.text);
+    char want[LINE_BYTES];
+    snprintf(want, sizeof want, "token: %s is not a regular file", fifo);
+    cr_assert_not_null(strstr(r.out.text, want), "no '%s' in stdout:\n%s", want, r.out.text);
+    cr_assert_null(strstr(r.out.text, "multi-node: ready"), "stdout:\n%s", r.out.text);
+    cr_assert_neq(r.status, 0, "setup.sh exited 0 with a FIFO for a token file");
+    proc_free(&r);
+}
+
+Test(setup, multi_node_refuses_a_hosts_file_that_is_a_fifo_at_once) {
+    test_port = 29829;
+    char* fifo = fifo_path("hosts");
+    const char* env[] = {"DDP_RSH=tools/local_rsh.sh", env_var("HOSTS_FILE", fifo),
+                         env_var("DDP_TOKEN_FILE", tmp_path("token")), port_var(test_port), NULL};
+    const char* argv[] = {"./setup.sh", "--multi-node", NULL};
+    Proc r;
+    run_start(&r, "setup", env, argv);
+    finish_at_once(&r);
+    if (strstr(r.out.text, "packages: missing") != NULL)
+        cr_skip_test("setup.sh stops at missing packages before --multi-node:\n%s", r.out.text);
+    char want[LINE_BYTES];
+    snprintf(want, sizeof want, "hosts: %s: not a regular file (a FIFO, a device or a directory)",
+             fifo);
+    cr_assert_not_null(strstr(r.out.text, want), "no '%s' in stdout:\n%s", want, r.out.text);
+    cr_assert_neq(r.status, 0, "setup.sh exited 0 with a FIFO for a hosts file");
+    proc_free(&r);
+}
+
+Test(setup, multi_node_refuses_a_bad_variable_before_anything_runs) {
+    test_port = 29830;
+    static const BadValue cases[] = {
+        {"MASTER_PORT", "PATH[$(touch %s)]", "an integer in [1, 65535]"},
+        {"MASTER_PORT", "0", "an integer in [1, 65535]"},
+        {"MASTER_PORT", "29500 -o x", "an integer in [1, 65535]"},
+        {"HOSTS_FILE", "-", "a path (not starting with '-', without control characters)"},
+        {"DDP_TOKEN_FILE", "-$(touch %s)",
+         "a path (not starting with '-', without control characters)"},
+        {"DDP_BUILD", "no-such-build", "a build directory (such as build/asan)"},
+    };
+    char* hosts = tmp_path("hosts");
+    write_file(hosts, SETUP_HOSTS, 0644);
+    const char* const base[][2] = {{"DDP_RSH", "tools/local_rsh.sh"},
+                                   {"HOSTS_FILE", hosts},
+                                   {"DDP_TOKEN_FILE", tmp_path("token")},
+                                   {"MASTER_PORT", "29830"}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        char marker[128], value[256], vars[5][LINE_BYTES];
+        snprintf(marker, sizeof marker, "%s/marker%zu", temp_dir, c);
+        bad_value_text(value, sizeof value, &cases[c], marker);
+        const char* env[6];
+        env_with(env, vars, base, 4, cases[c].name, value);
+        const char* argv[] = {"./setup.sh", "--multi-node", NULL};
+        Proc r;
+        run_script(&r, "setup", env, argv);
+        expect_refusal(&r, "setup.sh", &cases[c], value, marker);
+        proc_free(&r);
+    }
 }
