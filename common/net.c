@@ -12,6 +12,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sched.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -254,21 +255,23 @@ static const char* connect_hint(int err) {
 
 int net_connect_retry(const char* addr, int port, double deadline, char* why, size_t why_len) {
     struct sockaddr_in sa;
-    if (resolve(addr, port, &sa) != 0) {
-        snprintf(why, why_len, "cannot resolve '%s'", addr);
-        return -1;
-    }
     double backoff = 0.05;
     int attempts = 0;
     for (;;) {
         attempts++;
-        int fd = connect_once(&sa, deadline);
+        // The name is looked up again at every attempt: a master that starts later may
+        // not be in the DNS yet (a cluster's scheduler registers nodes as they boot).
+        bool resolved = resolve(addr, port, &sa) == 0;
+        int fd = resolved ? connect_once(&sa, deadline) : -1;
         if (fd >= 0)
             return fd;
         int err = errno;
         if (timer_seconds() + backoff > deadline) {
-            snprintf(why, why_len, "connect %s:%d: %s after %d attempts (%s)", addr, port,
-                     strerror(err), attempts, connect_hint(err));
+            if (!resolved)
+                snprintf(why, why_len, "cannot resolve '%s' (tried %d times)", addr, attempts);
+            else
+                snprintf(why, why_len, "connect %s:%d: %s after %d attempts (%s)", addr, port,
+                         strerror(err), attempts, connect_hint(err));
             return -1;
         }
         usleep((useconds_t)(backoff * 1e6));
