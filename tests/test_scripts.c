@@ -7,7 +7,7 @@
  * files in the test's temporary directory, under a hard deadline after which the
  * whole group is killed (tests/support/proc.h). The nodes of a job are agents on this
  * machine that meet at 127.0.0.1, with tools/local_rsh.sh standing in for ssh.
- * Criterion runs the tests in parallel, so each owns a port in 29800-29899 and finds
+ * Criterion runs the tests in parallel, so each owns a port (port_for_test(100 + n)) and finds
  * what it left behind in /proc by that port: a build/multi_node whose command line has
  * `--master-port PORT`. The .fini kills whatever a failed test left. Needs
  * `make NO_CUDA=1` (or `make`) first.
@@ -278,12 +278,15 @@ static void run_two_nodes(Proc* master, Proc* worker, const char** env, int env_
 }
 
 Test(start_multi_node, two_nodes_from_a_hosts_file_train_together_and_agree) {
-    test_port = 29801;
+    test_port = port_for_test(101);
     char* hosts = tmp_path("hosts");
     write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
-    const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port),
+    const char* env[] = {env_var("HOSTS_FILE", hosts),
+                         port_var(test_port),
                          env_var("DDP_TOKEN_FILE", tmp_path("no_token")),
-                         "DDP_TOKEN=0123456789abcdef", NULL, NULL};
+                         "DDP_TOKEN=0123456789abcdef",
+                         NULL,
+                         NULL};
     Proc master, worker;
     run_two_nodes(&master, &worker, env, 4, NULL);
 
@@ -313,7 +316,7 @@ Test(start_multi_node, two_nodes_from_a_hosts_file_train_together_and_agree) {
 }
 
 Test(start_multi_node, nodes_that_share_a_token_file_train_together) {
-    test_port = 29809;
+    test_port = port_for_test(109);
     char *hosts = tmp_path("hosts"), *token = tmp_path("token");
     write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
     write_file(token, "0123456789abcdef\n", 0600);
@@ -337,7 +340,7 @@ Test(start_multi_node, nodes_that_share_a_token_file_train_together) {
 }
 
 Test(start_multi_node, comments_and_blank_lines_in_the_hosts_file_are_ignored) {
-    test_port = 29802;
+    test_port = port_for_test(102);
     char* hosts = tmp_path("hosts");
     // Were the comments read as hosts, node-c.invalid would be the master with 7 slots.
     write_file(hosts,
@@ -376,7 +379,7 @@ Test(start_multi_node, comments_and_blank_lines_in_the_hosts_file_are_ignored) {
 }
 
 Test(start_multi_node, gpus_per_node_overrides_the_slots_of_the_hosts_file) {
-    test_port = 29803;
+    test_port = port_for_test(103);
     char* hosts = tmp_path("hosts");
     write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
     const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port), "GPUS_PER_NODE=4",
@@ -391,7 +394,7 @@ Test(start_multi_node, gpus_per_node_overrides_the_slots_of_the_hosts_file) {
 }
 
 Test(start_multi_node, master_addr_overrides_the_first_host) {
-    test_port = 29804;
+    test_port = port_for_test(104);
     char* hosts = tmp_path("hosts");
     write_file(hosts, "node-a.invalid slots=1\nnode-b.invalid slots=1\n", 0644);
     const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port), "MASTER_ADDR=127.0.0.1",
@@ -418,7 +421,7 @@ Test(start_multi_node, an_unknown_role_exits_2_with_a_usage_line) {
 }
 
 Test(start_multi_node, a_worker_missing_from_the_hosts_file_without_node_rank_exits_2) {
-    test_port = 29806;
+    test_port = port_for_test(106);
     char* hosts = tmp_path("hosts");
     // Names that cannot be this machine's (RFC 2606): not even a TEST-NET address is safe.
     write_file(hosts, "node-a.invalid slots=1\nnode-b.invalid slots=1\n", 0644);
@@ -434,7 +437,7 @@ Test(start_multi_node, a_worker_missing_from_the_hosts_file_without_node_rank_ex
 }
 
 Test(start_multi_node, a_bad_line_in_the_hosts_file_exits_2_naming_the_file_and_the_line) {
-    test_port = 29805;
+    test_port = port_for_test(105);
     char* hosts = tmp_path("hosts");
     write_file(hosts, "127.0.0.1 slots=1\nnode_2 slots=1\n", 0644);
     const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port), "NODE_RANK=1", NULL};
@@ -452,7 +455,7 @@ Test(start_multi_node, a_bad_line_in_the_hosts_file_exits_2_naming_the_file_and_
 }
 
 Test(start_multi_node, a_token_file_is_passed_to_the_program) {
-    test_port = 29807;
+    test_port = port_for_test(107);
     char *hosts = tmp_path("hosts"), *token = tmp_path("token");
     write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
     write_file(token, "0123456789abcdef\n", 0600);
@@ -468,7 +471,7 @@ Test(start_multi_node, a_token_file_is_passed_to_the_program) {
 }
 
 Test(start_multi_node, ddp_token_in_the_environment_replaces_the_token_file) {
-    test_port = 29808;
+    test_port = port_for_test(108);
     char *hosts = tmp_path("hosts"), *token = tmp_path("token");
     write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
     write_file(token, "0123456789abcdef\n", 0600);
@@ -483,7 +486,7 @@ Test(start_multi_node, ddp_token_in_the_environment_replaces_the_token_file) {
 }
 
 Test(start_multi_node, a_job_of_two_nodes_without_a_token_is_refused_and_says_why) {
-    test_port = 29823;
+    test_port = port_for_test(123);
     char* hosts = tmp_path("hosts");
     write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
     const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port),
@@ -502,7 +505,7 @@ Test(start_multi_node, a_job_of_two_nodes_without_a_token_is_refused_and_says_wh
 }
 
 Test(start_multi_node, insecure_passes_through_and_two_nodes_without_a_token_train) {
-    test_port = 29824;
+    test_port = port_for_test(124);
     char* hosts = tmp_path("hosts");
     write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
     const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port),
@@ -526,7 +529,7 @@ Test(start_multi_node, insecure_passes_through_and_two_nodes_without_a_token_tra
 }
 
 Test(start_multi_node, a_hosts_file_that_is_a_fifo_exits_2_at_once_naming_it) {
-    test_port = 29825;
+    test_port = port_for_test(125);
     char* fifo = fifo_path("hosts");
     const char* env[] = {env_var("HOSTS_FILE", fifo), port_var(test_port), "NODE_RANK=1",
                          env_var("DDP_TOKEN_FILE", tmp_path("no_token")), NULL};
@@ -545,7 +548,7 @@ Test(start_multi_node, a_hosts_file_that_is_a_fifo_exits_2_at_once_naming_it) {
 }
 
 Test(start_multi_node, a_token_file_that_is_a_fifo_exits_2_at_once_naming_it) {
-    test_port = 29826;
+    test_port = port_for_test(126);
     char *hosts = tmp_path("hosts"), *fifo = fifo_path("token");
     write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
     const char* env[] = {env_var("HOSTS_FILE", hosts), port_var(test_port),
@@ -562,7 +565,9 @@ Test(start_multi_node, a_token_file_that_is_a_fifo_exits_2_at_once_naming_it) {
 }
 
 Test(start_multi_node, a_bad_variable_exits_2_naming_it_and_its_range_and_runs_nothing) {
-    test_port = 29827;
+    test_port = port_for_test(127);
+    char master_port[16];
+    snprintf(master_port, sizeof master_port, "%d", test_port);
     static const struct {
         const char* role;
         BadValue bad;
@@ -599,7 +604,7 @@ Test(start_multi_node, a_bad_variable_exits_2_naming_it_and_its_range_and_runs_n
     char* hosts = tmp_path("hosts");
     write_file(hosts, "127.0.0.1 slots=1\n127.0.0.1 slots=1\n", 0644);
     const char* const base[][2] = {{"HOSTS_FILE", hosts},
-                                   {"MASTER_PORT", "29827"},
+                                   {"MASTER_PORT", master_port},
                                    {"DDP_TOKEN_FILE", tmp_path("no_token")},
                                    {"DDP_TOKEN", "0123456789abcdef"}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -641,7 +646,7 @@ static void launch_start(Proc* r, const char* rsh, const char* workers, int port
 }
 
 Test(launch, multi_node_on_two_local_nodes_prefixes_every_line_and_agrees) {
-    test_port = 29810;
+    test_port = port_for_test(110);
     const char* flags[] = {TRAIN_FLAGS, NULL};
     Proc r;
     launch_start(&r, "tools/local_rsh.sh", "127.0.0.1", test_port, flags, NULL);
@@ -681,7 +686,7 @@ static int command_line_holds(pid_t pid, const void* text) {
 #define SSH_LIKE_RSH "tests/support/ssh_like_rsh.sh"
 
 Test(launch, ddp_token_reaches_every_node_without_showing_on_a_command_line) {
-    test_port = 29811;
+    test_port = port_for_test(111);
     const char* token = "launch-token-5e1f";
     const char* flags[] = {"--epochs", "400", "--data-size", "400", "--device", "cpu", NULL};
     // Like ssh, this remote shell keeps its command line for as long as the node runs.
@@ -706,7 +711,7 @@ Test(launch, ddp_token_reaches_every_node_without_showing_on_a_command_line) {
 }
 
 Test(launch, a_job_through_an_ssh_like_remote_shell_authenticates_with_the_token_launch_made) {
-    test_port = 29815;
+    test_port = port_for_test(115);
     const char* flags[] = {TRAIN_FLAGS, NULL};
     Proc r;
     launch_start(&r, SSH_LIKE_RSH, "127.0.0.1", test_port, flags, NULL);
@@ -735,7 +740,7 @@ Test(launch, a_job_through_an_ssh_like_remote_shell_authenticates_with_the_token
 }
 
 Test(launch, flags_with_blanks_quotes_dollars_backslashes_and_newlines_reach_the_program_intact) {
-    test_port = 29816;
+    test_port = port_for_test(116);
     // Every character that a shell reads as more than itself. --out takes neither ' nor a
     // newline (gnuplot's script quotes it); --checkpoint-dir takes both.
     char* out = tmp_path("out \"dq\" $HOME ${x:-y} `id` $(id) \\ \\n * ? [a] ; & | < > ~ #");
@@ -772,7 +777,7 @@ Test(launch, single_node_runs_every_gpu_worker_on_this_machine) {
 }
 
 Test(launch, a_node_that_fails_is_named_and_every_other_node_is_stopped) {
-    test_port = 29812;
+    test_port = port_for_test(112);
     // A remote shell that cannot start node 1: as if ssh to it failed.
     char* rsh = tmp_path("failing_rsh.sh");
     write_file(rsh,
@@ -797,7 +802,7 @@ Test(launch, a_node_that_fails_is_named_and_every_other_node_is_stopped) {
 }
 
 Test(launch, a_bad_training_flag_fails_the_nodes_and_launch_exits_with_their_status) {
-    test_port = 29813;
+    test_port = port_for_test(113);
     const char* flags[] = {"--epochs", "0", "--device", "cpu", NULL};
     Proc r;
     launch_start(&r, "tools/local_rsh.sh", "localhost", test_port, flags, NULL);
@@ -817,7 +822,7 @@ Test(launch, a_bad_training_flag_fails_the_nodes_and_launch_exits_with_their_sta
 }
 
 Test(launch, ctrl_c_stops_every_node_and_exits_non_zero) {
-    test_port = 29814;
+    test_port = port_for_test(114);
     const char* flags[] = {"--epochs", "100000", "--data-size", "200", "--device", "cpu", NULL};
     Proc r;
     launch_start(&r, "tools/local_rsh.sh", "127.0.0.1", test_port, flags, NULL);
@@ -983,7 +988,7 @@ static void run_setup(Proc* r, const char* name, const char* hosts_text, const c
 }
 
 Test(setup, multi_node_creates_a_private_token_and_finds_the_host_reachable) {
-    test_port = 29818;
+    test_port = port_for_test(118);
     char* token = tmp_path("token");
     Proc r;
     run_setup(&r, "setup", SETUP_HOSTS, "tools/local_rsh.sh", token, test_port);
@@ -1002,7 +1007,7 @@ Test(setup, multi_node_creates_a_private_token_and_finds_the_host_reachable) {
 }
 
 Test(setup, multi_node_run_again_keeps_the_token) {
-    test_port = 29819;
+    test_port = port_for_test(119);
     char* token = tmp_path("token");
     Proc first, again;
     run_setup(&first, "first", SETUP_HOSTS, "tools/local_rsh.sh", token, test_port);
@@ -1025,7 +1030,7 @@ Test(setup, multi_node_run_again_keeps_the_token) {
 }
 
 Test(setup, multi_node_reports_a_port_in_use_and_fails) {
-    test_port = 29820;
+    test_port = port_for_test(120);
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
     struct sockaddr_in addr = {.sin_family = AF_INET,
@@ -1045,7 +1050,7 @@ Test(setup, multi_node_reports_a_port_in_use_and_fails) {
 }
 
 Test(setup, multi_node_reports_a_host_it_cannot_reach_and_fails) {
-    test_port = 29821;
+    test_port = port_for_test(121);
     Proc r;
     run_setup(&r, "setup", SETUP_HOSTS, "/bin/false", tmp_path("token"), test_port);
     cr_assert_not_null(strstr(r.out.text, "127.0.0.1: cannot run commands there"), "stdout:\n%s",
@@ -1056,7 +1061,7 @@ Test(setup, multi_node_reports_a_host_it_cannot_reach_and_fails) {
 }
 
 Test(setup, multi_node_reports_a_bad_hosts_file_and_fails) {
-    test_port = 29822;
+    test_port = port_for_test(122);
     Proc r;
     run_setup(&r, "setup", "127.0.0.1 slots=100\n", "tools/local_rsh.sh", tmp_path("token"),
               test_port);
@@ -1068,7 +1073,7 @@ Test(setup, multi_node_reports_a_bad_hosts_file_and_fails) {
 }
 
 Test(setup, multi_node_refuses_a_token_path_that_is_a_fifo_at_once) {
-    test_port = 29828;
+    test_port = port_for_test(128);
     char* fifo = fifo_path("token");
     char* hosts = tmp_path("hosts");
     write_file(hosts, SETUP_HOSTS, 0644);
@@ -1089,7 +1094,7 @@ Test(setup, multi_node_refuses_a_token_path_that_is_a_fifo_at_once) {
 }
 
 Test(setup, multi_node_refuses_a_hosts_file_that_is_a_fifo_at_once) {
-    test_port = 29829;
+    test_port = port_for_test(129);
     char* fifo = fifo_path("hosts");
     const char* env[] = {"DDP_RSH=tools/local_rsh.sh", env_var("HOSTS_FILE", fifo),
                          env_var("DDP_TOKEN_FILE", tmp_path("token")), port_var(test_port), NULL};
@@ -1108,7 +1113,9 @@ Test(setup, multi_node_refuses_a_hosts_file_that_is_a_fifo_at_once) {
 }
 
 Test(setup, multi_node_refuses_a_bad_variable_before_anything_runs) {
-    test_port = 29830;
+    test_port = port_for_test(130);
+    char master_port[16];
+    snprintf(master_port, sizeof master_port, "%d", test_port);
     static const BadValue cases[] = {
         {"MASTER_PORT", "PATH[$(touch %s)]", "an integer in [1, 65535]"},
         {"MASTER_PORT", "0", "an integer in [1, 65535]"},
@@ -1123,7 +1130,7 @@ Test(setup, multi_node_refuses_a_bad_variable_before_anything_runs) {
     const char* const base[][2] = {{"DDP_RSH", "tools/local_rsh.sh"},
                                    {"HOSTS_FILE", hosts},
                                    {"DDP_TOKEN_FILE", tmp_path("token")},
-                                   {"MASTER_PORT", "29830"}};
+                                   {"MASTER_PORT", master_port}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         char marker[128], value[256], vars[5][LINE_BYTES];
         snprintf(marker, sizeof marker, "%s/marker%zu", temp_dir, c);
