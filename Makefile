@@ -6,6 +6,7 @@
 #   make lesson-01     build/hello_gpu          make run     build and run lesson 01
 #   make lesson-02     build/multi_gpu          make diff-02 what lesson 02 adds to lesson 01
 #   make lesson-03     build/multi_node         make diff-03 what lesson 03 adds to lesson 02
+#   make lesson-04     build/ddp_overlap        make diff-04 what lesson 04 adds to lesson 02
 #   make demo-multinode  a two-node job on this machine
 #   make test          build and run the test suite (make tests: only build it)
 #   make asan          the CPU suite on a build with AddressSanitizer and UBSan (build/asan)
@@ -34,7 +35,7 @@ CFLAGS ?= -O3 -march=native
 # Not -ffast-math: no errno from sqrtf, fused multiply-add, and the `omp simd` pragmas (no OpenMP runtime).
 CFLAGS += -fno-math-errno -ffp-contract=fast -fopenmp-simd
 CFLAGS += -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -Icommon -MMD -MP
-LDLIBS := -Wl,--as-needed -lm
+LDLIBS := -Wl,--as-needed -lm -pthread
 # libsodium: lesson 03's rendezvous proves each node's token with it (random challenges,
 # HMAC-SHA256). Lessons 01 and 02 build without it.
 HAVE_SODIUM := $(shell printf '\043include <sodium.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 && echo yes)
@@ -78,7 +79,7 @@ COMMON_OBJ := $(COMMON_C:common/%.c=$(OBJ)/common/%.o) $(COMMON_CU:common/%.cu=$
 # An archive, so that each program links only the modules it uses.
 COMMON_LIB := $(OBJ)/libcommon.a
 
-LESSONS := $(BUILD)/hello_gpu $(BUILD)/multi_gpu $(BUILD)/multi_node
+LESSONS := $(BUILD)/hello_gpu $(BUILD)/multi_gpu $(BUILD)/multi_node $(BUILD)/ddp_overlap
 # hostfile: hosts.txt checked and listed by common/hostfile.c, for the launcher scripts.
 TOOLS := $(BUILD)/allreduce_bench $(BUILD)/hostfile
 
@@ -103,7 +104,7 @@ GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 # below from forcing a relink when the configuration or the build id changes.
 .PRECIOUS: $(OBJ)/%.o $(OBJ)/%.cu.o $(BUILD)/fuzz/obj/%.o
 
-.PHONY: all lesson-01 lesson-02 lesson-03 run tests test asan memcheck fuzz soak bench bench-quick bench-01 bench-02 check-01 check-02 check-03 diff-02 diff-03 demo-multinode clean found need-sodium
+.PHONY: all lesson-01 lesson-02 lesson-03 lesson-04 run tests test asan memcheck fuzz soak bench bench-quick bench-01 bench-02 check-01 check-02 check-03 diff-02 diff-03 diff-04 demo-multinode clean found need-sodium
 all: found $(LESSONS) $(TOOLS)
 
 # One line per optional part, so that a build says what it could use.
@@ -121,6 +122,7 @@ $(OBJ)/lessons/03_multi_node/multi_node.o $(OBJ)/tests/test_rendezvous.o: | $(NE
 lesson-01: found $(BUILD)/hello_gpu
 lesson-02: found $(BUILD)/multi_gpu
 lesson-03: found $(BUILD)/multi_node $(BUILD)/hostfile
+lesson-04: found $(BUILD)/ddp_overlap
 
 run: lesson-01
 	./$(BUILD)/hello_gpu
@@ -144,6 +146,9 @@ $(BUILD)/hello_gpu: $(OBJ)/lessons/01_hello_gpu/hello_gpu.o $(COMMON_LIB) $(BUIL
 	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
 $(BUILD)/multi_gpu: $(OBJ)/lessons/02_multi_gpu/multi_gpu.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
+
+$(BUILD)/ddp_overlap: $(OBJ)/lessons/04_ddp_overlap/ddp_overlap.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
 # The build id lets the rendezvous refuse a node that runs other code than the master.
@@ -219,7 +224,7 @@ $(FUZZ_BUILD)/obj/%.o: %.c
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
 $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_COMMON_OBJ)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_COMMON_OBJ) -o $@ -lsodium -lm
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_COMMON_OBJ) -o $@ -lsodium -lm -pthread
 
 fuzz: $(FUZZERS)
 	@tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BUILD) $(FUZZERS)
@@ -256,6 +261,8 @@ diff-02:
 	@diff -u lessons/01_hello_gpu/hello_gpu.c lessons/02_multi_gpu/multi_gpu.c || true
 diff-03:
 	@diff -u lessons/02_multi_gpu/multi_gpu.c lessons/03_multi_node/multi_node.c || true
+diff-04:
+	@diff -u lessons/02_multi_gpu/multi_gpu.c lessons/04_ddp_overlap/ddp_overlap.c || true
 
 # A two-node job on this machine: launch.sh starts both nodes through a local "remote shell".
 # The ring backend, since two nodes of one machine may share its one GPU (NCCL refuses that).

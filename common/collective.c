@@ -18,6 +18,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,8 @@
 #include "timer.h"
 
 typedef enum { RING_SUM, RING_MEAN, RING_BROADCAST, RING_BARRIER } RingOp;
+
+typedef struct AsyncQueue AsyncQueue;
 
 // A collective as every rank must see it: what the caller named (CommCall), which
 // operation, and how many floats. Ring frames carry it; NCCL and host collectives
@@ -60,10 +63,12 @@ struct Communicator {
     Fingerprint current;      // the collective running now, as its caller named it
     bool fingerprints_agreed; // NCCL and host collectives: the first call's were compared
     HostCollectives host_ops; // BACKEND_HOST only
+    AsyncQueue* async;        // the collectives started and not yet waited for, if any
 #ifdef HAVE_NCCL
     ncclComm_t nccl;
-    cudaStream_t stream;
-    float* one_float; // (1) device memory for the barrier
+    cudaStream_t stream;  // NCCL's, apart from the compute's (which is the legacy default one)
+    cudaEvent_t computed; // where the compute stream stood when a collective was queued
+    float* one_float;     // (1) device memory for the barrier
 #endif
 };
 
@@ -304,8 +309,11 @@ static int ring_transfer(Communicator* c, const char* what, int step, const void
     NetStatus st = ring_exchange(c, send_pieces, sending ? 2 : 0, recv_pieces, receiving ? 2 : 0,
                                  add && !staged ? 1u << 1 : 0, deadline);
     if (st != NET_OK) {
-        rank_log("%s step %d with ranks %d (left) and %d (right): %s%s", what, step, mod(r - 1, N),
-                 mod(r + 1, N), net_status_str(st), st == NET_TIMEOUT ? " (see --timeout)" : "");
+        char called[128];
+        describe_fingerprint(&c->current, called, sizeof called);
+        rank_log("%s step %d of %s with ranks %d (left) and %d (right): %s%s", what, step, called,
+                 mod(r - 1, N), mod(r + 1, N), net_status_str(st),
+                 st == NET_TIMEOUT ? " (see --timeout)" : "");
         return -1;
     }
     if (receiving && ntohl(in.magic) == RING_FRAME_MAGIC) {
@@ -460,6 +468,8 @@ static void nccl_close(Communicator* c, bool abort) {
         (abort ? ncclCommAbort : ncclCommDestroy)(c->nccl);
     if (c->stream != NULL)
         cudaStreamDestroy(c->stream);
+    if (c->computed != NULL)
+        cudaEventDestroy(c->computed);
     cudaFree(c->one_float);
 }
 
@@ -483,7 +493,10 @@ static int nccl_init(Communicator** comm, CommSettings s, const void* unique_id)
     memcpy(&id, unique_id, sizeof id);
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0; // return at once; nccl_wait bounds the wait
-    if (cudaStreamCreate(&c->stream) != cudaSuccess ||
+    // A stream that does not wait for the compute (nor the compute for it), so that a bucket's
+    // all-reduce runs beside the rest of the backward pass; nccl_queue orders the two.
+    if (cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaEventCreateWithFlags(&c->computed, cudaEventDisableTiming) != cudaSuccess ||
         cudaMalloc((void**)&c->one_float, sizeof(float)) != cudaSuccess ||
         cudaMemset(c->one_float, 0, sizeof(float)) != cudaSuccess) {
         rank_log("comm_init_nccl: %s", cudaGetErrorString(cudaGetLastError()));
@@ -505,27 +518,42 @@ const char* comm_nccl_version(void) {
     return version;
 }
 
-// Queues a collective (NCCL may answer ncclInProgress when non-blocking) and waits for it.
-static int nccl_finish(Communicator* c, const char* what, ncclResult_t queued) {
+// Has NCCL's stream wait for the work queued so far on the compute stream (the producer of
+// the collective's buffer).
+static int nccl_follow_compute(Communicator* c, const char* what) {
+    if (cudaEventRecord(c->computed, cudaStreamLegacy) != cudaSuccess ||
+        cudaStreamWaitEvent(c->stream, c->computed, 0) != cudaSuccess) {
+        rank_log("%s: %s", what, cudaGetErrorString(cudaGetLastError()));
+        return -1;
+    }
+    return 0;
+}
+
+// Waits for a collective's queueing (NCCL may answer ncclInProgress when non-blocking)
+// and, with on_stream, for the collective itself.
+static int nccl_finish(Communicator* c, const char* what, ncclResult_t queued, bool on_stream) {
     if (queued != ncclSuccess && queued != ncclInProgress) {
         rank_log("%s: %s", what, ncclGetErrorString(queued));
         return -1;
     }
-    return nccl_wait(c, what, timer_seconds() + c->s.timeout_s, true);
+    return nccl_wait(c, what, timer_seconds() + c->s.timeout_s, on_stream);
 }
 
-static int nccl_allreduce(Communicator* c, float* buf, size_t count, ncclRedOp_t op) {
+// wait: return once the all-reduce is done (else once it is queued: comm_wait_all waits).
+static int nccl_allreduce(Communicator* c, float* buf, size_t count, ncclRedOp_t op, bool wait) {
     if (c->s.debug)
-        rank_log("ncclAllReduce of %zu floats", count);
+        rank_log("ncclAllReduce of %zu floats%s", count, wait ? "" : ", started");
+    RETURN_IF_FAILED(nccl_follow_compute(c, "ncclAllReduce"));
     return nccl_finish(c, "ncclAllReduce",
-                       ncclAllReduce(buf, buf, count, ncclFloat, op, c->nccl, c->stream));
+                       ncclAllReduce(buf, buf, count, ncclFloat, op, c->nccl, c->stream), wait);
 }
 
 static int nccl_broadcast(Communicator* c, float* buf, size_t count, int root) {
     if (c->s.debug)
         rank_log("ncclBroadcast of %zu floats from rank %d", count, root);
+    RETURN_IF_FAILED(nccl_follow_compute(c, "ncclBroadcast"));
     return nccl_finish(c, "ncclBroadcast",
-                       ncclBroadcast(buf, buf, count, ncclFloat, root, c->nccl, c->stream));
+                       ncclBroadcast(buf, buf, count, ncclFloat, root, c->nccl, c->stream), true);
 }
 #else
 static int nccl_unique_id(void* unique_id) {
@@ -623,7 +651,7 @@ static int raw_sum(Communicator* c, float* host, size_t n) {
 #ifdef HAVE_NCCL
     float* device = c->s.k->alloc(n * sizeof(float));
     int err = device == NULL || c->s.k->upload(device, host, n * sizeof(float)) ||
-              nccl_allreduce(c, device, n, ncclSum) ||
+              nccl_allreduce(c, device, n, ncclSum, true) ||
               c->s.k->download(host, device, n * sizeof(float));
     if (device != NULL)
         c->s.k->release(device);
@@ -668,15 +696,175 @@ static int check_fingerprints(Communicator* c) {
     return err ? -1 : 0;
 }
 
-// Starts a collective: records its fingerprint and, for NCCL and host collectives, has
-// the ranks compare theirs at the first call and, under --debug, at every call.
-static int begin_collective(Communicator* c, RingOp op, size_t count, CommCall call) {
+// Records a collective's fingerprint and, for NCCL and host collectives, has the ranks
+// compare theirs at the first call and, under --debug, at every call.
+static int note_collective(Communicator* c, RingOp op, size_t count, CommCall call) {
     c->current = fingerprint_of(op, count, call);
     if (c->backend == BACKEND_RING || c->s.world_size == 1 ||
         (c->fingerprints_agreed && !c->s.debug))
         return 0;
     c->fingerprints_agreed = true;
     return check_fingerprints(c);
+}
+
+// Starts a collective, after the ones started before it (comm_allreduce_mean_start).
+static int begin_collective(Communicator* c, RingOp op, size_t count, CommCall call) {
+    RETURN_IF_FAILED(comm_wait_all(c));
+    return note_collective(c, op, count, call);
+}
+
+// ----------------------------------------------------------------------------
+// collectives that overlap the caller's work (lesson 04's gradient buckets)
+
+#define ASYNC_MAX_PENDING 64
+
+// A collective started and not yet run, as its caller described it.
+typedef struct {
+    Fingerprint called;
+    float* buf;
+    size_t count;
+} AsyncOp;
+
+// The ring's collectives run on a thread of their own, one after the other in the order
+// they were started, while the caller computes; NCCL's run on its stream instead. The
+// caller touches the communicator again only after comm_wait_all, so the two threads
+// never use it at once: the lock guards the queue, not the ring.
+struct AsyncQueue {
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t lock;
+    pthread_cond_t changed;         // an op was queued, one finished, or stop was asked
+    AsyncOp ops[ASYNC_MAX_PENDING]; // [done, queued) the queue, oldest first (mod the size)
+    unsigned queued, done;          // ops started, and finished (each counts up)
+    bool failed;                    // an op failed: the rest are skipped, wait_all says -1
+    bool stop;                      // comm_close: the thread ends
+    double busy_seconds;            // time spent in the ops so far
+};
+
+// The communication thread: runs each queued op to its end (every ring call has its own
+// deadline), then the next, until told to stop.
+static void* async_thread(void* arg) {
+    Communicator* c = arg;
+    AsyncQueue* q = c->async;
+    pthread_mutex_lock(&q->lock);
+    for (;;) {
+        while (q->done == q->queued && !q->stop)
+            pthread_cond_wait(&q->changed, &q->lock);
+        if (q->done == q->queued)
+            break;
+        AsyncOp op = q->ops[q->done % ASYNC_MAX_PENDING];
+        bool skip = q->failed;
+        pthread_mutex_unlock(&q->lock);
+        double start = timer_seconds();
+        c->current = op.called;
+        int err = skip ? -1 : ring_run(c, (RingOp)op.called.op, op.buf, op.count, 0);
+        pthread_mutex_lock(&q->lock);
+        q->busy_seconds += timer_seconds() - start;
+        q->failed = q->failed || err != 0;
+        q->done++;
+        pthread_cond_broadcast(&q->changed);
+    }
+    pthread_mutex_unlock(&q->lock);
+    return NULL;
+}
+
+// The queue (and, for the ring, its thread) at the first start.
+static int async_ready(Communicator* c) {
+    if (c->async != NULL)
+        return 0;
+    c->async = calloc(1, sizeof *c->async);
+    if (c->async == NULL) {
+        rank_log("comm: out of memory for the collectives' queue");
+        return -1;
+    }
+    pthread_mutex_init(&c->async->lock, NULL);
+    pthread_cond_init(&c->async->changed, NULL);
+    if (c->backend != BACKEND_RING)
+        return 0;
+    int err = pthread_create(&c->async->thread, NULL, async_thread, c);
+    if (err != 0) {
+        rank_log("comm: cannot start the communication thread: %s", strerror(err));
+        return -1;
+    }
+    c->async->thread_started = true;
+    return 0;
+}
+
+int comm_allreduce_mean_start(Communicator* c, float* buf, size_t count, CommCall call) {
+    RETURN_IF_FAILED(async_ready(c));
+    AsyncQueue* q = c->async;
+#ifdef HAVE_NCCL
+    if (c->backend == BACKEND_NCCL) { // queued on NCCL's stream; only the queueing waits
+        RETURN_IF_FAILED(note_collective(c, RING_MEAN, count, call));
+        q->queued++;
+        return nccl_allreduce(c, buf, count, ncclAvg, false);
+    }
+#endif
+    if (c->backend != BACKEND_RING) {
+        rank_log("comm: collectives that overlap are the ring's and NCCL's only");
+        return -1;
+    }
+    pthread_mutex_lock(&q->lock);
+    while (q->queued - q->done == ASYNC_MAX_PENDING) // full: wait for the oldest
+        pthread_cond_wait(&q->changed, &q->lock);
+    q->ops[q->queued % ASYNC_MAX_PENDING] =
+        (AsyncOp){fingerprint_of(RING_MEAN, count, call), buf, count};
+    q->queued++;
+    pthread_cond_broadcast(&q->changed);
+    pthread_mutex_unlock(&q->lock);
+    return 0;
+}
+
+int comm_wait_all(Communicator* c) {
+    AsyncQueue* q = c->async;
+    if (q == NULL)
+        return 0;
+#ifdef HAVE_NCCL
+    if (c->backend == BACKEND_NCCL) {
+        int err = q->queued > q->done &&
+                  nccl_wait(c, "ncclAllReduce", timer_seconds() + c->s.timeout_s, true) != 0;
+        q->done = q->queued;
+        return err ? -1 : 0;
+    }
+#endif
+    // Every ring call ends by its deadline, so this wait is bounded by theirs.
+    pthread_mutex_lock(&q->lock);
+    while (q->done != q->queued)
+        pthread_cond_wait(&q->changed, &q->lock);
+    bool failed = q->failed;
+    pthread_mutex_unlock(&q->lock);
+    return failed ? -1 : 0;
+}
+
+double comm_async_seconds(const Communicator* c) {
+    if (c->backend == BACKEND_NCCL)
+        return -1.0; // they run on the GPU, out of the host's sight
+    return c->async != NULL ? c->async->busy_seconds : 0.0;
+}
+
+// Ends the thread: after the ops queued (a clean end), or at once (an abort shuts the
+// sockets down, so that an op blocked on a dead peer returns now, not at its deadline).
+static void async_stop(Communicator* c, bool abort) {
+    AsyncQueue* q = c->async;
+    if (q == NULL)
+        return;
+    if (abort) {
+        pthread_mutex_lock(&q->lock);
+        q->failed = true; // nothing more is sent
+        pthread_mutex_unlock(&q->lock);
+        shutdown(c->send.fd, SHUT_RDWR);
+        shutdown(c->recv.fd, SHUT_RDWR);
+    }
+    pthread_mutex_lock(&q->lock);
+    q->stop = true;
+    pthread_cond_broadcast(&q->changed);
+    pthread_mutex_unlock(&q->lock);
+    if (q->thread_started)
+        pthread_join(q->thread, NULL);
+    pthread_cond_destroy(&q->changed);
+    pthread_mutex_destroy(&q->lock);
+    free(q);
+    c->async = NULL;
 }
 
 int comm_choose_transport(const char* request, Backend backend, bool* shm, char* why,
@@ -694,7 +882,7 @@ int comm_allreduce_sum(Communicator* c, float* buf, size_t count, CommCall call)
     RETURN_IF_FAILED(begin_collective(c, RING_SUM, count, call));
 #ifdef HAVE_NCCL
     if (c->backend == BACKEND_NCCL)
-        return nccl_allreduce(c, buf, count, ncclSum);
+        return nccl_allreduce(c, buf, count, ncclSum, true);
 #endif
     return ring_run(c, RING_SUM, buf, count, 0);
 }
@@ -703,7 +891,7 @@ int comm_allreduce_mean(Communicator* c, float* buf, size_t count, CommCall call
     RETURN_IF_FAILED(begin_collective(c, RING_MEAN, count, call));
 #ifdef HAVE_NCCL
     if (c->backend == BACKEND_NCCL)
-        return nccl_allreduce(c, buf, count, ncclAvg);
+        return nccl_allreduce(c, buf, count, ncclAvg, true);
 #endif
     return ring_run(c, RING_MEAN, buf, count, 0);
 }
@@ -722,7 +910,7 @@ int comm_barrier(Communicator* c) {
     RETURN_IF_FAILED(begin_collective(c, RING_BARRIER, 1, COMM_ONCE("barrier")));
 #ifdef HAVE_NCCL
     if (c->backend == BACKEND_NCCL)
-        return nccl_allreduce(c, c->one_float, 1, ncclSum);
+        return nccl_allreduce(c, c->one_float, 1, ncclSum, true);
 #endif
     if (c->backend == BACKEND_HOST)
         return c->host_ops.barrier(c->host_ops.ctx);
@@ -773,6 +961,7 @@ Backend comm_backend(const Communicator* c) {
 static void comm_close(Communicator* c, bool abort) {
     if (c == NULL)
         return;
+    async_stop(c, abort);
 #ifdef HAVE_NCCL
     nccl_close(c, abort);
 #else

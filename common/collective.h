@@ -20,7 +20,8 @@
  * comm_ring_socketpairs, comm_ring_keep_own, comm_ring_shm, comm_ring_connect_tcp, comm_init_ring,
  * comm_init_ring_shm, comm_init_ring_links, comm_init_host, NcclIdTransport, NcclIdRoute,
  * comm_init_nccl, comm_nccl_version, comm_allreduce_sum, comm_allreduce_mean, comm_broadcast,
- *       comm_barrier, comm_allgather_u64, comm_abort, comm_destroy,
+ *       comm_barrier, comm_allgather_u64, comm_allreduce_mean_start, comm_wait_all,
+ *       comm_async_seconds, comm_abort, comm_destroy,
  *       comm_backend.
  */
 #ifndef COLLECTIVE_H
@@ -155,6 +156,18 @@ int comm_allreduce_sum(Communicator* comm, float* buf, size_t count, CommCall ca
 int comm_allreduce_mean(Communicator* comm, float* buf, size_t count, CommCall call);
 int comm_broadcast(Communicator* comm, float* buf, size_t count, int root, CommCall call);
 int comm_barrier(Communicator* comm);
+
+// Collectives that run while the caller goes on computing (lesson 04's gradient
+// buckets): _start queues the all-reduce on this rank's communication thread (the ring)
+// or on NCCL's stream, in the order started, and returns; comm_wait_all waits for every
+// one started (each has its deadline) and says whether all succeeded. Until then buf
+// must stay as it is, and the caller makes no other call on comm (any other collective
+// waits for the started ones first).
+int comm_allreduce_mean_start(Communicator* comm, float* buf, size_t count, CommCall call);
+int comm_wait_all(Communicator* comm);
+// Seconds the collectives started and waited for have run on the communication thread:
+// what overlapping could hide. -1 for NCCL, whose collectives the host does not see run.
+double comm_async_seconds(const Communicator* comm);
 // all (world_size) = every rank's mine, on every rank: a hash, a count. what names it.
 int comm_allgather_u64(Communicator* comm, const char* what, uint64_t mine, uint64_t* all);
 // Ends the communicator at once, even in the middle of a failed call.

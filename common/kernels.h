@@ -51,7 +51,9 @@ typedef struct {
     // out (B, OC) = inp (B, C) @ w (OC, C)^T + bias (OC)
     int (*linear_forward)(float* out, const float* inp, const float* w, const float* bias, int B,
                           int C, int OC);
-    // dinp (B, C) (skipped when NULL), dw (OC, C), dbias (OC) from dout (B, OC)
+    // dinp (B, C) (skipped when NULL), dw (OC, C) and dbias (OC) (both skipped when dw is
+    // NULL) from dout (B, OC). Each gradient is computed alone, so that one call or two
+    // (the parameters' first, then the input's: lesson 04) give the same bits.
     int (*linear_backward)(float* dinp, float* dw, float* dbias, const float* dout,
                            const float* inp, const float* w, int B, int C, int OC);
     // out (N) = max(inp, 0)
@@ -75,6 +77,8 @@ typedef struct {
     // SGD with momentum (as torch.optim.SGD): velocity = momentum * velocity + grad
     int (*sgd_update)(float* params, float* velocity, const float* grads, float learning_rate,
                       float momentum, int N);
+    // sum (N) += scale * x (N): gradients of micro-batches accumulated (lesson 04)
+    int (*add_scaled)(float* sum, const float* x, float scale, int N);
 } Kernels;
 
 extern const Kernels kernels_cpu;

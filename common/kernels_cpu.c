@@ -120,14 +120,14 @@ static int linear_forward_naive(float* out, const float* inp, const float* w, co
 static int linear_backward_naive(float* dinp, float* dw, float* dbias, const float* dout,
                                  const float* inp, const float* w, int B, int C, int OC) {
     // dbias[o] = sum over b of dout[b][o]
-    for (int o = 0; o < OC; o++) {
+    for (int o = 0; o < OC && dw != NULL; o++) {
         float sum = 0.0f;
         for (int b = 0; b < B; b++)
             sum += dout[(size_t)b * OC + o];
         dbias[o] = sum;
     }
     // dw[o][i] = sum over b of dout[b][o] * inp[b][i]
-    for (int o = 0; o < OC; o++)
+    for (int o = 0; o < OC && dw != NULL; o++)
         for (int i = 0; i < C; i++) {
             float sum = 0.0f;
             for (int b = 0; b < B; b++)
@@ -320,20 +320,22 @@ static int linear_forward_cpu(float* restrict out, const float* restrict inp,
 static int linear_backward_cpu(float* restrict dinp, float* restrict dw, float* restrict dbias,
                                const float* restrict dout, const float* restrict inp,
                                const float* restrict w, int B, int C, int OC) {
-    // dbias[o] = sum over b of dout[b][o], added row by row so that the loop over o is
-    // contiguous; each dbias[o] still adds its terms in b order.
-    for (int o = 0; o < OC; o++)
-        dbias[o] = 0.0f;
-    for (int b = 0; b < B; b++)
+    if (dw != NULL) {
+        // dbias[o] = sum over b of dout[b][o], added row by row so that the loop over o is
+        // contiguous; each dbias[o] still adds its terms in b order.
         for (int o = 0; o < OC; o++)
-            dbias[o] += dout[(size_t)b * OC + o];
-    // dw[o][i] = sum over b of dout[b][o] * inp[b][i]. With one input (the first layer) dw
-    // (OC, 1) is laid out as its transpose (1, OC) = inp^T @ dout: one row of OC outputs,
-    // which fills the tiles where dw's single column would not.
-    if (C == 1)
-        matmul_cpu(dw, NULL, inp, 0, 1, dout, 1, B, OC);
-    else
-        matmul_cpu(dw, NULL, dout, 1, OC, inp, OC, B, C);
+            dbias[o] = 0.0f;
+        for (int b = 0; b < B; b++)
+            for (int o = 0; o < OC; o++)
+                dbias[o] += dout[(size_t)b * OC + o];
+        // dw[o][i] = sum over b of dout[b][o] * inp[b][i]. With one input (the first layer)
+        // dw (OC, 1) is laid out as its transpose (1, OC) = inp^T @ dout: one row of OC
+        // outputs, which fills the tiles where dw's single column would not.
+        if (C == 1)
+            matmul_cpu(dw, NULL, inp, 0, 1, dout, 1, B, OC);
+        else
+            matmul_cpu(dw, NULL, dout, 1, OC, inp, OC, B, C);
+    }
     // dinp[b][i] = sum over o of dout[b][o] * w[o][i]
     if (dinp != NULL)
         matmul_cpu(dinp, NULL, dout, OC, 1, w, B, OC, C);
@@ -464,6 +466,12 @@ static int adam_update_cpu(float* restrict params, float* restrict m, float* res
     return 0;
 }
 
+static int add_scaled_cpu(float* restrict sum, const float* restrict x, float scale, int N) {
+    for (int i = 0; i < N; i++)
+        sum[i] += scale * x[i];
+    return 0;
+}
+
 static int sgd_update_cpu(float* restrict params, float* restrict velocity,
                           const float* restrict grads, float learning_rate, float momentum, int N) {
     // one vectorised pass, as adam_update_cpu
@@ -496,6 +504,7 @@ const Kernels kernels_cpu = {
     .mse_backward = mse_backward_cpu,
     .adam_update = adam_update_cpu,
     .sgd_update = sgd_update_cpu,
+    .add_scaled = add_scaled_cpu,
 };
 
 // kernels_cpu with the linear layer's reference loops: the specification the tiled code is
@@ -519,4 +528,5 @@ const Kernels kernels_cpu_naive = {
     .mse_backward = mse_backward_cpu,
     .adam_update = adam_update_cpu,
     .sgd_update = sgd_update_cpu,
+    .add_scaled = add_scaled_cpu,
 };

@@ -184,11 +184,11 @@ static int linear_backward_cuda(float* dinp, float* dw, float* dbias, const floa
                                 const float* inp, const float* w, int B, int C, int OC) {
     // Three kernels, one per gradient: each thread owns the element it writes,
     // so no two threads ever add to the same place.
-    if (OC > 0) {
+    if (dw != NULL && OC > 0) {
         linear_backward_dbias_kernel<<<blocks_for(OC), BLOCK_SIZE>>>(dbias, dout, B, OC);
         CUDA_CHECK(cudaGetLastError());
     }
-    if (OC * C > 0) {
+    if (dw != NULL && OC * C > 0) {
         linear_backward_dw_kernel<<<blocks_for(OC * C), BLOCK_SIZE>>>(dw, dout, inp, B, C, OC);
         CUDA_CHECK(cudaGetLastError());
     }
@@ -437,6 +437,23 @@ static int sgd_update_cuda(float* params, float* velocity, const float* grads, f
     return 0;
 }
 
+// One thread per element i.
+__global__ void add_scaled_kernel(float* __restrict__ sum, const float* __restrict__ x,
+                                  float scale, int N) {
+    int i = thread_index();
+    if (i >= N)
+        return;
+    sum[i] += scale * x[i];
+}
+
+static int add_scaled_cuda(float* sum, const float* x, float scale, int N) {
+    if (N == 0)
+        return 0;
+    add_scaled_kernel<<<blocks_for(N), BLOCK_SIZE>>>(sum, x, scale, N);
+    CUDA_CHECK(cudaGetLastError());
+    return 0;
+}
+
 // ----------------------------------------------------------------------------
 
 const Kernels kernels_cuda = {
@@ -458,4 +475,5 @@ const Kernels kernels_cuda = {
     .mse_backward = mse_backward_cuda,
     .adam_update = adam_update_cuda,
     .sgd_update = sgd_update_cuda,
+    .add_scaled = add_scaled_cuda,
 };

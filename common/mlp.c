@@ -17,9 +17,19 @@
 // ----------------------------------------------------------------------------
 // parameter layout
 
-int mlp_num_params(int hidden) {
+void mlp_tensor_sizes(int hidden, int* sizes) {
     int H = hidden;
-    return H + H + H * H + H + H + H + H + 1;
+    int in_order[MLP_TENSORS] = {H, H, H * H, H, H, H, H, 1}; // w1 b1 w2 b2 gamma beta w3 b3
+    for (int t = 0; t < MLP_TENSORS; t++)
+        sizes[t] = in_order[t];
+}
+
+int mlp_num_params(int hidden) {
+    int sizes[MLP_TENSORS], total = 0;
+    mlp_tensor_sizes(hidden, sizes);
+    for (int t = 0; t < MLP_TENSORS; t++)
+        total += sizes[t];
+    return total;
 }
 
 // Points t's tensors into the contiguous buffer base, in declaration order.
@@ -126,30 +136,56 @@ int mlp_loss(Mlp* m, float scale, int B) {
 }
 
 int mlp_backward(Mlp* m, int B) {
+    return mlp_backward_announcing(m, B, NULL, NULL);
+}
+
+// Says that the gradients from first_grad (a tensor of m->g) to the buffer's end are final.
+static int announce(const Mlp* m, GradsReady ready, void* ctx, const float* first_grad) {
+    return ready != NULL ? ready(ctx, (int)(first_grad - m->grads)) : 0;
+}
+
+// A linear layer's backward pass in two halves: its parameters' gradients, final at once
+// (announced), then its input's (unless dinp is NULL), which the earlier layers wait for.
+static int linear_backward_announcing(Mlp* m, float* dinp, float* dw, float* dbias,
+                                      const float* dout, const float* inp, const float* w, int B,
+                                      int C, int OC, GradsReady ready, void* ctx) {
+    RETURN_IF_FAILED(m->k->linear_backward(NULL, dw, dbias, dout, inp, w, B, C, OC));
+    RETURN_IF_FAILED(announce(m, ready, ctx, dw));
+    return dinp != NULL ? m->k->linear_backward(dinp, NULL, NULL, dout, inp, w, B, C, OC) : 0;
+}
+
+int mlp_backward_announcing(Mlp* m, int B, GradsReady ready, void* ctx) {
     // The forward pass in reverse; each step turns the gradient of a layer's
-    // output into the gradients of its parameters and of its input.
+    // output into the gradients of its parameters and of its input. The layers sit in
+    // the buffer in order, so the final gradients grow from its end towards its start.
     const Kernels* k = m->k;
     int H = m->hidden;
     RETURN_IF_FAILED(k->mse_backward(m->d_out, m->out, m->y, B));
-    RETURN_IF_FAILED(
-        k->linear_backward(m->d_a3, m->g.w3, m->g.b3, m->d_out, m->a3, m->p.w3, B, H, 1));
+    RETURN_IF_FAILED(linear_backward_announcing(m, m->d_a3, m->g.w3, m->g.b3, m->d_out, m->a3,
+                                                m->p.w3, B, H, 1, ready, ctx));
     RETURN_IF_FAILED(k->relu_backward(m->d_ln, m->d_a3, m->a3, B * H));
     RETURN_IF_FAILED(k->layernorm_backward(m->d_h2, m->g.ln_gamma, m->g.ln_beta, m->d_ln, m->h2,
                                            m->ln_mean, m->ln_rstd, m->p.ln_gamma, B, H));
-    RETURN_IF_FAILED(
-        k->linear_backward(m->d_a1, m->g.w2, m->g.b2, m->d_h2, m->a1, m->p.w2, B, H, H));
+    RETURN_IF_FAILED(announce(m, ready, ctx, m->g.ln_gamma));
+    RETURN_IF_FAILED(linear_backward_announcing(m, m->d_a1, m->g.w2, m->g.b2, m->d_h2, m->a1,
+                                                m->p.w2, B, H, H, ready, ctx));
     RETURN_IF_FAILED(k->relu_backward(m->d_h1, m->d_a1, m->a1, B * H));
     // The input needs no gradient: dinp = NULL.
-    return k->linear_backward(NULL, m->g.w1, m->g.b1, m->d_h1, m->x, m->p.w1, B, 1, H);
+    return linear_backward_announcing(m, NULL, m->g.w1, m->g.b1, m->d_h1, m->x, m->p.w1, B, 1, H,
+                                      ready, ctx);
 }
 
 int mlp_update(Mlp* m, Optimizer* opt) {
+    return mlp_update_from(m, opt, m->grads);
+}
+
+int mlp_update_from(Mlp* m, Optimizer* opt, const float* grads) {
     opt->step++;
     if (opt->kind == OPTIMIZER_SGD)
-        return m->k->sgd_update(m->params, m->opt_m, m->grads, opt->learning_rate, opt->momentum,
+        return m->k->sgd_update(m->params, m->opt_m, grads, opt->learning_rate, opt->momentum,
                                 m->num_params);
     AdamSettings s = {opt->learning_rate, ADAM_BETA1, ADAM_BETA2, ADAM_EPS, opt->step};
-    return m->k->adam_update(m->params, m->opt_m, m->opt_v, m->grads, s, m->num_params);
+    return m->k->adam_update(m->params, m->opt_m, m->opt_v, grads, s, m->num_params);
 }
 
 // ----------------------------------------------------------------------------

@@ -7,8 +7,9 @@
  * every buffer below is in that device's memory.
  *
  * Shapes: B batch rows (at most max_batch), H hidden features.
- * APIs: mlp_num_params, mlp_create, mlp_init_params, mlp_load_batch,
- *       mlp_forward, mlp_loss, mlp_backward, mlp_update, mlp_take_loss,
+ * APIs: MLP_TENSORS, mlp_num_params, mlp_tensor_sizes, mlp_create, mlp_init_params, mlp_load_batch,
+ *       mlp_forward, mlp_loss, mlp_backward, mlp_backward_announcing, GradsReady, mlp_update,
+ *       mlp_update_from, mlp_take_loss,
  *       mlp_get_params, mlp_get_state, mlp_set_state, mlp_print_summary, mlp_free.
  */
 #ifndef MLP_H
@@ -75,7 +76,12 @@ typedef struct {
     float* loss;  // (1) running sum that mlp_loss adds to
 } Mlp;
 
+// The model's tensors, in the order they lie in the parameter (and gradient) buffer:
+// w1, b1, w2, b2, ln_gamma, ln_beta, w3, b3, the order of nn.Sequential's parameters().
+#define MLP_TENSORS 8
 int mlp_num_params(int hidden);
+// sizes (MLP_TENSORS) = each tensor's number of floats, in buffer order.
+void mlp_tensor_sizes(int hidden, int* sizes);
 // Allocates everything on the device of k. Returns 0 or -1.
 int mlp_create(Mlp* m, const Kernels* k, int hidden, int max_batch);
 void mlp_free(Mlp* m);
@@ -89,7 +95,18 @@ int mlp_forward(Mlp* m, int B);
 int mlp_loss(Mlp* m, float scale, int B);
 // grads = d(mean squared error of the last forward pass) / d(params).
 int mlp_backward(Mlp* m, int B);
+
+// Called by mlp_backward_announcing each time a layer's gradients are final: those of
+// params [ready_from, num_params) are (the pass goes from the last layer to the first,
+// so the part that is ready grows from the end of the buffer towards its start). Work
+// on that part may start at once; on a GPU, after the work queued so far. 0 or -1.
+typedef int (*GradsReady)(void* ctx, int ready_from);
+// mlp_backward that says, as it goes, which gradients are ready (lesson 04's buckets).
+int mlp_backward_announcing(Mlp* m, int B, GradsReady ready, void* ctx);
 int mlp_update(Mlp* m, Optimizer* opt);
+// mlp_update with other gradients than m->grads (laid out alike): lesson 04's sum of
+// accumulated micro-batches.
+int mlp_update_from(Mlp* m, Optimizer* opt, const float* grads);
 // Copies the loss sum to the host and resets it to 0.
 int mlp_take_loss(Mlp* m, float* host_loss);
 int mlp_get_params(const Mlp* m, float* host_params);

@@ -132,8 +132,10 @@ static int running(const Workers* w) {
 
 void workers_stop(Workers* w) {
     for (int i = 0; i < w->count; i++)
-        if (w->pids[i] != 0)
+        if (w->pids[i] != 0) {
             kill(w->pids[i], SIGTERM);
+            kill(w->pids[i], SIGCONT); // a stopped worker (SIGSTOP, ^Z) acts on it only then
+        }
     double deadline = timer_seconds() + WORKERS_GRACE_SECONDS;
     while (running(w) > 0 && timer_seconds() < deadline) {
         reap(w, 1);

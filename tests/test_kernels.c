@@ -344,6 +344,46 @@ Test(kernels, tiled_linear_backward_leaves_dinp_alone_when_it_is_null) {
     linear_shape_free(&s);
 }
 
+// Lesson 04 calls the backward pass in two halves: the parameters' gradients (dinp NULL),
+// then the input's (dw and dbias NULL). Each half must write its own outputs only, and
+// give the bits of the whole call, in both tables; float inputs, so that any change in
+// the order of a sum would show.
+Test(kernels, linear_backward_in_two_halves_gives_the_bits_of_one_call) {
+    const Kernels* tables[] = {&kernels_cpu, &kernels_cpu_naive};
+    for (int t = 0; t < COUNT(tables); t++) {
+        const Kernels* kt = tables[t];
+        LinearShape s = linear_shape_new(32, 64, 64, fill_unit_floats);
+        int B = s.B, C = s.C, OC = s.OC;
+        cr_assert_eq(
+            kt->linear_backward(s.dinp_ref, s.dw_ref, s.dbias_ref, s.dout, s.inp, s.w, B, C, OC),
+            0);
+        cr_assert_eq(kt->linear_backward(NULL, s.dw, s.dbias, s.dout, s.inp, s.w, B, C, OC), 0);
+        for (int i = 0; i < B * C; i++)
+            cr_assert(isnan(s.dinp[i]), "%s: the parameters' half wrote dinp[%d]", kt->name, i);
+        float* dw_before = new_floats(OC * C);
+        memcpy(dw_before, s.dw, (size_t)OC * C * sizeof(float));
+        cr_assert_eq(kt->linear_backward(s.dinp, NULL, NULL, s.dout, s.inp, s.w, B, C, OC), 0);
+        cr_assert_eq(memcmp(s.dw, dw_before, (size_t)OC * C * sizeof(float)), 0,
+                     "%s: the input's half wrote dw", kt->name);
+        cr_assert_eq(memcmp(s.dinp, s.dinp_ref, (size_t)B * C * sizeof(float)), 0,
+                     "%s: dinp differs between one call and two", kt->name);
+        cr_assert_eq(memcmp(s.dw, s.dw_ref, (size_t)OC * C * sizeof(float)), 0,
+                     "%s: dw differs between one call and two", kt->name);
+        cr_assert_eq(memcmp(s.dbias, s.dbias_ref, (size_t)OC * sizeof(float)), 0,
+                     "%s: dbias differs between one call and two", kt->name);
+        free(dw_before);
+        linear_shape_free(&s);
+    }
+}
+
+Test(kernels, add_scaled_adds_the_scaled_input) {
+    float sum[5] = {1.0f, -2.0f, 0.5f, 0.0f, 8.0f};
+    const float x[5] = {2.0f, 4.0f, -1.0f, 3.0f, 0.25f};
+    const double want[5] = {1.5, -1.0, 0.25, 0.75, 8.0625};
+    cr_assert_eq(k->add_scaled(sum, x, 0.25f, 5), 0);
+    expect_close(sum, want, 5, 0.0, "add_scaled with scale 0.25");
+}
+
 // ----------------------------------------------------------------------------
 // backward passes against finite differences, layer by layer
 

@@ -8,9 +8,11 @@
  * several ranks). Nothing here is a stored number: both sides are computed at test time.
  *
  * Covered: lesson 01 with Adam and SGD at hidden sizes 64 and 32, lesson 02 with 2 and 3
- * ranks, each for LOSS_EPOCHS epochs, train and eval loss within LOSS_RTOL per epoch;
- * and the parameters after exactly one optimizer step (the checkpoint that lesson 01
- * writes against the script's --dump-params), within PARAM_ATOL.
+ * ranks, lesson 04 accumulating micro-batches (against DDP's no_sync()), each for
+ * LOSS_EPOCHS epochs, train and eval loss within LOSS_RTOL per epoch; the parameters
+ * after exactly one optimizer step (the checkpoint that lesson 01 writes against the
+ * script's --dump-params), within PARAM_ATOL; and lesson 04's buckets against
+ * torch.distributed's _compute_bucket_assignment_by_size, bucket for bucket.
  *
  * The tests need a python that imports torch and numpy: $DDP_PYTHON if set, else
  * python3 on the PATH or /usr/bin/python3 (as tools/bench.sh looks). Without one they
@@ -25,11 +27,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "buckets.h"
+#include "mlp.h"
 #include "support/losses.h"
 #include "support/proc.h"
 
 #define HELLO_GPU build_program("hello_gpu")
 #define MULTI_GPU build_program("multi_gpu")
+#define DDP_OVERLAP build_program("ddp_overlap")
 #define TORCH_REFERENCE "tools/torch_reference.py"
 
 // Agreement seen on x86-64 with PyTorch 1.13: at most 2e-6 relative (float32 sums in
@@ -198,6 +203,37 @@ Test(torch, lesson_02_with_3_ranks_has_the_losses_of_pytorch_ddp, .init = temp_d
     expect_lesson_matches_torch(3, "adam", "64");
 }
 
+// Lesson 04 with --accumulate and its buckets against DDP with no_sync() and the same
+// bucket_cap_mb.
+static void expect_lesson_04_matches_torch(const char* ranks, const char* batch,
+                                           const char* accumulate) {
+    const char* python = torch_python_or_skip();
+    char dir_c[128], dir_torch[128], epochs[16], what[128];
+    snprintf(dir_c, sizeof dir_c, "%s/c", temp_dir);
+    snprintf(dir_torch, sizeof dir_torch, "%s/torch", temp_dir);
+    snprintf(epochs, sizeof epochs, "%d", LOSS_EPOCHS);
+#define LESSON_04_FLAGS                                                                            \
+    "--epochs", epochs, "--batch-size", batch, "--accumulate", accumulate, "--bucket-cap-kb", "1"
+    run_ok(DDP_OVERLAP, (const char*[]){"--device", "cpu", "--gpus", ranks, LESSON_04_FLAGS,
+                                        "--out", dir_c, NULL});
+    run_torch(python, (const char*[]){"--ranks", ranks, LESSON_04_FLAGS, "--out", dir_torch, NULL});
+#undef LESSON_04_FLAGS
+    snprintf(what, sizeof what, "lesson 04, %s ranks, batch %s, accumulate %s", ranks, batch,
+             accumulate);
+    expect_losses_match_torch(what, dir_c, dir_torch);
+}
+
+Test(torch, lesson_04_accumulating_4_micro_batches_has_the_losses_of_ddp_with_no_sync,
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
+    expect_lesson_04_matches_torch("2", "8", "4");
+}
+
+Test(torch, lesson_04_with_3_ranks_and_a_short_last_step_has_the_losses_of_ddp_with_no_sync,
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
+    // 534 samples per rank: 67 micro-batches of 8 (the last of 6), so the last step has 1.
+    expect_lesson_04_matches_torch("3", "8", "3");
+}
+
 // ----------------------------------------------------------------------------
 // b) the parameters after one optimizer step
 
@@ -280,4 +316,59 @@ Test(torch, one_adam_step_gives_pytorchs_parameters, .init = temp_dir_make,
 Test(torch, one_sgd_step_gives_pytorchs_parameters, .init = temp_dir_make,
      .fini = proc_end_leftovers) {
     expect_one_step_matches_torch("sgd");
+}
+
+// ----------------------------------------------------------------------------
+// c) lesson 04's buckets against torch.distributed's own assignment
+
+// The buckets of common/buckets.c for hidden size H at cap, written as PyTorch writes
+// its assignment: the tensors' indices in the order DDP is handed them (reversed
+// parameters(): b3 is 0), one list per bucket, e.g. "[[0, 1, 2, 3, 4], [5], [6, 7]]".
+static void format_buckets(int H, size_t cap, char* out, size_t len) {
+    int sizes[MLP_TENSORS];
+    mlp_tensor_sizes(H, sizes);
+    Buckets b;
+    buckets_assign(&b, sizes, MLP_TENSORS, cap);
+    size_t used = (size_t)snprintf(out, len, "[");
+    for (int i = 0, tensor = 0; i < b.count; i++) {
+        used += (size_t)snprintf(out + used, len - used, "%s[", i > 0 ? ", " : "");
+        for (int t = 0; t < b.b[i].tensors; t++, tensor++)
+            used += (size_t)snprintf(out + used, len - used, "%s%d", t > 0 ? ", " : "", tensor);
+        used += (size_t)snprintf(out + used, len - used, "]");
+    }
+    snprintf(out + used, len - used, "]");
+}
+
+Test(torch, lesson_04s_buckets_are_ddps_at_every_cap, .fini = proc_end_leftovers) {
+    const char* python = torch_python_or_skip();
+    const char* script = "import sys, torch, torch.distributed as d\n"
+                         "H = int(sys.argv[1])\n"
+                         "sizes = [H, H, H * H, H, H, H, H, 1]\n"
+                         "for cap in map(int, sys.argv[2:]):\n"
+                         "    tensors = [torch.zeros(n) for n in reversed(sizes)]\n"
+                         "    print(d._compute_bucket_assignment_by_size(tensors, [cap])[0])\n";
+    const char* caps[] = {"4",     "256",   "300",     "1024",    "4096",
+                          "16384", "20000", "1048576", "26214400"};
+    const char* hidden[] = {"64", "7", "512"};
+    for (size_t h = 0; h < sizeof hidden / sizeof *hidden; h++) {
+        const char* args[PROC_MAX_ARGS] = {"-c", script, hidden[h]};
+        int n = 3;
+        for (size_t c = 0; c < sizeof caps / sizeof *caps; c++)
+            args[n++] = caps[c];
+        args[n] = NULL;
+        Proc p = proc_run(python, args, NULL);
+        cr_assert_eq(p.status, 0, "torch's bucket assignment: exit status %d; stderr:\n%s",
+                     p.status, p.err.text);
+        const char* line = p.out.text;
+        for (size_t c = 0; c < sizeof caps / sizeof *caps; c++) {
+            char ours[256];
+            format_buckets(atoi(hidden[h]), (size_t)atol(caps[c]), ours, sizeof ours);
+            size_t len = strcspn(line, "\n");
+            cr_assert(strlen(ours) == len && strncmp(line, ours, len) == 0,
+                      "hidden %s, cap %s bytes: torch makes %.*s, buckets_assign %s", hidden[h],
+                      caps[c], (int)len, line, ours);
+            line += len + (line[len] == '\n');
+        }
+        proc_free(&p);
+    }
 }

@@ -34,8 +34,8 @@ torch.optim.Adam / SGD, all float32) do the training:
     takes j = hash(seed, epoch << 32 | i) mod (i + 1), padded to a multiple of N by
     repeating the first indices; rank r takes positions r, r + N, ...; batches are
     consecutive runs of --batch-size of those (the last one may be short);
-  - the losses (lessons 01 and 02): the train loss is the mean over the steps of each
-    batch's MSE, averaged over the ranks; the eval loss is the sum of the squared errors
+  - the losses (lessons 01, 02 and 04): the train loss is the mean over the batches (with
+    --accumulate, the micro-batches) of each one's MSE, averaged over the ranks; the eval loss is the sum of the squared errors
     of every eval sample divided by their number, rank r scoring the eval samples
     r, r + N, ... (lesson 02's split; one rank scores them all).
 
@@ -76,6 +76,7 @@ parameters as raw little-endian float32 in the C layout (w1, b1, w2, b2, ln_gamm
 ln_beta, w3, b3), which tests/test_torch.c compares with a C checkpoint.
 """
 import argparse
+import contextlib
 import math
 import os
 import socket
@@ -236,7 +237,7 @@ def run_same_init(rank, args, port):
     eval_idx = torch.arange(n_train + rank, args.data_size, N)  # lesson 02's eval split
     model = make_model(args.hidden_size)
     set_params(model, c_init_params(args.hidden_size, args.seed))
-    net = DDP(model) if N > 1 else model
+    net = DDP(model, bucket_cap_mb=args.bucket_cap_kb / 1024) if N > 1 else model
     optimizer = make_optimizer(args, net.parameters())
     loss_fn = nn.MSELoss()
     losses = []
@@ -245,12 +246,20 @@ def run_same_init(rank, args, port):
         indices = torch.from_numpy(c_sampler_indices(n_train, N, rank, args.seed, epoch))
         batches = torch.split(indices, args.batch_size)
         total = 0.0
-        for batch in batches:
+        # lesson 04's --accumulate: each step's micro-batches weighted by their samples, all
+        # but the last under no_sync() (their gradients add up locally)
+        for first in range(0, len(batches), args.accumulate):
+            steps = batches[first:first + args.accumulate]
+            step_samples = sum(len(b) for b in steps)
             optimizer.zero_grad()
-            loss = loss_fn(net(x[batch]), y[batch])
-            loss.backward()  # under DDP: the gradients are averaged over the ranks here
+            for i, batch in enumerate(steps):
+                syncing = i == len(steps) - 1 or N == 1
+                with contextlib.nullcontext() if syncing else net.no_sync():
+                    loss = loss_fn(net(x[batch]), y[batch])
+                    # under DDP: the gradients are averaged over the ranks in the last one
+                    (loss * (len(batch) / step_samples)).backward()
+                total += loss.item()
             optimizer.step()
-            total += loss.item()
         with torch.no_grad():
             squared = ((model(x[eval_idx]) - y[eval_idx]) ** 2).sum().item()
         # [mean batch loss of this rank, its share of the eval loss], then over the ranks
@@ -349,15 +358,22 @@ def parse_args():
     p.add_argument("--python-constants", action="store_true",
                    help="with --same-init: give the optimizer 0.9, 0.999, ... as Python floats, "
                    "not as the float32 values that C uses")
+    p.add_argument("--accumulate", type=int, default=1, metavar="N",
+                   help="with --same-init: N micro-batches per optimizer step, all but the last "
+                   "under DDP's no_sync() (lesson 04)")
+    p.add_argument("--bucket-cap-kb", type=int, default=25 * 1024, metavar="N",
+                   help="with --same-init: DDP's bucket_cap_mb, in KiB (lesson 04's flag)")
     p.add_argument("--out", metavar="DIR", help="with --same-init: write DIR/losses.csv")
     p.add_argument("--dump-params", metavar="FILE",
                    help="with --same-init: write the final parameters to FILE (raw "
                    "little-endian float32 in the C layout)")
     args = p.parse_args()
-    if args.ranks < 1 or args.epochs < 1 or args.batch_size < 1:
-        p.error("--ranks, --epochs and --batch-size must be positive")
-    if not args.same_init and (args.out or args.dump_params or args.python_constants):
-        p.error("--out, --dump-params and --python-constants need --same-init")
+    if min(args.ranks, args.epochs, args.batch_size, args.accumulate, args.bucket_cap_kb) < 1:
+        p.error("--ranks, --epochs, --batch-size, --accumulate and --bucket-cap-kb must be "
+                "positive")
+    if not args.same_init and (args.out or args.dump_params or args.python_constants or
+                               args.accumulate != 1):
+        p.error("--out, --dump-params, --python-constants and --accumulate need --same-init")
     if args.same_init:
         if args.device != "cpu":
             p.error("--same-init runs on the CPU (the C programs' specification)")

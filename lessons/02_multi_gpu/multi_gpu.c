@@ -36,6 +36,7 @@
 // flags
 
 typedef struct {
+    // >>> shared "options": the same in every lesson that has it (tests/test_lessons.c)
     TrainConfig train;
     int nproc;             // --gpus / --nproc-per-node: workers on this node (0: decide)
     const char* backend;   // --backend auto|nccl|ring
@@ -43,6 +44,7 @@ typedef struct {
     int timeout_s;         // --timeout: deadline of every collective
     bool debug;            // --debug: print every collective step
     int max_restarts;      // --max-restarts: new attempts after a worker fails
+    // <<< shared "options"
 } Options;
 
 // Fills o from argv. Exits with status 0 after --help and EXIT_USAGE after a bad flag.
@@ -52,6 +54,7 @@ static void parse_args(Options* o, int argc, char** argv) {
     // clang-format off
     const Flag flags[] = {
         CONFIG_TRAINING_FLAGS(&o->train),
+        // >>> shared "flags": the same in every lesson that has it (tests/test_lessons.c)
         {.name = "--gpus", .alias = "--nproc-per-node", .kind = FLAG_INT, .min = 1,
          .max = WORKERS_MAX, .destination = &o->nproc, .value_name = "N",
          .help = "worker processes, one per GPU (default: the number of GPUs, or 2 on the CPU)"},
@@ -72,6 +75,7 @@ static void parse_args(Options* o, int argc, char** argv) {
                  "there is one, up to N times (default 0)"},
         {.name = "--debug", .kind = FLAG_SWITCH, .destination = &o->debug,
          .help = "print every collective step on stderr"},
+        // <<< shared "flags"
     };
     // clang-format on
     int status;
@@ -85,6 +89,7 @@ static void parse_args(Options* o, int argc, char** argv) {
 // ----------------------------------------------------------------------------
 // the plan: how many workers, on which devices, with which engine
 
+// >>> shared "plan": the same in every lesson that has it (tests/test_lessons.c)
 typedef struct {
     Options opt;
     int world_size;
@@ -118,6 +123,7 @@ static void make_plan(Plan* p, const Options* o) {
         exit(usage_error(why));
     checkpoint_free(&checkpoint);
 }
+// <<< shared "plan"
 
 // ----------------------------------------------------------------------------
 // the data, moved to the device once
@@ -213,6 +219,16 @@ static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, int epoch, 
 }
 // <<< shared "evaluate"
 
+// >>> shared "comm time": the same in every lesson that has it (tests/test_lessons.c)
+// What the gradients' all-reduce cost: comm_seconds of the total, over epochs.
+static void print_comm_time(const Communicator* comm, double comm_seconds, int epochs,
+                            double total) {
+    (void)comm; // lesson 04 asks it what the buckets cost
+    printf("Gradient all-reduce: %.6f seconds per epoch (%.1f%% of the time)\n",
+           comm_seconds / epochs, 100.0 * comm_seconds / total);
+}
+// <<< shared "comm time"
+
 // >>> shared "train": the same in every lesson that has it (tests/test_lessons.c)
 // Trains from the start, or from the epoch after resume_from's (unless it is NULL);
 // rank 0 (verbose) prints the progress, adds each epoch to report and writes the
@@ -249,8 +265,7 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
         printf("Training completed in %.3f seconds\n", total);
     if (verbose && epochs_run > 0) {
         printf("Average time per epoch: %.6f seconds\n", total / epochs_run);
-        printf("Gradient all-reduce: %.6f seconds per epoch (%.1f%% of the time)\n",
-               comm_seconds / epochs_run, 100.0 * comm_seconds / total);
+        print_comm_time(comm, comm_seconds, epochs_run, total);
     }
     return 0;
 }
@@ -329,6 +344,7 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
 // ----------------------------------------------------------------------------
 // a worker: one rank's whole life
 
+// >>> shared "communicator": the same in every lesson that has it (tests/test_lessons.c)
 static int make_communicator(Communicator** comm, const Plan* p, int rank, const Device* dev,
                              int send_fd, int recv_fd) {
     CommSettings s = {.rank = rank,
@@ -344,6 +360,7 @@ static int make_communicator(Communicator** comm, const Plan* p, int rank, const
     NcclIdRoute route = {.transport = NCCL_ID_BY_RING, .send_fd = send_fd, .recv_fd = recv_fd};
     return comm_init_nccl(comm, s, &route);
 }
+// <<< shared "communicator"
 
 static int worker_main(int rank, void* arg) {
     Plan* p = arg;
@@ -368,6 +385,7 @@ static int worker_main(int rank, void* arg) {
     return status;
 }
 
+// >>> shared "run_workers": the same in every lesson that has it (tests/test_lessons.c)
 // One attempt at the job: every worker forked, supervised to the end. Returns what
 // workers_wait does; w->failure names the first failure.
 static int run_workers(Workers* w, Plan* p) {
@@ -383,6 +401,34 @@ static int run_workers(Workers* w, Plan* p) {
     p->ring_shm = NULL;
     return workers_wait(w, NULL, NULL);
 }
+// <<< shared "run_workers"
+
+// >>> shared "restarts": the same in every lesson that has it (tests/test_lessons.c)
+// The job, and with --max-restarts N up to N more attempts after a worker failed, each
+// from the last checkpoint. Returns the job's exit status.
+static int run_with_restarts(Plan* p) {
+    Workers workers;
+    int max = p->opt.max_restarts;
+    for (int restart = 1;; restart++) {
+        int status = run_workers(&workers, p);
+        // Only a failed worker is worth another attempt (128 + signal: interrupted).
+        if (status == 0 || status > 128 || workers.failure[0] == '\0' || max == 0)
+            return status;
+        if (workers.failure_is_for_good) {
+            fprintf(stderr, "no restart: it could not cure what ended the job: %s\n",
+                    workers.failure);
+            return status;
+        }
+        if (restart > max) {
+            fprintf(stderr, "no restarts left (%d used): the job ends after: %s\n", max,
+                    workers.failure);
+            return status;
+        }
+        fprintf(stderr, "restart %d/%d after: %s\n", restart, max, workers.failure);
+        p->opt.train.resume_if_present = true; // from the last checkpoint, if one was written
+    }
+}
+// <<< shared "restarts"
 
 // ----------------------------------------------------------------------------
 
@@ -396,23 +442,5 @@ int main(int argc, char** argv) {
     printf("  World size: %d\n", p.world_size);
     printf("  Backend: %s\n", p.backend == BACKEND_NCCL ? "nccl" : "ring");
 
-    Workers workers;
-    for (int restart = 1;; restart++) {
-        int status = run_workers(&workers, &p);
-        // Only a failed worker is worth another attempt (128 + signal: interrupted).
-        if (status == 0 || status > 128 || workers.failure[0] == '\0' || o.max_restarts == 0)
-            return status;
-        if (workers.failure_is_for_good) {
-            fprintf(stderr, "no restart: it could not cure what ended the job: %s\n",
-                    workers.failure);
-            return status;
-        }
-        if (restart > o.max_restarts) {
-            fprintf(stderr, "no restarts left (%d used): the job ends after: %s\n", o.max_restarts,
-                    workers.failure);
-            return status;
-        }
-        fprintf(stderr, "restart %d/%d after: %s\n", restart, o.max_restarts, workers.failure);
-        p.opt.train.resume_if_present = true; // from the last checkpoint, if one was written
-    }
+    return run_with_restarts(&p);
 }
