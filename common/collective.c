@@ -726,43 +726,65 @@ typedef struct {
 } AsyncOp;
 
 // The ring's collectives run on a thread of their own, one after the other in the order
-// they were started, while the caller computes; NCCL's run on its stream instead. The
-// caller touches the communicator again only after comm_wait_all, so the two threads
-// never use it at once: the lock guards the queue, not the ring.
+// they were started, while the caller computes; NCCL's run on its stream instead. One op
+// runs at a time, on whichever thread takes it: the communication thread, or the caller
+// in comm_wait_all, which runs the ops still waiting itself rather than sleep until a
+// thread that may have no free core gets to them. The caller touches the communicator
+// itself again only after comm_wait_all, so two threads never use the ring at once.
 struct AsyncQueue {
     pthread_t thread;
     bool thread_started;
     pthread_mutex_t lock;
     pthread_cond_t changed;         // an op was queued, one finished, or stop was asked
-    AsyncOp ops[ASYNC_MAX_PENDING]; // [done, queued) the queue, oldest first (mod the size)
-    unsigned queued, done;          // ops started, and finished (each counts up)
+    AsyncOp ops[ASYNC_MAX_PENDING]; // [taken, queued) wait, oldest first (mod the size)
+    unsigned queued, taken, done;   // ops started, taken to run, and finished (count up)
     bool failed;                    // an op failed: the rest are skipped, wait_all says -1
     bool stop;                      // comm_close: the thread ends
     double busy_seconds;            // time spent in the ops so far
 };
 
-// The communication thread: runs each queued op to its end (every ring call has its own
-// deadline), then the next, until told to stop.
+// Whether an op waits and none runs: the next one may be taken.
+static bool async_takeable(const AsyncQueue* q) {
+    return q->taken != q->queued && q->taken == q->done;
+}
+
+// Takes the next op and runs it to its end (every ring call has its own deadline).
+// Called, and returns, with the lock held.
+static void async_run_next(Communicator* c, AsyncQueue* q) {
+    AsyncOp op = q->ops[q->taken++ % ASYNC_MAX_PENDING];
+    bool skip = q->failed;
+    pthread_mutex_unlock(&q->lock);
+    double start = timer_seconds();
+    c->current = op.called;
+    int err = skip ? -1 : ring_run(c, (RingOp)op.called.op, op.buf, op.count, 0);
+    pthread_mutex_lock(&q->lock);
+    q->busy_seconds += timer_seconds() - start;
+    q->failed = q->failed || err != 0;
+    q->done++;
+    pthread_cond_broadcast(&q->changed);
+}
+
+// Until at most `allowed` ops are started and not finished: runs the next one here
+// whenever none runs, else waits. Called, and returns, with the lock held.
+static void async_drain_to(Communicator* c, AsyncQueue* q, unsigned allowed) {
+    while (q->queued - q->done > allowed) {
+        if (async_takeable(q))
+            async_run_next(c, q);
+        else
+            pthread_cond_wait(&q->changed, &q->lock);
+    }
+}
+
+// The communication thread: runs the ops as they come, until told to stop.
 static void* async_thread(void* arg) {
     Communicator* c = arg;
     AsyncQueue* q = c->async;
     pthread_mutex_lock(&q->lock);
-    for (;;) {
-        while (q->done == q->queued && !q->stop)
+    while (!q->stop) {
+        if (async_takeable(q))
+            async_run_next(c, q);
+        else
             pthread_cond_wait(&q->changed, &q->lock);
-        if (q->done == q->queued)
-            break;
-        AsyncOp op = q->ops[q->done % ASYNC_MAX_PENDING];
-        bool skip = q->failed;
-        pthread_mutex_unlock(&q->lock);
-        double start = timer_seconds();
-        c->current = op.called;
-        int err = skip ? -1 : ring_run(c, (RingOp)op.called.op, op.buf, op.count, 0);
-        pthread_mutex_lock(&q->lock);
-        q->busy_seconds += timer_seconds() - start;
-        q->failed = q->failed || err != 0;
-        q->done++;
-        pthread_cond_broadcast(&q->changed);
     }
     pthread_mutex_unlock(&q->lock);
     return NULL;
@@ -791,6 +813,8 @@ static int async_ready(Communicator* c) {
 }
 
 int comm_allreduce_mean_start(Communicator* c, float* buf, size_t count, CommCall call) {
+    if (c->s.world_size == 1)
+        return 0; // the mean of one rank's gradients: nothing to wait for, no thread to wake
     RETURN_IF_FAILED(async_ready(c));
     AsyncQueue* q = c->async;
 #ifdef HAVE_NCCL
@@ -805,8 +829,7 @@ int comm_allreduce_mean_start(Communicator* c, float* buf, size_t count, CommCal
         return -1;
     }
     pthread_mutex_lock(&q->lock);
-    while (q->queued - q->done == ASYNC_MAX_PENDING) // full: wait for the oldest
-        pthread_cond_wait(&q->changed, &q->lock);
+    async_drain_to(c, q, ASYNC_MAX_PENDING - 1); // room for one more
     q->ops[q->queued % ASYNC_MAX_PENDING] =
         (AsyncOp){fingerprint_of(RING_MEAN, count, call), buf, count};
     q->queued++;
@@ -829,8 +852,7 @@ int comm_wait_all(Communicator* c) {
 #endif
     // Every ring call ends by its deadline, so this wait is bounded by theirs.
     pthread_mutex_lock(&q->lock);
-    while (q->done != q->queued)
-        pthread_cond_wait(&q->changed, &q->lock);
+    async_drain_to(c, q, 0);
     bool failed = q->failed;
     pthread_mutex_unlock(&q->lock);
     return failed ? -1 : 0;
@@ -842,13 +864,15 @@ double comm_async_seconds(const Communicator* c) {
     return c->async != NULL ? c->async->busy_seconds : 0.0;
 }
 
-// Ends the thread: after the ops queued (a clean end), or at once (an abort shuts the
+// Ends the thread: after the ops started (a clean end), or at once (an abort shuts the
 // sockets down, so that an op blocked on a dead peer returns now, not at its deadline).
 static void async_stop(Communicator* c, bool abort) {
     AsyncQueue* q = c->async;
     if (q == NULL)
         return;
-    if (abort) {
+    if (!abort)
+        comm_wait_all(c);
+    else {
         pthread_mutex_lock(&q->lock);
         q->failed = true; // nothing more is sent
         pthread_mutex_unlock(&q->lock);
