@@ -14,6 +14,7 @@
 #   make fuzz          every libFuzzer target of tests/fuzz for FUZZ_SECONDS (30) each
 #   make soak          16 ranks, 3 nodes x 4 ranks, 50 jobs back to back on one port
 #   make bench-01      median time per epoch of lesson 01 at defaults (bench-02: lesson 02, 1 and 2 ranks)
+#   make bench-04      lesson 04 overlapped and not (--no-overlap), 1, 2 and 4 ranks, both presets
 #   make bench         every lesson beside PyTorch, with plots, into results/
 #   make check-01      a lesson's self-check on the CPU, PASS or FAIL line by line (check-02, check-03)
 #   make clean
@@ -104,7 +105,7 @@ GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 # below from forcing a relink when the configuration or the build id changes.
 .PRECIOUS: $(OBJ)/%.o $(OBJ)/%.cu.o $(BUILD)/fuzz/obj/%.o
 
-.PHONY: all lesson-01 lesson-02 lesson-03 lesson-04 run tests test asan memcheck fuzz soak bench bench-quick bench-01 bench-02 check-01 check-02 check-03 diff-02 diff-03 diff-04 demo-multinode clean found need-sodium
+.PHONY: all lesson-01 lesson-02 lesson-03 lesson-04 run tests test asan memcheck fuzz soak bench bench-quick bench-01 bench-02 bench-04 check-01 check-02 check-03 diff-02 diff-03 diff-04 demo-multinode clean found need-sodium
 all: found $(LESSONS) $(TOOLS)
 
 # One line per optional part, so that a build says what it could use.
@@ -240,6 +241,10 @@ bench-01: lesson-01
 bench-02: lesson-02
 	@tools/bench_epoch.sh $(BUILD)/multi_gpu --device cpu --gpus 1
 	@tools/bench_epoch.sh $(BUILD)/multi_gpu --device cpu --gpus 2
+
+# Lesson 04 with its buckets overlapped and not, 1, 2 and 4 ranks, both presets (medians).
+bench-04: lesson-04
+	@tools/bench_overlap.sh
 
 # The whole matrix beside PyTorch, with plots (tools/bench.sh --help); bench-quick: a smoke run.
 bench: all
