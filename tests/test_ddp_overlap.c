@@ -162,7 +162,7 @@ Test(ddp_overlap, accumulating_micro_batches_trains_as_one_batch_of_them_all, .i
 Test(ddp_overlap, the_summary_names_the_buckets_and_what_the_all_reduce_cost, .init = temp_dir_make,
      .fini = proc_end_leftovers) {
     char* out = run_into(DDP_OVERLAP, dir_named("04"), (const char*[]){"--gpus", "2", NULL});
-    cr_assert_not_null(strstr(out, "  Buckets: 3 of at most 1 KiB, last layer first: 1028 16384 "
+    cr_assert_not_null(strstr(out, "  Buckets: 3 (cap 1 KiB), last layer first: 1028 16384 "
                                    "512 bytes\n"),
                        "no (or another) bucket line:\n%s", out);
     cr_assert_not_null(strstr(out, "  Overlap: yes\n"), "no overlap line:\n%s", out);

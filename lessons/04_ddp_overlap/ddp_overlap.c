@@ -573,8 +573,7 @@ static void plan_buckets(const Options* o) {
     buckets_assign(&ddp.buckets, sizes, MLP_TENSORS, (size_t)o->bucket_cap_kb * 1024);
     ddp.overlap = !o->no_overlap;
     ddp.accumulate = o->accumulate;
-    printf("  Buckets: %d of at most %d KiB, last layer first:", ddp.buckets.count,
-           o->bucket_cap_kb);
+    printf("  Buckets: %d (cap %d KiB), last layer first:", ddp.buckets.count, o->bucket_cap_kb);
     for (int i = 0; i < ddp.buckets.count; i++)
         printf(" %d", ddp.buckets.b[i].count * (int)sizeof(float));
     printf(" bytes\n  Overlap: %s\n", ddp.overlap ? "yes" : "no (--no-overlap)");
