@@ -172,6 +172,18 @@ int net_listen(const char* addr, int port) {
     return fd;
 }
 
+int net_listen_in_range(const char* addr, int* next, int last) {
+    for (; *next <= last; (*next)++) {
+        int fd = net_listen(addr, *next);
+        if (fd >= 0 || errno != EADDRINUSE) {
+            *next += fd >= 0;
+            return fd;
+        }
+    }
+    errno = EADDRINUSE;
+    return -1;
+}
+
 int net_local_port(int fd) {
     struct sockaddr_in sa;
     socklen_t len = sizeof sa;

@@ -7,8 +7,8 @@
  * that no call can wait past the deadline. Writes never raise SIGPIPE.
  *
  * APIs: NetStatus, net_set_nonblocking, net_send_all, net_recv_all, net_exchange, net_status_str,
- *       net_listen, net_local_port, net_local_addr, net_peer_name, net_interface_of,
- *       net_connect_retry, net_accept.
+ *       net_listen, net_listen_in_range, net_local_port, net_local_addr, net_peer_name,
+ * net_interface_of, net_connect_retry, net_accept.
  */
 #ifndef NET_H
 #define NET_H
@@ -45,6 +45,9 @@ const char* net_status_str(NetStatus status);
 // A non-blocking TCP socket listening on addr:port (IPv4 dotted or a host name;
 // port 0 picks a free one). Returns the fd, or -1 with errno set.
 int net_listen(const char* addr, int port);
+// net_listen on the first port of [*next, last] that is free; *next becomes the port after
+// it. -1 with errno EADDRINUSE when none is.
+int net_listen_in_range(const char* addr, int* next, int last);
 // The port a socket is bound to, and its local IPv4 address as text.
 int net_local_port(int fd);
 void net_local_addr(int fd, char* out, size_t out_len);

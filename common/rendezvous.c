@@ -610,6 +610,17 @@ static Answer check_answer(const Rdzv* r, const RdzvHello* own, Pending* p, Rdzv
     return ANSWER_REFUSED;
 }
 
+#define RING_TEXT_BYTES (RDZV_ADDR_BYTES + WORKERS_MAX * 6)
+
+// "ADDR:PORT,PORT,...": where a node's workers listen for the ring, for --debug; out.
+static const char* ring_of(const RdzvHello* h, char out[RING_TEXT_BYTES]) {
+    size_t used = (size_t)snprintf(out, RING_TEXT_BYTES, "%s:", h->ring_addr);
+    for (int i = 0; i < h->nproc && used < RING_TEXT_BYTES; i++)
+        used += (size_t)snprintf(out + used, RING_TEXT_BYTES - used, "%s%d", i > 0 ? "," : "",
+                                 h->ring_ports[i]);
+    return out;
+}
+
 // A whole message came on p: a HELLO is accepted, or refused with a reason.
 static void admit(Rdzv* r, const RdzvHello* own, Pending* p) {
     static RdzvMessage m; // 8 KB: not on the stack
@@ -629,9 +640,10 @@ static void admit(Rdzv* r, const RdzvHello* own, Pending* p) {
     r->hello[h->node_rank] = *h;
     memcpy(r->challenge[h->node_rank], p->challenge, RDZV_CHALLENGE_BYTES);
     p->fd = -1; // the connection is the node's control channel now
+    char ring[RING_TEXT_BYTES];
     if (r->debug)
         rank_log("rendezvous: step 2) node %d joined from %s with %d worker%s, ring at %s",
-                 h->node_rank, p->peer, h->nproc, h->nproc > 1 ? "s" : "", h->ring_addr);
+                 h->node_rank, p->peer, h->nproc, h->nproc > 1 ? "s" : "", ring_of(h, ring));
 }
 
 // Reads all that p's connection has now; a whole message goes on to admit. All of it: a
@@ -705,6 +717,10 @@ static void give_up_gather(Rdzv* r) {
 int rdzv_master_gather(Rdzv* r, const RdzvHello* own) {
     r->hello[0] = *own;
     r->ignored = 0;
+    char ring[RING_TEXT_BYTES];
+    if (r->debug)
+        rank_log("rendezvous: step 2) the master's %d worker%s, ring at %s", own->nproc,
+                 own->nproc > 1 ? "s" : "", ring_of(own, ring));
     double deadline = timer_seconds() + r->timeout_s;
     Pending* pending = calloc(RDZV_MAX_PENDING, sizeof *pending);
     unsigned char* buffers = malloc((size_t)RDZV_MAX_PENDING * MESSAGE_BYTES);
@@ -840,9 +856,10 @@ int rdzv_join(Rdzv* r, const RdzvHello* own, RdzvWorld* world) {
     size_t len = encode_hello(&hello, bytes, sizeof bytes - RDZV_PROOF_BYTES);
     hello_proof(bytes + len, r->token, r->challenge[0], bytes, len);
     len += RDZV_PROOF_BYTES;
+    char ring[RING_TEXT_BYTES];
     if (r->debug)
         rank_log("rendezvous: step 2) HELLO sent: node %d, %d worker%s, ring at %s", own->node_rank,
-                 own->nproc, own->nproc > 1 ? "s" : "", own->ring_addr);
+                 own->nproc, own->nproc > 1 ? "s" : "", ring_of(own, ring));
     NetStatus sent = send_msg(fd, RDZV_HELLO, bytes, len, deadline);
     if (sent != NET_OK) {
         rank_log("rendezvous: sending HELLO: %s", net_status_str(sent));

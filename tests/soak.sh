@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # soak.sh - the CPU path under load on this machine's loopback (make soak).
-#   usage: tests/soak.sh [BUILD_DIR]      (default build; SOAK_PORT: the master port, 31700)
+#   usage: tests/soak.sh [BUILD_DIR]      (default build; the master port: DDP_PORT_BASE + 300,
+#                                          see tools/port_lib.sh)
 #
 # 1) lesson 02 with 16 ranks (on however few cores): it completes and its replicas agree;
 # 2) lesson 03, 3 nodes x 4 ranks meeting at 127.0.0.1: every node completes, and the
@@ -10,7 +11,9 @@
 # Prints every command, how long each part took, and a last line: soak: PASSED or FAILED.
 set -u
 build=${1:-build}
-port=${SOAK_PORT:-31700}
+here=$(cd "$(dirname "$0")/.." && pwd)
+. "$here/tools/port_lib.sh"
+port=$(port_for 300) || exit 2
 repeats=50
 deadline=120 # seconds: a run still going then has hung, and fails
 # The torchrun variables would change the programs' defaults.

@@ -197,6 +197,13 @@ Test(multi_gpu, a_worker_killed_from_outside_ends_the_run_and_is_named,
     Proc p;
     pid_t workers[2];
     start_long_run(&p, workers);
+    // The init line names the pid to kill (the lessons' exercises need no pgrep).
+    for (int r = 0; r < 2; r++) {
+        char want[64];
+        snprintf(want, sizeof want, ", pid %d, local_rank: %d,", (int)workers[r], r);
+        cr_assert_not_null(strstr(p.out.text, want), "no init line with '%s':\n%s", want,
+                           p.out.text);
+    }
     double killed_at = now_seconds();
     cr_assert_eq(kill(workers[1], SIGKILL), 0, "kill rank 1 (pid %d): %s", workers[1],
                  strerror(errno));

@@ -644,6 +644,80 @@ Test(multi_node, a_master_on_a_port_in_use_exits_2_at_once_and_says_so,
     proc_free(&first);
 }
 
+// The ports of a "ring at 127.0.0.1:P,Q" line of a --debug run's stderr after `after`;
+// returns how many (into ports).
+static int ring_ports_named(const char* err, const char* after, int* ports, int max) {
+    const char* at = strstr(err, after);
+    cr_assert_not_null(at, "no '%s' line:\n%s", after, err);
+    at = strstr(at, "ring at 127.0.0.1:");
+    cr_assert_not_null(at, "no ring address after '%s':\n%s", after, err);
+    at += strlen("ring at 127.0.0.1:");
+    int n = 0;
+    for (char* end; n < max; at = end + 1) {
+        ports[n++] = (int)strtol(at, &end, 10);
+        if (*end != ',')
+            break;
+    }
+    return n;
+}
+
+Test(multi_node, ring_ports_keep_every_worker_in_the_range_and_a_full_range_is_named,
+     .fini = proc_end_leftovers) {
+    // Five ports, the first one held by this test: the 2 x 2 workers take the other four.
+    int lo = port_for_test(20), hi = lo + 4, held = listen_on(lo);
+    int port = port_for_test(25);
+    char range[32];
+    snprintf(range, sizeof range, "%d-%d", lo, hi);
+    Proc nodes[2];
+    for (int n = 0; n < 2; n++)
+        start_node(&nodes[n], &(Node){.nnodes = 2,
+                                      .node_rank = n,
+                                      .port = port,
+                                      .nproc = 2,
+                                      .extra = {"--ring-ports", range, "--debug", NULL}});
+    expect_job_completes(nodes, 2);
+    int ports[4], counts[2];
+    counts[0] = ring_ports_named(nodes[0].err.text, "the master's 2 workers", ports, 2);
+    counts[1] = ring_ports_named(nodes[1].err.text, "HELLO sent", ports + 2, 2);
+    cr_assert(counts[0] == 2 && counts[1] == 2, "want 2 ring ports per node, got %d and %d",
+              counts[0], counts[1]);
+    for (int i = 0; i < 4; i++) {
+        cr_assert(ports[i] > lo && ports[i] <= hi,
+                  "a worker listens on %d, outside %d-%d "
+                  "(or on %d, which this test holds)",
+                  ports[i], lo + 1, hi, lo);
+        for (int j = 0; j < i; j++)
+            cr_assert_neq(ports[i], ports[j], "two workers listen on port %d", ports[i]);
+    }
+    for (int n = 0; n < 2; n++)
+        proc_free(&nodes[n]);
+
+    // Three ports, one held: the four workers do not fit, and the node that comes short
+    // says so (the other waits for it until its rendezvous timeout, ended here).
+    snprintf(range, sizeof range, "%d-%d", lo, lo + 2);
+    for (int n = 0; n < 2; n++)
+        start_node(&nodes[n], &(Node){.nnodes = 2,
+                                      .node_rank = n,
+                                      .port = port,
+                                      .nproc = 2,
+                                      .rdzv_timeout = 5,
+                                      .extra = {"--ring-ports", range, NULL}});
+    char want[128];
+    snprintf(want, sizeof want, "ring: no free port left in --ring-ports %s on 127.0.0.1", range);
+    for (int n = 0; n < 2; n++)
+        proc_finish(&nodes[n], now_seconds() + PROC_DEADLINE_S);
+    int named = 0;
+    for (int n = 0; n < 2; n++) {
+        cr_assert_neq(nodes[n].status, 0, "node %d: exit status 0 without enough ring ports", n);
+        named += strstr(nodes[n].err.text, want) != NULL;
+    }
+    cr_assert_geq(named, 1, "no node says '%s':\n%s\n%s", want, nodes[0].err.text,
+                  nodes[1].err.text);
+    for (int n = 0; n < 2; n++)
+        proc_free(&nodes[n]);
+    close(held);
+}
+
 // ----------------------------------------------------------------------------
 // 2g) garbage on the master's port
 
@@ -811,6 +885,13 @@ Test(multi_node, bad_flags_exit_2_with_one_line_naming_the_flag, .fini = proc_en
          "--token-file /nonexistent"},
         {{"--rdzv-timeout", "0", "--master-port", bad_flags_port}, {NULL}, "--rdzv-timeout"},
         {{"--master-addr", "", "--master-port", bad_flags_port}, {NULL}, "--master-addr"},
+        {{"--ring-ports", "5-3", "--master-port", bad_flags_port}, {NULL}, "--ring-ports"},
+        {{"--ring-ports", "1-65536", "--master-port", bad_flags_port}, {NULL}, "--ring-ports"},
+        {{"--master-port", bad_flags_port}, {"DDP_RING_PORTS=41000"}, "DDP_RING_PORTS"},
+        {{"--ring-ports", "41000-41000", "--nproc-per-node", "2", "--device", "cpu",
+          "--master-port", bad_flags_port},
+         {NULL},
+         "--ring-ports 41000-41000 has 1 port for this node's 2 workers"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         expect_usage_error(cases[i].args, cases[i].env, cases[i].name);

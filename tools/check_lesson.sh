@@ -19,6 +19,7 @@
 # runs under a time limit, so the check cannot hang.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. tools/port_lib.sh
 
 usage() {
     echo "usage: tools/check_lesson.sh 01|02|03 [BUILD_DIR]" >&2
@@ -263,20 +264,6 @@ check_02() {
     expect_torch_agrees "$tmp/l02b32" 2
 }
 
-# A TCP port on 127.0.0.1 that nothing listens on, below the ephemeral range from which
-# the ring's own listeners come; the master's bind is the final word (see check_03).
-free_port() {
-    local port tries
-    for ((tries = 0; tries < 50; tries++)); do
-        port=$((30000 + RANDOM % 2700))
-        if ! timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
-            echo "$port"
-            return
-        fi
-    done
-    echo 30000
-}
-
 # Runs the two nodes of one job on the loopback; status 0 when both exited 0.
 run_two_nodes() {
     local port=$1 pid status=0
@@ -296,7 +283,7 @@ check_03() {
     DDP_TOKEN="check-03-$RANDOM$RANDOM"
     export DDP_TOKEN
     for ((attempt = 1; attempt <= 3; attempt++)); do
-        port=$(free_port)
+        port=$(port_for $((309 + attempt))) || { fail "two nodes: no port for the master"; return; }
         status=0
         run_two_nodes "$port" || status=$?
         grep -q 'Address already in use' "$tmp/node0.log" || break # else another port

@@ -17,6 +17,8 @@
  * restarts across nodes: with --max-restarts N every node stops its workers, the
  * nodes meet again at the rendezvous, and training resumes from the last checkpoint.
  */
+#include <ctype.h>
+#include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,7 +64,23 @@ typedef struct {
     const char* token_file; // --token-file: the job's shared secret, else DDP_TOKEN
     bool insecure;          // --insecure: several nodes without a token
     int max_restarts;       // --max-restarts: new attempts after a worker fails
+    int ring_ports[2];      // --ring-ports LO-HI: the ring's listening ports ({0, 0}: any)
 } Options;
+
+// --ring-ports LO-HI: two ports, LO <= HI, into int[2].
+static int parse_port_range(const char* flag, const char* value, void* destination, char* why,
+                            size_t why_len) {
+    int* range = destination;
+    int lo, hi, end = 0;
+    if (sscanf(value, "%5d-%5d%n", &lo, &hi, &end) != 2 || value[end] != '\0' ||
+        !isdigit((unsigned char)value[0]) || lo < 1 || hi > 65535 || lo > hi) {
+        snprintf(why, why_len, "%s must be a range of ports LO-HI in [1, 65535], got '%s'", flag,
+                 value);
+        return -1;
+    }
+    range[0] = lo, range[1] = hi;
+    return 0;
+}
 
 // Fills o from the environment (torchrun's variables are the defaults of their flags) and
 // argv. Exits with status 0 after --help and EXIT_USAGE after a bad flag.
@@ -115,6 +133,10 @@ static void parse_args(Options* o, int argc, char** argv) {
         {.name = "--timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
          .destination = &o->timeout_s, .value_name = "SECONDS",
          .help = "deadline of every collective (default 60)"},
+        {.name = "--ring-ports", .kind = FLAG_CUSTOM, .parse = parse_port_range,
+         .destination = o->ring_ports, .value_name = "LO-HI", .env = "DDP_RING_PORTS",
+         .help = "the ports where this node's workers listen for the ring, the first free ones "
+                 "of LO-HI, one per worker: for a firewall (default: any the kernel gives)"},
         {.name = "--max-restarts", .kind = FLAG_INT, .min = 0, .max = CONFIG_MAX_RESTARTS,
          .destination = &o->max_restarts, .value_name = "N",
          .help = "when a worker fails anywhere, every node stops its workers, the nodes meet "
@@ -176,10 +198,17 @@ static void make_plan(Agent* a, const Options* o) {
     const char* dir = o->train.checkpoint_dir;
     bool writer = o->node_rank == 0 && dir != NULL;
     a->checkpoint_lock = -1;
+    int ring_port_count = o->ring_ports[1] - o->ring_ports[0] + 1;
+    bool few_ports = o->ring_ports[0] > 0 && ring_port_count < a->nproc;
     if (a->gpus >= 0 && o->nnodes * a->nproc > RDZV_MAX_RANKS)
         snprintf(why, sizeof why, "--nnodes %d x --nproc-per-node %d is more than %d ranks",
                  o->nnodes, a->nproc, RDZV_MAX_RANKS);
-    if (a->gpus < 0 || o->nnodes * a->nproc > RDZV_MAX_RANKS ||
+    else if (a->gpus >= 0 && few_ports)
+        snprintf(why, sizeof why,
+                 "--ring-ports %d-%d has %d port%s for this node's %d workers: each needs one",
+                 o->ring_ports[0], o->ring_ports[1], ring_port_count,
+                 ring_port_count == 1 ? "" : "s", a->nproc);
+    if (a->gpus < 0 || o->nnodes * a->nproc > RDZV_MAX_RANKS || few_ports ||
         comm_choose_backend(o->backend, a->gpus, a->nproc, &a->backend, why, sizeof why) != 0 ||
         comm_choose_transport(o->transport, a->backend, &a->shm, why, sizeof why) != 0 ||
         config_check(&o->train, o->nnodes * a->nproc, why, sizeof why) != 0 ||
@@ -229,11 +258,21 @@ static void describe_settings(const Agent* a, char* out, size_t len) {
 }
 
 // One listening socket per local worker for the ring, on the address by which the
-// other nodes reach this one (the address this node's rendezvous traffic uses).
+// other nodes reach this one (the address this node's rendezvous traffic uses), on a
+// port the kernel picks or the next free one of --ring-ports.
 static int bind_ring_listeners(Agent* a, const char* addr, RdzvHello* own) {
     snprintf(own->ring_addr, sizeof own->ring_addr, "%s", addr);
+    const int* range = a->opt.ring_ports;
+    int next = range[0];
     for (int i = 0; i < a->nproc; i++) {
-        a->ring_listen_fds[i] = net_listen(addr, 0);
+        a->ring_listen_fds[i] =
+            range[0] > 0 ? net_listen_in_range(addr, &next, range[1]) : net_listen(addr, 0);
+        if (a->ring_listen_fds[i] < 0 && range[0] > 0 && errno == EADDRINUSE) {
+            rank_log("ring: no free port left in --ring-ports %d-%d on %s for worker %d of %d "
+                     "(others are in use)",
+                     range[0], range[1], addr, i, a->nproc);
+            return -1;
+        }
         if (a->ring_listen_fds[i] < 0) {
             rank_log("ring: cannot listen on %s: %s", addr, strerror(errno));
             return -1;
@@ -522,8 +561,10 @@ static void print_process_initialized(const Device* dev, int rank, int local_ran
     char description[512], host[256] = "unknown";
     device_describe(dev, description, sizeof description);
     gethostname(host, sizeof host - 1);
-    printf("[Rank %d] Process initialized on %s, local_rank: %d, world_size: %d, device: %s\n",
-           rank, host, local_rank, world_size, description);
+    // The pid, so that a worker can be stopped or killed by hand (the lessons' exercises).
+    printf("[Rank %d] Process initialized on %s, pid %d, local_rank: %d, world_size: %d, device: "
+           "%s\n",
+           rank, host, (int)getpid(), local_rank, world_size, description);
 }
 // <<< shared "process initialized"
 

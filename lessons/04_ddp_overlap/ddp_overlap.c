@@ -412,8 +412,10 @@ static void print_process_initialized(const Device* dev, int rank, int local_ran
     char description[512], host[256] = "unknown";
     device_describe(dev, description, sizeof description);
     gethostname(host, sizeof host - 1);
-    printf("[Rank %d] Process initialized on %s, local_rank: %d, world_size: %d, device: %s\n",
-           rank, host, local_rank, world_size, description);
+    // The pid, so that a worker can be stopped or killed by hand (the lessons' exercises).
+    printf("[Rank %d] Process initialized on %s, pid %d, local_rank: %d, world_size: %d, device: "
+           "%s\n",
+           rank, host, (int)getpid(), local_rank, world_size, description);
 }
 // <<< shared "process initialized"
 
