@@ -58,15 +58,15 @@ static void start_clean(Proc* p, const char* name, const char* program, const ch
 
 typedef struct {
     int nnodes, node_rank, port;
-    int nproc;            // --nproc-per-node
-    int epochs;           // 0: 3
-    int data_size;        // 0: 400
-    int rdzv_timeout;     // 0: 30
-    const char* out;      // --out DIR, or NULL
-    const char* extra[8]; // more flags, NULL-terminated
-    const char* env[4];   // "KEY=value", NULL-terminated
-    int no_token;         // start without the job's token (else DDP_TOKEN=TOKEN, unless
-                          // env or extra give one)
+    int nproc;             // --nproc-per-node
+    int epochs;            // 0: 3
+    int data_size;         // 0: 400
+    int rdzv_timeout;      // 0: 30
+    const char* out;       // --out DIR, or NULL
+    const char* extra[10]; // more flags, NULL-terminated
+    const char* env[4];    // "KEY=value", NULL-terminated
+    int no_token;          // start without the job's token (else DDP_TOKEN=TOKEN, unless
+                           // env or extra give one)
 } Node;
 
 // The token of every job of these tests, unless a test gives another.
@@ -407,6 +407,38 @@ Test(multi_node, with_max_restarts_1_a_killed_worker_restarts_every_node_and_cha
     }
     expect_same_losses("restarted once against the unbroken job", restarted, whole, EPOCHS, 0.0);
     for (int n = 0; n < NNODES; n++)
+        proc_free(&nodes[n]);
+}
+
+Test(multi_node, a_job_that_diverges_ends_on_every_node_without_a_restart, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
+    char ck[128];
+    snprintf(ck, sizeof ck, "%s/ck", temp_dir);
+    int port = port_for_test(33);
+    Proc nodes[2];
+    for (int n = 0; n < 2; n++)
+        start_node(&nodes[n],
+                   &(Node){.nnodes = 2,
+                           .node_rank = n,
+                           .port = port,
+                           .epochs = 5,
+                           .extra = {"--optimizer", "sgd", "--learning-rate", "10",
+                                     "--checkpoint-dir", ck, "--max-restarts", "2", NULL}});
+    for (int n = 0; n < 2; n++) {
+        proc_finish(&nodes[n], now_seconds() + PROC_DEADLINE_S);
+        proc_expect_ended(&nodes[n]);
+        cr_assert_neq(nodes[n].status, 0, "node %d: a diverged job exited 0", n);
+        cr_assert_null(strstr(nodes[n].err.text, "restart 1/2"),
+                       "node %d retried a diverged job:\n%s", n, nodes[n].err.text);
+        char want[96];
+        snprintf(want, sizeof want,
+                 "node %d: no restart: it could not cure what ended the job: ", n);
+        cr_assert_not_null(strstr(nodes[n].err.text, want), "node %d does not say '%s':\n%s", n,
+                           want, nodes[n].err.text);
+    }
+    cr_assert_not_null(strstr(nodes[0].err.text, "diverged"), "node 0 does not name the cause:\n%s",
+                       nodes[0].err.text);
+    for (int n = 0; n < 2; n++)
         proc_free(&nodes[n]);
 }
 

@@ -775,10 +775,15 @@ int main(int argc, char** argv) {
         Agent a = plan;
         int status = run_job(&a, token.text);
         // Only a failure of the workers (stop_reason) is worth another attempt, not an
-        // interrupted agent, here or elsewhere (stop_for_good).
-        if (status == 0 || status > 128 || a.stop_reason[0] == '\0' || a.stop_for_good ||
-            o.max_restarts == 0)
+        // interrupted agent, here or elsewhere, nor a failure that would come back
+        // (stop_for_good: a full disk, a diverged run).
+        if (status == 0 || status > 128 || a.stop_reason[0] == '\0' || o.max_restarts == 0)
             return status;
+        if (a.stop_for_good) {
+            fprintf(stderr, "node %d: no restart: it could not cure what ended the job: %s\n",
+                    o.node_rank, a.stop_reason);
+            return status;
+        }
         if (restart > o.max_restarts) {
             fprintf(stderr, "node %d: no restarts left (%d used): the job ends after: %s\n",
                     o.node_rank, o.max_restarts, a.stop_reason);
