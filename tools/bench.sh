@@ -6,8 +6,8 @@
 # Runs each configuration once to warm up, then R times (default 5), and reports the
 # median, min and max of the epoch time that the programs measure themselves (the
 # training loop only: not process start, CUDA context or NCCL set-up). Derived:
-# samples/s, speedup T1/TN and efficiency T1/(N*TN) against the same implementation
-# with one rank, and the share of the epoch spent in the gradient all-reduce.
+# samples/s, speedup T1/TN and efficiency T1/(N*TN) against the same implementation and
+# backend with one rank, and the share of the epoch spent in the gradient all-reduce.
 # Writes results/bench-DATE-COMMIT.csv (with the machine, versions and each command),
 # and with gnuplot: ...-scaling.png (epoch time and speedup against ranks, with the
 # ideal line), ...-loss.png (the loss curves of every configuration) and
@@ -20,6 +20,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
+. tools/port_lib.sh
 
 invocation="tools/bench.sh $*"
 repeats=5 preset=default quick=0 max_ranks=$(nproc)
@@ -47,7 +48,7 @@ if [ "$quick" -eq 1 ]; then
 fi
 data_size=${workload[1]}
 
-for p in hello_gpu multi_gpu multi_node allreduce_bench; do
+for p in hello_gpu multi_gpu multi_node ddp_overlap allreduce_bench; do
     [ -x "build/$p" ] || { echo "bench.sh: build/$p is missing: run 'make' first" >&2; exit 1; }
 done
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
@@ -125,7 +126,7 @@ median_min_max() {
 }
 
 # ----------------------------------------------------------------------------
-# the matrix
+# the matrix (lesson 04 as "buckets": the ring with its gradient buckets overlapped)
 
 bench_config "c-1-cpu" c cpu none 1 1 strong "$data_size" build/hello_gpu --device cpu "${workload[@]}"
 [ "$gpus" -eq 0 ] || bench_config "c-1-cuda" c cuda none 1 1 strong "$data_size" build/hello_gpu --device cuda "${workload[@]}"
@@ -133,11 +134,12 @@ for ((n = 1; n <= max_ranks; n++)); do
     bench_config "c-ring-$n-cpu" c cpu ring 1 "$n" strong "$data_size" build/multi_gpu --device cpu --backend ring --gpus "$n" "${workload[@]}"
     weak=(--data-size $((data_size * n)) "${workload[@]:2}")
     [ "$n" -eq 1 ] || bench_config "c-ring-$n-cpu-weak" c cpu ring 1 "$n" weak $((data_size * n)) build/multi_gpu --device cpu --backend ring --gpus "$n" "${weak[@]}"
+    bench_config "c-buckets-$n-cpu" c cpu buckets 1 "$n" strong "$data_size" build/ddp_overlap --device cpu --backend ring --gpus "$n" "${workload[@]}"
 done
 for ((n = 1; n <= gpus; n++)); do
     bench_config "c-nccl-$n-cuda" c cuda nccl 1 "$n" strong "$data_size" build/multi_gpu --device cuda --backend nccl --gpus "$n" "${workload[@]}"
 done
-port=$((29500 + RANDOM % 400 + 100))
+port=$(port_for 320)
 bench_config "c-2nodes-cpu" c cpu ring 2 2 strong "$data_size" \
     env DDP_RSH=tools/local_rsh.sh ./launch.sh --mode multi-node --master-node 127.0.0.1 \
     --worker-nodes 127.0.0.1 --gpus-per-node 1 --port "$port" --device cpu --backend ring "${workload[@]}"
@@ -155,11 +157,11 @@ fi
 awk -F, -v OFS=, '
     /^#/ || /^name,/ { print; next }
     { row[NR] = $0; impl[NR] = $2; dev[NR] = $3; back[NR] = $4; ranks[NR] = $6; scal[NR] = $7; t[NR] = $9
-      if ($6 == 1 && $7 == "strong") base[$2 "," $3 "," ($4 == "none" ? "none" : "dist")] = $9 }
+      if ($6 == 1 && $7 == "strong") base[$2 "," $3 "," $4] = $9 }
     END {
         for (i = 1; i <= NR; i++) {
             if (!(i in row)) continue
-            key = impl[i] "," dev[i] "," (back[i] == "none" ? "none" : "dist")
+            key = impl[i] "," dev[i] "," back[i]
             $0 = row[i]
             if (key in base && t[i] > 0) {
                 s = base[key] / t[i]
