@@ -384,7 +384,7 @@ int trace_merge(const char* path, int first_rank, int count) {
         return -1;
     }
     if (count > 0)
-        printf("Trace: %s (the events of %d of %d ranks)\n", path, written, count);
+        printf("Trace: %s (events of %d of %d ranks)\n", path, written, count);
     else
         printf("Trace: %s (%d spans)\n", path, own);
     return 0;
