@@ -155,7 +155,7 @@ int checkpoint_save_due(const TrainConfig* c, int world_size, const Mlp* m, cons
     if (c->checkpoint_dir == NULL ||
         (epochs_done % c->checkpoint_every != 0 && epochs_done != c->epochs))
         return 0;
-    trace_begin(TRACE_CHECKPOINT, "checkpoint");
+    trace_begin(TRACE_CHECKPOINT);
     return trace_end(save(c, world_size, m, opt, stats, epochs_done));
 }
 

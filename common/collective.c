@@ -868,7 +868,7 @@ int comm_wait_all(Communicator* c) {
     if (c->async == NULL || c->async->waited == c->async->queued)
         return wait_all(c); // nothing started since: no span (the failures still count)
     c->async->waited = c->async->queued;
-    trace_begin(TRACE_ALLREDUCE, "wait for buckets");
+    trace_begin_named(TRACE_ALLREDUCE, "wait for buckets");
     return trace_end(wait_all(c));
 }
 
@@ -962,7 +962,7 @@ static int barrier(Communicator* c) {
 }
 
 int comm_barrier(Communicator* c) {
-    trace_begin(TRACE_COLLECTIVE, "barrier");
+    trace_begin_named(TRACE_COLLECTIVE, "barrier");
     return trace_end(barrier(c));
 }
 
@@ -992,7 +992,7 @@ static int allgather_floats(Communicator* c, const char* what, const float* mine
 
 int comm_allgather_floats(Communicator* c, const char* what, const float* mine, size_t n,
                           float* all) {
-    trace_begin(TRACE_COLLECTIVE, what); // its all-reduce is no training step's
+    trace_begin_named(TRACE_COLLECTIVE, what); // its all-reduce is no training step's
     return trace_end(allgather_floats(c, what, mine, n, all));
 }
 

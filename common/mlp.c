@@ -133,12 +133,12 @@ static int forward_pass(Mlp* m, int B) {
 }
 
 int mlp_forward(Mlp* m, int B) {
-    trace_begin(TRACE_FORWARD, "forward");
+    trace_begin(TRACE_FORWARD);
     return trace_end(forward_pass(m, B));
 }
 
 int mlp_loss(Mlp* m, float scale, int B) {
-    trace_begin(TRACE_LOSS, "loss");
+    trace_begin(TRACE_LOSS);
     return trace_end(m->k->mse_forward(m->loss, m->out, m->y, scale, B));
 }
 
@@ -183,7 +183,7 @@ static int backward_pass(Mlp* m, int B, GradsReady ready, void* ctx) {
 }
 
 int mlp_backward_announcing(Mlp* m, int B, GradsReady ready, void* ctx) {
-    trace_begin(TRACE_BACKWARD, "backward");
+    trace_begin(TRACE_BACKWARD);
     return trace_end(backward_pass(m, B, ready, ctx));
 }
 
@@ -201,7 +201,7 @@ static int optimizer_step(Mlp* m, Optimizer* opt, const float* grads) {
 }
 
 int mlp_update_from(Mlp* m, Optimizer* opt, const float* grads) {
-    trace_begin(TRACE_OPTIMIZER, "optimizer");
+    trace_begin(TRACE_OPTIMIZER);
     return trace_end(optimizer_step(m, opt, grads));
 }
 

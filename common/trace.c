@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -19,26 +20,31 @@
 #include "timer.h"
 #include "trace_gpu.h"
 
-// Spans one process keeps: about 16 000 in a run at defaults; 64 bytes each.
+// Spans one process keeps: about 16 000 in a run at defaults; 32 bytes each.
 #define TRACE_CAPACITY (1 << 18)
 #define TRACE_NAME_BYTES 24
+#define TRACE_MAX_NAMES 256
 #define TRACE_MAX_DEPTH 16
 #define TRACE_PATH_BYTES 4096
 
-// A closed span.
+// A span, written into the buffer when it opens and completed when it closes: small, as
+// a step writes several.
 typedef struct {
-    double start, seconds; // CLOCK_MONOTONIC
-    uint32_t bytes;        // a collective's size (0: none)
-    int32_t epoch, step;   // what a collective serves (-1: none)
-    uint8_t kind;          // TraceKind
-    uint8_t comm_thread;   // on the communication thread's track
-    uint8_t unfinished;    // still open when the events were written
-    char name[TRACE_NAME_BYTES + 1];
+    double start;        // CLOCK_MONOTONIC
+    float seconds;       // its length
+    uint32_t bytes;      // a collective's size (0: none)
+    int32_t epoch, step; // what a collective or an epoch serves (-1: none)
+    uint8_t kind;        // TraceKind
+    uint8_t comm_thread; // on the communication thread's track
+    uint8_t unfinished;  // still open when the events were written
+    uint8_t name;        // in names[]; 0: the kind's own name
 } TraceEvent;
 
 // A span still open on a thread.
 typedef struct {
-    TraceEvent event;
+    double start;
+    int event; // its place in the buffer, or -1 (the buffer was full)
+    TraceKind kind;
     bool counts;   // adds its time to its phase: only epochs enclose it
     int gpu_begin; // CUDA event slot of its start, or -1
 } OpenSpan;
@@ -64,6 +70,11 @@ bool trace_active = false;
 static struct {
     TraceEvent* events; // (TRACE_CAPACITY)
     atomic_int count;   // claimed so far (may pass TRACE_CAPACITY: the rest are dropped)
+    // The names of spans not named after their kind, each kept once; entries below
+    // name_count are never changed again, so that both threads read them unlocked.
+    char names[TRACE_MAX_NAMES][TRACE_NAME_BYTES + 1];
+    atomic_int name_count;
+    pthread_mutex_t naming;
     char path[TRACE_PATH_BYTES];
     int node, rank;
     bool comm_track_used;
@@ -72,7 +83,7 @@ static struct {
     int pending_count;
     double phase_seconds[TRACE_PHASES];
     long steps;
-} trace;
+} trace = {.name_count = 1, .naming = PTHREAD_MUTEX_INITIALIZER};
 
 static _Thread_local TraceThread self;
 
@@ -104,12 +115,31 @@ TracePhase trace_kind_phase(TraceKind kind) {
 // ----------------------------------------------------------------------------
 // recording
 
-// name, cut to TRACE_NAME_BYTES: snprintf would cost a step's span a good part of its time.
-static void copy_name(char* out, const char* name) {
-    size_t i = 0;
-    for (; i < TRACE_NAME_BYTES && name[i] != '\0'; i++)
-        out[i] = name[i];
-    out[i] = '\0';
+// name's place in trace.names (cut to TRACE_NAME_BYTES), added if it is new; 0 (the
+// kind's name) when the table is full.
+static uint8_t name_index(const char* name) {
+    int known = atomic_load_explicit(&trace.name_count, memory_order_acquire);
+    for (int i = 1; i < known; i++)
+        if (strncmp(trace.names[i], name, TRACE_NAME_BYTES) == 0)
+            return (uint8_t)i;
+    pthread_mutex_lock(&trace.naming);
+    int i = 1, count = atomic_load(&trace.name_count);
+    while (i < count && strncmp(trace.names[i], name, TRACE_NAME_BYTES) != 0)
+        i++;
+    if (i == count && count < TRACE_MAX_NAMES) {
+        snprintf(trace.names[i], sizeof trace.names[i], "%s", name);
+        atomic_store_explicit(&trace.name_count, count + 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&trace.naming);
+    return i < TRACE_MAX_NAMES ? (uint8_t)i : 0;
+}
+
+// Claims the next place in the buffer for a span; -1 when the buffer is full (or none).
+static int claim_event(void) {
+    if (trace.events == NULL)
+        return -1;
+    int i = atomic_fetch_add_explicit(&trace.count, 1, memory_order_relaxed);
+    return i < TRACE_CAPACITY ? i : -1;
 }
 
 void trace_open_span(TraceKind kind, const char* name, size_t bytes, int epoch, int step) {
@@ -117,16 +147,19 @@ void trace_open_span(TraceKind kind, const char* name, size_t bytes, int epoch, 
     if (t->depth++ >= TRACE_MAX_DEPTH)
         return;
     OpenSpan* s = &t->open[t->depth - 1];
-    s->event = (TraceEvent){.bytes = (uint32_t)bytes,
-                            .epoch = epoch,
-                            .step = step,
-                            .kind = (uint8_t)kind,
-                            .comm_thread = t->comm};
-    copy_name(s->event.name, name);
+    s->kind = kind;
     s->counts = !t->comm && t->depth - t->epochs_open == 1;
     t->epochs_open += kind == TRACE_EPOCH;
+    s->event = claim_event();
+    if (s->event >= 0)
+        trace.events[s->event] = (TraceEvent){.bytes = (uint32_t)bytes,
+                                              .epoch = epoch,
+                                              .step = step,
+                                              .kind = (uint8_t)kind,
+                                              .comm_thread = t->comm,
+                                              .name = name != NULL ? name_index(name) : 0};
     s->gpu_begin = trace.gpu && !t->comm ? trace_gpu_mark() : -1;
-    s->event.start = timer_seconds();
+    s->start = timer_seconds();
 }
 
 // Adds a span's time to its phase.
@@ -136,17 +169,6 @@ static void count_phase(TraceKind kind, double seconds) {
         return;
     trace.phase_seconds[phase] += seconds;
     trace.steps += kind == TRACE_OPTIMIZER;
-}
-
-// Copies a closed span into the buffer; its index, or -1 when the buffer is full.
-static int keep_event(const TraceEvent* e) {
-    if (trace.events == NULL)
-        return -1;
-    int i = atomic_fetch_add_explicit(&trace.count, 1, memory_order_relaxed);
-    if (i >= TRACE_CAPACITY)
-        return -1;
-    trace.events[i] = *e;
-    return i;
 }
 
 // The spans timed on the GPU since the last call get their GPU times (the host waits
@@ -160,22 +182,24 @@ static void resolve_gpu_spans(void) {
         if (p->counts)
             count_phase(p->kind, end - start);
         if (p->event >= 0)
-            trace.events[p->event].start = start, trace.events[p->event].seconds = end - start;
+            trace.events[p->event].start = start,
+            trace.events[p->event].seconds = (float)(end - start);
     }
     trace.pending_count = 0;
     trace_gpu_recycle();
 }
 
-// Keeps a closed span: its phase now (host times), or once the GPU has run it.
-static void close_span(OpenSpan* s) {
-    int index = keep_event(&s->event);
+// Completes a span that closed: its phase now (host times), or once the GPU ran it.
+static void close_span(const OpenSpan* s, double seconds) {
+    if (s->event >= 0)
+        trace.events[s->event].start = s->start, trace.events[s->event].seconds = (float)seconds;
     int gpu_end = s->gpu_begin >= 0 ? trace_gpu_mark() : -1;
     if (gpu_end >= 0 && trace.pending != NULL)
         trace.pending[trace.pending_count++] =
-            (PendingSpan){index, s->counts, (TraceKind)s->event.kind, s->gpu_begin, gpu_end};
+            (PendingSpan){s->event, s->counts, s->kind, s->gpu_begin, gpu_end};
     else if (s->counts)
-        count_phase((TraceKind)s->event.kind, s->event.seconds);
-    if (s->event.kind == TRACE_EPOCH && trace.pending_count > 0)
+        count_phase(s->kind, seconds);
+    if (s->kind == TRACE_EPOCH && trace.pending_count > 0)
         resolve_gpu_spans();
 }
 
@@ -185,12 +209,12 @@ void trace_close_span(void) {
         return;
     if (t->depth-- > TRACE_MAX_DEPTH)
         return;
-    OpenSpan* s = &t->open[t->depth];
-    s->event.seconds = timer_seconds() - s->event.start;
-    t->epochs_open -= s->event.kind == TRACE_EPOCH;
-    if (s->event.comm_thread)
+    const OpenSpan* s = &t->open[t->depth];
+    double seconds = timer_seconds() - s->start;
+    t->epochs_open -= s->kind == TRACE_EPOCH;
+    if (t->comm)
         trace.comm_track_used = true;
-    close_span(s);
+    close_span(s, seconds);
 }
 
 void trace_thread_is_comm(void) {
@@ -226,10 +250,13 @@ int trace_probe(const char* path, int first_rank, int count, char* why, size_t w
 int trace_start(const char* path, int node, int rank, bool gpu) {
     trace_active = false; // a forked worker forgets its parent's spans
     self = (TraceThread){0};
-    if (trace.events == NULL && path != NULL &&
-        (trace.events = malloc(TRACE_CAPACITY * sizeof *trace.events)) == NULL) {
-        rank_log("trace: out of memory for %d spans", TRACE_CAPACITY);
-        return -1;
+    if (trace.events == NULL && path != NULL) {
+        // Touched now, so that no span pays for a page fault.
+        if ((trace.events = malloc(TRACE_CAPACITY * sizeof *trace.events)) == NULL) {
+            rank_log("trace: out of memory for %d spans", TRACE_CAPACITY);
+            return -1;
+        }
+        memset(trace.events, 0, TRACE_CAPACITY * sizeof *trace.events);
     }
     if (gpu && trace.pending == NULL &&
         ((trace.pending = malloc(TRACE_GPU_MARKS / 2 * sizeof *trace.pending)) == NULL ||
@@ -270,8 +297,8 @@ static void write_event(FILE* f, const TraceEvent* e) {
     fprintf(f,
             "{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"X\",\"ts\":%.3f,\"dur\":%.3f,\"pid\":%d,"
             "\"tid\":%d,\"args\":{\"rank\":%d",
-            e->name, kind_names[e->kind], 1e6 * e->start, 1e6 * e->seconds, trace.node,
-            track_of(e->comm_thread), trace.rank);
+            e->name > 0 ? trace.names[e->name] : kind_names[e->kind], kind_names[e->kind],
+            1e6 * e->start, 1e6 * e->seconds, trace.node, track_of(e->comm_thread), trace.rank);
     if (e->bytes > 0)
         fprintf(f, ",\"bytes\":%u", e->bytes);
     if (e->epoch >= 0)
@@ -300,8 +327,9 @@ static void write_track_name(FILE* f, bool comm_thread) {
 // closed first (marked unfinished), and the GPU's times resolved. Returns how many.
 static int write_own_events(FILE* f) {
     while (self.depth > 0) {
-        if (self.depth <= TRACE_MAX_DEPTH)
-            self.open[self.depth - 1].event.unfinished = 1;
+        int event = self.depth <= TRACE_MAX_DEPTH ? self.open[self.depth - 1].event : -1;
+        if (event >= 0)
+            trace.events[event].unfinished = 1;
         trace_close_span();
     }
     if (trace.pending_count > 0)

@@ -4,7 +4,7 @@
  *
  * Code that does a piece of work opens a span before it and closes it after:
  *
- *     trace_begin(TRACE_FORWARD, "forward");
+ *     trace_begin(TRACE_FORWARD);
  *     int err = forward_pass(m, B);
  *     return trace_end(err);
  *
@@ -28,8 +28,8 @@
  * the training time, over all ranks, with the fastest and the slowest rank's
  * (trace_report_phases).
  *
- * APIs: TraceKind, TracePhase, trace_active, trace_begin, trace_begin_call, trace_end,
- *       trace_probe, trace_start, trace_thread_is_comm, trace_write_part, trace_merge,
+ * APIs: TraceKind, TracePhase, trace_active, trace_begin, trace_begin_named, trace_begin_call,
+ * trace_end, trace_probe, trace_start, trace_thread_is_comm, trace_write_part, trace_merge,
  *       trace_stop, trace_report_phases, trace_phase_row, trace_print_phases,
  *       trace_kind_phase.
  */
@@ -74,13 +74,19 @@ extern bool trace_active;
 void trace_open_span(TraceKind kind, const char* name, size_t bytes, int epoch, int step);
 void trace_close_span(void);
 
-// Opens a span of kind on the calling thread's track.
-static inline void trace_begin(TraceKind kind, const char* name) {
+// Opens a span of kind, named after it (forward, loss, ...), on the calling thread's track.
+static inline void trace_begin(TraceKind kind) {
+    if (trace_active)
+        trace_open_span(kind, NULL, 0, -1, -1);
+}
+
+// Opens a span of kind named name (TRACE_SETUP's "rendezvous", ...).
+static inline void trace_begin_named(TraceKind kind, const char* name) {
     if (trace_active)
         trace_open_span(kind, name, 0, -1, -1);
 }
 
-// A collective's span: its size and the epoch and step it serves (-1: none).
+// A collective's span (or an epoch's): its size and the epoch and step it serves (-1: none).
 static inline void trace_begin_call(TraceKind kind, const char* name, size_t bytes, int epoch,
                                     int step) {
     if (trace_active)

@@ -138,7 +138,7 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s,
         trace_begin_call(TRACE_EPOCH, "epoch", 0, epoch, -1); // ends with the loop's body
         EpochStats* e = &stats[epoch];
         RETURN_IF_FAILED(train_epoch(m, &opt, s, d, epoch, c->batch_size, &e->train_loss));
-        trace_begin(TRACE_EVAL, "eval");
+        trace_begin(TRACE_EVAL);
         RETURN_IF_FAILED(trace_end(evaluate(m, d, &e->eval_loss)));
         e->seconds = timer_seconds() - epoch_start;
         printf("Epoch [%d/%d] - Train Loss: %.6f, Eval Loss: %.6f\n", epoch + 1, c->epochs,

@@ -545,7 +545,7 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
         EpochStats* e = &stats[epoch];
         RETURN_IF_FAILED(
             train_epoch(m, &opt, s, d, epoch, c->batch_size, comm, &comm_seconds, &e->train_loss));
-        trace_begin(TRACE_EVAL, "eval");
+        trace_begin(TRACE_EVAL);
         RETURN_IF_FAILED(trace_end(evaluate(m, d, comm, epoch, &e->eval_loss)));
         e->seconds = timer_seconds() - epoch_start;
         if (verbose)
@@ -669,7 +669,7 @@ static int make_communicator(Communicator** comm, const Agent* a, int rank, int 
                      a->world.ring_addr[rank], a->world.ring_port[rank], interface, next,
                      a->world.ring_addr[next], a->world.ring_port[next]);
         }
-        trace_begin(TRACE_SETUP, "ring connection");
+        trace_begin_named(TRACE_SETUP, "ring connection");
         if (trace_end(comm_ring_connect_tcp(a->ring_listen_fds[local_rank], rank, N,
                                             a->world.ring_addr[next], a->world.ring_port[next],
                                             s.timeout_s, &send_fd, &recv_fd)) != 0)
@@ -760,7 +760,7 @@ static int run_under_mpirun(const Options* o) {
 // The rendezvous, this node's workers to their end, and the job's end. Returns the
 // node's exit status; a->stop_reason says why when the workers failed.
 static int run_job(Agent* a, const char* token) {
-    trace_begin(TRACE_SETUP, "rendezvous");
+    trace_begin_named(TRACE_SETUP, "rendezvous");
     if (trace_end(rendezvous(a, token)) != 0)
         return EXIT_FAILURE;
     if (a->opt.node_rank == 0)
@@ -768,7 +768,7 @@ static int run_job(Agent* a, const char* token) {
 
     Workers workers;
     int first_rank = a->world.rank_offset[a->opt.node_rank];
-    trace_begin(TRACE_SETUP, "fork");
+    trace_begin_named(TRACE_SETUP, "fork");
     if (make_id_channels(a) != 0 ||
         (a->shm && (a->ring_shm = comm_ring_shm(a->nproc, 0)) == NULL) ||
         trace_end(workers_start(&workers, a->nproc, first_rank, worker_main, a)) != 0)

@@ -385,7 +385,7 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
         EpochStats* e = &stats[epoch];
         RETURN_IF_FAILED(
             train_epoch(m, &opt, s, d, epoch, c->batch_size, comm, &comm_seconds, &e->train_loss));
-        trace_begin(TRACE_EVAL, "eval");
+        trace_begin(TRACE_EVAL);
         RETURN_IF_FAILED(trace_end(evaluate(m, d, comm, epoch, &e->eval_loss)));
         e->seconds = timer_seconds() - epoch_start;
         if (verbose)
