@@ -149,7 +149,7 @@ Test(trace, lesson_03_writes_a_file_per_node, .init = temp_dir_make, .fini = pro
     char path[128], node1[160];
     trace_path(path, sizeof path);
     snprintf(node1, sizeof node1, "%s.node1", path);
-    int port = port_for_test(400);
+    int port = port_for_test(380);
     Proc nodes[2];
     for (int i = 0; i < 2; i++)
         start_node(&nodes[i], i, port, path);

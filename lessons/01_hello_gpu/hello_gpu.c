@@ -11,7 +11,9 @@
  * (alloc / upload / download), the training loop (load a batch, forward, loss,
  * backward, update), evaluation, timing, --out files (common/report.h), and
  * checkpoints: --checkpoint-dir saves the training every few epochs, --resume
- * goes on from there (common/checkpoint.h).
+ * goes on from there (common/checkpoint.h); and the instruments: --trace FILE
+ * records a timeline of the run's spans, --phases prints where a step's time goes
+ * (common/trace.h).
  */
 #include <stdio.h>
 #include <stdlib.h>

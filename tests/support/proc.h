@@ -139,7 +139,8 @@ void write_file(const char* path, const char* text, mode_t mode);
 // The TCP port of a test: DDP_PORT_BASE (default 29700) + offset, or, where something else
 // holds that one already (another checkout's suite, a job left running), the first free
 // one at + 1000, + 2000, ... Every suite keeps to offsets of its own (test_multi_node 0-49,
-// test_rendezvous 50-99, test_scripts 100-199), so that its tests run side by side.
+// test_rendezvous 50-99, test_scripts 100-199, test_trace 380-389), so that its tests run
+// side by side.
 int port_for_test(int offset);
 
 // ----------------------------------------------------------------------------
