@@ -4,7 +4,7 @@
 usage: tools/trace_plot.py FILE OUT.png STEPS   (tools/trace_plot.sh runs it and gnuplot)
 
 Prints on stdout a gnuplot script that draws STEPS optimizer steps from the middle of
-the run (warmed up), as the lowest rank counts them: one row per track (rank r, and its
+the run's middle epoch (warmed up, away from its eval), as the lowest rank counts them: one row per track (rank r, and its
 communication thread beside it), one box per span, coloured by phase, with a legend; a
 span inside another is drawn thinner, on top of it. Epoch spans, which hold everything,
 are left out.
@@ -24,21 +24,27 @@ def load(path):
         events = json.load(f)["traceEvents"]
     names = {(e["pid"], e["tid"]): e["args"]["name"]
              for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
-    spans = [e for e in events if e.get("ph") == "X" and e.get("cat") != "epoch"]
+    spans = [e for e in events if e.get("ph") == "X"]
     return names, spans
 
 
 def window(spans, steps):
-    """The times [start, end) of `steps` optimizer steps of the lowest rank."""
+    """The times [start, end) of `steps` optimizer steps of the lowest rank, from the
+    middle of its middle epoch (warmed up, and away from the epoch's eval)."""
     lowest = min(e["args"]["rank"] for e in spans if e["args"]["rank"] >= 0)
-    updates = sorted((e for e in spans if e["cat"] == "optimizer"
-                      and e["args"]["rank"] == lowest), key=lambda e: e["ts"])
+    mine = sorted((e for e in spans if e["args"]["rank"] == lowest), key=lambda e: e["ts"])
+    epochs = [e for e in mine if e["cat"] == "epoch"]
+    updates = [e for e in mine if e["cat"] == "optimizer"]
+    if epochs:
+        middle = epochs[len(epochs) // 2]
+        inside = [e for e in updates if middle["ts"] <= e["ts"] <= middle["ts"] + middle["dur"]]
+        updates = inside or updates
     if not updates:
         sys.exit("trace_plot: the trace has no optimizer steps to draw")
     steps = min(steps, len(updates))
     first = max(1, (len(updates) - steps) // 2) if len(updates) > steps else 0
-    start = updates[first - 1]["ts"] + updates[first - 1]["dur"] if first > 0 else min(
-        e["ts"] for e in spans)
+    before = updates[first - 1] if first > 0 else None
+    start = before["ts"] + before["dur"] if before else updates[0]["ts"] - 1.0
     last = updates[first + steps - 1]
     return start, last["ts"] + last["dur"], steps
 
@@ -63,6 +69,7 @@ def depths(spans):
 def script(path, png, steps):
     names, spans = load(path)
     start, end, steps = window(spans, steps)
+    spans = [e for e in spans if e["cat"] != "epoch"]
     depth = depths(spans)
     tracks = sorted(names, key=lambda t: t)  # by node, then rank (agent, rank, its comm)
     row = {t: len(tracks) - 1 - i for i, t in enumerate(tracks)}  # the first on top
@@ -78,7 +85,7 @@ def script(path, png, steps):
     lines = [
         f"set terminal pngcairo size 1100,{160 + 60 * len(tracks)} font 'sans,10'",
         f"set output '{png}'",
-        f"set title \"{path.split('/')[-1]}: {steps} steps, one row per rank\" noenhanced",
+        f"set title \"{path.split('/')[-1]}: {steps} steps from the middle of the run\" noenhanced",
         "set xlabel 'microseconds'",
         f"set xrange [0:{end - start:.3f}]",
         f"set yrange [-0.7:{len(tracks) - 0.3}]",
