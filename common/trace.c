@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -77,6 +78,8 @@ static struct {
     atomic_int name_count;
     pthread_mutex_t naming;
     char path[TRACE_PATH_BYTES];
+    char signal_path[TRACE_PATH_BYTES + 16]; // what an interruption writes
+    TraceRole role;
     int node, rank;
     bool comm_track_used;
     bool gpu;
@@ -225,12 +228,15 @@ void trace_thread_is_comm(void) {
 // ----------------------------------------------------------------------------
 // starting and stopping
 
+static void write_when_interrupted(void); // below, with the writing
+
 int trace_probe(const char* path, int first_rank, int count, char* why, size_t why_len) {
     struct stat st;
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
         snprintf(why, why_len, "--trace %s: is a directory; give a file's name", path);
         return -1;
     }
+    bool existed = access(path, F_OK) == 0; // one made here goes again: no empty trace left
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0 || strlen(path) + 16 > TRACE_PATH_BYTES) {
         snprintf(why, why_len, "--trace %s: cannot write there: %s", path,
@@ -240,6 +246,8 @@ int trace_probe(const char* path, int first_rank, int count, char* why, size_t w
         return -1;
     }
     close(fd);
+    if (!existed)
+        unlink(path);
     for (int r = first_rank; r < first_rank + count; r++) {
         char part[TRACE_PATH_BYTES + 16];
         snprintf(part, sizeof part, "%s.rank%d", path, r);
@@ -248,7 +256,7 @@ int trace_probe(const char* path, int first_rank, int count, char* why, size_t w
     return 0;
 }
 
-int trace_start(const char* path, int node, int rank, bool gpu) {
+int trace_start(const char* path, TraceRole role, int node, int rank, bool gpu) {
     trace_active = false; // a forked worker forgets its parent's spans
     self = (TraceThread){0};
     if (trace.events == NULL && path != NULL) {
@@ -267,12 +275,14 @@ int trace_start(const char* path, int node, int rank, bool gpu) {
     }
     atomic_store(&trace.count, 0);
     snprintf(trace.path, sizeof trace.path, "%s", path != NULL ? path : "");
-    trace.node = node, trace.rank = rank, trace.gpu = gpu;
+    trace.role = role, trace.node = node, trace.rank = role == TRACE_AGENT ? -1 : rank;
+    trace.gpu = gpu;
     trace.comm_track_used = false;
     trace.pending_count = 0;
     memset(trace.phase_seconds, 0, sizeof trace.phase_seconds);
     trace.steps = 0;
     trace_active = true;
+    write_when_interrupted();
     return 0;
 }
 
@@ -286,7 +296,63 @@ void trace_stop(void) {
 }
 
 // ----------------------------------------------------------------------------
-// writing
+// writing: by hand into a buffer and out with write(2), so that the same code serves a
+// signal handler (stdio and printf are not safe there)
+
+typedef struct {
+    int fd;
+    bool failed;
+    size_t len;
+    char buf[1 << 16];
+} Out;
+
+static void out_flush(Out* o) {
+    for (size_t done = 0; done < o->len && !o->failed;) {
+        ssize_t n = write(o->fd, o->buf + done, o->len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        o->failed = n <= 0;
+        done += n > 0 ? (size_t)n : 0;
+    }
+    o->len = 0;
+}
+
+static void out_bytes(Out* o, const char* bytes, size_t n) {
+    if (o->len + n > sizeof o->buf)
+        out_flush(o);
+    if (n > sizeof o->buf) {
+        o->failed = true;
+        return;
+    }
+    memcpy(o->buf + o->len, bytes, n);
+    o->len += n;
+}
+
+static void out_text(Out* o, const char* text) {
+    out_bytes(o, text, strlen(text));
+}
+
+// v in decimal, with at least min_digits digits (zeros in front).
+static void out_int(Out* o, long long v, int min_digits) {
+    char digits[24];
+    int n = 0;
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    do {
+        digits[sizeof digits - 1 - n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u > 0 || n < min_digits);
+    if (v < 0)
+        digits[sizeof digits - 1 - n++] = '-';
+    out_bytes(o, digits + sizeof digits - n, (size_t)n);
+}
+
+// seconds as microseconds with 3 decimals.
+static void out_us(Out* o, double seconds) {
+    long long ns = (long long)(seconds * 1e9 + 0.5);
+    out_int(o, ns / 1000, 1);
+    out_text(o, ".");
+    out_int(o, ns % 1000, 3);
+}
 
 // The track of this process's thread: its agent (rank -1), a rank, or a rank's
 // communication thread, in that order on the screen.
@@ -294,47 +360,65 @@ static int track_of(bool comm_thread) {
     return 2 * (trace.rank + 1) + (comm_thread ? 1 : 0);
 }
 
-// seconds as microseconds with 3 decimals: integers, as %f is slow for many thousands.
-static void write_us(FILE* f, double seconds) {
-    long long ns = llround(seconds * 1e9);
-    fprintf(f, "%lld.%03lld", ns / 1000, ns % 1000);
+// `"pid":P,"tid":T`
+static void out_track(Out* o, int tid) {
+    out_text(o, "\"pid\":");
+    out_int(o, trace.node, 1);
+    out_text(o, ",\"tid\":");
+    out_int(o, tid, 1);
 }
 
-static void write_event(FILE* f, const TraceEvent* e) {
-    fprintf(f, "{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"X\",\"ts\":",
-            e->name > 0 ? trace.names[e->name] : kind_names[e->kind], kind_names[e->kind]);
-    write_us(f, e->start);
-    fputs(",\"dur\":", f);
-    write_us(f, e->seconds);
-    fprintf(f, ",\"pid\":%d,\"tid\":%d,\"args\":{\"rank\":%d", trace.node, track_of(e->comm_thread),
-            trace.rank);
-    if (e->bytes > 0)
-        fprintf(f, ",\"bytes\":%u", e->bytes);
-    if (e->epoch >= 0)
-        fprintf(f, ",\"epoch\":%d", e->epoch);
-    if (e->step >= 0)
-        fprintf(f, ",\"step\":%d", e->step);
-    fputs(e->unfinished ? ",\"unfinished\":true}},\n" : "}},\n", f);
+// `,"key":v` when v is not negative.
+static void out_arg(Out* o, const char* key, long long v) {
+    if (v < 0)
+        return;
+    out_text(o, ",\"");
+    out_text(o, key);
+    out_text(o, "\":");
+    out_int(o, v, 1);
+}
+
+static void write_event(Out* o, const TraceEvent* e) {
+    out_text(o, "{\"name\":\"");
+    out_text(o, e->name > 0 ? trace.names[e->name] : kind_names[e->kind]);
+    out_text(o, "\",\"cat\":\"");
+    out_text(o, kind_names[e->kind]);
+    out_text(o, "\",\"ph\":\"X\",\"ts\":");
+    out_us(o, e->start);
+    out_text(o, ",\"dur\":");
+    out_us(o, e->seconds);
+    out_text(o, ",");
+    out_track(o, track_of(e->comm_thread));
+    out_text(o, ",\"args\":{\"rank\":");
+    out_int(o, trace.rank, 1);
+    out_arg(o, "bytes", e->bytes > 0 ? (long long)e->bytes : -1);
+    out_arg(o, "epoch", e->epoch);
+    out_arg(o, "step", e->step);
+    out_text(o, e->unfinished ? ",\"unfinished\":true}},\n" : "}},\n");
 }
 
 // A track's name, and its place among the tracks.
-static void write_track_name(FILE* f, bool comm_thread) {
-    char name[64];
-    if (trace.rank < 0)
-        snprintf(name, sizeof name, "node %d agent", trace.node);
-    else
-        snprintf(name, sizeof name, "rank %d%s", trace.rank, comm_thread ? " comm" : "");
+static void write_track_name(Out* o, bool comm_thread) {
     int tid = track_of(comm_thread);
-    fprintf(f,
-            "{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":%d,\"args\":{\"name\":"
-            "\"%s\"}},\n{\"name\":\"thread_sort_index\",\"ph\":\"M\",\"pid\":%d,\"tid\":%d,"
-            "\"args\":{\"sort_index\":%d}},\n",
-            trace.node, tid, name, trace.node, tid, tid);
+    out_text(o, "{\"name\":\"thread_name\",\"ph\":\"M\",");
+    out_track(o, tid);
+    out_text(o, ",\"args\":{\"name\":\"");
+    out_text(o, trace.rank < 0 ? "node " : "rank ");
+    out_int(o, trace.rank < 0 ? trace.node : trace.rank, 1);
+    out_text(o, trace.rank < 0 ? " agent" : comm_thread ? " comm" : "");
+    out_text(o, "\"}},\n{\"name\":\"thread_sort_index\",\"ph\":\"M\",");
+    out_track(o, tid);
+    out_text(o, ",\"args\":{\"sort_index\":");
+    out_int(o, tid, 1);
+    out_text(o, "}},\n");
 }
 
 // This process's events, each followed by ",\n"; the calling thread's open spans are
-// closed first (marked unfinished), and the GPU's times resolved. Returns how many.
-static int write_own_events(FILE* f) {
+// closed first (marked unfinished), and the GPU's times resolved (not in a signal
+// handler, where CUDA may not be called). Returns how many it wrote.
+static int write_own_events(Out* o, bool in_signal_handler) {
+    if (in_signal_handler)
+        trace.gpu = false, trace.pending_count = 0;
     while (self.depth > 0) {
         int event = self.depth <= TRACE_MAX_DEPTH ? self.open[self.depth - 1].event : -1;
         if (event >= 0)
@@ -345,52 +429,88 @@ static int write_own_events(FILE* f) {
         resolve_gpu_spans();
     int count = atomic_load(&trace.count);
     int kept = count < TRACE_CAPACITY ? count : TRACE_CAPACITY;
-    write_track_name(f, false);
+    write_track_name(o, false);
     if (trace.comm_track_used)
-        write_track_name(f, true);
+        write_track_name(o, true);
     for (int i = 0; i < kept; i++)
-        write_event(f, &trace.events[i]);
-    if (count > kept)
+        write_event(o, &trace.events[i]);
+    if (count > kept && !in_signal_handler)
         rank_log("trace: %d spans did not fit the buffer of %d and are missing", count - kept,
                  TRACE_CAPACITY);
     return kept;
 }
 
-// Closes f, which was written to path; says why if that failed.
-static int close_written(FILE* f, const char* path) {
-    int failed = ferror(f);
-    if (fclose(f) != 0 || failed) {
-        rank_log("trace: cannot write %s: %s", path, strerror(errno));
+// Opens name for writing into o. Returns 0, or -1 (with a message unless quiet).
+static int out_open(Out* o, const char* name, bool quiet) {
+    o->len = 0, o->failed = false;
+    o->fd = open(name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (o->fd < 0 && !quiet)
+        rank_log("trace: cannot write %s: %s", name, strerror(errno));
+    return o->fd < 0 ? -1 : 0;
+}
+
+// Flushes and closes o, which was written to name. Returns 0, or -1 (with a message
+// unless quiet).
+static int out_close(Out* o, const char* name, bool quiet) {
+    out_flush(o);
+    int err = errno;
+    if (close(o->fd) != 0 && !o->failed)
+        o->failed = true, err = errno;
+    if (o->failed && !quiet)
+        rank_log("trace: cannot write %s: %s", name, strerror(err));
+    return o->failed ? -1 : 0;
+}
+
+// The end of a whole file: the process's name, and the list's and the object's ends.
+static void out_footer(Out* o) {
+    out_text(o, "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":");
+    out_int(o, trace.node, 1);
+    out_text(o, ",\"args\":{\"name\":\"node ");
+    out_int(o, trace.node, 1);
+    out_text(o, "\"}}\n],\"displayTimeUnit\":\"ms\"}\n");
+}
+
+// path.rankN for rank.
+static void part_name(char* out, size_t len, const char* path, int rank) {
+    snprintf(out, len, "%s.rank%d", path, rank);
+}
+
+static Out out; // one, static: 64 KiB is much for a stack, and a handler may use it
+
+// A worker's part (its events), or with whole the complete file of a process alone.
+static int write_file(const char* name, bool whole, bool in_signal_handler) {
+    if (out_open(&out, name, in_signal_handler) != 0)
         return -1;
-    }
-    return 0;
+    if (whole)
+        out_text(&out, "{\"traceEvents\":[\n");
+    int spans = write_own_events(&out, in_signal_handler);
+    if (whole)
+        out_footer(&out);
+    return out_close(&out, name, in_signal_handler) == 0 ? spans : -1;
 }
 
 int trace_write_part(void) {
     if (trace.events == NULL || trace.path[0] == '\0')
         return 0;
     char part[TRACE_PATH_BYTES + 16];
-    snprintf(part, sizeof part, "%s.rank%d", trace.path, trace.rank);
-    FILE* f = fopen(part, "w");
-    if (f == NULL) {
-        rank_log("trace: cannot write %s: %s", part, strerror(errno));
-        return -1;
-    }
-    write_own_events(f);
-    return close_written(f, part);
+    part_name(part, sizeof part, trace.path, trace.rank);
+    return write_file(part, false, false) < 0 ? -1 : 0;
 }
 
-// Copies the part of rank into out and removes it. Returns 0, or -1 when there is none.
-static int append_part(FILE* out, const char* path, int rank) {
-    char part[TRACE_PATH_BYTES + 16], chunk[1 << 16];
-    snprintf(part, sizeof part, "%s.rank%d", path, rank);
-    FILE* in = fopen(part, "r");
-    if (in == NULL)
+// Copies the part of rank into o and removes it. Returns 0, or -1 when there is none.
+static int append_part(Out* o, const char* path, int rank) {
+    char part[TRACE_PATH_BYTES + 16];
+    part_name(part, sizeof part, path, rank);
+    int fd = open(part, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
         return -1;
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, in)) > 0)
-        fwrite(chunk, 1, n, out);
-    fclose(in);
+    out_flush(o);
+    ssize_t n;
+    while ((n = read(fd, o->buf, sizeof o->buf)) > 0) {
+        o->len = (size_t)n;
+        out_flush(o);
+    }
+    close(fd);
     unlink(part);
     return 0;
 }
@@ -398,25 +518,19 @@ static int append_part(FILE* out, const char* path, int rank) {
 int trace_merge(const char* path, int first_rank, int count) {
     char temporary[TRACE_PATH_BYTES + 16];
     snprintf(temporary, sizeof temporary, "%s.tmp", path);
-    FILE* f = fopen(temporary, "w");
-    if (f == NULL) {
-        rank_log("trace: cannot write %s: %s", temporary, strerror(errno));
+    if (out_open(&out, temporary, false) != 0)
         return -1;
-    }
-    fprintf(f, "{\"traceEvents\":[\n");
-    int own = trace_active && trace.events != NULL ? write_own_events(f) : 0;
+    out_text(&out, "{\"traceEvents\":[\n");
+    int own = trace_active && trace.events != NULL ? write_own_events(&out, false) : 0;
     int written = 0;
     for (int r = first_rank; r < first_rank + count; r++) {
-        if (append_part(f, path, r) == 0)
+        if (append_part(&out, path, r) == 0)
             written++;
         else
             rank_log("trace: rank %d wrote no events (it ended before it could)", r);
     }
-    fprintf(f,
-            "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%d,\"args\":{\"name\":\"node "
-            "%d\"}}\n],\"displayTimeUnit\":\"ms\"}\n",
-            trace.node, trace.node);
-    if (close_written(f, temporary) != 0 || rename(temporary, path) != 0) {
+    out_footer(&out);
+    if (out_close(&out, temporary, false) != 0 || rename(temporary, path) != 0) {
         unlink(temporary);
         return -1;
     }
@@ -425,6 +539,31 @@ int trace_merge(const char* path, int first_rank, int count) {
     else
         printf("Trace: %s (%d spans)\n", path, own);
     return 0;
+}
+
+// SIGINT or SIGTERM: what was recorded is written as the run would have at its end (a
+// worker's part, or a process alone's whole file), then the signal ends the process.
+static void write_on_signal(int sig) {
+    if (write_file(trace.signal_path, trace.role == TRACE_ALONE, true) >= 0 &&
+        trace.role == TRACE_ALONE)
+        rename(trace.signal_path, trace.path);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+// A worker's or a process alone's recording survives an interruption (an agent merges
+// after its workers whatever happened).
+static void write_when_interrupted(void) {
+    if (trace.role == TRACE_AGENT || trace.path[0] == '\0')
+        return;
+    if (trace.role == TRACE_ALONE)
+        snprintf(trace.signal_path, sizeof trace.signal_path, "%s.tmp", trace.path);
+    else
+        part_name(trace.signal_path, sizeof trace.signal_path, trace.path, trace.rank);
+    struct sigaction on = {.sa_handler = write_on_signal, .sa_flags = SA_RESETHAND};
+    sigemptyset(&on.sa_mask);
+    sigaction(SIGINT, &on, NULL);
+    sigaction(SIGTERM, &on, NULL);
 }
 
 // ----------------------------------------------------------------------------

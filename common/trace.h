@@ -28,9 +28,9 @@
  * the training time, over all ranks, with the fastest and the slowest rank's
  * (trace_report_phases).
  *
- * APIs: TraceKind, TracePhase, trace_active, trace_begin, trace_begin_named, trace_begin_call,
- * trace_end, trace_probe, trace_start, trace_thread_is_comm, trace_write_part, trace_merge,
- *       trace_stop, trace_report_phases, trace_phase_row, trace_print_phases,
+ * APIs: TraceKind, TracePhase, TraceRole, trace_active, trace_begin, trace_begin_named,
+ * trace_begin_call, trace_end, trace_probe, trace_start, trace_thread_is_comm, trace_write_part,
+ * trace_merge, trace_stop, trace_report_phases, trace_phase_row, trace_print_phases,
  *       trace_kind_phase.
  */
 #ifndef TRACE_H
@@ -107,11 +107,20 @@ static inline int trace_end(int status) {
 // filled ("--trace FILE: ...").
 int trace_probe(const char* path, int first_rank, int count, char* why, size_t why_len);
 
+// Who writes what at the end.
+typedef enum {
+    TRACE_ALONE,  // the only process (lesson 01): its whole FILE (trace_merge of no parts)
+    TRACE_WORKER, // a rank that its parent or agent merges: FILE.rankN (trace_write_part)
+    TRACE_AGENT,  // lesson 03's node agent: its own spans and its workers' parts
+} TraceRole;
+
 // Starts recording in this process (a forked worker starts afresh): its spans go to
-// track (node, rank), rank -1 being lesson 03's node agent. path: where trace_write_part
-// and trace_merge write (NULL: none, the phases only). gpu: time the spans with CUDA
-// events on the device this process uses. Returns 0, or -1 with a message.
-int trace_start(const char* path, int node, int rank, bool gpu);
+// track (node, rank) (an agent's to its own). path: where it writes (NULL: nowhere, the
+// phases only). gpu: time the spans with CUDA events on the device this process uses.
+// From now on SIGINT or SIGTERM first writes what was recorded, as the end would (a
+// worker's part, a process alone's whole file), then ends the process as the signal
+// does. Returns 0, or -1 with a message.
+int trace_start(const char* path, TraceRole role, int node, int rank, bool gpu);
 
 // The calling thread is the rank's communication thread: its spans go to its own track.
 void trace_thread_is_comm(void);

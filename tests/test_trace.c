@@ -7,11 +7,13 @@
  * of an epoch has a span on every rank, the ranks' spans overlapping in time: lesson 01,
  * lesson 02 with 1 and 2 ranks, lesson 04 with 2 ranks (its buckets on the communication
  * thread's track), lesson 03 with 2 nodes on 127.0.0.1 (a file per node). check_trace.py
- * itself must refuse a trace whose ranks are not all there. A FILE that cannot be written
- * (a directory, a directory that does not exist) is refused at the start with one line,
- * before any training; --phases prints its table with every phase.
+ * itself must refuse a trace whose ranks are not all there. A run interrupted by SIGINT
+ * (lessons 01 and 02) still writes its trace, the spans it was in marked unfinished. A FILE that
+ * cannot be written (a directory, a directory that does not exist) is refused at the start with one
+ * line, before any training; --phases prints its table with every phase.
  */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -41,15 +43,16 @@ static void run_lesson(const char* program, const char* const* args) {
     proc_free(&p);
 }
 
-// check_trace.py on files (NULL-terminated, at most 2) for ranks; its exit status.
-static int check_trace(int ranks, const char* expect, bool comm_track, const char* const* files,
+// check_trace.py on files (NULL-terminated, at most 2) for ranks, with one more flag
+// (--comm-track, --interrupted) or NULL; its exit status.
+static int check_trace(int ranks, const char* expect, const char* flag, const char* const* files,
                        char* output, size_t output_len) {
     char count[16];
     snprintf(count, sizeof count, "%d", ranks);
     const char* args[10] = {"--ranks", count, "--expect", expect};
     int n = 4;
-    if (comm_track)
-        args[n++] = "--comm-track";
+    if (flag != NULL)
+        args[n++] = flag;
     for (int i = 0; files[i] != NULL; i++)
         args[n++] = files[i];
     args[n] = NULL;
@@ -61,11 +64,10 @@ static int check_trace(int ranks, const char* expect, bool comm_track, const cha
 }
 
 // check_trace.py must pass files.
-static void expect_good_trace(int ranks, const char* expect, bool comm_track,
+static void expect_good_trace(int ranks, const char* expect, const char* flag,
                               const char* const* files) {
     char output[4096];
-    cr_assert_eq(check_trace(ranks, expect, comm_track, files, output, sizeof output), 0, "%s",
-                 output);
+    cr_assert_eq(check_trace(ranks, expect, flag, files, output, sizeof output), 0, "%s", output);
 }
 
 Test(trace, lesson_01_writes_one_rank_with_every_phase, .init = temp_dir_make,
@@ -73,14 +75,14 @@ Test(trace, lesson_01_writes_one_rank_with_every_phase, .init = temp_dir_make,
     char path[128];
     trace_path(path, sizeof path);
     run_lesson("hello_gpu", (const char*[]){"--trace", path, NULL});
-    expect_good_trace(1, STEP_SPANS, false, (const char*[]){path, NULL});
+    expect_good_trace(1, STEP_SPANS, NULL, (const char*[]){path, NULL});
 }
 
 Test(trace, lesson_02_with_one_rank, .init = temp_dir_make, .fini = proc_end_leftovers) {
     char path[128];
     trace_path(path, sizeof path);
     run_lesson("multi_gpu", (const char*[]){"--gpus", "1", "--trace", path, NULL});
-    expect_good_trace(1, STEP_SPANS ",gradients", false, (const char*[]){path, NULL});
+    expect_good_trace(1, STEP_SPANS ",gradients", NULL, (const char*[]){path, NULL});
 }
 
 Test(trace, lesson_02_with_two_ranks_overlaps_their_all_reduces, .init = temp_dir_make,
@@ -88,7 +90,7 @@ Test(trace, lesson_02_with_two_ranks_overlaps_their_all_reduces, .init = temp_di
     char path[128], part[160];
     trace_path(path, sizeof path);
     run_lesson("multi_gpu", (const char*[]){"--gpus", "2", "--trace", path, NULL});
-    expect_good_trace(2, STEP_SPANS ",gradients,train loss,eval loss", false,
+    expect_good_trace(2, STEP_SPANS ",gradients,train loss,eval loss", NULL,
                       (const char*[]){path, NULL});
     snprintf(part, sizeof part, "%s.rank1", path);
     cr_assert_eq(access(part, F_OK), -1, "the merged part %s was left behind", part);
@@ -100,7 +102,7 @@ Test(trace, the_check_refuses_a_trace_without_every_rank, .init = temp_dir_make,
     trace_path(path, sizeof path);
     run_lesson("multi_gpu", (const char*[]){"--gpus", "2", "--trace", path, NULL});
     cr_assert_neq(
-        check_trace(3, "forward", false, (const char*[]){path, NULL}, output, sizeof output), 0,
+        check_trace(3, "forward", NULL, (const char*[]){path, NULL}, output, sizeof output), 0,
         "a trace of 2 ranks passed as one of 3:\n%s", output);
     cr_assert(strstr(output, "rank 2 has no track") != NULL, "%s", output);
 }
@@ -110,8 +112,38 @@ Test(trace, lesson_04_puts_the_buckets_on_the_communication_thread, .init = temp
     char path[128];
     trace_path(path, sizeof path);
     run_lesson("ddp_overlap", (const char*[]){"--gpus", "2", "--trace", path, NULL});
-    expect_good_trace(2, STEP_SPANS ",bucket 0,wait for buckets", true,
+    expect_good_trace(2, STEP_SPANS ",bucket 0,wait for buckets", "--comm-track",
                       (const char*[]){path, NULL});
+}
+
+// program with args (NULL-terminated), interrupted by SIGINT to its whole group (as Ctrl-C
+// in a terminal) once its second epoch is done, must end by that signal, its trace at
+// path written.
+static void interrupt_lesson(const char* program, const char* const* args, const char* path) {
+    Proc p;
+    proc_start(&p, build_program(program), args, NULL);
+    cr_assert(proc_wait_for(&p, PROC_STDOUT, "Epoch [2/", 1, now_seconds() + PROC_DEADLINE_S),
+              "%s did not train:\n%s", program, p.err.text);
+    kill(-p.pid, SIGINT);
+    proc_finish(&p, now_seconds() + PROC_DEADLINE_S);
+    cr_assert_eq(p.status, 128 + SIGINT, "%s ended with %d:\n%s", program, p.status, p.err.text);
+    cr_assert_eq(access(path, F_OK), 0, "%s wrote no %s:\n%s", program, path, p.err.text);
+    proc_free(&p);
+}
+
+Test(trace, an_interrupted_run_writes_what_it_recorded, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
+    char path[128];
+    trace_path(path, sizeof path);
+    interrupt_lesson(
+        "hello_gpu",
+        (const char*[]){"--device", "cpu", "--epochs", "100000", "--trace", path, NULL}, path);
+    expect_good_trace(1, STEP_SPANS, "--interrupted", (const char*[]){path, NULL});
+    interrupt_lesson("multi_gpu",
+                     (const char*[]){"--device", "cpu", "--epochs", "100000", "--gpus", "2",
+                                     "--trace", path, NULL},
+                     path);
+    expect_good_trace(2, STEP_SPANS ",gradients", "--interrupted", (const char*[]){path, NULL});
 }
 
 // Starts lesson 03's node (of 2, 1 worker each) on 127.0.0.1:port, tracing to path.
@@ -159,7 +191,7 @@ Test(trace, lesson_03_writes_a_file_per_node, .init = temp_dir_make, .fini = pro
                      nodes[i].err.text);
     }
     // One machine: the two files share its clock, so the all-reduces can be compared.
-    expect_good_trace(2, STEP_SPANS ",rendezvous,fork,ring connection,gradients", false,
+    expect_good_trace(2, STEP_SPANS ",rendezvous,fork,ring connection,gradients", NULL,
                       (const char*[]){path, node1, NULL});
     for (int i = 0; i < 2; i++)
         proc_free(&nodes[i]);

@@ -199,7 +199,8 @@ int main(int argc, char** argv) {
     DeviceData d = {0};
     EpochStats* stats = calloc((size_t)c.epochs, sizeof *stats);
     bool tracing = c.trace_path != NULL || c.phases;
-    if (stats == NULL || (tracing && trace_start(c.trace_path, 0, 0, dev.kind == DEVICE_CUDA)) ||
+    if (stats == NULL ||
+        (tracing && trace_start(c.trace_path, TRACE_ALONE, 0, 0, dev.kind == DEVICE_CUDA)) ||
         dataset_create(&data, c.data_size, c.seed) != 0 ||
         sampler_create(&sampler, data.n_train, 1, 0, c.seed) != 0 ||
         mlp_create(&model, dev.kernels, c.hidden_size, c.batch_size) != 0 ||

@@ -382,7 +382,7 @@ static int worker_main(int rank, void* arg) {
         return 1;
     }
     bool tracing = c->trace_path != NULL || c->phases;
-    if (tracing && trace_start(c->trace_path, 0, rank, dev.kind == DEVICE_CUDA) != 0)
+    if (tracing && trace_start(c->trace_path, TRACE_WORKER, 0, rank, dev.kind == DEVICE_CUDA) != 0)
         return 1;
     Communicator* comm = NULL;
     if (make_communicator(&comm, p, rank, &dev, send_fd, recv_fd) != 0)

@@ -193,7 +193,7 @@ static int plan_trace(Agent* a, char* why, size_t why_len) {
     a->opt.train.trace_path = a->trace_path;
     if (trace_probe(a->trace_path, 0, 0, why, why_len) != 0)
         return -1;
-    return trace_start(a->trace_path, node, -1, false);
+    return trace_start(a->trace_path, TRACE_AGENT, node, -1, false);
 }
 
 // Decides this node's workers and backend before anything is forked. Exits with
@@ -723,7 +723,8 @@ static int worker_main(int local_rank, void* arg) {
         return 1;
     }
     bool tracing = c->trace_path != NULL || c->phases;
-    if (tracing && trace_start(c->trace_path, a->opt.node_rank, rank, dev.kind == DEVICE_CUDA) != 0)
+    if (tracing && trace_start(c->trace_path, TRACE_WORKER, a->opt.node_rank, rank,
+                               dev.kind == DEVICE_CUDA) != 0)
         return 1;
     Communicator* comm = NULL;
     if (make_communicator(&comm, a, rank, local_rank, &dev) != 0)
@@ -747,7 +748,8 @@ static int run_under_mpirun(const Options* o) {
     MpirunRank r;
     int status = 1;
     if (mpirun_start(&r, &o->train, o->backend, o->timeout_s, o->debug) == 0 &&
-        (!o->train.phases || trace_start(NULL, 0, r.rank, r.dev.kind == DEVICE_CUDA) == 0)) {
+        (!o->train.phases ||
+         trace_start(NULL, TRACE_WORKER, 0, r.rank, r.dev.kind == DEVICE_CUDA) == 0)) {
         print_process_initialized(&r.dev, r.rank, r.local_rank, r.world_size);
         status = train_rank(&o->train, &r.dev, r.comm, r.rank, r.world_size);
     }
