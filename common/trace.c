@@ -16,6 +16,9 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#if defined(__x86_64__)
+#include <x86intrin.h>
+#endif
 
 #include "check.h"
 #include "collective.h"
@@ -32,8 +35,8 @@
 // A span, written into the buffer when it opens and completed when it closes: small, as
 // a step writes several.
 typedef struct {
-    double start;        // CLOCK_MONOTONIC
-    float seconds;       // its length
+    uint64_t start;      // in ticks of the spans' clock (see below)
+    float ticks;         // its length
     uint32_t bytes;      // a collective's size (0: none)
     int32_t epoch, step; // what a collective or an epoch serves (-1: none)
     uint8_t kind;        // TraceKind
@@ -44,8 +47,8 @@ typedef struct {
 
 // A span still open on a thread.
 typedef struct {
-    double start;
-    int event; // its place in the buffer, or -1 (the buffer was full)
+    uint64_t start; // ticks
+    int event;      // its place in the buffer, or -1 (the buffer was full)
     TraceKind kind;
     bool counts;   // adds its time to its phase: only epochs enclose it
     int gpu_begin; // CUDA event slot of its start, or -1
@@ -85,7 +88,7 @@ static struct {
     bool gpu;
     PendingSpan* pending; // (TRACE_GPU_MARKS / 2) spans timed on the GPU, not resolved yet
     int pending_count;
-    double phase_seconds[TRACE_PHASES];
+    double phase_ticks[TRACE_PHASES];
     long steps;
 } trace = {.name_count = 1, .naming = PTHREAD_MUTEX_INITIALIZER};
 
@@ -114,6 +117,72 @@ TracePhase trace_kind_phase(TraceKind kind) {
     default:
         return TRACE_PHASES;
     }
+}
+
+// ----------------------------------------------------------------------------
+// the spans' clock: the CPU's time-stamp counter where the kernel itself keeps time by
+// it (x86-64 with clocksource tsc: the counter is then the same on every core), read in a
+// third of clock_gettime's time, else CLOCK_MONOTONIC's nanoseconds. Ticks become
+// timer_seconds() by the line through two readings of both clocks, one at trace_start
+// and one when converting, so that the longer the run, the closer the fit.
+
+static struct {
+    bool tsc;
+    uint64_t ticks; // at trace_start
+    double seconds; // timer_seconds() then
+} origin;
+
+static inline uint64_t ticks_now(void) {
+#if defined(__x86_64__)
+    if (origin.tsc)
+        return __rdtsc();
+#endif
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+// Both clocks at once: the counter read on both sides of the kernel's clock, the
+// closest of a few tries (a thread moved off its core between the reads would spoil one).
+static void read_both(uint64_t* ticks, double* seconds) {
+    uint64_t closest = UINT64_MAX;
+    for (int try = 0; try < 8; try++) {
+        uint64_t before = ticks_now();
+        double now = timer_seconds();
+        uint64_t after = ticks_now();
+        if (after - before < closest) {
+            closest = after - before;
+            *ticks = before + closest / 2;
+            *seconds = now;
+        }
+    }
+}
+
+// Whether the kernel keeps time by the time-stamp counter.
+static bool kernel_uses_tsc(void) {
+#if defined(__x86_64__)
+    char source[32] = "";
+    FILE* f = fopen("/sys/devices/system/clocksource/clocksource0/current_clocksource", "r");
+    if (f == NULL)
+        return false;
+    bool tsc = fgets(source, sizeof source, f) != NULL && strncmp(source, "tsc\n", 4) == 0;
+    fclose(f);
+    return tsc;
+#else
+    return false;
+#endif
+}
+
+// Seconds per tick, from origin to now (at least a millisecond apart, for the fit).
+static double seconds_per_tick(void) {
+    if (!origin.tsc)
+        return 1e-9;
+    uint64_t ticks;
+    double seconds;
+    do
+        read_both(&ticks, &seconds);
+    while (seconds - origin.seconds < 1e-3 || ticks == origin.ticks);
+    return (seconds - origin.seconds) / (double)(ticks - origin.ticks);
 }
 
 // ----------------------------------------------------------------------------
@@ -163,46 +232,49 @@ void trace_open_span(TraceKind kind, const char* name, size_t bytes, int epoch, 
                                               .comm_thread = t->comm,
                                               .name = name != NULL ? name_index(name) : 0};
     s->gpu_begin = trace.gpu && !t->comm ? trace_gpu_mark() : -1;
-    s->start = timer_seconds();
+    s->start = ticks_now();
 }
 
 // Adds a span's time to its phase.
-static void count_phase(TraceKind kind, double seconds) {
+static void count_phase(TraceKind kind, double ticks) {
     TracePhase phase = trace_kind_phase(kind);
     if (phase == TRACE_PHASES)
         return;
-    trace.phase_seconds[phase] += seconds;
+    trace.phase_ticks[phase] += ticks;
     trace.steps += kind == TRACE_OPTIMIZER;
 }
 
 // The spans timed on the GPU since the last call get their GPU times (the host waits
 // for the GPU to get past the last of them), and the event slots are used again.
 static void resolve_gpu_spans(void) {
+    double tick = seconds_per_tick();
     for (int i = 0; i < trace.pending_count; i++) {
         PendingSpan* p = &trace.pending[i];
         double start = trace_gpu_time(p->gpu_begin), end = trace_gpu_time(p->gpu_end);
         if (start < 0.0 || end < 0.0)
             continue; // the GPU failed: the host's times stay
         if (p->counts)
-            count_phase(p->kind, end - start);
-        if (p->event >= 0)
-            trace.events[p->event].start = start,
-            trace.events[p->event].seconds = (float)(end - start);
+            count_phase(p->kind, (end - start) / tick);
+        if (p->event >= 0) {
+            TraceEvent* e = &trace.events[p->event];
+            e->start = origin.ticks + (uint64_t)((start - origin.seconds) / tick);
+            e->ticks = (float)((end - start) / tick);
+        }
     }
     trace.pending_count = 0;
     trace_gpu_recycle();
 }
 
 // Completes a span that closed: its phase now (host times), or once the GPU ran it.
-static void close_span(const OpenSpan* s, double seconds) {
+static void close_span(const OpenSpan* s, uint64_t ticks) {
     if (s->event >= 0)
-        trace.events[s->event].start = s->start, trace.events[s->event].seconds = (float)seconds;
+        trace.events[s->event].start = s->start, trace.events[s->event].ticks = (float)ticks;
     int gpu_end = s->gpu_begin >= 0 ? trace_gpu_mark() : -1;
     if (gpu_end >= 0 && trace.pending != NULL)
         trace.pending[trace.pending_count++] =
             (PendingSpan){s->event, s->counts, s->kind, s->gpu_begin, gpu_end};
     else if (s->counts)
-        count_phase(s->kind, seconds);
+        count_phase(s->kind, (double)ticks);
     if (s->kind == TRACE_EPOCH && trace.pending_count > 0)
         resolve_gpu_spans();
 }
@@ -214,11 +286,11 @@ void trace_close_span(void) {
     if (t->depth-- > TRACE_MAX_DEPTH)
         return;
     const OpenSpan* s = &t->open[t->depth];
-    double seconds = timer_seconds() - s->start;
+    uint64_t ticks = ticks_now() - s->start;
     t->epochs_open -= s->kind == TRACE_EPOCH;
     if (t->comm)
         trace.comm_track_used = true;
-    close_span(s, seconds);
+    close_span(s, ticks);
 }
 
 void trace_thread_is_comm(void) {
@@ -259,14 +331,15 @@ int trace_probe(const char* path, int first_rank, int count, char* why, size_t w
 int trace_start(const char* path, TraceRole role, int node, int rank, bool gpu) {
     trace_active = false; // a forked worker forgets its parent's spans
     self = (TraceThread){0};
-    if (trace.events == NULL && path != NULL) {
-        // Touched now, so that no span pays for a page fault.
-        if ((trace.events = malloc(TRACE_CAPACITY * sizeof *trace.events)) == NULL) {
-            rank_log("trace: out of memory for %d spans", TRACE_CAPACITY);
-            return -1;
-        }
-        memset(trace.events, 0, TRACE_CAPACITY * sizeof *trace.events);
+    if (trace.events == NULL && path != NULL &&
+        (trace.events = malloc(TRACE_CAPACITY * sizeof *trace.events)) == NULL) {
+        rank_log("trace: out of memory for %d spans", TRACE_CAPACITY);
+        return -1;
     }
+    // Touched now (in a forked worker too, whose pages are its parent's until written),
+    // so that no span pays for a page fault.
+    if (trace.events != NULL)
+        memset(trace.events, 0, TRACE_CAPACITY * sizeof *trace.events);
     if (gpu && trace.pending == NULL &&
         ((trace.pending = malloc(TRACE_GPU_MARKS / 2 * sizeof *trace.pending)) == NULL ||
          trace_gpu_start() != 0)) {
@@ -279,8 +352,10 @@ int trace_start(const char* path, TraceRole role, int node, int rank, bool gpu) 
     trace.gpu = gpu;
     trace.comm_track_used = false;
     trace.pending_count = 0;
-    memset(trace.phase_seconds, 0, sizeof trace.phase_seconds);
+    memset(trace.phase_ticks, 0, sizeof trace.phase_ticks);
     trace.steps = 0;
+    origin.tsc = kernel_uses_tsc();
+    read_both(&origin.ticks, &origin.seconds);
     trace_active = true;
     write_when_interrupted();
     return 0;
@@ -378,15 +453,15 @@ static void out_arg(Out* o, const char* key, long long v) {
     out_int(o, v, 1);
 }
 
-static void write_event(Out* o, const TraceEvent* e) {
+static void write_event(Out* o, const TraceEvent* e, double tick) {
     out_text(o, "{\"name\":\"");
     out_text(o, e->name > 0 ? trace.names[e->name] : kind_names[e->kind]);
     out_text(o, "\",\"cat\":\"");
     out_text(o, kind_names[e->kind]);
     out_text(o, "\",\"ph\":\"X\",\"ts\":");
-    out_us(o, e->start);
+    out_us(o, origin.seconds + (double)(int64_t)(e->start - origin.ticks) * tick);
     out_text(o, ",\"dur\":");
-    out_us(o, e->seconds);
+    out_us(o, (double)e->ticks * tick);
     out_text(o, ",");
     out_track(o, track_of(e->comm_thread));
     out_text(o, ",\"args\":{\"rank\":");
@@ -432,8 +507,9 @@ static int write_own_events(Out* o, bool in_signal_handler) {
     write_track_name(o, false);
     if (trace.comm_track_used)
         write_track_name(o, true);
+    double tick = seconds_per_tick();
     for (int i = 0; i < kept; i++)
-        write_event(o, &trace.events[i]);
+        write_event(o, &trace.events[i], tick);
     if (count > kept && !in_signal_handler)
         rank_log("trace: %d spans did not fit the buffer of %d and are missing", count - kept,
                  TRACE_CAPACITY);
@@ -570,10 +646,10 @@ static void write_when_interrupted(void) {
 // where the time goes
 
 void trace_phase_row(float row[TRACE_PHASE_ROW], double training_seconds) {
-    double covered = 0.0;
+    double covered = 0.0, tick = seconds_per_tick();
     for (int p = 0; p < PHASE_OTHER; p++) {
-        row[p] = (float)trace.phase_seconds[p];
-        covered += trace.phase_seconds[p];
+        row[p] = (float)(trace.phase_ticks[p] * tick);
+        covered += row[p];
     }
     row[PHASE_OTHER] = (float)(training_seconds > covered ? training_seconds - covered : 0.0);
     row[TRACE_PHASES] = (float)trace.steps;
