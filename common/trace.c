@@ -231,7 +231,8 @@ void trace_open_span(TraceKind kind, const char* name, size_t bytes, int epoch, 
                                               .kind = (uint8_t)kind,
                                               .comm_thread = t->comm,
                                               .name = name != NULL ? name_index(name) : 0};
-    s->gpu_begin = trace.gpu && !t->comm ? trace_gpu_mark() : -1;
+    // On a GPU, only what the phases count: each CUDA event costs about a kernel launch.
+    s->gpu_begin = trace.gpu && s->counts ? trace_gpu_mark() : -1;
     s->start = ticks_now();
 }
 
@@ -257,7 +258,7 @@ static void resolve_gpu_spans(void) {
             count_phase(p->kind, (end - start) / tick);
         if (p->event >= 0) {
             TraceEvent* e = &trace.events[p->event];
-            e->start = origin.ticks + (uint64_t)((start - origin.seconds) / tick);
+            e->start = origin.ticks + (uint64_t)(int64_t)((start - origin.seconds) / tick);
             e->ticks = (float)((end - start) / tick);
         }
     }

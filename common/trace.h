@@ -24,8 +24,9 @@
  *
  * The phases: every span of the rank's own thread that no other phase span encloses
  * adds its time to its phase (forward and loss to forward; a forward pass inside eval to
- * eval). On a GPU the spans are timed by CUDA events recorded on the compute stream,
- * resolved once per epoch, since host clocks would time only the kernels' launches. At
+ * eval). On a GPU those spans are timed by CUDA events recorded on the compute stream,
+ * resolved once per epoch, since host clocks would time only the kernels' launches (the
+ * spans inside them keep the host's times: an event costs about a kernel's launch). At
  * the end rank 0 prints, per phase, the mean time per optimizer step and its share of
  * the training time, over all ranks, with the fastest and the slowest rank's
  * (trace_report_phases).

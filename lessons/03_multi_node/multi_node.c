@@ -272,10 +272,12 @@ static void describe_settings(const Agent* a, char* out, size_t len) {
     const TrainConfig* c = &a->opt.train;
     char training[RDZV_TEXT_BYTES / 2];
     config_settings(c, training, sizeof training);
-    snprintf(out, len, "%s epochs=%d device=%s backend=%s timeout=%d nnodes=%d max_restarts=%d",
+    // phases: every rank joins the gathering of the table, or none does
+    snprintf(out, len,
+             "%s epochs=%d device=%s backend=%s timeout=%d nnodes=%d max_restarts=%d phases=%d",
              training, c->epochs, a->gpus > 0 ? "cuda" : "cpu",
              a->backend == BACKEND_NCCL ? "nccl" : "ring", a->opt.timeout_s, a->opt.nnodes,
-             a->opt.max_restarts);
+             a->opt.max_restarts, c->phases);
 }
 
 // One listening socket per local worker for the ring, on the address by which the
