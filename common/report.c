@@ -182,19 +182,28 @@ static int gnuplot_finish(FILE* gp) {
     return status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
 }
 
-// y tick labels a log scale shows at 1, 2 and 5 of each decade (gnuplot's own: 1 only).
+// y tick labels a log scale shows at 1, 2, 3 and 5 of each decade (gnuplot's own: 1 only).
 #define LOSS_TICS                                                                                  \
-    "set ytics ('0.001' 0.001, '0.002' 0.002, '0.005' 0.005, '0.01' 0.01, '0.02' 0.02, "           \
-    "'0.05' 0.05, '0.1' 0.1, '0.2' 0.2, '0.5' 0.5, '1' 1, '2' 2, '5' 5, '10' 10, '100' 100)\n"
+    "set ytics ('0.001' 0.001, '0.002' 0.002, '0.003' 0.003, '0.005' 0.005, '0.01' 0.01, "         \
+    "'0.02' 0.02, '0.03' 0.03, '0.05' 0.05, '0.1' 0.1, '0.2' 0.2, '0.3' 0.3, '0.5' 0.5, '1' 1, "   \
+    "'2' 2, '3' 3, '5' 5, '10' 10, '100' 100)\n"
 
 // The last epoch on the x axis: at least 2, so that one epoch still has an axis.
 static int last_epoch(const Report* r) {
     return r->epochs_done > 2 ? r->epochs_done : 2;
 }
 
+// A step for about four tick labels from 0 to top: 1, 2 or 5 times a power of ten.
+static double tic_step(double top) {
+    double step = pow(10.0, floor(log10(top > 0 ? top / 4 : 1e-6)));
+    return top / step > 20 ? 5 * step : top / step > 8 ? 2 * step : step;
+}
+
 // loss.png: the two losses over the noise floor, and the seconds of each epoch below.
 static void loss_script(FILE* gp, const Report* r, const char* output) {
-    double floor = DATA_NOISE_STDDEV * DATA_NOISE_STDDEV;
+    double noise = DATA_NOISE_STDDEV * DATA_NOISE_STDDEV, slowest = 0.0;
+    for (int e = 0; e < r->epochs_done; e++)
+        slowest = r->stats[e].seconds > slowest ? r->stats[e].seconds : slowest;
     fprintf(gp,
             "set terminal pngcairo size 900,700 noenhanced\nset output '%s'\n"
             "set datafile separator ','\nset grid\nset xrange [1:%d]\n"
@@ -202,15 +211,16 @@ static void loss_script(FILE* gp, const Report* r, const char* output) {
             "set origin 0,0.32\nset size 1,0.66\nset lmargin 10\n"
             "set ylabel 'MSE loss'\nset logscale y\nset yrange [%g:*]\n" LOSS_TICS
             "set label 1 'noise floor: %g, the variance of the noise in the data' at graph "
-            "0.02, first %g offset 0,0.8 textcolor rgb 'gray30'\n"
+            "0.02, first %g offset 0,-0.8 textcolor rgb 'gray30'\n"
             "plot '%s/losses.csv' using 1:2 skip 1 with lines lw 2 title 'train', "
             "'' using 1:3 skip 1 with lines lw 2 title 'eval', "
             "%g with lines dt 2 lw 2 lc rgb 'gray30' title 'noise floor'\n"
-            "unset label 1\nunset logscale y\nset ytics auto\nset yrange [0:*]\n"
-            "set origin 0,0\nset size 1,0.32\nset xlabel 'epoch'\nset ylabel 'seconds'\n"
-            "plot '' using 1:4 skip 1 with linespoints pt 7 ps 0.5 lw 1 title "
-            "'seconds per epoch'\nunset multiplot\n",
-            output, last_epoch(r), r->settings, floor * 0.7, floor, floor, r->dir, floor);
+            "unset label 1\nunset logscale y\nunset key\nset yrange [0:%g]\nset ytics %g\n"
+            "set origin 0,0\nset size 1,0.32\nset xlabel 'epoch'\n"
+            "set ylabel 'seconds per epoch'\n"
+            "plot '' using 1:4 skip 1 with linespoints pt 7 ps 0.5 lw 1\nunset multiplot\n",
+            output, last_epoch(r), r->settings, noise * 0.7, noise, noise, r->dir, noise,
+            slowest * 1.15, tic_step(slowest * 1.15));
 }
 
 // fit.png: the training data, sin(x), and the model after epoch 1 (faint) and at the end.
