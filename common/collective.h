@@ -20,7 +20,7 @@
  * comm_ring_socketpairs, comm_ring_keep_own, comm_ring_shm, comm_ring_connect_tcp, comm_init_ring,
  * comm_init_ring_shm, comm_init_ring_links, comm_init_host, NcclIdTransport, NcclIdRoute,
  * comm_init_nccl, comm_nccl_version, comm_allreduce_sum, comm_allreduce_mean, comm_broadcast,
- *       comm_barrier, comm_allgather_u64, comm_allreduce_mean_start, comm_wait_all,
+ *       comm_barrier, comm_allgather_floats, comm_allgather_u64, comm_allreduce_mean_start, comm_wait_all,
  *       comm_async_seconds, comm_abort, comm_destroy,
  *       comm_backend, RingStep, RingStepHook, comm_ring_chunk_begin,
  *       comm_set_ring_step_hook.
@@ -169,6 +169,10 @@ int comm_wait_all(Communicator* comm);
 // Seconds the collectives started and waited for have run on the communication thread:
 // what overlapping could hide. -1 for NCCL, whose collectives the host does not see run.
 double comm_async_seconds(const Communicator* comm);
+// all (world_size x n) = every rank's row mine (n), on every rank: one small all-reduce of
+// rows that only their own rank fills. what names it.
+int comm_allgather_floats(Communicator* comm, const char* what, const float* mine, size_t n,
+                          float* all);
 // all (world_size) = every rank's mine, on every rank: a hash, a count. what names it.
 int comm_allgather_u64(Communicator* comm, const char* what, uint64_t mine, uint64_t* all);
 // Ends the communicator at once, even in the middle of a failed call.

@@ -3,8 +3,9 @@
  *
  * Flags follow the original app: --epochs --batch-size --learning-rate
  * --data-size --hidden-size --seed --optimizer --device --out, and its "next
- * step", checkpoints: --checkpoint-dir --checkpoint-every --resume. Written as
- * "--flag value" or "--flag=value"; a switch (--resume, --debug) takes no value.
+ * step", checkpoints: --checkpoint-dir --checkpoint-every --resume; and the instruments,
+ * --trace FILE and --phases (trace.h). Written as "--flag value" or "--flag=value"; a
+ * switch (--resume, --debug) takes no value.
  *
  * Each program describes its flags in one table of Flag entries: name, alias,
  * kind, limits, where the value goes, the environment variable that may give
@@ -60,6 +61,8 @@ typedef struct {
     int checkpoint_every;       // epochs between two checkpoints
     bool resume;                // --resume: go on from the checkpoint, which must be there
     bool resume_if_present;     // a restart after a failure: from the checkpoint if one exists
+    const char* trace_path;     // --trace FILE: every rank's timeline (trace.h); NULL: none
+    bool phases;                // --phases: where the time goes, printed at the end
 } TrainConfig;
 
 typedef enum {
@@ -130,7 +133,12 @@ typedef struct {
      .destination = &(c)->checkpoint_every, .value_name = "N",                                \
      .help = "epochs between two checkpoints (default 1; the last one always)"},               \
     {.name = "--resume", .kind = FLAG_SWITCH, .destination = &(c)->resume,                     \
-     .help = "continue from DIR/checkpoint.bin"}
+     .help = "continue from DIR/checkpoint.bin"},                                              \
+    {.name = "--trace", .kind = FLAG_TEXT, .destination = &(c)->trace_path, .value_name = "FILE",\
+     .help = "write every rank's timeline to FILE (Chrome trace JSON: Perfetto, "              \
+             "chrome://tracing)"},                                                             \
+    {.name = "--phases", .kind = FLAG_SWITCH, .destination = &(c)->phases,                     \
+     .help = "print where the time of a step goes, per phase, at the end"}
 // clang-format on
 
 void config_defaults(TrainConfig* c);
