@@ -14,6 +14,9 @@
 #include "check.h"
 #include "file.h"
 
+// The mean squared error of a model that predicts sin(x) exactly: the noise's variance.
+#define NOISE_FLOOR (DATA_NOISE_STDDEV * DATA_NOISE_STDDEV)
+
 int report_prepare_dir(const char* dir, char* why, size_t why_len) {
     struct stat st;
     char problem[ERROR_TEXT_BYTES];
@@ -42,15 +45,15 @@ static void csv_row(FILE* f, int epoch, const EpochStats* e) {
 
 int report_open(Report* r, const TrainConfig* c, int world_size, Mlp* m, const EpochStats* stats,
                 int epochs_done) {
-    *r = (Report){.active = c != NULL};
-    if (c == NULL)
+    if (c == NULL) {
+        *r = (Report){.active = false};
         return 0;
+    }
     *r = (Report){.active = true,
                   .dir = c->out_dir,
                   .plot = c->plot == PLOT_DUMB ? PLOT_TERMINAL : c->plot,
                   .stats = stats,
                   .epochs_done = epochs_done,
-                  .epochs = c->epochs,
                   .model = m};
     snprintf(r->settings, sizeof r->settings, "%s, %d rank%s, batch %d, lr %g, %s", m->k->name,
              world_size, world_size > 1 ? "s" : "", c->batch_size, c->learning_rate,
@@ -201,7 +204,7 @@ static double tic_step(double top) {
 
 // loss.png: the two losses over the noise floor, and the seconds of each epoch below.
 static void loss_script(FILE* gp, const Report* r, const char* output) {
-    double noise = DATA_NOISE_STDDEV * DATA_NOISE_STDDEV, slowest = 0.0;
+    double noise = NOISE_FLOOR, slowest = 0.0;
     for (int e = 0; e < r->epochs_done; e++)
         slowest = r->stats[e].seconds > slowest ? r->stats[e].seconds : slowest;
     fprintf(gp,
@@ -272,13 +275,13 @@ static void draw_terminal(const Report* r) {
             "set terminal dumb size 79,24 noenhanced\nset title 'Loss: %s'\n"
             "set xlabel 'epoch'\nset xrange [1:%d]\nset logscale y\nset yrange [%g:*]\n"
             "set format y '%%g'\n$loss << EOD\n",
-            r->settings, last_epoch(r), 0.7 * DATA_NOISE_STDDEV * DATA_NOISE_STDDEV);
+            r->settings, last_epoch(r), 0.7 * NOISE_FLOOR);
     for (int e = 0; e < r->epochs_done; e++)
         fprintf(gp, "%d %.9g %.9g\n", e + 1, r->stats[e].train_loss, r->stats[e].eval_loss);
     fprintf(gp,
             "EOD\nplot $loss using 1:2 with lines title 'train', $loss using 1:3 with lines "
             "title 'eval', %g with lines title 'noise floor'\n",
-            DATA_NOISE_STDDEV * DATA_NOISE_STDDEV);
+            NOISE_FLOOR);
     if (gnuplot_finish(gp) != 0)
         rank_log("warning: gnuplot failed, so no plot in the terminal");
 }

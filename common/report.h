@@ -49,7 +49,6 @@ typedef struct {
     FILE* csv;               // DIR/losses.csv, open while the run goes
     const EpochStats* stats; // every epoch's, for the terminal's plot
     int epochs_done;         // the rows of stats that are filled
-    int epochs;              // the run's --epochs
     Mlp* model;              // the model whose predictions DIR/fit.csv holds
     float* first_epoch;      // (REPORT_FIT_POINTS) its predictions after epoch 1, or NULL
     char settings[160];      // "cpu, 2 ranks, batch 32, lr 0.01, adam": the plots' titles

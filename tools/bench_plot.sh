@@ -113,7 +113,7 @@ draw_loss() {
         !/^#/ && !/^name,/ { printf "%s|%s, %s rank%s\n", $1, label($2, $3, $4, $5, $7), $6, ($6 > 1 ? "s" : "") }' "$csv")
     [ -n "$clauses" ] || return 0
     gnuplot <<GNUPLOT
-set terminal pngcairo size 1200,800 noenhanced
+set terminal pngcairo size 1200,900 noenhanced
 set output '$base-loss.png'
 set title 'Eval loss of every configuration ($settings)'
 set datafile separator ','
@@ -122,8 +122,11 @@ set xlabel 'epoch'
 set xrange [1:*]
 set ylabel 'MSE loss'
 set logscale y
-set key at screen 0.5, screen 0.01 center bottom box maxrows 5
-set bmargin at screen 0.3
+set yrange [0.007:*]
+set ytics (0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10)
+set format y '%g'
+set key at screen 0.5, screen 0.01 center bottom box maxrows $(((i + 2) / 2)) font ',10'
+set bmargin at screen $(awk -v n=$(((i + 2) / 2)) 'BEGIN { printf "%.2f", 0.1 + 0.022 * n }')
 set xtics $([ "$every" -gt 1 ] && echo auto || echo 1)
 plot $clauses, 0.01 with lines dt 2 lw 2 lc rgb 'gray30' title 'noise floor (0.01: the variance of the data noise)'
 GNUPLOT
