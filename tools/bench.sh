@@ -113,7 +113,7 @@ bench_config() {
     if [ "$impl" = torch ]; then
         "$@" 2>/dev/null | awk -F'[][/:, ]+' 'BEGIN { print "epoch,train_loss,eval_loss" } /^Epoch \[/ { print $2 "," $7 "," $10 }' >"$curves/$name.csv"
     else
-        "$@" --out "$curves/$name" >/dev/null 2>&1 && mv "$curves/$name/losses.csv" "$curves/$name.csv" && rm -rf "${curves:?}/$name"
+        "$@" --out "$curves/$name" --plot none >/dev/null 2>&1 && mv "$curves/$name/losses.csv" "$curves/$name.csv" && rm -rf "${curves:?}/$name"
     fi
     local n_train=$((data * 8 / 10))
     median_min_max "${times[@]}" | awk -v row="$name,$impl,$device,$backend,$nodes,$ranks,$scaling,$data" \
