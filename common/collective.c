@@ -65,6 +65,8 @@ struct Communicator {
     bool fingerprints_agreed; // NCCL and host collectives: the first call's were compared
     HostCollectives host_ops; // BACKEND_HOST only
     AsyncQueue* async;        // the collectives started and not yet waited for, if any
+    RingStepHook step_hook;   // called after each all-reduce step, if not NULL
+    void* step_hook_ctx;
 #ifdef HAVE_NCCL
     ncclComm_t nccl;
     cudaStream_t stream;  // NCCL's, apart from the compute's (which is the legacy default one)
@@ -355,8 +357,14 @@ static int ring_step(Communicator* c, const char* what, int step, float* data, s
     if (c->s.debug)
         rank_log("%s step %d: chunk %d (%zu floats) to rank %d, chunk %d from rank %d", what, step,
                  send_c, send_n, mod(r + 1, N), recv_c, mod(r - 1, N));
-    return ring_transfer(c, what, step, data + send_at, send_n * sizeof(float), into,
-                         recv_n * sizeof(float), add, deadline);
+    RETURN_IF_FAILED(ring_transfer(c, what, step, data + send_at, send_n * sizeof(float), into,
+                                   recv_n * sizeof(float), add, deadline));
+    bool scatter = step < N - 1; // the all-gather's steps are numbered on from there
+    if (c->step_hook != NULL)
+        c->step_hook(c->step_hook_ctx,
+                     &(RingStep){scatter ? "reduce-scatter" : "all-gather",
+                                 scatter ? step : step - (N - 1), send_c, recv_c, data, count});
+    return 0;
 }
 
 // The all-reduce on host memory: data (count) becomes the sum over the ranks.
@@ -377,6 +385,15 @@ static int ring_allreduce_host(Communicator* c, float* data, size_t count) {
                                    recv_c, data + chunk_begin(count, N, recv_c), false, deadline));
     }
     return 0;
+}
+
+size_t comm_ring_chunk_begin(size_t count, int world_size, int c) {
+    return chunk_begin(count, world_size, c);
+}
+
+void comm_set_ring_step_hook(Communicator* c, RingStepHook hook, void* ctx) {
+    c->step_hook = hook;
+    c->step_hook_ctx = ctx;
 }
 
 // The root's buffer travels once around the ring, each rank forwarding it to the next.

@@ -22,7 +22,8 @@
  * comm_init_nccl, comm_nccl_version, comm_allreduce_sum, comm_allreduce_mean, comm_broadcast,
  *       comm_barrier, comm_allgather_floats, comm_allgather_u64, comm_allreduce_mean_start, comm_wait_all,
  *       comm_async_seconds, comm_abort, comm_destroy,
- *       comm_backend.
+ *       comm_backend, RingStep, RingStepHook, comm_ring_chunk_begin,
+ *       comm_set_ring_step_hook.
  */
 #ifndef COLLECTIVE_H
 #define COLLECTIVE_H
@@ -179,6 +180,25 @@ void comm_abort(Communicator* comm);
 void comm_destroy(Communicator* comm);
 
 Backend comm_backend(const Communicator* comm);
+
+// One step of the ring's all-reduce as it ended on this rank, for a program that shows
+// the algorithm at work (allreduce_bench --show).
+typedef struct {
+    const char* phase;  // "reduce-scatter" or "all-gather"
+    int step;           // within the phase, from 0
+    int sent_chunk;     // the chunk this rank sent to the right
+    int received_chunk; // the chunk it received from the left (added, or copied over)
+    const float* data;  // (count) this rank's buffer after the step, in host memory
+    size_t count;
+} RingStep;
+typedef void (*RingStepHook)(void* ctx, const RingStep* step);
+// Where chunk c of the ring's count floats on world_size ranks begins: chunk c is
+// [comm_ring_chunk_begin(c), comm_ring_chunk_begin(c + 1)); the first count % world_size
+// chunks have one float more than the others.
+size_t comm_ring_chunk_begin(size_t count, int world_size, int c);
+// From now on hook(ctx, step) runs after every step of every ring all-reduce of comm
+// (comm_barrier's too); NULL: none, which is the default and costs one test per step.
+void comm_set_ring_step_hook(Communicator* comm, RingStepHook hook, void* ctx);
 
 #ifdef __cplusplus
 }

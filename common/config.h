@@ -19,7 +19,7 @@
  * APIs: TrainConfig, Flag, FlagKind, FlagParse, CONFIG_TRAINING_FLAGS, EXIT_USAGE,
  *       config_defaults, config_parse_flags, config_print_help, config_parse_or_explain,
  *       config_check,
- *       config_print_banner, config_settings, usage_error.
+ *       config_print_banner, config_settings, usage_error, PlotKind.
  */
 #ifndef CONFIG_H
 #define CONFIG_H
@@ -42,6 +42,10 @@ extern "C" {
 #define CONFIG_MAX_TIMEOUT_S 86400
 #define CONFIG_MAX_RESTARTS 1000
 
+// What --plot draws at the end of a run (see report.h). PLOT_DUMB is PLOT_TERMINAL by
+// gnuplot's name for its text terminal.
+typedef enum { PLOT_PNG, PLOT_TERMINAL, PLOT_DUMB, PLOT_NONE } PlotKind;
+
 typedef struct {
     int epochs;
     int batch_size; // per rank
@@ -52,6 +56,7 @@ typedef struct {
     OptimizerKind optimizer;
     const char* device;         // "auto", "cpu" or "cuda"
     const char* out_dir;        // NULL: write no files
+    PlotKind plot;              // the pictures of the run
     const char* checkpoint_dir; // NULL: no checkpoints
     int checkpoint_every;       // epochs between two checkpoints
     bool resume;                // --resume: go on from the checkpoint, which must be there
@@ -117,7 +122,11 @@ typedef struct {
      .destination = &(c)->device, .value_name = "NAME",                                       \
      .help = "auto, cpu or cuda (default auto: a GPU if there is one)"},                       \
     {.name = "--out", .kind = FLAG_DIR, .destination = &(c)->out_dir, .value_name = "DIR",     \
-     .help = "write DIR/losses.csv and DIR/loss.png"},                                         \
+     .help = "write DIR/losses.csv, DIR/fit.csv and DIR/samples.csv (and see --plot)"},        \
+    {.name = "--plot", .kind = FLAG_ENUM, .choices = "png|terminal|dumb|none",                 \
+     .destination = &(c)->plot, .value_name = "KIND",                                         \
+     .help = "png: DIR/loss.png and DIR/fit.png with --out; terminal (or dumb): the loss "     \
+             "curve as text at the end; none (default png)"},                                  \
     {.name = "--checkpoint-dir", .kind = FLAG_DIR, .destination = &(c)->checkpoint_dir,        \
      .value_name = "DIR", .help = "save the model and optimizer to DIR/checkpoint.bin"},       \
     {.name = "--checkpoint-every", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_EPOCHS,       \

@@ -213,6 +213,30 @@ int mlp_take_loss(Mlp* m, float* host_loss) {
     return m->k->zero(m->loss, sizeof(float));
 }
 
+int mlp_predict(Mlp* m, float* out, const float* x, int n) {
+    const Kernels* k = m->k;
+    float* device_x = k->alloc((size_t)n * sizeof(float));
+    int* device_order = k->alloc((size_t)n * sizeof(int));
+    int* order = malloc_nonzero((size_t)n * sizeof(int));
+    int err = device_x == NULL || device_order == NULL || order == NULL;
+    for (int i = 0; !err && i < n; i++)
+        order[i] = i;
+    err = err || k->upload(device_x, x, (size_t)n * sizeof(float)) ||
+          k->upload(device_order, order, (size_t)n * sizeof(int));
+    // The inputs stand in for the targets too: no loss is taken of these passes.
+    for (int first = 0; !err && first < n; first += m->max_batch) {
+        int B = n - first < m->max_batch ? n - first : m->max_batch;
+        err = mlp_load_batch(m, device_x, device_x, device_order + first, B) || mlp_forward(m, B) ||
+              k->download(out + first, m->out, (size_t)B * sizeof(float));
+    }
+    free(order);
+    if (device_order != NULL)
+        k->release(device_order);
+    if (device_x != NULL)
+        k->release(device_x);
+    return err ? -1 : 0;
+}
+
 int mlp_get_params(const Mlp* m, float* host_params) {
     return m->k->download(host_params, m->params, (size_t)m->num_params * sizeof(float));
 }

@@ -132,7 +132,7 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s,
                  const Checkpoint* resume_from, EpochStats* stats, Report* report) {
     Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
     int first_epoch = resume_from ? checkpoint_restore(resume_from, c, 1, m, &opt, stats, true) : 0;
-    if (first_epoch < 0 || report_open(report, c->out_dir, stats, first_epoch) != 0)
+    if (first_epoch < 0 || report_open(report, c, 1, m, stats, first_epoch) != 0)
         return -1;
     double start = timer_seconds();
     for (int epoch = first_epoch; epoch < c->epochs; epoch++) {
@@ -210,8 +210,8 @@ int main(int argc, char** argv) {
 
     Report report = {0};
     int trained = train(&model, &c, &d, &sampler, resuming ? &checkpoint : NULL, stats, &report);
-    int status =
-        report_close(&report, trained == 0) == 0 && trained == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    int status = report_close(&report, &data, trained == 0) == 0 && trained == 0 ? EXIT_SUCCESS
+                                                                                 : EXIT_FAILURE;
     // Even after a failure: what the run did up to it.
     if (c.trace_path != NULL && trace_merge(c.trace_path, 0, 0) != 0)
         status = EXIT_FAILURE;

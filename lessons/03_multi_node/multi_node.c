@@ -537,7 +537,8 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
     Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
     int first_epoch =
         resume_from ? checkpoint_restore(resume_from, c, world_size, m, &opt, stats, verbose) : 0;
-    if (first_epoch < 0 || report_open(report, verbose ? c->out_dir : NULL, stats, first_epoch))
+    if (first_epoch < 0 ||
+        report_open(report, verbose ? c : NULL, world_size, m, stats, first_epoch))
         return -1;
     double comm_seconds = 0.0;
     double start = timer_seconds();
@@ -639,7 +640,7 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
                                         world_size) == 0
                      ? 0
                      : 1;
-    if (report_close(&report, status == 0) != 0)
+    if (report_close(&report, &data, status == 0) != 0)
         status = 1;
     checkpoint_free(&checkpoint);
     release_data(&d, dev->kernels);
