@@ -8,13 +8,16 @@
  * lesson 02 with 1 and 2 ranks, lesson 04 with 2 ranks (its buckets on the communication
  * thread's track), lesson 03 with 2 nodes on 127.0.0.1 (a file per node). check_trace.py
  * itself must refuse a trace whose ranks are not all there. A run interrupted by SIGINT
- * (lessons 01 and 02) still writes its trace, the spans it was in marked unfinished. A FILE that
- * cannot be written (a directory, a directory that does not exist) is refused at the start with one
- * line, before any training; --phases prints its table with every phase.
+ * (lessons 01 and 02) still writes its trace, the spans it was in marked unfinished. A
+ * FILE that cannot be written (a directory, a directory that does not exist) is refused
+ * at the start with one line, before any training; --phases prints its table with every
+ * phase; tools/trace_plot.sh draws a PNG of a trace (where gnuplot is installed) and
+ * refuses a bad STEPS.
  */
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -237,5 +240,25 @@ Test(trace, phases_prints_every_phase_of_both_ranks, .fini = proc_end_leftovers)
         snprintf(row, sizeof row, "\n  %s ", phases[i]);
         cr_assert(strstr(table, row) != NULL, "no row for %s:\n%s", phases[i], table);
     }
+    proc_free(&p);
+}
+
+Test(trace, trace_plot_draws_a_png_of_a_few_steps, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
+    if (system("command -v gnuplot >/dev/null 2>&1") != 0)
+        cr_skip_test("no gnuplot (./setup.sh installs it)");
+    char path[128], png[160];
+    trace_path(path, sizeof path);
+    snprintf(png, sizeof png, "%s/trace.png", temp_dir);
+    run_lesson("ddp_overlap", (const char*[]){"--gpus", "2", "--trace", path, NULL});
+    Proc p = proc_run("tools/trace_plot.sh", (const char*[]){path, png, "3", NULL}, NULL);
+    cr_assert_eq(p.status, 0, "trace_plot.sh exited with %d:\n%s", p.status, p.err.text);
+    proc_free(&p);
+    size_t len = 0;
+    char* bytes = read_file(png, &len);
+    cr_assert(len > 8 && memcmp(bytes, "\x89PNG", 4) == 0, "%s is not a PNG", png);
+    free(bytes);
+    p = proc_run("tools/trace_plot.sh", (const char*[]){path, png, "0", NULL}, NULL);
+    cr_assert_eq(p.status, 2, "STEPS 0 was taken:\n%s", p.err.text);
     proc_free(&p);
 }
