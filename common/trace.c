@@ -673,7 +673,8 @@ static void print_phase(const float* rows, int world_size, int p, double mean_to
            1e6 * sum_per_step / world_size, 1e6 * low, 1e6 * high, share);
 }
 
-void trace_print_phases(const float* rows, int world_size) {
+// Prints the phase table from every rank's row (rows: world_size x TRACE_PHASE_ROW).
+static void print_phases(const float* rows, int world_size) {
     double total = 0.0;
     for (int r = 0; r < world_size; r++)
         for (int p = 0; p < TRACE_PHASES; p++)
@@ -698,7 +699,7 @@ int trace_report_phases(Communicator* comm, int world_size, double training_seco
         }
     }
     if (print)
-        trace_print_phases(rows, world_size);
+        print_phases(rows, world_size);
     if (rows != own)
         free(rows);
     return 0;

@@ -32,8 +32,8 @@
  * (trace_report_phases).
  *
  * APIs: TraceKind, TracePhase, TraceRole, trace_active, trace_begin, trace_begin_named,
- * trace_begin_call, trace_end, trace_probe, trace_start, trace_thread_is_comm, trace_write_part,
- * trace_merge, trace_stop, trace_report_phases, trace_phase_row, trace_print_phases,
+ *       trace_begin_call, trace_end, trace_probe, trace_start, trace_thread_is_comm,
+ *       trace_write_part, trace_merge, trace_stop, trace_report_phases, trace_phase_row,
  *       trace_kind_phase.
  */
 #ifndef TRACE_H
@@ -151,9 +151,6 @@ int trace_report_phases(Communicator* comm, int world_size, double training_seco
 // of training_seconds no phase covers), then the optimizer steps taken.
 #define TRACE_PHASE_ROW (TRACE_PHASES + 1)
 void trace_phase_row(float row[TRACE_PHASE_ROW], double training_seconds);
-
-// Prints the phase table from every rank's row (rows: world_size x TRACE_PHASE_ROW).
-void trace_print_phases(const float* rows, int world_size);
 
 // The phase a kind's time counts in, or TRACE_PHASES for none.
 TracePhase trace_kind_phase(TraceKind kind);

@@ -12,9 +12,11 @@
  * FILE that cannot be written (a directory, a directory that does not exist) is refused
  * at the start with one line, before any training; --phases prints its table with every
  * phase; tools/trace_plot.sh draws a PNG of a trace (where gnuplot is installed) and
- * refuses a bad STEPS.
+ * refuses a bad STEPS. In this process: a phase counts a span only when nothing but an
+ * epoch encloses it, and never the communication thread's.
  */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +24,7 @@
 #include <unistd.h>
 
 #include "support/proc.h"
+#include "trace.h"
 
 #define CHECK_TRACE "tests/check_trace.py"
 #define STEP_SPANS "forward,loss,backward,optimizer,eval,epoch"
@@ -261,4 +264,48 @@ Test(trace, trace_plot_draws_a_png_of_a_few_steps, .init = temp_dir_make,
     p = proc_run("tools/trace_plot.sh", (const char*[]){path, png, "0", NULL}, NULL);
     cr_assert_eq(p.status, 2, "STEPS 0 was taken:\n%s", p.err.text);
     proc_free(&p);
+}
+
+// ----------------------------------------------------------------------------
+// the phases' rule, in this process
+
+// A span of kind around nothing.
+static void span(TraceKind kind) {
+    trace_begin(kind);
+    trace_end(0);
+}
+
+static void* optimizer_on_the_comm_thread(void* arg) {
+    (void)arg;
+    trace_thread_is_comm();
+    span(TRACE_OPTIMIZER);
+    return NULL;
+}
+
+Test(trace, a_phase_counts_a_span_only_when_nothing_but_an_epoch_encloses_it) {
+    cr_assert_eq(trace_start(NULL, TRACE_ALONE, 0, 0, false), 0);
+    trace_begin_call(TRACE_EPOCH, "epoch", 0, 0, -1);
+    span(TRACE_OPTIMIZER); // counts
+    span(TRACE_OPTIMIZER); // counts
+    trace_begin(TRACE_EVAL);
+    span(TRACE_OPTIMIZER); // eval's: does not count as a step
+    trace_end(0);
+    trace_end(0);
+    trace_begin_named(TRACE_COLLECTIVE, "barrier");
+    span(TRACE_OPTIMIZER); // inside a collective: does not count
+    trace_end(0);
+    span(TRACE_OPTIMIZER); // outside any epoch: counts
+    pthread_t comm;
+    cr_assert_eq(pthread_create(&comm, NULL, optimizer_on_the_comm_thread, NULL), 0);
+    pthread_join(comm, NULL); // the communication thread's spans count in no phase
+    float row[TRACE_PHASE_ROW];
+    trace_phase_row(row, 10.0);
+    cr_assert_eq(row[TRACE_PHASES], 3.0f, "%g optimizer steps counted, not 3", row[TRACE_PHASES]);
+    float sum = 0.0f;
+    for (int p = 0; p < TRACE_PHASES; p++) {
+        cr_assert_geq(row[p], 0.0f, "phase %d: %g seconds", p, row[p]);
+        sum += row[p];
+    }
+    cr_assert_float_eq(sum, 10.0f, 1e-3f, "the phases add up to %g of 10 seconds", sum);
+    trace_stop();
 }
