@@ -249,7 +249,9 @@ static void count_phase(TraceKind kind, double ticks) {
 // for the GPU to get past the last of them), and the event slots are used again.
 static void resolve_gpu_spans(void) {
     double tick = seconds_per_tick();
-    for (int i = 0; i < trace.pending_count; i++) {
+    // The last span's end is the last event recorded: past it, the GPU is past them all.
+    int reached = trace_gpu_wait(trace.pending[trace.pending_count - 1].gpu_end) == 0;
+    for (int i = 0; reached && i < trace.pending_count; i++) {
         PendingSpan* p = &trace.pending[i];
         double start = trace_gpu_time(p->gpu_begin), end = trace_gpu_time(p->gpu_end);
         if (start < 0.0 || end < 0.0)

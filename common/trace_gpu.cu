@@ -33,9 +33,14 @@ int trace_gpu_mark(void) {
     return next_mark++;
 }
 
+int trace_gpu_wait(int slot) {
+    return slot >= 0 && slot < marks_made && cudaEventSynchronize(marks[slot]) == cudaSuccess ? 0
+                                                                                              : -1;
+}
+
 double trace_gpu_time(int slot) {
     float ms = 0.0f;
-    if (slot < 0 || slot >= marks_made || cudaEventSynchronize(marks[slot]) != cudaSuccess ||
+    if (slot < 0 || slot >= marks_made ||
         cudaEventElapsedTime(&ms, reference, marks[slot]) != cudaSuccess)
         return -1.0;
     return reference_host + 1e-3 * (double)ms;
