@@ -6,14 +6,15 @@
  * is closed and nested on its track, that every rank is there, and that each all-reduce
  * of an epoch has a span on every rank, the ranks' spans overlapping in time: lesson 01,
  * lesson 02 with 1 and 2 ranks, lesson 04 with 2 ranks (its buckets on the communication
- * thread's track), lesson 03 with 2 nodes on 127.0.0.1 (a file per node). check_trace.py
- * itself must refuse a trace whose ranks are not all there. A run interrupted by SIGINT
- * (lessons 01 and 02) still writes its trace, the spans it was in marked unfinished. A
- * FILE that cannot be written (a directory, a directory that does not exist) is refused
- * at the start with one line, before any training; --phases prints its table with every
- * phase; tools/trace_plot.sh draws a PNG of a trace (where gnuplot is installed) and
- * refuses a bad STEPS. In this process: a phase counts a span only when nothing but an
- * epoch encloses it, and never the communication thread's.
+ * thread's track), lesson 03 with 2 nodes on 127.0.0.1 (a file per node, and one joined
+ * by tools/trace_join.py). check_trace.py itself must refuse a trace whose ranks are not
+ * all there. A run interrupted by SIGINT (lessons 01 and 02) still writes its trace, the
+ * spans it was in marked unfinished. A FILE that cannot be written (a directory, a
+ * directory that does not exist) is refused at the start with one line, before any
+ * training; --phases prints its table with every phase; tools/trace_plot.sh draws a PNG
+ * of a trace (where gnuplot is installed) and refuses a bad STEPS. In this process: a
+ * phase counts a span only when nothing but an epoch encloses it, and never the
+ * communication thread's.
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -196,9 +197,16 @@ Test(trace, lesson_03_writes_a_file_per_node, .init = temp_dir_make, .fini = pro
         cr_assert_eq(nodes[i].status, 0, "node %d exited with %d:\n%s", i, nodes[i].status,
                      nodes[i].err.text);
     }
-    // One machine: the two files share its clock, so the all-reduces can be compared.
+    // One machine: the two files share its clock, so the all-reduces can be compared, and
+    // tools/trace_join.py makes one file of them.
     expect_good_trace(2, STEP_SPANS ",rendezvous,fork,ring connection,gradients", NULL,
                       (const char*[]){path, node1, NULL});
+    char joined[160];
+    snprintf(joined, sizeof joined, "%s/joined.json", temp_dir);
+    Proc j = proc_run("tools/trace_join.py", (const char*[]){joined, path, node1, NULL}, NULL);
+    cr_assert_eq(j.status, 0, "trace_join.py exited with %d:\n%s", j.status, j.err.text);
+    proc_free(&j);
+    expect_good_trace(2, STEP_SPANS ",rendezvous,fork", NULL, (const char*[]){joined, NULL});
     for (int i = 0; i < 2; i++)
         proc_free(&nodes[i]);
 }
