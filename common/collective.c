@@ -562,8 +562,13 @@ static int nccl_allreduce(Communicator* c, float* buf, size_t count, ncclRedOp_t
     if (c->s.debug)
         rank_log("ncclAllReduce of %zu floats%s", count, wait ? "" : ", started");
     RETURN_IF_FAILED(nccl_follow_compute(c, "ncclAllReduce"));
-    return nccl_finish(c, "ncclAllReduce",
-                       ncclAllReduce(buf, buf, count, ncclFloat, op, c->nccl, c->stream), wait);
+    if (!wait) // started: it runs on NCCL's stream while the host goes on (a bucket)
+        trace_stream_begin(c->stream);
+    ncclResult_t queued = ncclAllReduce(buf, buf, count, ncclFloat, op, c->nccl, c->stream);
+    if (!wait)
+        trace_stream_end(TRACE_BUCKET, c->current.what, count * sizeof(float), c->current.epoch,
+                         c->current.step, c->stream);
+    return nccl_finish(c, "ncclAllReduce", queued, wait);
 }
 
 static int nccl_broadcast(Communicator* c, float* buf, size_t count, int root) {

@@ -39,10 +39,14 @@ typedef struct {
     uint32_t bytes;      // a collective's size (0: none)
     int32_t epoch, step; // what a collective or an epoch serves (-1: none)
     uint8_t kind;        // TraceKind
-    uint8_t comm_thread; // on the communication thread's track
+    uint8_t track;       // TRACK_RANK, TRACK_COMM or TRACK_STREAM of its process
     uint8_t unfinished;  // still open when the events were written
     uint8_t name;        // in names[]; 0: the kind's own name
 } TraceEvent;
+
+// The tracks of a rank: its thread, its communication thread (the ring's buckets), the
+// GPU stream of its collectives (NCCL's buckets).
+enum { TRACK_RANK, TRACK_COMM, TRACK_STREAM, TRACKS };
 
 // A span still open on a thread.
 typedef struct {
@@ -83,7 +87,7 @@ static struct {
     char signal_path[TRACE_PATH_BYTES + 16]; // what an interruption writes
     TraceRole role;
     int node, rank;
-    bool comm_track_used;
+    bool track_used[TRACKS];
     bool gpu;
     PendingSpan* pending; // (TRACE_GPU_MARKS / 2) spans timed on the GPU, not resolved yet
     int pending_count;
@@ -228,7 +232,7 @@ void trace_open_span(TraceKind kind, const char* name, size_t bytes, int epoch, 
                                               .epoch = epoch,
                                               .step = step,
                                               .kind = (uint8_t)kind,
-                                              .comm_thread = t->comm,
+                                              .track = t->comm ? TRACK_COMM : TRACK_RANK,
                                               .name = name != NULL ? name_index(name) : 0};
     // On a GPU, only what the phases count: each CUDA event costs about a kernel launch.
     s->gpu_begin = trace.gpu && s->counts ? trace_gpu_mark() : -1;
@@ -290,13 +294,37 @@ void trace_close_span(void) {
     const OpenSpan* s = &t->open[t->depth];
     uint64_t ticks = ticks_now() - s->start;
     t->epochs_open -= s->kind == TRACE_EPOCH;
-    if (t->comm)
-        trace.comm_track_used = true;
+    trace.track_used[t->comm ? TRACK_COMM : TRACK_RANK] = true;
     close_span(s, ticks);
 }
 
 void trace_thread_is_comm(void) {
     self.comm = true;
+}
+
+static _Thread_local int stream_begin = -1; // the event of the stream span being queued
+
+void trace_stream_span_begin(void* stream) {
+    stream_begin = trace.gpu && trace.pending != NULL ? trace_gpu_mark_on(stream) : -1;
+}
+
+void trace_stream_span_end(TraceKind kind, const char* name, size_t bytes, int epoch, int step,
+                           void* stream) {
+    int end = stream_begin >= 0 ? trace_gpu_mark_on(stream) : -1;
+    if (end < 0)
+        return;
+    int event = claim_event();
+    if (event >= 0) // the host's now until the GPU's times are known
+        trace.events[event] = (TraceEvent){.start = ticks_now(),
+                                           .bytes = (uint32_t)bytes,
+                                           .epoch = epoch,
+                                           .step = step,
+                                           .kind = (uint8_t)kind,
+                                           .track = TRACK_STREAM,
+                                           .name = name_index(name)};
+    trace.pending[trace.pending_count++] = (PendingSpan){event, false, kind, stream_begin, end};
+    trace.track_used[TRACK_STREAM] = true;
+    stream_begin = -1;
 }
 
 // ----------------------------------------------------------------------------
@@ -352,7 +380,7 @@ int trace_start(const char* path, TraceRole role, int node, int rank, bool gpu) 
     snprintf(trace.path, sizeof trace.path, "%s", path != NULL ? path : "");
     trace.role = role, trace.node = node, trace.rank = role == TRACE_AGENT ? -1 : rank;
     trace.gpu = gpu;
-    trace.comm_track_used = false;
+    memset(trace.track_used, 0, sizeof trace.track_used);
     trace.pending_count = 0;
     memset(trace.phase_ticks, 0, sizeof trace.phase_ticks);
     trace.steps = 0;
@@ -433,8 +461,8 @@ static void out_us(Out* o, double seconds) {
 
 // The track of this process's thread: its agent (rank -1), a rank, or a rank's
 // communication thread, in that order on the screen.
-static int track_of(bool comm_thread) {
-    return 2 * (trace.rank + 1) + (comm_thread ? 1 : 0);
+static int track_of(int track) {
+    return TRACKS * (trace.rank + 1) + track;
 }
 
 // `"pid":P,"tid":T`
@@ -465,7 +493,7 @@ static void write_event(Out* o, const TraceEvent* e, double tick) {
     out_text(o, ",\"dur\":");
     out_us(o, (double)e->ticks * tick);
     out_text(o, ",");
-    out_track(o, track_of(e->comm_thread));
+    out_track(o, track_of(e->track));
     out_text(o, ",\"args\":{\"rank\":");
     out_int(o, trace.rank, 1);
     out_arg(o, "bytes", e->bytes > 0 ? (long long)e->bytes : -1);
@@ -475,14 +503,15 @@ static void write_event(Out* o, const TraceEvent* e, double tick) {
 }
 
 // A track's name, and its place among the tracks.
-static void write_track_name(Out* o, bool comm_thread) {
-    int tid = track_of(comm_thread);
+static void write_track_name(Out* o, int track) {
+    static const char* const suffixes[TRACKS] = {"", " comm", " nccl"};
+    int tid = track_of(track);
     out_text(o, "{\"name\":\"thread_name\",\"ph\":\"M\",");
     out_track(o, tid);
     out_text(o, ",\"args\":{\"name\":\"");
     out_text(o, trace.rank < 0 ? "node " : "rank ");
     out_int(o, trace.rank < 0 ? trace.node : trace.rank, 1);
-    out_text(o, trace.rank < 0 ? " agent" : comm_thread ? " comm" : "");
+    out_text(o, trace.rank < 0 ? " agent" : suffixes[track]);
     out_text(o, "\"}},\n{\"name\":\"thread_sort_index\",\"ph\":\"M\",");
     out_track(o, tid);
     out_text(o, ",\"args\":{\"sort_index\":");
@@ -506,9 +535,9 @@ static int write_own_events(Out* o, bool in_signal_handler) {
         resolve_gpu_spans();
     int count = atomic_load(&trace.count);
     int kept = count < TRACE_CAPACITY ? count : TRACE_CAPACITY;
-    write_track_name(o, false);
-    if (trace.comm_track_used)
-        write_track_name(o, true);
+    for (int track = 0; track < TRACKS; track++)
+        if (track == TRACK_RANK || trace.track_used[track])
+            write_track_name(o, track);
     double tick = seconds_per_tick();
     for (int i = 0; i < kept; i++)
         write_event(o, &trace.events[i], tick);

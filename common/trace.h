@@ -33,6 +33,7 @@
  *
  * APIs: TraceKind, TracePhase, TraceRole, trace_active, trace_begin, trace_begin_named,
  *       trace_begin_call, trace_end, trace_probe, trace_start, trace_thread_is_comm,
+ *       trace_stream_begin, trace_stream_end,
  *       trace_write_part, trace_merge, trace_stop, trace_report_phases, trace_phase_row,
  *       trace_kind_phase.
  */
@@ -127,6 +128,25 @@ int trace_start(const char* path, TraceRole role, int node, int rank, bool gpu);
 
 // The calling thread is the rank's communication thread: its spans go to its own track.
 void trace_thread_is_comm(void);
+
+void trace_stream_span_begin(void* stream);
+void trace_stream_span_end(TraceKind kind, const char* name, size_t bytes, int epoch, int step,
+                           void* stream);
+
+// A collective queued on a GPU stream of its own (cudaStream_t stream; NCCL's, for lesson
+// 04's buckets), between these two calls: on a GPU it becomes a span of the rank's
+// "nccl" track, timed by CUDA events on that stream, since it runs after the host has
+// gone on. Nothing elsewhere.
+static inline void trace_stream_begin(void* stream) {
+    if (trace_active)
+        trace_stream_span_begin(stream);
+}
+
+static inline void trace_stream_end(TraceKind kind, const char* name, size_t bytes, int epoch,
+                                    int step, void* stream) {
+    if (trace_active)
+        trace_stream_span_end(kind, name, bytes, epoch, step, stream);
+}
 
 // A worker's end: writes its events to path.rankN (even after a failure: what it has,
 // spans still open marked unfinished). Returns 0, or -1 with a message.

@@ -27,10 +27,15 @@ int trace_gpu_start(void) {
     return 0;
 }
 
-int trace_gpu_mark(void) {
-    if (next_mark >= marks_made || cudaEventRecord(marks[next_mark], 0) != cudaSuccess)
+int trace_gpu_mark_on(void* stream) {
+    if (next_mark >= marks_made ||
+        cudaEventRecord(marks[next_mark], (cudaStream_t)stream) != cudaSuccess)
         return -1;
     return next_mark++;
+}
+
+int trace_gpu_mark(void) {
+    return trace_gpu_mark_on(0);
 }
 
 int trace_gpu_wait(int slot) {

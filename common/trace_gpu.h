@@ -7,7 +7,8 @@
  * times lie on the host clock's axis. A build without CUDA has no GPU to time: these
  * are then never called, and answer that they cannot.
  *
- * APIs: TRACE_GPU_MARKS, trace_gpu_start, trace_gpu_mark, trace_gpu_wait, trace_gpu_time,
+ * APIs: TRACE_GPU_MARKS, trace_gpu_start, trace_gpu_mark, trace_gpu_mark_on, trace_gpu_wait,
+ *       trace_gpu_time,
  *       trace_gpu_recycle, trace_gpu_stop.
  */
 #ifndef TRACE_GPU_H
@@ -26,6 +27,8 @@ int trace_gpu_start(void);
 // Records the next event of the pool now on the compute stream; its slot, or -1 when the
 // pool is used up (until trace_gpu_recycle) or CUDA failed.
 int trace_gpu_mark(void);
+// The same on stream (a cudaStream_t).
+int trace_gpu_mark_on(void* stream);
 // Waits until the GPU reached slot's event, and so every event recorded before it (one
 // stream). Returns 0 or -1.
 int trace_gpu_wait(int slot);
@@ -40,6 +43,10 @@ static inline int trace_gpu_start(void) {
     return -1;
 }
 static inline int trace_gpu_mark(void) {
+    return -1;
+}
+static inline int trace_gpu_mark_on(void* stream) {
+    (void)stream;
     return -1;
 }
 static inline int trace_gpu_wait(int slot) {
