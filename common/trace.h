@@ -13,8 +13,9 @@
  * counter (where the kernel keeps time by it; else of CLOCK_MONOTONIC) and 32 bytes
  * written into that buffer, no allocation and no I/O; with neither flag, trace_begin and
  * trace_end are one branch each. SIGINT and SIGTERM write what was recorded before the
- * signal ends the process. The spans of the communication thread (lesson 04's buckets) go to
- * a track of their own beside the rank's. At the end each worker writes its events to
+ * signal ends the process. The spans of the communication thread (lesson 04's buckets)
+ * go to a track of their own beside the rank's, and so, on a GPU, do the buckets that
+ * NCCL runs on its stream (trace_stream_begin/end). At the end each worker writes its events to
  * FILE.rankN (trace_write_part); the process that started the workers joins those into
  * FILE (trace_merge), a Chrome trace event file that Perfetto (ui.perfetto.dev) and
  * chrome://tracing open: {"traceEvents": [complete events ("ph": "X") and track names]},
