@@ -15,15 +15,15 @@
  * trace_end are one branch each. SIGINT and SIGTERM write what was recorded before the
  * signal ends the process. The spans of the communication thread (lesson 04's buckets)
  * go to a track of their own beside the rank's, and so, on a GPU, do the buckets that
- * NCCL runs on its stream (trace_stream_begin/end). At the end each worker writes its events to
- * FILE.rankN (trace_write_part); the process that started the workers joins those into
- * FILE (trace_merge), a Chrome trace event file that Perfetto (ui.perfetto.dev) and
- * chrome://tracing open: {"traceEvents": [complete events ("ph": "X") and track names]},
- * times in microseconds of CLOCK_MONOTONIC, which every process of a machine shares, so
- * the ranks of a node lie on one time axis. Lesson 03's node k writes FILE.nodeK (node 0:
- * FILE), as clocks of different machines are not comparable.
+ * NCCL runs on its stream (trace_stream_begin/end). At the end each worker writes its
+ * events to FILE.rankN (trace_write_part); the process that started the workers joins
+ * those into FILE (trace_merge), a Chrome trace event file that Perfetto
+ * (ui.perfetto.dev) and chrome://tracing open: {"traceEvents": [complete events ("ph":
+ * "X") and track names]}, times in microseconds of CLOCK_MONOTONIC, which every process
+ * of a machine shares, so the ranks of a node lie on one time axis. Lesson 03's node k
+ * writes FILE.nodeK (node 0: FILE), as clocks of different machines are not comparable.
  *
- * The phases: every span of the rank's own thread that no other phase span encloses
+ * The phases: every span of the rank's own thread that nothing but an epoch encloses
  * adds its time to its phase (forward and loss to forward; a forward pass inside eval to
  * eval). On a GPU those spans are timed by CUDA events recorded on the compute stream,
  * resolved once per epoch, since host clocks would time only the kernels' launches (the
