@@ -39,14 +39,15 @@ typedef struct {
     uint32_t bytes;      // a collective's size (0: none)
     int32_t epoch, step; // what a collective or an epoch serves (-1: none)
     uint8_t kind;        // TraceKind
-    uint8_t track;       // TRACK_RANK, TRACK_COMM or TRACK_STREAM of its process
+    uint8_t track;       // which of its process's tracks (TRACK_RANK ...)
     uint8_t unfinished;  // still open when the events were written
     uint8_t name;        // in names[]; 0: the kind's own name
 } TraceEvent;
 
 // The tracks of a rank: its thread, its communication thread (the ring's buckets), the
-// GPU stream of its collectives (NCCL's buckets).
-enum { TRACK_RANK, TRACK_COMM, TRACK_STREAM, TRACKS };
+// GPU stream of its collectives (NCCL's buckets), and on a GPU the phases' spans as the
+// GPU ran them (the thread's track keeps the host's times, so that its spans nest).
+enum { TRACK_RANK, TRACK_COMM, TRACK_STREAM, TRACK_GPU, TRACKS };
 
 // A span still open on a thread.
 typedef struct {
@@ -69,6 +70,7 @@ typedef struct {
 typedef struct {
     int event; // its index in the buffer, or -1 (the buffer was full)
     bool counts;
+    bool copy; // the GPU's times go to a copy on TRACK_GPU (else to the event itself)
     TraceKind kind;
     int gpu_begin, gpu_end;
 } PendingSpan;
@@ -249,7 +251,8 @@ static void count_phase(TraceKind kind, double ticks) {
 }
 
 // The spans timed on the GPU since the last call get their GPU times (the host waits
-// for the GPU to get past the last of them), and the event slots are used again.
+// for the GPU to get past the last of them): their phases, a copy on TRACK_GPU (or, for
+// a stream's span, the span itself); and the event slots are used again.
 static void resolve_gpu_spans(void) {
     double tick = seconds_per_tick();
     // The last span's end is the last event recorded: past it, the GPU is past them all.
@@ -261,8 +264,15 @@ static void resolve_gpu_spans(void) {
             continue; // the GPU failed: the host's times stay
         if (p->counts)
             count_phase(p->kind, (end - start) / tick);
-        if (p->event >= 0) {
-            TraceEvent* e = &trace.events[p->event];
+        int copy = p->event >= 0 && p->copy ? claim_event() : -1;
+        if (copy >= 0) {
+            trace.events[copy] = trace.events[p->event];
+            trace.events[copy].track = TRACK_GPU;
+            trace.track_used[TRACK_GPU] = true;
+        }
+        int timed = p->copy ? copy : p->event;
+        if (timed >= 0) {
+            TraceEvent* e = &trace.events[timed];
             e->start = origin.ticks + (uint64_t)(int64_t)((start - origin.seconds) / tick);
             e->ticks = (float)((end - start) / tick);
         }
@@ -278,7 +288,7 @@ static void close_span(const OpenSpan* s, uint64_t ticks) {
     int gpu_end = s->gpu_begin >= 0 ? trace_gpu_mark() : -1;
     if (gpu_end >= 0 && trace.pending != NULL)
         trace.pending[trace.pending_count++] =
-            (PendingSpan){s->event, s->counts, s->kind, s->gpu_begin, gpu_end};
+            (PendingSpan){s->event, s->counts, true, s->kind, s->gpu_begin, gpu_end};
     else if (s->counts)
         count_phase(s->kind, (double)ticks);
     if (s->kind == TRACE_EPOCH && trace.pending_count > 0)
@@ -322,7 +332,8 @@ void trace_stream_span_end(TraceKind kind, const char* name, size_t bytes, int e
                                            .kind = (uint8_t)kind,
                                            .track = TRACK_STREAM,
                                            .name = name_index(name)};
-    trace.pending[trace.pending_count++] = (PendingSpan){event, false, kind, stream_begin, end};
+    trace.pending[trace.pending_count++] =
+        (PendingSpan){event, false, false, kind, stream_begin, end};
     trace.track_used[TRACK_STREAM] = true;
     stream_begin = -1;
 }
@@ -504,7 +515,7 @@ static void write_event(Out* o, const TraceEvent* e, double tick) {
 
 // A track's name, and its place among the tracks.
 static void write_track_name(Out* o, int track) {
-    static const char* const suffixes[TRACKS] = {"", " comm", " nccl"};
+    static const char* const suffixes[TRACKS] = {"", " comm", " nccl", " gpu"};
     int tid = track_of(track);
     out_text(o, "{\"name\":\"thread_name\",\"ph\":\"M\",");
     out_track(o, tid);

@@ -13,7 +13,8 @@ every NAME given is the name of some span; with --comm-track, some rank's commun
 thread has a track of its own with bucket all-reduces; and every all-reduce that serves
 an epoch (gradients, bucket k, train loss) is there on every rank, its spans overlapping
 in time across the ranks (a ring all-reduce cannot end on one rank before it began on
-every other). Prints one line per failure and exits 1, or prints what it checked.
+every other; the gpu and nccl tracks of a GPU run are left out of this, their clock being
+the GPU's). Prints one line per failure and exits 1, or prints what it checked.
 """
 import argparse
 import json
@@ -92,10 +93,16 @@ def check_ranks(events, spans, ranks, comm_track, failures):
         failures.append("no communication thread's track holds a bucket all-reduce")
 
 
-def check_allreduces(spans, ranks, interrupted, failures):
+def check_allreduces(events, spans, ranks, interrupted, failures):
+    # On the host's clock only: a GPU's events (the gpu and nccl tracks) lie on it as
+    # closely as the GPU was synchronised with the host, a few microseconds.
+    gpu = {(e["pid"], e["tid"]) for e in events if e.get("ph") == "M"
+           and e.get("name") == "thread_name" and re.search(r" (gpu|nccl)$", e["args"]["name"])}
     calls = {}
     for e in spans:
         args = e.get("args", {})
+        if (e["pid"], e["tid"]) in gpu:
+            continue
         if e.get("cat") in ALLREDUCE_KINDS and "epoch" in args:
             key = (e["name"], args["epoch"], args.get("step", -1))
             calls.setdefault(key, {})[args["rank"]] = e
@@ -133,7 +140,7 @@ def main():
     for name in filter(None, o.expect.split(",")):
         if not any(e["name"] == name for e in spans):
             failures.append(f"no span named {name!r}")
-    calls = check_allreduces(spans, o.ranks, o.interrupted, failures)
+    calls = check_allreduces(events, spans, o.ranks, o.interrupted, failures)
     for f in failures[:20]:
         print(f"check_trace: {f}")
     if failures:
