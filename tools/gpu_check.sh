@@ -5,9 +5,10 @@
 # lesson 02's engines against the CPU), runs lesson 01 under compute-sanitizer,
 # checks that the GPU and the CPU train to the same losses and that a run resumed
 # from its checkpoint trains like an unbroken one, runs lesson 02 with
-# the ring (2 ranks sharing the GPU) and NCCL, the all-reduce benchmark on NCCL,
-# times lessons 01 and 02, and runs the benchmark matrix with --quick. Each step prints a header;
-# a failing step is recorded and the check goes on, then exits non-zero naming
+# the ring (2 ranks sharing the GPU) and NCCL, --trace and --phases on the GPU, the
+# all-reduce benchmark on NCCL, times lessons 01 (with and without --trace) and 02, and
+# runs the benchmark matrix with --quick. Each step prints a header; a failing step is
+# recorded and the check goes on, then exits non-zero naming
 # every failed step. Meant to take well under 5 minutes; every program run has
 # a time limit, so nothing hangs.
 #
@@ -181,6 +182,22 @@ lesson02_gpu() {
     done
 }
 
+# --trace and --phases on the GPU: the phases timed by CUDA events (the track "rank 0
+# gpu"), the files checked by tests/check_trace.py; lesson 02 on NCCL with 1 rank.
+traces_gpu() {
+    local dir status=0
+    dir=$(mktemp -d)
+    timeout 60 "$LESSON" --device cuda --epochs 3 --phases --trace "$dir/01.json" |
+        sed -n '/^Where the time goes/,$p' &&
+        tests/check_trace.py --ranks 1 --expect forward,backward,optimizer,eval "$dir/01.json" &&
+        grep -q '"rank 0 gpu"' "$dir/01.json" &&
+        timeout 120 build/multi_gpu --device cuda --backend nccl --gpus 1 --epochs 3 --phases \
+            --trace "$dir/02.json" | sed -n '/^Where the time goes/,$p' &&
+        tests/check_trace.py --ranks 1 --expect gradients "$dir/02.json" || status=1
+    rm -rf "$dir"
+    return "$status"
+}
+
 allreduce_nccl() {
     timeout 120 build/allreduce_bench --backend nccl --ranks 1 --min-bytes 1K --max-bytes 64M
 }
@@ -228,8 +245,10 @@ step "lesson 01 under compute-sanitizer (memcheck, racecheck)" sanitize
 step "lesson 01: GPU and CPU losses agree for 3 epochs" losses_agree
 step "lesson 01 on the GPU: resumed from a checkpoint, the same losses as unbroken" resume_matches
 step "lesson 02 on the GPU: the ring with 2 ranks sharing it, NCCL with 1 rank" lesson02_gpu
+step "--trace and --phases on the GPU: CUDA events time the phases" traces_gpu
 step "all-reduce benchmark on NCCL" allreduce_nccl
 step "timing lesson 01 at defaults on the GPU ($RUNS runs)" time_run "lesson 01" "$LESSON" --device cuda
+step "timing lesson 01 at defaults on the GPU with --trace ($RUNS runs)" time_run "lesson 01 --trace" "$LESSON" --device cuda --trace /tmp/gpu_check_trace.json
 step "timing lesson 01 at defaults on the CPU ($RUNS runs)" time_run "lesson 01" "$LESSON" --device cpu
 step "timing lesson 02 (NCCL, 1 rank) at defaults ($RUNS runs)" time_run "lesson 02 nccl x1" build/multi_gpu --device cuda --backend nccl --gpus 1
 step "timing lesson 02 (ring, 2 ranks on the GPU) at defaults ($RUNS runs)" time_run "lesson 02 ring x2" build/multi_gpu --device cuda --backend ring --gpus 2
