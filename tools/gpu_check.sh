@@ -5,8 +5,8 @@
 # (NCCL as PyTorch's pip wheel nvidia-nccl-cu13, which the Makefile finds), and what
 # tools/gpu_bundle.sh prepared on a Debian machine (Criterion and libsodium) carried
 # in gpu-bundle/ beside the tree. Builds for the GPU, runs the GPU tests (CUDA kernels
-# against their CPU twins; lesson 02 on the GPU against the CPU), lesson 01 under
-# compute-sanitizer, compares the GPU's and the CPU's losses, resumes from a checkpoint,
+# against their CPU twins; NCCL with one rank; lesson 02 on the GPU against the CPU),
+# lesson 01 under compute-sanitizer, compares the GPU's and the CPU's losses, resumes from a checkpoint,
 # runs lesson 02 with the ring (2 ranks sharing the GPU) and NCCL (1 rank: NCCL's init,
 # stream order and finalize, not a reduction), the all-reduce benchmark on NCCL, times
 # lesson 01 on the CPU and the GPU beside PyTorch on the GPU, and runs the benchmark
@@ -354,7 +354,8 @@ step "machine: GPU, CUDA toolkit, PyTorch, what make found" show_machine
 step "bundle (${BUNDLE:-none}): its files as its MANIFEST lists them" check_bundle
 step "build (make CUDA_ARCH=$CUDA_ARCH${BUNDLE:+ BUNDLE=$BUNDLE} all tests)" build
 step "a CPU test suite runs here (build/tests/test_config)" cpu_suite
-step "GPU tests: CUDA kernels against their CPU twins (tests/gpu)" gpu_tests
+step "GPU tests: CUDA kernels against their CPU twins; NCCL with 1 rank: init, stream order,\
+ finalize and abort, not a reduction (tests/gpu)" gpu_tests
 step "lesson 02's GPU tests: against the CPU; NCCL with 1 rank (init, stream order, finalize,\
  not a reduction); more NCCL ranks than GPUs exits 2" lesson_gpu_tests
 step "full test suite (make test)" full_suite
