@@ -63,6 +63,10 @@ static Proc run_step(const char* what, const char* script, const char* const* en
 // The tree as the GPU machine receives it, and NCCL laid out as the pip wheel ships it.
 static const char COPY_TREE_AND_WHEEL[] =
     "set -e; cuda=${CUDA_HOME:-/usr/local/cuda}\n"
+    "git rev-parse --is-inside-work-tree >/dev/null 2>&1 ||\n"
+    "  { echo 'not a git checkout: no list of the files a GPU machine receives' >&2; exit 77; }\n"
+    "command -v nvcc >/dev/null || [ -x \"$cuda/bin/nvcc\" ] ||\n"
+    "  { echo \"no nvcc (PATH, $cuda/bin): no CUDA build to rehearse\" >&2; exit 77; }\n"
     "[ -f \"$cuda/include/nccl.h\" ] && [ -e \"$cuda/lib64/libnccl.so.2\" ] ||\n"
     "  { echo \"no NCCL in $cuda to make a wheel of\" >&2; exit 77; }\n"
     "mkdir -p \"$TREE\" \"$SITE/nvidia/nccl/include\" \"$SITE/nvidia/nccl/lib\"\n"
@@ -90,6 +94,8 @@ static void bare_setup(Bare* b) {
     for (int i = 0; i < 3; i++)
         b->env[i] = b->env_text[i];
     b->env[3] = NULL;
+    if (access("/dev/nvidia0", F_OK) == 0 || access("/proc/driver/nvidia/gpus", F_OK) == 0)
+        cr_skip_test("a GPU is here: run tools/gpu_check.sh itself, not its rehearsal");
     Proc ns = run_bash("tests/support/bare_machine.sh true", NULL, 30);
     if (ns.status == 77)
         cr_skip_test("%s", ns.err.text);
