@@ -427,7 +427,8 @@ static int ring_run(Communicator* c, RingOp op, float* buf, size_t count, int ro
 
 #ifdef HAVE_NCCL
 // A wait on NCCL spins (sched_yield) this long before its first sleep: an all-reduce of the
-// model's gradients takes 10-20 us on one node, less than a sleep's timer slack.
+// model's gradients within a node should take microseconds, less than a sleep's timer
+// slack (50 us on Linux).
 #define NCCL_SPIN_S 50e-6
 // Then it sleeps half its length so far, up to this: init and a stuck peer take much longer.
 #define NCCL_PAUSE_MAX_US 1000
