@@ -234,7 +234,7 @@ $(BUILD)/build-id-$(BUILD_ID):
 $(BUILD)/multi_node: $(OBJ)/lessons/03_multi_node/multi_node.o $(MPIRUN_OBJ) $(MPI_OBJ) $(COMMON_LIB) $(LINK_DEPS)
 	$(LINK_MPI) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) $(COMMON_LIB) -o $@ $(LDLIBS)
 
-$(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(OBJ)/tools/allreduce_sweep.o $(MPI_OBJ) $(COMMON_LIB) $(LINK_DEPS)
+$(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(OBJ)/tools/allreduce_sweep.o $(OBJ)/tools/ring_show.o $(MPI_OBJ) $(COMMON_LIB) $(LINK_DEPS)
 	$(LINK_MPI) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) $(COMMON_LIB) -o $@ $(LDLIBS)
 
 $(BUILD)/hostfile: $(OBJ)/tools/hostfile.o $(COMMON_LIB) $(LINK_DEPS)
