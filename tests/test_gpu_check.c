@@ -34,15 +34,19 @@ typedef struct {
     const char* env[4];
 } Bare;
 
-// Criterion marks the processes of its sandbox with these; a Criterion binary that inherits
-// them (gpu_check.sh runs one) takes itself for a sandboxed test and aborts.
-static const char* const CRITERION_SANDBOX_VARS[] = {"BXFI_MAP", "GMON_OUT_PREFIX", NULL};
+// Not passed on to the scripts. Criterion marks the processes of its sandbox with BXFI_MAP
+// and GMON_OUT_PREFIX: a Criterion binary that inherits them (gpu_check.sh runs one) takes
+// itself for a sandboxed test and aborts. Make's would turn the scripts' builds into
+// `make test`'s own (NO_CUDA=1 and all), and DDP_BUILD would point their tests elsewhere.
+static const char* const INHERITED_VARS[] = {"BXFI_MAP",  "GMON_OUT_PREFIX", "MAKEFLAGS", "MFLAGS",
+                                             "MAKELEVEL", "MAKEOVERRIDES",   "NO_CUDA",   "NO_MPI",
+                                             "CUDA_ARCH", "DDP_BUILD",       "NCCL_HOME", NULL};
 
 // Runs a bash script in the repository root with "KEY=value" env, to its end or deadline_s.
 static Proc run_bash(const char* script, const char* const* env, double deadline_s) {
     Proc p;
     proc_start(&p, "/bin/bash", (const char*[]){"-c", script, NULL},
-               &(ProcOptions){.name = "bash", .env = env, .unset_env = CRITERION_SANDBOX_VARS});
+               &(ProcOptions){.name = "bash", .env = env, .unset_env = INHERITED_VARS});
     proc_finish(&p, p.started_at + deadline_s);
     cr_assert_neq(p.status, -1, "ran past %.0f s: %s\nstdout:\n%s\nstderr:\n%s", deadline_s, script,
                   p.out.text, p.err.text);
