@@ -370,7 +370,17 @@ step "lesson 02 on the GPU: the ring with 2 ranks sharing it; NCCL with 1 rank (
 step "all-reduce benchmark on NCCL, 1 rank (NCCL's launch and stream cost: not a reduction)" \
     allreduce_nccl
 step "timing lesson 01 on the CPU (runs: $RUNS)" timed "lesson 01 (C), cpu" true "$LESSON" --device cpu
-step "timing lesson 01 on the GPU (runs: $RUNS)" timed "lesson 01 (C), cuda" need_gpu "$LESSON" --device cuda
+# Each way of running the step's kernels, where lesson 01 has --kernels; else its one way.
+if timeout 30 "$LESSON" --help 2>/dev/null | grep -q -- '--kernels'; then
+    for kernels in unfused graph fused; do
+        step "timing lesson 01 on the GPU (--kernels $kernels, runs: $RUNS)" timed \
+            "lesson 01 (C), cuda, --kernels $kernels" need_gpu "$LESSON" --device cuda \
+            --kernels "$kernels"
+    done
+else
+    step "timing lesson 01 on the GPU (runs: $RUNS)" timed "lesson 01 (C), cuda" need_gpu \
+        "$LESSON" --device cuda
+fi
 step "timing PyTorch on the GPU (runs: $RUNS)" timed "PyTorch (tools/torch_reference.py), cuda" \
     need_torch_cuda "$PYTHON" tools/torch_reference.py --device cuda
 step "timing lesson 02 (NCCL, 1 rank) (runs: $RUNS)" timed "lesson 02 (C), nccl x1, cuda" need_gpu \
