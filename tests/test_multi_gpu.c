@@ -455,6 +455,22 @@ Test(multi_gpu, device_cuda_without_a_usable_gpu_exits_2, .fini = proc_end_lefto
     expect_usage_error((const char*[]){"--device", "cuda", "--gpus", "2", NULL}, named);
 }
 
+// A worker on the CPU must not touch CUDA at all, not even at its end (comm_destroy): on a
+// GPU machine the first CUDA call creates a context in every CPU worker. The loader logs
+// (LD_DEBUG=libs) the CUDA runtime's search for the driver, libcuda.so.1, made at that call.
+Test(multi_gpu, cpu_workers_of_a_cuda_build_never_look_for_the_cuda_driver,
+     .fini = proc_end_leftovers) {
+    if (!BUILT_WITH_CUDA)
+        cr_skip_test("a CPU-only build has no CUDA to touch");
+    Proc p = proc_run(MULTI_GPU,
+                      (const char*[]){"--device", "cpu", "--gpus", "2", "--epochs", "1", NULL},
+                      &(ProcOptions){.env = (const char*[]){"LD_DEBUG=libs", NULL}});
+    cr_assert_eq(p.status, 0, "exit status %d; stderr:\n%s", p.status, p.err.text);
+    const char* search = strstr(p.err.text, "find library=libcuda");
+    cr_assert_null(search, "a process of a CPU run looked for the CUDA driver:\n%.300s", search);
+    proc_free(&p);
+}
+
 Test(multi_gpu, help_exits_0_and_names_the_lessons_flags, .fini = proc_end_leftovers) {
     Proc p = proc_run(MULTI_GPU, (const char*[]){"--help", NULL}, NULL);
     cr_assert_eq(p.status, 0, "exit status %d", p.status);
