@@ -210,7 +210,7 @@ SANITIZER_REFUSED='not supported|unsupported|Internal Sanitizer Error|Unable to 
 # compute-sanitizer on one run; a sanitizer that cannot run on this driver or GPU is a skip.
 sanitized_run() {
     local log status=0
-    log=$(timeout 180 "$SANITIZER" --error-exitcode 1 "$@" 2>&1) || status=$?
+    log=$(timeout 120 "$SANITIZER" --error-exitcode 1 "$@" 2>&1) || status=$?
     printf '%s\n' "$log" | tail -n 5
     if ! grep -q 'ERROR SUMMARY' <<<"$log" && grep -qiE "$SANITIZER_REFUSED" <<<"$log"; then
         skip "compute-sanitizer refused: $(grep -m 1 -iE "$SANITIZER_REFUSED" <<<"$log")"
@@ -219,12 +219,17 @@ sanitized_run() {
     return "$status"
 }
 
+# memcheck on every way lesson 01 can run its kernels, then SGD and racecheck, on a small
+# epoch (8 batches): the sanitizers slow every launch down many times.
 sanitize() {
     need_gpu || return
     [ -n "$SANITIZER" ] || { skip "compute-sanitizer not found (PATH, /usr/local/cuda/bin)"; return; }
-    sanitized_run "$LESSON" --device cuda --epochs 2 &&
-        sanitized_run "$LESSON" --device cuda --epochs 1 --optimizer sgd &&
-        sanitized_run --tool racecheck "$LESSON" --device cuda --epochs 1
+    local small=(--device cuda --epochs 1 --data-size 320) kernels
+    for kernels in "${KERNEL_CHOICES[@]}"; do
+        sanitized_run "$LESSON" "${small[@]}" ${kernels:+--kernels "$kernels"} || return
+    done
+    sanitized_run "$LESSON" "${small[@]}" --optimizer sgd &&
+        sanitized_run --tool racecheck "$LESSON" "${small[@]}"
 }
 
 # Prints "epoch train eval" for each epoch line of a run's output on stdin.
@@ -356,6 +361,11 @@ echo "gpu_check: $(date -u '+%Y-%m-%d %H:%M:%S UTC') on ${HOSTNAME:-unknown host
 step "machine: GPU, CUDA toolkit, PyTorch, what make found" show_machine
 step "bundle (${BUNDLE:-none}): its files as its MANIFEST lists them" check_bundle
 step "build (make CUDA_ARCH=$CUDA_ARCH${BUNDLE:+ BUNDLE=$BUNDLE} all tests)" build
+# Each way lesson 01 can run a step's kernels on a GPU, where it has --kernels; else its one.
+KERNEL_CHOICES=("")
+if timeout 30 "$LESSON" --help 2>/dev/null | grep -q -- '--kernels'; then
+    KERNEL_CHOICES=(unfused graph fused)
+fi
 step "a CPU test suite runs here (build/tests/test_config)" cpu_suite
 step "GPU tests: CUDA kernels against their CPU twins; NCCL with 1 rank: init, stream order,\
  finalize and abort, not a reduction (tests/gpu)" gpu_tests
@@ -370,17 +380,11 @@ step "lesson 02 on the GPU: the ring with 2 ranks sharing it; NCCL with 1 rank (
 step "all-reduce benchmark on NCCL, 1 rank (NCCL's launch and stream cost: not a reduction)" \
     allreduce_nccl
 step "timing lesson 01 on the CPU (runs: $RUNS)" timed "lesson 01 (C), cpu" true "$LESSON" --device cpu
-# Each way of running the step's kernels, where lesson 01 has --kernels; else its one way.
-if timeout 30 "$LESSON" --help 2>/dev/null | grep -q -- '--kernels'; then
-    for kernels in unfused graph fused; do
-        step "timing lesson 01 on the GPU (--kernels $kernels, runs: $RUNS)" timed \
-            "lesson 01 (C), cuda, --kernels $kernels" need_gpu "$LESSON" --device cuda \
-            --kernels "$kernels"
-    done
-else
-    step "timing lesson 01 on the GPU (runs: $RUNS)" timed "lesson 01 (C), cuda" need_gpu \
-        "$LESSON" --device cuda
-fi
+for kernels in "${KERNEL_CHOICES[@]}"; do
+    step "timing lesson 01 on the GPU (${kernels:+--kernels $kernels, }runs: $RUNS)" timed \
+        "lesson 01 (C), cuda${kernels:+, --kernels $kernels}" need_gpu "$LESSON" --device cuda \
+        ${kernels:+--kernels "$kernels"}
+done
 step "timing PyTorch on the GPU (runs: $RUNS)" timed "PyTorch (tools/torch_reference.py), cuda" \
     need_torch_cuda "$PYTHON" tools/torch_reference.py --device cuda
 step "timing lesson 02 (NCCL, 1 rank) (runs: $RUNS)" timed "lesson 02 (C), nccl x1, cuda" need_gpu \
@@ -388,7 +392,7 @@ step "timing lesson 02 (NCCL, 1 rank) (runs: $RUNS)" timed "lesson 02 (C), nccl 
 step "timing lesson 02 (ring, 2 ranks sharing the GPU) (runs: $RUNS)" timed \
     "lesson 02 (C), ring x2, cuda" need_gpu build/multi_gpu --device cuda --backend ring --gpus 2
 step "the benchmark matrix, quick (tools/bench.sh --quick --max-ranks 4)" need_gpu_then \
-    timeout 240 tools/bench.sh --quick --max-ranks 4
+    timeout 180 tools/bench.sh --quick --max-ranks 4
 
 printf '\n==== summary ====\n'
 print_summary
