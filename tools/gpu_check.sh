@@ -340,7 +340,11 @@ print_summary() {
     local row outcome name detail
     for row in "${results[@]}"; do
         IFS='|' read -r outcome name detail <<<"$row"
-        printf '%-8s %s (%s)\n' "$outcome" "$name" "$detail"
+        if [ "$outcome" = skipped ]; then
+            printf '%-8s %s: %s\n' "$outcome" "$name" "$detail"
+        else
+            printf '%-8s %s (%s)\n' "$outcome" "$name" "$detail"
+        fi
     done
 }
 
