@@ -3,6 +3,8 @@
 #   make               every lesson (with CUDA when nvcc is found)
 #   make NO_CUDA=1     CPU-only binaries with the same flags and output
 #   make NO_MPI=1      no mpirun support, even where mpicc is found
+#   make NCCL_HOME=DIR NCCL from DIR/include and DIR/lib (else the pip wheel, the toolkit's, the system's)
+#   make BUNDLE=DIR    also the headers and libraries of a folder made by tools/gpu_bundle.sh
 #   make lesson-01     build/hello_gpu          make run     build and run lesson 01
 #   make lesson-02     build/multi_gpu          make diff-02 what lesson 02 adds to lesson 01
 #   make lesson-03     build/multi_node         make diff-03 what lesson 03 adds to lesson 02
@@ -110,7 +112,7 @@ ifneq ($(NCCL_HEADER),)
 ifneq ($(NCCL_SO),)
 HAVE_NCCL := yes
 # NCCL's folder first, so that its nccl.h wins over another one in the toolkit's.
-CUDA_CPPFLAGS := -DHAVE_CUDA -DHAVE_NCCL -I$(dir $(NCCL_HEADER)) -I$(CUDA_HOME)/include
+CUDA_CPPFLAGS := -DHAVE_NCCL -I$(dir $(NCCL_HEADER)) $(CUDA_CPPFLAGS)
 # NCCL is a shared library: the rpath lets the programs find it without LD_LIBRARY_PATH.
 LDLIBS += -L$(if $(NCCL_SO_LINK),$(abspath $(dir $(NCCL_SO_LINK))),$(NCCL_LIB)) -Wl,-rpath,$(NCCL_LIB) -lnccl
 endif
