@@ -97,16 +97,20 @@ SANITIZER=$(find_tool compute-sanitizer /usr/local/cuda/bin/compute-sanitizer \
     /usr/local/cuda/compute-sanitizer/compute-sanitizer)
 MAKE_VARS=(CUDA_ARCH="$CUDA_ARCH" ${BUNDLE:+BUNDLE="$BUNDLE"})
 
-# Why the GPU steps cannot run here, or empty when they can.
+# Why the GPU steps cannot run here, or empty when they can. Without nvidia-smi (some
+# containers), the driver's own list of GPUs.
 no_gpu_reason() {
     local gpus
     if ! command -v nvidia-smi >/dev/null 2>&1; then
-        echo "no GPU (nvidia-smi not found)"
+        if [ -z "$(ls /proc/driver/nvidia/gpus 2>/dev/null)" ]; then
+            echo "no GPU (nvidia-smi not found, /proc/driver/nvidia/gpus lists none)"
+            return
+        fi
     elif ! gpus=$(timeout 30 nvidia-smi -L 2>&1) || ! grep -q '^GPU ' <<<"$gpus"; then
         echo "no GPU (nvidia-smi lists none: $(head -n 1 <<<"$gpus"))"
-    elif [ -z "$NVCC" ]; then
-        echo "no nvcc (PATH, /usr/local/cuda/bin): the build has no CUDA"
+        return
     fi
+    [ -n "$NVCC" ] || echo "no nvcc (PATH, /usr/local/cuda/bin): the build has no CUDA"
 }
 NO_GPU=$(no_gpu_reason)
 
@@ -132,7 +136,7 @@ need_nccl() {
 # the steps
 
 show_machine() {
-    if [ -n "$NO_GPU" ]; then echo "$NO_GPU"; else nvidia-smi -L; fi
+    if [ -n "$NO_GPU" ]; then echo "$NO_GPU"; else nvidia-smi -L 2>/dev/null || ls /proc/driver/nvidia/gpus; fi
     if [ -n "$NVCC" ]; then "$NVCC" --version | tail -n 2; else echo "nvcc: not found"; fi
     "$PYTHON" -c 'import sys, torch; print("python", sys.version.split()[0], "torch",
         torch.__version__, "CUDA available:", torch.cuda.is_available())' 2>/dev/null ||
