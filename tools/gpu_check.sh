@@ -141,6 +141,8 @@ show_machine() {
     "$PYTHON" -c 'import sys, torch; print("python", sys.version.split()[0], "torch",
         torch.__version__, "CUDA available:", torch.cuda.is_available())' 2>/dev/null ||
         echo "$PYTHON: no PyTorch"
+    command -v gnuplot >/dev/null 2>&1 ||
+        echo "gnuplot: not found: no pictures (the lessons and bench.sh warn; their CSVs have the data)"
     found_line '[A-Za-z]*'
 }
 
