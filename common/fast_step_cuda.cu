@@ -1,0 +1,465 @@
+/*
+ * fast_step_cuda.cu - a batch as one CUDA graph, or as one fused kernel (see fast_step.h).
+ *
+ * The graph replays the kernels of kernels_cuda.cu as mlp.c launches them; the fused kernel
+ * runs the same sums in one block, each phase a loop of its threads over the outputs (one
+ * output per thread at a time, its terms added one after another as the CPU reference
+ * reads), the phases separated by __syncthreads. Rows of LayerNorm and of the last layer go
+ * to warps (kernels_cuda.cuh). Every output has one writer, so there are no atomics and
+ * every run gives the same bits.
+ *
+ * Shapes: B batch rows, H hidden features, P parameters.
+ * APIs: from CUDA: cudaStreamBeginCapture, cudaStreamEndCapture, cudaGraphInstantiate,
+ *       cudaGraphLaunch, cudaFuncSetAttribute, extern __shared__, __launch_bounds__.
+ */
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "device.h"
+#include "fast_step.h"
+#include "kernels_cuda.cuh"
+
+#define FUSED_WARPS (FUSED_THREADS / WARP_SIZE)
+// Graphs kept at once: a training batch, the epoch's last (shorter) one, and eval's two.
+#define GRAPH_SLOTS 4
+
+// ----------------------------------------------------------------------------
+// the graph: a batch's kernels, captured once and replayed
+
+// One captured batch, and the batches it serves: those of its key.
+typedef struct {
+    cudaGraphExec_t exec; // NULL: the slot is free
+    FastPass pass;        // the key: what it runs, over which data, batch size and scale
+    const float* data_x;
+    const float* data_y;
+    const int* indices;
+    int B;
+    float loss_scale;
+    int next_first; // what its cursor holds after the replays so far; -1 before the first
+} GraphSlot;
+
+struct FastStep {
+    MlpKernels kernels;
+    int* cursors; // (GRAPH_SLOTS) device memory: where each slot's next batch starts
+    GraphSlot slots[GRAPH_SLOTS];
+    int next_victim; // the slot to capture anew when none fits and none is free
+};
+
+// gather_batch_kernel, the batch's start read from *cursor: a graph's arguments are fixed.
+__global__ void gather_batch_at_kernel(float* x, float* y, const float* data_x, const float* data_y,
+                                       const int* indices, const int* cursor, int B) {
+    long long b = thread_index();
+    if (b >= B)
+        return;
+    const int* batch = indices + *cursor;
+    x[b] = data_x[batch[b]];
+    y[b] = data_y[batch[b]];
+}
+
+__global__ void set_cursor_kernel(int* cursor, int first) {
+    *cursor = first;
+}
+
+// The graph's last node: the next replay takes the next batch.
+__global__ void advance_cursor_kernel(int* cursor, int B) {
+    *cursor += B;
+}
+
+// Queues the batch's kernels on the model's stream (being captured): as mlp.c's batch
+// functions, with the gather reading cursor.
+static int graph_record(Mlp* m, const MlpBatch* b, FastPass pass, int* cursor) {
+    cudaStream_t stream = device_stream();
+    if (b->B > 0) { // (an empty batch launches nothing, as kernels_cuda.cu's launchers do)
+        gather_batch_at_kernel<<<blocks_for(b->B), BLOCK_SIZE, 0, stream>>>(
+            m->x, m->y, b->data_x, b->data_y, b->indices, cursor, b->B);
+        CUDA_CHECK(cudaGetLastError());
+    }
+    RETURN_IF_FAILED(mlp_forward(m, b->B));
+    RETURN_IF_FAILED(mlp_loss(m, b->loss_scale, b->B));
+    if (pass == FAST_GRADIENTS)
+        RETURN_IF_FAILED(mlp_backward(m, b->B));
+    advance_cursor_kernel<<<1, 1, 0, stream>>>(cursor, b->B);
+    CUDA_CHECK(cudaGetLastError());
+    return 0;
+}
+
+// Captures pass over batches like b into slot g (free), whose cursor is cursor.
+static int graph_capture(GraphSlot* g, Mlp* m, const MlpBatch* b, FastPass pass, int* cursor) {
+    cudaStream_t stream = device_stream();
+    // Thread-local: another thread's CUDA calls (lesson 04's, NCCL's) do not spoil it.
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    int recorded = graph_record(m, b, pass, cursor);
+    cudaGraph_t graph = NULL;
+    cudaError_t err = cudaStreamEndCapture(stream, &graph); // always: the stream must leave capture
+    if (err == cudaSuccess && recorded == 0)
+        err = cudaGraphInstantiate(&g->exec, graph, 0);
+    if (graph != NULL)
+        cudaGraphDestroy(graph); // the instance keeps what it needs
+    if (err != cudaSuccess) {
+        check_report(__FILE__, __LINE__, "graph_capture", cudaGetErrorString(err));
+        g->exec = NULL;
+    }
+    if (err != cudaSuccess || recorded != 0)
+        return -1;
+    g->pass = pass;
+    g->data_x = b->data_x, g->data_y = b->data_y, g->indices = b->indices;
+    g->B = b->B, g->loss_scale = b->loss_scale;
+    g->next_first = -1;
+    return 0;
+}
+
+static bool graph_serves(const GraphSlot* g, const MlpBatch* b, FastPass pass) {
+    return g->exec != NULL && g->pass == pass && g->data_x == b->data_x && g->data_y == b->data_y &&
+           g->indices == b->indices && g->B == b->B && g->loss_scale == b->loss_scale;
+}
+
+// The slot whose graph serves b, captured now if none does yet; NULL after an error.
+static GraphSlot* graph_for(FastStep* fs, Mlp* m, const MlpBatch* b, FastPass pass) {
+    for (int i = 0; i < GRAPH_SLOTS; i++)
+        if (graph_serves(&fs->slots[i], b, pass))
+            return &fs->slots[i];
+    int slot = -1;
+    for (int i = 0; i < GRAPH_SLOTS && slot < 0; i++)
+        if (fs->slots[i].exec == NULL)
+            slot = i;
+    if (slot < 0) { // all taken: the oldest capture goes
+        slot = fs->next_victim;
+        fs->next_victim = (slot + 1) % GRAPH_SLOTS;
+        cudaGraphExecDestroy(fs->slots[slot].exec);
+        fs->slots[slot].exec = NULL;
+    }
+    if (graph_capture(&fs->slots[slot], m, b, pass, fs->cursors + slot) != 0)
+        return NULL;
+    return &fs->slots[slot];
+}
+
+// One replay for batch b; the cursor is set only where b does not follow the last replay.
+static int graph_run(FastStep* fs, Mlp* m, const MlpBatch* b, FastPass pass) {
+    GraphSlot* g = graph_for(fs, m, b, pass);
+    if (g == NULL)
+        return -1;
+    int* cursor = fs->cursors + (g - fs->slots);
+    if (g->next_first != b->first) {
+        set_cursor_kernel<<<1, 1, 0, device_stream()>>>(cursor, b->first);
+        CUDA_CHECK(cudaGetLastError());
+    }
+    CUDA_CHECK(cudaGraphLaunch(g->exec, device_stream()));
+    g->next_first = b->first + b->B;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// the fused kernel: a whole batch in one block
+
+// What the kernel is given: the model's buffers (global memory), the batch, the update.
+typedef struct {
+    float* params; // (P) read at the start, written by the update
+    float* grads;  // (P) written by the backward pass
+    float* opt_m;  // (P) Adam's first moment, or SGD's velocity
+    float* opt_v;  // (P) Adam's second moment
+    const float* data_x;
+    const float* data_y;
+    const int* indices; // (B) the batch's samples
+    float* loss;        // (1)
+    float loss_scale;
+    int B, H, P;
+    FastPass pass;
+    OptimizerKind optimizer;
+    float beta1, beta2, step_size, eps; // adam_scalars' for this step
+    float learning_rate, momentum;      // SGD's
+} FusedArgs;
+
+// The block's shared memory, laid out as fused_shared_bytes counts it.
+typedef struct {
+    float* head;                        // (2H) w1, b1, as in params
+    float *w1, *b1;                     // (H) each, in head
+    float* w2t;                         // (H, H + 1) w2 transposed: w2t[i * (H + 1) + o] = w2[o][i]
+    float* tail;                        // (4H + 1) b2, gamma, beta, w3, b3, as in params
+    float *b2, *gamma, *beta, *w3, *b3; // in tail
+    float *x, *y;                       // (B) the batch
+    float *a1, *h2, *a3;                // (B, H) the activations the backward pass needs
+    float *mean, *rstd, *out, *d_out;   // (B)
+    float *da, *db;                     // (B, H) gradients of activations, two alive at a time
+    float* partial;                     // (FUSED_WARPS) one sum per warp
+} FusedShared;
+
+static __device__ FusedShared fused_layout(float* shared, int H, int B) {
+    FusedShared s;
+    float* p = shared;
+    s.head = p, s.w1 = p, s.b1 = p + H, p += 2 * H;
+    s.w2t = p, p += (size_t)H * (H + 1);
+    s.tail = p, s.b2 = p, s.gamma = p + H, s.beta = p + 2 * H, s.w3 = p + 3 * H;
+    s.b3 = p + 4 * H, p += 4 * H + 1;
+    s.x = p, s.y = p + B, p += 2 * B;
+    s.a1 = p, s.h2 = p + B * H, s.a3 = p + 2 * B * H, p += 3 * B * H;
+    s.mean = p, s.rstd = p + B, s.out = p + 2 * B, s.d_out = p + 3 * B, p += 4 * B;
+    s.da = p, s.db = p + B * H, p += 2 * B * H;
+    s.partial = p;
+    return s;
+}
+
+// sum over k < n of a[k * a_stride] * b[k * b_stride], one term after another
+static __device__ float dot(const float* a, int a_stride, const float* b, int b_stride, int n) {
+    float sum = 0.0f;
+    for (int k = 0; k < n; k++)
+        sum += a[k * a_stride] * b[k * b_stride];
+    return sum;
+}
+
+// sum over k < n of a[k * stride], one term after another
+static __device__ float column_sum(const float* a, int stride, int n) {
+    float sum = 0.0f;
+    for (int k = 0; k < n; k++)
+        sum += a[k * stride];
+    return sum;
+}
+
+static __device__ float relu(float v) {
+    return v > 0.0f ? v : 0.0f;
+}
+
+// The sum of v over the block's threads, in thread 0: each warp's (warp_sum), then the
+// warps' in order. Every thread calls it.
+static __device__ float block_sum(float v, float* partial) {
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    v = warp_sum(v);
+    if (lane == 0)
+        partial[warp] = v;
+    __syncthreads();
+    v = 0.0f;
+    if (warp == 0)
+        v = warp_sum(lane < FUSED_WARPS ? partial[lane] : 0.0f);
+    return v;
+}
+
+// The parameters and the batch into shared memory (global reads along contiguous memory).
+static __device__ void fused_load(const FusedShared* s, const FusedArgs* a) {
+    int H = a->H, t = threadIdx.x;
+    const float* p = a->params;
+    for (int i = t; i < 2 * H; i += FUSED_THREADS)
+        s->head[i] = p[i];
+    for (int i = t; i < 4 * H + 1; i += FUSED_THREADS)
+        s->tail[i] = p[2 * H + H * H + i];
+    for (int idx = t; idx < H * H; idx += FUSED_THREADS) // idx = o * H + i
+        s->w2t[(idx % H) * (H + 1) + idx / H] = p[2 * H + idx];
+    for (int b = t; b < a->B; b += FUSED_THREADS) {
+        s->x[b] = a->data_x[a->indices[b]];
+        s->y[b] = a->data_y[a->indices[b]];
+    }
+    __syncthreads();
+}
+
+// mlp_forward: a1, h2, a3 (LayerNorm then ReLU) and out, a phase per layer.
+static __device__ void fused_forward(const FusedShared* s, int B, int H) {
+    int t = threadIdx.x, lane = t % WARP_SIZE, warp = t / WARP_SIZE;
+    // out[b][o] = bias[o] + sum over i of inp[b][i] * w[o][i], then the ReLU
+    for (int idx = t; idx < B * H; idx += FUSED_THREADS) // idx = b * H + o
+        s->a1[idx] = relu(s->b1[idx % H] + dot(s->x + idx / H, 1, s->w1 + idx % H, 1, 1));
+    __syncthreads();
+    for (int idx = t; idx < B * H; idx += FUSED_THREADS)
+        s->h2[idx] = s->b2[idx % H] + dot(s->a1 + idx / H * H, 1, s->w2t + idx % H, H + 1, H);
+    __syncthreads();
+    for (int b = warp; b < B; b += FUSED_WARPS) { // a warp per row
+        float m, r;
+        layernorm_row(s->a3 + b * H, &m, &r, s->h2 + b * H, s->gamma, s->beta, H, lane);
+        for (int i = lane; i < H; i += WARP_SIZE) // the elements this lane wrote
+            s->a3[b * H + i] = relu(s->a3[b * H + i]);
+        if (lane == 0) {
+            s->mean[b] = m;
+            s->rstd[b] = r;
+        }
+    }
+    __syncthreads();
+    for (int b = warp; b < B; b += FUSED_WARPS) { // the last layer's dot products, by warps
+        float sum = 0.0f;
+        for (int i = lane; i < H; i += WARP_SIZE)
+            sum += s->a3[b * H + i] * s->w3[i];
+        sum = warp_sum(sum);
+        if (lane == 0)
+            s->out[b] = s->b3[0] + sum;
+    }
+    __syncthreads();
+}
+
+// mlp_loss and mse_backward: loss += scale * sum of squared errors; d_out.
+static __device__ void fused_loss(const FusedShared* s, const FusedArgs* a) {
+    int t = threadIdx.x, B = a->B;
+    float share = 0.0f;
+    for (int b = t; b < B; b += FUSED_THREADS)
+        share += (s->out[b] - s->y[b]) * (s->out[b] - s->y[b]);
+    float sum = block_sum(share, s->partial);
+    if (t == 0)
+        *a->loss += a->loss_scale * sum;
+    // dpred (B) = 2 (pred - target) / B: the gradient of the batch mean
+    for (int b = t; b < B; b += FUSED_THREADS)
+        s->d_out[b] = 2.0f * (s->out[b] - s->y[b]) / B;
+    __syncthreads();
+}
+
+// The last layer's gradients (dw3, db3) and its input's through the ReLU: da = d_ln.
+static __device__ void fused_backward_last(const FusedShared* s, const FusedArgs* a) {
+    int t = threadIdx.x, B = a->B, H = a->H;
+    float* g_w3 = a->grads + 5 * H + H * H;
+    // dw[0][i] = sum over b of dout[b][0] * inp[b][i]; dbias[0] = sum over b of dout[b][0]
+    for (int i = t; i < H; i += FUSED_THREADS)
+        g_w3[i] = dot(s->d_out, 1, s->a3 + i, H, B);
+    if (t == 0)
+        g_w3[H] = column_sum(s->d_out, 1, B);
+    // dinp[b][i] = dout[b][0] * w[0][i]; dinp = dout where the ReLU's output is positive
+    for (int idx = t; idx < B * H; idx += FUSED_THREADS)
+        s->da[idx] = s->a3[idx] > 0.0f ? dot(s->d_out + idx / H, 1, s->w3 + idx % H, 1, 1) : 0.0f;
+    __syncthreads();
+}
+
+// LayerNorm's gradients: dgamma, dbeta (a thread per feature) and db = d_h2 (a warp per row).
+static __device__ void fused_backward_layernorm(const FusedShared* s, const FusedArgs* a) {
+    int t = threadIdx.x, lane = t % WARP_SIZE, warp = t / WARP_SIZE, B = a->B, H = a->H;
+    float* g_gamma = a->grads + 3 * H + H * H;
+    for (int i = t; i < H; i += FUSED_THREADS)
+        layernorm_dparams_column(g_gamma + i, g_gamma + H + i, s->da, s->h2, s->mean, s->rstd, i, B,
+                                 H);
+    for (int b = warp; b < B; b += FUSED_WARPS)
+        layernorm_backward_row(s->db + b * H, s->da + b * H, s->h2 + b * H, s->mean[b], s->rstd[b],
+                               s->gamma, H, lane);
+    __syncthreads();
+}
+
+// The hidden layer's gradients (dw2, db2) and its input's through the ReLU: da = d_h1.
+static __device__ void fused_backward_hidden(const FusedShared* s, const FusedArgs* a) {
+    int t = threadIdx.x, B = a->B, H = a->H;
+    float* g_w2 = a->grads + 2 * H;
+    // dbias[o] = sum over b of dout[b][o]
+    for (int o = t; o < H; o += FUSED_THREADS)
+        g_w2[H * H + o] = column_sum(s->db + o, H, B);
+    // dw[o][i] = sum over b of dout[b][o] * inp[b][i]
+    for (int idx = t; idx < H * H; idx += FUSED_THREADS) // idx = o * H + i
+        g_w2[idx] = dot(s->db + idx / H, H, s->a1 + idx % H, H, B);
+    // dinp[b][i] = sum over o of dout[b][o] * w[o][i], where the ReLU's output is positive
+    for (int idx = t; idx < B * H; idx += FUSED_THREADS) // idx = b * H + i
+        s->da[idx] = s->a1[idx] > 0.0f
+                         ? dot(s->db + idx / H * H, 1, s->w2t + idx % H * (H + 1), 1, H)
+                         : 0.0f;
+    __syncthreads();
+}
+
+// The first layer's gradients, dw1 and db1 (the input needs none).
+static __device__ void fused_backward_first(const FusedShared* s, const FusedArgs* a) {
+    int t = threadIdx.x, B = a->B, H = a->H;
+    // dbias[o] = sum over b of dout[b][o]; dw[o][0] = sum over b of dout[b][o] * inp[b][0]
+    for (int o = t; o < H; o += FUSED_THREADS) {
+        a->grads[H + o] = column_sum(s->da + o, H, B);
+        a->grads[o] = dot(s->da + o, H, s->x, 1, B);
+    }
+    __syncthreads(); // every gradient written, and seen by every thread of the block
+}
+
+// The optimizer's step on every parameter, in global memory (mlp_update).
+static __device__ void fused_update(const FusedArgs* a) {
+    for (int i = threadIdx.x; i < a->P; i += FUSED_THREADS)
+        if (a->optimizer == OPTIMIZER_SGD)
+            sgd_element(a->params, a->opt_m, a->grads, a->learning_rate, a->momentum, i);
+        else
+            adam_element(a->params, a->opt_m, a->opt_v, a->grads, a->beta1, a->beta2, a->step_size,
+                         a->eps, i);
+}
+
+// A whole batch: one block of FUSED_THREADS, fused_shared_bytes(H, B) of shared memory.
+__global__ void __launch_bounds__(FUSED_THREADS) fused_batch_kernel(FusedArgs a) {
+    extern __shared__ float shared[];
+    FusedShared s = fused_layout(shared, a.H, a.B);
+    fused_load(&s, &a);
+    fused_forward(&s, a.B, a.H);
+    fused_loss(&s, &a);
+    if (a.pass == FAST_LOSS)
+        return;
+    fused_backward_last(&s, &a);
+    fused_backward_layernorm(&s, &a);
+    fused_backward_hidden(&s, &a);
+    fused_backward_first(&s, &a);
+    if (a.pass == FAST_STEP)
+        fused_update(&a);
+}
+
+static int fused_run(Mlp* m, const MlpBatch* b, FastPass pass, const FastUpdate* u) {
+    FusedArgs a;
+    memset(&a, 0, sizeof a);
+    a.params = m->params, a.grads = m->grads, a.opt_m = m->opt_m, a.opt_v = m->opt_v;
+    a.data_x = b->data_x, a.data_y = b->data_y, a.indices = b->indices + b->first;
+    a.loss = m->loss, a.loss_scale = b->loss_scale;
+    a.B = b->B, a.H = m->hidden, a.P = m->num_params, a.pass = pass;
+    if (u != NULL) {
+        a.optimizer = u->kind;
+        a.beta1 = u->adam.beta1, a.beta2 = u->adam.beta2;
+        adam_scalars(u->adam, &a.step_size, &a.eps);
+        a.learning_rate = u->adam.learning_rate, a.momentum = u->momentum;
+    }
+    size_t bytes = fused_shared_bytes(m->hidden, b->B);
+    fused_batch_kernel<<<1, FUSED_THREADS, bytes, device_stream()>>>(a);
+    CUDA_CHECK(cudaGetLastError());
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// the module's functions
+
+size_t fast_step_shared_limit(void) {
+    int device = 0, bytes = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (err != cudaSuccess) {
+        check_report(__FILE__, __LINE__, "cudaDeviceGetAttribute", cudaGetErrorString(err));
+        return 0;
+    }
+    return (size_t)bytes;
+}
+
+// Allows the fused kernel the shared memory of max_batch rows, if the GPU has it.
+static int fused_prepare(const Mlp* m, char* why, size_t why_len) {
+    MlpKernels chosen;
+    RETURN_IF_FAILED(mlp_kernels_choose(MLP_KERNELS_FUSED, true, fast_step_shared_limit(),
+                                        m->hidden, m->max_batch, &chosen, why, why_len));
+    size_t bytes = fused_shared_bytes(m->hidden, m->max_batch);
+    cudaError_t err = cudaFuncSetAttribute(fused_batch_kernel,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (err != cudaSuccess) {
+        snprintf(why, why_len, "--kernels fused: %s", cudaGetErrorString(err));
+        return -1;
+    }
+    return 0;
+}
+
+int fast_step_create(FastStep** out, const Mlp* m, MlpKernels kernels, char* why, size_t why_len) {
+    *out = NULL;
+    if (kernels == MLP_KERNELS_FUSED && fused_prepare(m, why, why_len) != 0)
+        return -1;
+    FastStep* fs = (FastStep*)calloc(1, sizeof *fs);
+    if (fs != NULL)
+        fs->cursors = (int*)kernels_cuda.alloc(GRAPH_SLOTS * sizeof(int));
+    if (fs == NULL || fs->cursors == NULL) {
+        free(fs);
+        snprintf(why, why_len, "--kernels %s: out of memory", mlp_kernels_name(kernels));
+        return -1;
+    }
+    fs->kernels = kernels;
+    *out = fs;
+    return 0;
+}
+
+int fast_step_run(FastStep* fs, Mlp* m, const MlpBatch* b, FastPass pass,
+                  const FastUpdate* update) {
+    if (fs->kernels == MLP_KERNELS_FUSED)
+        return fused_run(m, b, pass, update);
+    return graph_run(fs, m, b, pass); // (mlp.c asks a graph for no FAST_STEP)
+}
+
+void fast_step_free(FastStep* fs) {
+    for (int i = 0; i < GRAPH_SLOTS; i++)
+        if (fs->slots[i].exec != NULL)
+            cudaGraphExecDestroy(fs->slots[i].exec);
+    kernels_cuda.release(fs->cursors);
+    free(fs);
+}
