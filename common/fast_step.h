@@ -60,8 +60,8 @@ typedef struct {
 } FastUpdate;
 
 // The state of one model's graph or fused step (kernels: MLP_KERNELS_GRAPH or _FUSED) on the
-// current GPU. Refuses (-1, with why) a fused step whose model does not fit.
-int fast_step_create(FastStep** out, const Mlp* m, MlpKernels kernels, char* why, size_t why_len);
+// current GPU. Refuses (-1, after reporting why) a fused step whose model does not fit.
+int fast_step_create(FastStep** out, const Mlp* m, MlpKernels kernels);
 // Runs pass over batch b; update is FAST_STEP's (else NULL). Returns 0 or -1.
 int fast_step_run(FastStep* fs, Mlp* m, const MlpBatch* b, FastPass pass, const FastUpdate* update);
 void fast_step_free(FastStep* fs);

@@ -418,30 +418,32 @@ size_t fast_step_shared_limit(void) {
 }
 
 // Allows the fused kernel the shared memory of max_batch rows, if the GPU has it.
-static int fused_prepare(const Mlp* m, char* why, size_t why_len) {
+static int fused_prepare(const Mlp* m) {
     MlpKernels chosen;
-    RETURN_IF_FAILED(mlp_kernels_choose(MLP_KERNELS_FUSED, true, fast_step_shared_limit(),
-                                        m->hidden, m->max_batch, &chosen, why, why_len));
-    size_t bytes = fused_shared_bytes(m->hidden, m->max_batch);
-    cudaError_t err = cudaFuncSetAttribute(fused_batch_kernel,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-    if (err != cudaSuccess) {
-        snprintf(why, why_len, "--kernels fused: %s", cudaGetErrorString(err));
+    char why[ERROR_TEXT_BYTES];
+    if (mlp_kernels_choose(MLP_KERNELS_FUSED, true, fast_step_shared_limit(), m->hidden,
+                           m->max_batch, &chosen, why, sizeof why) != 0) {
+        rank_log("error: %s", why);
         return -1;
     }
+    int bytes = (int)fused_shared_bytes(m->hidden, m->max_batch);
+    CUDA_CHECK(cudaFuncSetAttribute(fused_batch_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    bytes));
     return 0;
 }
 
-int fast_step_create(FastStep** out, const Mlp* m, MlpKernels kernels, char* why, size_t why_len) {
+int fast_step_create(FastStep** out, const Mlp* m, MlpKernels kernels) {
     *out = NULL;
-    if (kernels == MLP_KERNELS_FUSED && fused_prepare(m, why, why_len) != 0)
+    if (kernels == MLP_KERNELS_FUSED && fused_prepare(m) != 0)
         return -1;
     FastStep* fs = (FastStep*)calloc(1, sizeof *fs);
-    if (fs != NULL)
-        fs->cursors = (int*)kernels_cuda.alloc(GRAPH_SLOTS * sizeof(int));
-    if (fs == NULL || fs->cursors == NULL) {
+    if (fs == NULL) {
+        check_report(__FILE__, __LINE__, "calloc", "out of memory");
+        return -1;
+    }
+    fs->cursors = (int*)kernels_cuda.alloc(GRAPH_SLOTS * sizeof(int)); // (reports a failure)
+    if (fs->cursors == NULL) {
         free(fs);
-        snprintf(why, why_len, "--kernels %s: out of memory", mlp_kernels_name(kernels));
         return -1;
     }
     fs->kernels = kernels;

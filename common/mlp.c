@@ -54,7 +54,7 @@ static int device_alloc(const Kernels* k, float** ptr, size_t count) {
 }
 
 int mlp_create(Mlp* m, const Kernels* k, int hidden, int max_batch) {
-    *m = (Mlp){.k = k, .hidden = hidden, .max_batch = max_batch};
+    *m = (Mlp){.k = k, .hidden = hidden, .max_batch = max_batch, .kernels = MLP_KERNELS_UNFUSED};
     m->num_params = mlp_num_params(hidden);
     size_t P = (size_t)m->num_params, BH = (size_t)max_batch * hidden, B = (size_t)max_batch;
     float** per_param[] = {&m->params, &m->grads, &m->opt_m, &m->opt_v};
@@ -206,8 +206,7 @@ const char* mlp_kernels_name(MlpKernels kernels) {
     return names[kernels];
 }
 
-int mlp_kernels_choose(MlpKernels request, bool on_gpu, size_t shared_bytes, int hidden,
-                       int max_batch, MlpKernels* chosen, char* why, size_t why_len) {
+int mlp_kernels_check(MlpKernels request, bool on_gpu, char* why, size_t why_len) {
     if (!on_gpu && (request == MLP_KERNELS_GRAPH || request == MLP_KERNELS_FUSED)) {
         snprintf(why, why_len,
                  "--kernels %s needs a GPU, and this run is on the CPU (use --kernels auto, "
@@ -215,6 +214,12 @@ int mlp_kernels_choose(MlpKernels request, bool on_gpu, size_t shared_bytes, int
                  mlp_kernels_name(request));
         return -1;
     }
+    return 0;
+}
+
+int mlp_kernels_choose(MlpKernels request, bool on_gpu, size_t shared_bytes, int hidden,
+                       int max_batch, MlpKernels* chosen, char* why, size_t why_len) {
+    RETURN_IF_FAILED(mlp_kernels_check(request, on_gpu, why, why_len));
     size_t needed = fused_shared_bytes(hidden, max_batch);
     bool fits = on_gpu && needed <= shared_bytes;
     if (request == MLP_KERNELS_FUSED && !fits) {
@@ -231,6 +236,17 @@ int mlp_kernels_choose(MlpKernels request, bool on_gpu, size_t shared_bytes, int
     return 0;
 }
 
+void mlp_kernels_describe(MlpKernels request, MlpKernels chosen, bool on_gpu, char* out,
+                          size_t out_len) {
+    if (!on_gpu)
+        snprintf(out, out_len, "cpu");
+    else if (request != MLP_KERNELS_AUTO)
+        snprintf(out, out_len, "%s", mlp_kernels_name(chosen));
+    else
+        snprintf(out, out_len, "%s (auto: the model %s one block's shared memory)",
+                 mlp_kernels_name(chosen), chosen == MLP_KERNELS_FUSED ? "fits" : "does not fit");
+}
+
 size_t mlp_gpu_shared_bytes(void) {
 #ifdef HAVE_CUDA
     return fast_step_shared_limit();
@@ -239,15 +255,22 @@ size_t mlp_gpu_shared_bytes(void) {
 #endif
 }
 
-int mlp_use_kernels(Mlp* m, MlpKernels kernels, char* why, size_t why_len) {
-    m->kernels = kernels;
+int mlp_use_kernels(Mlp* m, MlpKernels kernels) {
+    if (m->fast != NULL) { // a model that chose graph or fused keeps it
+        rank_log("error: --kernels %s: the model already runs %s", mlp_kernels_name(kernels),
+                 mlp_kernels_name(m->kernels));
+        return -1;
+    }
     if (kernels == MLP_KERNELS_UNFUSED)
         return 0;
 #ifdef HAVE_CUDA
-    if (m->k == &kernels_cuda)
-        return fast_step_create(&m->fast, m, kernels, why, why_len);
+    if (m->k == &kernels_cuda && kernels != MLP_KERNELS_AUTO) {
+        RETURN_IF_FAILED(fast_step_create(&m->fast, m, kernels));
+        m->kernels = kernels;
+        return 0;
+    }
 #endif
-    snprintf(why, why_len, "--kernels %s needs the model on a GPU", mlp_kernels_name(kernels));
+    rank_log("error: --kernels %s needs the model on a GPU", mlp_kernels_name(kernels));
     return -1;
 }
 

@@ -19,7 +19,8 @@
  *       mlp_forward, mlp_loss, mlp_backward, mlp_backward_announcing, GradsReady, mlp_update,
  *       mlp_update_from, mlp_take_loss,
  *       mlp_get_params, mlp_get_state, mlp_set_state, mlp_print_summary, mlp_free,
- *       MlpKernels, MlpBatch, mlp_kernels_name, mlp_kernels_choose, mlp_gpu_shared_bytes,
+ *       MlpKernels, MlpBatch, mlp_kernels_name, mlp_kernels_check, mlp_kernels_choose,
+ *       mlp_kernels_describe, mlp_gpu_shared_bytes,
  *       mlp_use_kernels, mlp_batch_loss, mlp_batch_gradients, mlp_train_step.
  */
 #ifndef MLP_H
@@ -153,6 +154,8 @@ void mlp_print_summary(const Mlp* m);
 
 // "auto", "unfused", "graph" or "fused".
 const char* mlp_kernels_name(MlpKernels kernels);
+// Refuses (-1, with why) what the CPU cannot do: --kernels graph or fused when not on_gpu.
+int mlp_kernels_check(MlpKernels request, bool on_gpu, char* why, size_t why_len);
 // The kernels to run a model of hidden, max_batch with, as asked for by request: on a GPU
 // (on_gpu) with shared_bytes of shared memory per block, auto is fused where the model fits
 // (fast_step.h's fused_shared_bytes) and graph elsewhere; on the CPU, auto and unfused are
@@ -160,11 +163,16 @@ const char* mlp_kernels_name(MlpKernels kernels);
 // the model does not fit. Returns 0, or -1 with a one-line reason in why.
 int mlp_kernels_choose(MlpKernels request, bool on_gpu, size_t shared_bytes, int hidden,
                        int max_batch, MlpKernels* chosen, char* why, size_t why_len);
+// What a banner says of them: "cpu" off a GPU, else chosen's name, and with request auto why:
+// "fused (auto: the model fits one block's shared memory)".
+void mlp_kernels_describe(MlpKernels request, MlpKernels chosen, bool on_gpu, char* out,
+                          size_t out_len);
 // The shared memory one block may have on the current GPU; 0 in a build without CUDA.
 size_t mlp_gpu_shared_bytes(void);
-// Makes the batch functions below run as kernels says (not auto: mlp_kernels_choose first).
-// Graph and fused need the model on a GPU. Returns 0, or -1 with why filled.
-int mlp_use_kernels(Mlp* m, MlpKernels kernels, char* why, size_t why_len);
+// Makes the batch functions below run as kernels says (not auto: mlp_kernels_choose first),
+// once, after mlp_create (which starts unfused). Graph and fused need the model on a GPU.
+// Returns 0, or -1 after reporting why not.
+int mlp_use_kernels(Mlp* m, MlpKernels kernels);
 
 // The batch's forward pass and loss (mlp_load_batch, mlp_forward, mlp_loss).
 int mlp_batch_loss(Mlp* m, const MlpBatch* b);

@@ -259,6 +259,10 @@ Test(hello_gpu, bad_flags_exit_2_with_one_line_naming_the_flag) {
         {{"--hidden-size", "99999"}, "--hidden-size"},
         {{"--optimizer", "rmsprop"}, "--optimizer"},
         {{"--device", "tpu"}, "--device"},
+        {{"--kernels", "turbo"}, "--kernels"},
+        // the CPU has its own functions: asking it for a GPU's is a mistake, said at once
+        {{"--device", "cpu", "--kernels", "graph"}, "--kernels graph needs a GPU"},
+        {{"--device", "cpu", "--kernels", "fused"}, "--kernels fused needs a GPU"},
         {{"--bogus"}, "--bogus"},
         {{"--bogus", "1"}, "--bogus"},
         {{"--device", "cpu", "--epochs"}, "--epochs"}, // the value is missing
