@@ -417,18 +417,19 @@ size_t fast_step_shared_limit(void) {
     return (size_t)bytes;
 }
 
-// Allows the fused kernel the shared memory of max_batch rows, if the GPU has it.
+// Checks that the model's batches fit the fused kernel's one block, and allows the kernel
+// all the shared memory the GPU gives a block (so that models of several sizes can share it).
 static int fused_prepare(const Mlp* m) {
     MlpKernels chosen;
     char why[ERROR_TEXT_BYTES];
-    if (mlp_kernels_choose(MLP_KERNELS_FUSED, true, fast_step_shared_limit(), m->hidden,
-                           m->max_batch, &chosen, why, sizeof why) != 0) {
+    size_t limit = fast_step_shared_limit();
+    if (mlp_kernels_choose(MLP_KERNELS_FUSED, true, limit, m->hidden, m->max_batch, &chosen, why,
+                           sizeof why) != 0) {
         rank_log("error: %s", why);
         return -1;
     }
-    int bytes = (int)fused_shared_bytes(m->hidden, m->max_batch);
     CUDA_CHECK(cudaFuncSetAttribute(fused_batch_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    bytes));
+                                    (int)limit));
     return 0;
 }
 
