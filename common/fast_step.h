@@ -4,10 +4,11 @@
  *
  * A step of the model is about 22 small kernels; on a GPU each launch costs a few
  * microseconds, more than the kernel's work at the defaults. Two ways cut that:
- *   graph  the kernels of a batch's forward, loss and backward passes are captured once into
- *          a CUDA graph and replayed for every batch: one launch instead of ~20. The graph's
- *          arguments are fixed, so the batch's start is read from device memory (a cursor
- *          the graph itself advances) instead of being an argument.
+ *   graph  the kernels of a batch (forward, loss, backward and, for a training step, the
+ *          update) are captured once into a CUDA graph and replayed for every batch: one
+ *          launch instead of 22. The graph's arguments are fixed, so what changes from step
+ *          to step is read from device memory instead: the batch's start (a cursor) and
+ *          Adam's step (a counter), both advanced by the graph's last node.
  *   fused  one kernel, one block, does the batch's forward, loss, backward and (for a training
  *          step) the optimizer's update, with the weights and activations in shared memory:
  *          one launch per step. It fits models whose weights and activations fit one block's
@@ -48,7 +49,7 @@ typedef struct FastStep FastStep;
 typedef enum {
     FAST_LOSS,      // forward and loss (evaluation)
     FAST_GRADIENTS, // forward, loss and backward: the gradients in m->grads
-    FAST_STEP,      // FAST_GRADIENTS and the optimizer's update (fused only)
+    FAST_STEP,      // FAST_GRADIENTS and the optimizer's update
 } FastPass;
 
 // What FAST_STEP's update does: the optimizer, Adam's settings of this step (whose

@@ -1,7 +1,8 @@
 /*
  * fast_step_cuda.cu - a batch as one CUDA graph, or as one fused kernel (see fast_step.h).
  *
- * The graph replays the kernels of kernels_cuda.cu as mlp.c launches them; the fused kernel
+ * The graph replays the kernels of kernels_cuda.cu as mlp.c launches them (Adam's with its
+ * step read from device memory); the fused kernel
  * runs the same sums in one block, each phase a loop of its threads over the outputs (one
  * output per thread at a time, its terms added one after another as the CPU reference
  * reads), the phases separated by __syncthreads. Rows of LayerNorm and of the last layer go
@@ -23,27 +24,34 @@
 #include "kernels_cuda.cuh"
 
 #define FUSED_WARPS (FUSED_THREADS / WARP_SIZE)
-// Graphs kept at once: a training batch, the epoch's last (shorter) one, and eval's two.
+// Graphs kept at once: a training step, the epoch's last (shorter) one, and eval's two.
 #define GRAPH_SLOTS 4
 
 // ----------------------------------------------------------------------------
 // the graph: a batch's kernels, captured once and replayed
 
-// One captured batch, and the batches it serves: those of its key.
+// What a graph was captured for: the batches, and the update, that it serves.
 typedef struct {
-    cudaGraphExec_t exec; // NULL: the slot is free
-    FastPass pass;        // the key: what it runs, over which data, batch size and scale
+    FastPass pass;
     const float* data_x;
     const float* data_y;
     const int* indices;
     int B;
     float loss_scale;
+    FastUpdate update; // FAST_STEP's, its adam.step left 0: the graph reads the step counter
+} GraphKey;
+
+typedef struct {
+    cudaGraphExec_t exec; // NULL: the slot is free
+    GraphKey key;
     int next_first; // what its cursor holds after the replays so far; -1 before the first
 } GraphSlot;
 
 struct FastStep {
     MlpKernels kernels;
-    int* cursors; // (GRAPH_SLOTS) device memory: where each slot's next batch starts
+    int* counters; // (GRAPH_SLOTS + 1) device memory: each slot's cursor, where its next
+                   // batch starts; then Adam's step counter
+    int next_step; // what the step counter holds after the work queued so far; -1: unknown
     GraphSlot slots[GRAPH_SLOTS];
     int next_victim; // the slot to capture anew when none fits and none is free
 };
@@ -59,39 +67,70 @@ __global__ void gather_batch_at_kernel(float* x, float* y, const float* data_x, 
     y[b] = data_y[batch[b]];
 }
 
-__global__ void set_cursor_kernel(int* cursor, int first) {
-    *cursor = first;
+// adam_update_kernel with the step read from *step, and so its bias corrections computed
+// here, on the device (whose powf may differ from the host's in the last bit).
+__global__ void adam_update_at_kernel(float* __restrict__ params, float* __restrict__ m,
+                                      float* __restrict__ v, const float* __restrict__ grads,
+                                      AdamSettings s, const int* step, int N) {
+    long long i = thread_index();
+    if (i >= N)
+        return;
+    float step_size, eps;
+    s.step = *step;
+    adam_scalars(s, &step_size, &eps);
+    adam_element(params, m, v, grads, s.beta1, s.beta2, step_size, eps, i);
 }
 
-// The graph's last node: the next replay takes the next batch.
-__global__ void advance_cursor_kernel(int* cursor, int B) {
+__global__ void set_counter_kernel(int* counter, int value) {
+    *counter = value;
+}
+
+// The graph's last node: the next replay takes the next batch (and the next step).
+__global__ void advance_kernel(int* cursor, int B, int* step) {
     *cursor += B;
+    if (step != NULL)
+        *step += 1;
 }
 
-// Queues the batch's kernels on the model's stream (being captured): as mlp.c's batch
-// functions, with the gather reading cursor.
-static int graph_record(Mlp* m, const MlpBatch* b, FastPass pass, int* cursor) {
-    cudaStream_t stream = device_stream();
-    if (b->B > 0) { // (an empty batch launches nothing, as kernels_cuda.cu's launchers do)
-        gather_batch_at_kernel<<<blocks_for(b->B), BLOCK_SIZE, 0, stream>>>(
-            m->x, m->y, b->data_x, b->data_y, b->indices, cursor, b->B);
-        CUDA_CHECK(cudaGetLastError());
-    }
-    RETURN_IF_FAILED(mlp_forward(m, b->B));
-    RETURN_IF_FAILED(mlp_loss(m, b->loss_scale, b->B));
-    if (pass == FAST_GRADIENTS)
-        RETURN_IF_FAILED(mlp_backward(m, b->B));
-    advance_cursor_kernel<<<1, 1, 0, stream>>>(cursor, b->B);
+// The optimizer's update of key->update, as mlp_update does it, its step read from step.
+static int graph_record_update(Mlp* m, const GraphKey* key, const int* step) {
+    const FastUpdate* u = &key->update;
+    if (u->kind == OPTIMIZER_SGD)
+        return m->k->sgd_update(m->params, m->opt_m, m->grads, u->adam.learning_rate, u->momentum,
+                                m->num_params);
+    adam_update_at_kernel<<<blocks_for(m->num_params), BLOCK_SIZE, 0, device_stream()>>>(
+        m->params, m->opt_m, m->opt_v, m->grads, u->adam, step, m->num_params);
     CUDA_CHECK(cudaGetLastError());
     return 0;
 }
 
-// Captures pass over batches like b into slot g (free), whose cursor is cursor.
-static int graph_capture(GraphSlot* g, Mlp* m, const MlpBatch* b, FastPass pass, int* cursor) {
+// Queues the batch's kernels on the model's stream (being captured): as mlp.c's batch
+// functions, with the gather reading cursor (and Adam the step counter).
+static int graph_record(Mlp* m, const GraphKey* key, int* cursor, int* step) {
+    cudaStream_t stream = device_stream();
+    int B = key->B;
+    if (B > 0) { // (an empty batch launches nothing, as kernels_cuda.cu's launchers do)
+        gather_batch_at_kernel<<<blocks_for(B), BLOCK_SIZE, 0, stream>>>(
+            m->x, m->y, key->data_x, key->data_y, key->indices, cursor, B);
+        CUDA_CHECK(cudaGetLastError());
+    }
+    RETURN_IF_FAILED(mlp_forward(m, B));
+    RETURN_IF_FAILED(mlp_loss(m, key->loss_scale, B));
+    if (key->pass != FAST_LOSS)
+        RETURN_IF_FAILED(mlp_backward(m, B));
+    if (key->pass == FAST_STEP)
+        RETURN_IF_FAILED(graph_record_update(m, key, step));
+    advance_kernel<<<1, 1, 0, stream>>>(cursor, B, key->pass == FAST_STEP ? step : NULL);
+    CUDA_CHECK(cudaGetLastError());
+    return 0;
+}
+
+// Captures the batches of key into slot g (free), whose cursor is cursor.
+static int graph_capture(GraphSlot* g, Mlp* m, const GraphKey* key, int* cursor, int* step) {
     cudaStream_t stream = device_stream();
     // Thread-local: another thread's CUDA calls (lesson 04's, NCCL's) do not spoil it.
     CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    int recorded = graph_record(m, b, pass, cursor);
+    int recorded = graph_record(m, key, cursor, step);
     cudaGraph_t graph = NULL;
     cudaError_t err = cudaStreamEndCapture(stream, &graph); // always: the stream must leave capture
     if (err == cudaSuccess && recorded == 0)
@@ -104,22 +143,29 @@ static int graph_capture(GraphSlot* g, Mlp* m, const MlpBatch* b, FastPass pass,
     }
     if (err != cudaSuccess || recorded != 0)
         return -1;
-    g->pass = pass;
-    g->data_x = b->data_x, g->data_y = b->data_y, g->indices = b->indices;
-    g->B = b->B, g->loss_scale = b->loss_scale;
+    g->key = *key;
     g->next_first = -1;
     return 0;
 }
 
-static bool graph_serves(const GraphSlot* g, const MlpBatch* b, FastPass pass) {
-    return g->exec != NULL && g->pass == pass && g->data_x == b->data_x && g->data_y == b->data_y &&
-           g->indices == b->indices && g->B == b->B && g->loss_scale == b->loss_scale;
+static bool same_update(const FastUpdate* a, const FastUpdate* b) {
+    return a->kind == b->kind && a->adam.learning_rate == b->adam.learning_rate &&
+           a->adam.beta1 == b->adam.beta1 && a->adam.beta2 == b->adam.beta2 &&
+           a->adam.eps == b->adam.eps && a->momentum == b->momentum;
 }
 
-// The slot whose graph serves b, captured now if none does yet; NULL after an error.
-static GraphSlot* graph_for(FastStep* fs, Mlp* m, const MlpBatch* b, FastPass pass) {
+static bool graph_serves(const GraphSlot* g, const GraphKey* k) {
+    const GraphKey* h = &g->key;
+    return g->exec != NULL && h->pass == k->pass && h->data_x == k->data_x &&
+           h->data_y == k->data_y && h->indices == k->indices && h->B == k->B &&
+           h->loss_scale == k->loss_scale &&
+           (k->pass != FAST_STEP || same_update(&h->update, &k->update));
+}
+
+// The slot whose graph serves key, captured now if none does yet; NULL after an error.
+static GraphSlot* graph_for(FastStep* fs, Mlp* m, const GraphKey* key) {
     for (int i = 0; i < GRAPH_SLOTS; i++)
-        if (graph_serves(&fs->slots[i], b, pass))
+        if (graph_serves(&fs->slots[i], key))
             return &fs->slots[i];
     int slot = -1;
     for (int i = 0; i < GRAPH_SLOTS && slot < 0; i++)
@@ -131,23 +177,39 @@ static GraphSlot* graph_for(FastStep* fs, Mlp* m, const MlpBatch* b, FastPass pa
         cudaGraphExecDestroy(fs->slots[slot].exec);
         fs->slots[slot].exec = NULL;
     }
-    if (graph_capture(&fs->slots[slot], m, b, pass, fs->cursors + slot) != 0)
+    int* step = fs->counters + GRAPH_SLOTS;
+    if (graph_capture(&fs->slots[slot], m, key, fs->counters + slot, step) != 0)
         return NULL;
     return &fs->slots[slot];
 }
 
-// One replay for batch b; the cursor is set only where b does not follow the last replay.
-static int graph_run(FastStep* fs, Mlp* m, const MlpBatch* b, FastPass pass) {
-    GraphSlot* g = graph_for(fs, m, b, pass);
+// Queues counter = value unless *known says it holds that already.
+static int set_counter(int* counter, int* known, int value) {
+    if (*known != value) {
+        set_counter_kernel<<<1, 1, 0, device_stream()>>>(counter, value);
+        CUDA_CHECK(cudaGetLastError());
+        *known = value;
+    }
+    return 0;
+}
+
+// One replay for batch b (and update u, for FAST_STEP); the cursor and the step counter are
+// set only where they do not follow from the replays before.
+static int graph_run(FastStep* fs, Mlp* m, const MlpBatch* b, FastPass pass, const FastUpdate* u) {
+    GraphKey key = {pass, b->data_x, b->data_y, b->indices, b->B, b->loss_scale, {}};
+    if (pass == FAST_STEP) {
+        key.update = *u;
+        key.update.adam.step = 0;
+    }
+    GraphSlot* g = graph_for(fs, m, &key);
     if (g == NULL)
         return -1;
-    int* cursor = fs->cursors + (g - fs->slots);
-    if (g->next_first != b->first) {
-        set_cursor_kernel<<<1, 1, 0, device_stream()>>>(cursor, b->first);
-        CUDA_CHECK(cudaGetLastError());
-    }
+    RETURN_IF_FAILED(set_counter(fs->counters + (g - fs->slots), &g->next_first, b->first));
+    if (pass == FAST_STEP)
+        RETURN_IF_FAILED(set_counter(fs->counters + GRAPH_SLOTS, &fs->next_step, u->adam.step));
     CUDA_CHECK(cudaGraphLaunch(g->exec, device_stream()));
-    g->next_first = b->first + b->B;
+    g->next_first += b->B;
+    fs->next_step += pass == FAST_STEP;
     return 0;
 }
 
@@ -442,12 +504,13 @@ int fast_step_create(FastStep** out, const Mlp* m, MlpKernels kernels) {
         check_report(__FILE__, __LINE__, "calloc", "out of memory");
         return -1;
     }
-    fs->cursors = (int*)kernels_cuda.alloc(GRAPH_SLOTS * sizeof(int)); // (reports a failure)
-    if (fs->cursors == NULL) {
+    fs->counters = (int*)kernels_cuda.alloc((GRAPH_SLOTS + 1) * sizeof(int)); // (reports)
+    if (fs->counters == NULL) {
         free(fs);
         return -1;
     }
     fs->kernels = kernels;
+    fs->next_step = -1;
     *out = fs;
     return 0;
 }
@@ -456,13 +519,13 @@ int fast_step_run(FastStep* fs, Mlp* m, const MlpBatch* b, FastPass pass,
                   const FastUpdate* update) {
     if (fs->kernels == MLP_KERNELS_FUSED)
         return fused_run(m, b, pass, update);
-    return graph_run(fs, m, b, pass); // (mlp.c asks a graph for no FAST_STEP)
+    return graph_run(fs, m, b, pass, update);
 }
 
 void fast_step_free(FastStep* fs) {
     for (int i = 0; i < GRAPH_SLOTS; i++)
         if (fs->slots[i].exec != NULL)
             cudaGraphExecDestroy(fs->slots[i].exec);
-    kernels_cuda.release(fs->cursors);
+    kernels_cuda.release(fs->counters);
     free(fs);
 }

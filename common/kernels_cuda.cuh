@@ -106,8 +106,9 @@ static __device__ void layernorm_dparams_column(float* dgamma, float* dbeta, con
 // torch.optim.Adam: p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), with the bias
 // corrections bc = 1 - beta^step. Multiplying through by sqrt(bc2) leaves one
 // square root and one division per element.
-// (computed once, on the host, exactly as the CPU twin computes them)
-static inline void adam_scalars(AdamSettings s, float* step_size, float* eps) {
+// (computed once per step, on the host, exactly as the CPU twin computes them; a graph
+// computes them on the device, from a step counter there)
+static inline __host__ __device__ void adam_scalars(AdamSettings s, float* step_size, float* eps) {
     float bc1 = 1.0f - powf(s.beta1, (float)s.step);
     float bc2_sqrt = sqrtf(1.0f - powf(s.beta2, (float)s.step));
     *step_size = s.learning_rate / bc1 * bc2_sqrt;

@@ -278,7 +278,7 @@ int mlp_use_kernels(Mlp* m, MlpKernels kernels) {
 // returns 1 when it did not (the caller goes step by step), else 0 or -1.
 static int fast_pass(Mlp* m, const MlpBatch* b, FastPass pass, Optimizer* opt) {
 #ifdef HAVE_CUDA
-    if (m->fast == NULL || (pass == FAST_STEP && m->kernels != MLP_KERNELS_FUSED))
+    if (m->fast == NULL)
         return 1;
     if (pass != FAST_STEP)
         return fast_step_run(m->fast, m, b, pass, NULL);

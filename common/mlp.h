@@ -178,7 +178,7 @@ int mlp_use_kernels(Mlp* m, MlpKernels kernels);
 int mlp_batch_loss(Mlp* m, const MlpBatch* b);
 // ... and its backward pass: the gradients in m->grads (mlp_backward).
 int mlp_batch_gradients(Mlp* m, const MlpBatch* b);
-// ... and the optimizer's step (mlp_update). Fused, all of it is one kernel launch.
+// ... and the optimizer's step (mlp_update). As a graph or fused, all of it is one launch.
 // After a graph or a fused batch, the activation buffers (h1 ... d_h1) hold nothing
 // useful: the fused kernel keeps them in shared memory.
 int mlp_train_step(Mlp* m, Optimizer* opt, const MlpBatch* b);
