@@ -2,12 +2,11 @@
  * fast_step_cuda.cu - a batch as one CUDA graph, or as one fused kernel (see fast_step.h).
  *
  * The graph replays the kernels of kernels_cuda.cu as mlp.c launches them (Adam's with its
- * step read from device memory); the fused kernel
- * runs the same sums in one block, each phase a loop of its threads over the outputs (one
- * output per thread at a time, its terms added one after another as the CPU reference
- * reads), the phases separated by __syncthreads. Rows of LayerNorm and of the last layer go
- * to warps (kernels_cuda.cuh). Every output has one writer, so there are no atomics and
- * every run gives the same bits.
+ * step read from device memory); the fused kernel runs the same sums in one block, each
+ * phase a loop of its threads over the outputs (one output per thread at a time, its terms
+ * added one after another as the CPU reference reads), the phases separated by
+ * __syncthreads. Rows of LayerNorm and of the last layer go to warps (kernels_cuda.cuh).
+ * Every output has one writer, so there are no atomics and every run gives the same bits.
  *
  * Shapes: B batch rows, H hidden features, P parameters.
  * APIs: from CUDA: cudaStreamBeginCapture, cudaStreamEndCapture, cudaGraphInstantiate,
