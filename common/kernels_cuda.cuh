@@ -5,6 +5,8 @@
  *
  * Each of these is the body of a loop of a CPU twin in kernels_cpu.c, and keeps its comments;
  * both files use the same ones, so that the fused kernel computes what the separate kernels do.
+ * Plain C apart from CUDA's names, so that a test can compile it for the CPU, with those
+ * names emulated (CUDA_EMULATED: tests/test_fused_emulated.c).
  *
  * Shapes: C features of a row, N elements.
  * APIs: BLOCK_SIZE, WARP_SIZE, blocks_for, thread_index, warp_sum, layernorm_row,
@@ -14,7 +16,11 @@
 #ifndef KERNELS_CUDA_CUH
 #define KERNELS_CUDA_CUH
 
+#ifdef __CUDACC__
 #include <cuda_runtime.h>
+#elif !defined(CUDA_EMULATED)
+#error "kernels_cuda.cuh: nvcc, or an emulation of threadIdx, __syncthreads and the warp's shuffle"
+#endif
 #include <math.h>
 
 #include "kernels.h"
