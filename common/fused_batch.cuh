@@ -3,7 +3,7 @@
  *
  * fast_step_cuda.cu wraps fused_batch in a kernel. The code is plain C over a few CUDA names
  * (threadIdx, __syncthreads, the warp's shuffle: kernels_cuda.cuh), so that it also runs on
- * the CPU, one POSIX thread per CUDA thread, where tests/test_fused_emulated.c checks its
+ * the CPU, one POSIX thread per CUDA thread, where tests/test_cuda_emulated.c checks its
  * indexing and its barriers against the CPU twin without a GPU.
  *
  * Each phase is a loop of the block's threads over one layer's outputs (one output per

@@ -111,39 +111,12 @@ static int gather_batch_cuda(float* x, float* y, const float* data_x, const floa
 // ----------------------------------------------------------------------------
 // linear layer
 
-// The forward pass's tiles: LINEAR_TILE x LINEAR_TILE outputs per block, one per thread.
-#define LINEAR_TILE 16
-
-// One thread per output element (b, o), a block per tile of them: b along the block's
-// rows (threadIdx.y), o along its columns (threadIdx.x). The block stages LINEAR_TILE
-// columns of its rows of inp and of w in shared memory at a time, each thread loading one
-// element of each, neighbouring threads neighbouring elements (coalesced reads: a row of
-// the tile is one transaction); then every thread runs over the staged columns. Each
-// output still adds its terms one after another in i order.
+// One thread per output element (b, o), a block per tile of them (linear_forward_tile).
 __global__ void linear_forward_kernel(float* __restrict__ out, const float* __restrict__ inp,
                                       const float* __restrict__ w, const float* __restrict__ bias,
                                       int B, int C, int OC) {
-    // padded by one column, so that a warp reading down a column hits 16 different banks
-    __shared__ float inp_tile[LINEAR_TILE][LINEAR_TILE + 1]; // (b, i) of this block's rows
-    __shared__ float w_tile[LINEAR_TILE][LINEAR_TILE + 1];   // (o, i) of this block's columns
-    int tx = threadIdx.x, ty = threadIdx.y;
-    long long b = (long long)blockIdx.x * LINEAR_TILE + ty; // this thread's output row
-    int o = blockIdx.y * LINEAR_TILE + tx;                  // and column
-    int w_row = blockIdx.y * LINEAR_TILE + ty;              // the row of w that it loads
-    // sum over i < C of inp[b][i] * w[o][i]
-    float sum = 0.0f;
-    for (int i0 = 0; i0 < C; i0 += LINEAR_TILE) {
-        int i = i0 + tx;
-        inp_tile[ty][tx] = b < B && i < C ? inp[b * C + i] : 0.0f;
-        w_tile[ty][tx] = w_row < OC && i < C ? w[(size_t)w_row * C + i] : 0.0f;
-        __syncthreads();
-        int n = C - i0 < LINEAR_TILE ? C - i0 : LINEAR_TILE;
-        for (int k = 0; k < n; k++)
-            sum += inp_tile[ty][k] * w_tile[tx][k];
-        __syncthreads();
-    }
-    if (b < B && o < OC)
-        out[b * OC + o] = bias[o] + sum;
+    linear_forward_tile(out, inp, w, bias, B, C, OC, threadIdx.x, threadIdx.y, blockIdx.x,
+                        blockIdx.y);
 }
 
 static int linear_forward_cuda(float* out, const float* inp, const float* w, const float* bias,

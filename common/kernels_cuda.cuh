@@ -1,15 +1,17 @@
 /*
  * kernels_cuda.cuh - what the CUDA kernels (kernels_cuda.cu) and the fused step
- * (fast_step_cuda.cu) compute alike: launch sizes, the warp's fixed-order sum, a LayerNorm
- * row by one warp, and one optimizer update of one parameter.
+ * (fast_step_cuda.cu) compute alike, and what a test runs on the CPU (emulated): launch
+ * sizes, the linear layer's tile, the warp's fixed-order sum, a LayerNorm row by one warp,
+ * and one optimizer update of one parameter.
  *
  * Each of these is the body of a loop of a CPU twin in kernels_cpu.c, and keeps its comments;
  * both files use the same ones, so that the fused kernel computes what the separate kernels do.
  * Plain C apart from CUDA's names, so that a test can compile it for the CPU, with those
- * names emulated (CUDA_EMULATED: tests/test_fused_emulated.c).
+ * names emulated (CUDA_EMULATED: tests/test_cuda_emulated.c).
  *
  * Shapes: C features of a row, N elements.
- * APIs: BLOCK_SIZE, WARP_SIZE, blocks_for, thread_index, warp_sum, layernorm_row,
+ * APIs: BLOCK_SIZE, WARP_SIZE, LINEAR_TILE, blocks_for, thread_index, linear_forward_tile,
+ *       warp_sum, layernorm_row,
  *       layernorm_backward_row, layernorm_dparams_column, adam_scalars, adam_element,
  *       sgd_element.
  */
@@ -39,6 +41,41 @@ static inline unsigned blocks_for(long long n) {
 // last block of a launch for INT_MAX items reaches past INT_MAX.
 static __device__ long long thread_index(void) {
     return (long long)blockIdx.x * blockDim.x + threadIdx.x;
+}
+
+// The forward pass's tiles: LINEAR_TILE x LINEAR_TILE outputs per block, one per thread.
+#define LINEAR_TILE 16
+
+// linear_forward's work for thread (tx, ty) of block (bx, by), every thread of the block
+// calling it. One thread per output element (b, o), a block per tile of them: b along the
+// block's rows (ty), o along its columns (tx). The block stages LINEAR_TILE columns of its
+// rows of inp and of w in shared memory at a time, each thread loading one element of each,
+// neighbouring threads neighbouring elements (coalesced reads: a row of the tile is one
+// transaction); then every thread runs over the staged columns. Each output still adds its
+// terms one after another in i order.
+static __device__ void linear_forward_tile(float* out, const float* inp, const float* w,
+                                           const float* bias, int B, int C, int OC, int tx, int ty,
+                                           int bx, int by) {
+    // padded by one column, so that a warp reading down a column hits 16 different banks
+    __shared__ float inp_tile[LINEAR_TILE][LINEAR_TILE + 1]; // (b, i) of this block's rows
+    __shared__ float w_tile[LINEAR_TILE][LINEAR_TILE + 1];   // (o, i) of this block's columns
+    long long b = (long long)bx * LINEAR_TILE + ty;          // this thread's output row
+    int o = by * LINEAR_TILE + tx;                           // and column
+    int w_row = by * LINEAR_TILE + ty;                       // the row of w that it loads
+    // sum over i < C of inp[b][i] * w[o][i]
+    float sum = 0.0f;
+    for (int i0 = 0; i0 < C; i0 += LINEAR_TILE) {
+        int i = i0 + tx;
+        inp_tile[ty][tx] = b < B && i < C ? inp[b * C + i] : 0.0f;
+        w_tile[ty][tx] = w_row < OC && i < C ? w[(size_t)w_row * C + i] : 0.0f;
+        __syncthreads();
+        int n = C - i0 < LINEAR_TILE ? C - i0 : LINEAR_TILE;
+        for (int k = 0; k < n; k++)
+            sum += inp_tile[ty][k] * w_tile[tx][k];
+        __syncthreads();
+    }
+    if (b < B && o < OC)
+        out[b * OC + o] = bias[o] + sum;
 }
 
 // The sum of v over the 32 lanes of a warp, in a fixed order: a butterfly of shuffles,

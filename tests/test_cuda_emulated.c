@@ -1,19 +1,21 @@
 /*
- * test_fused_emulated.c - the fused kernel's code (common/fused_batch.cuh) run on the CPU,
- * one POSIX thread per CUDA thread, against the CPU twin.
+ * test_cuda_emulated.c - CUDA code run on the CPU, one POSIX thread per CUDA thread, against
+ * the CPU twin: the fused kernel's work (common/fused_batch.cuh) and the linear layer's
+ * tiled forward pass (linear_forward_tile in common/kernels_cuda.cuh).
  *
- * No GPU is needed: the few CUDA names that the code uses are emulated here. threadIdx is
- * a thread-local variable, __syncthreads a barrier of the block's FUSED_THREADS threads, and
- * the warp's shuffle an exchange through memory between two barriers of the warp's 32
- * threads. So the test checks what a GPU would: every index (a wrong one reads the wrong
- * element, which the comparison with the CPU finds), every phase's barrier (a missing one
- * lets a thread read what another has not written yet; a barrier that not every thread
- * reaches, or a shuffle that not every lane of a warp reaches, hangs until the test's
- * timeout), and the sums themselves. What it cannot check is the GPU's own behaviour:
- * the launch, shared memory's limits, the compiler's fused multiply-adds (the tolerance
- * covers them). tests/gpu/test_fast_step.cu runs the real kernel on a GPU.
+ * No GPU is needed: the few CUDA names that the code uses are emulated here. threadIdx and
+ * blockIdx are thread-local variables, __shared__ memory a static one, __syncthreads a
+ * barrier of the block's threads, and the warp's shuffle an exchange through memory between
+ * two barriers of the warp's 32 threads; the blocks of a grid run one after another. So the
+ * test checks what a GPU would: every index (a wrong one reads the wrong element, which the
+ * comparison with the CPU finds), every barrier (a missing one lets a thread read what
+ * another has not written yet; one that not every thread reaches, or a shuffle that not
+ * every lane of a warp reaches, hangs until the test's timeout), and the sums themselves.
+ * What it cannot check is the GPU's own behaviour: the launch, shared memory's limits, the
+ * compiler's fused multiply-adds (the tolerance covers them). tests/gpu/ runs the real
+ * kernels on a GPU.
  *
- * Shapes: B batch rows, H hidden features, P parameters.
+ * Shapes: B batch rows, C input features, OC output features, H hidden features, P parameters.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -32,21 +34,23 @@
 #define CUDA_EMULATED
 #define __device__ inline
 #define __host__
+#define __shared__ static // one copy for the block's threads; the blocks run one at a time
 
 typedef struct {
     unsigned x, y, z;
 } EmulatedDim3;
 
-static _Thread_local EmulatedDim3 emulated_thread_idx;
-static const EmulatedDim3 emulated_block_idx = {0, 0, 0};
-static const EmulatedDim3 emulated_block_dim = {512, 1, 1}; // FUSED_THREADS, checked below
+#define MAX_WARPS 32 // of a block of up to 1024 threads
+
+static _Thread_local EmulatedDim3 emulated_thread_idx, emulated_block_idx;
+static EmulatedDim3 emulated_block_dim;
 #define threadIdx emulated_thread_idx
 #define blockIdx emulated_block_idx
 #define blockDim emulated_block_dim
 
 static pthread_barrier_t block_barrier;
-static pthread_barrier_t warp_barriers[16];
-static float warp_values[16][32];
+static pthread_barrier_t warp_barriers[MAX_WARPS];
+static float warp_values[MAX_WARPS][32];
 
 static void emulated_syncthreads(void) {
     pthread_barrier_wait(&block_barrier);
@@ -56,7 +60,7 @@ static void emulated_syncthreads(void) {
 // leaves its value, waits for all of them, takes its partner's, waits again.
 static float emulated_shfl_xor(unsigned mask, float v, int offset) {
     (void)mask;
-    unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    unsigned id = threadIdx.y * blockDim.x + threadIdx.x, lane = id % 32, warp = id / 32;
     warp_values[warp][lane] = v;
     pthread_barrier_wait(&warp_barriers[warp]);
     float partner = warp_values[warp][lane ^ (unsigned)offset];
@@ -68,52 +72,74 @@ static float emulated_shfl_xor(unsigned mask, float v, int offset) {
 #define __shfl_xor_sync(mask, v, offset) emulated_shfl_xor((mask), (v), (offset))
 
 #include "fused_batch.cuh"
-
-_Static_assert(FUSED_THREADS == 512 && FUSED_WARPS == 16, "the emulation's sizes");
+#include "kernels_cuda.cuh"
 
 // ----------------------------------------------------------------------------
-// a block, run
+// a launch, emulated
 
 typedef struct {
-    const FusedArgs* args;
-    float* shared;
-    unsigned thread;
+    void (*body)(void* arg); // what every thread runs: a kernel's body
+    void* arg;
+    EmulatedDim3 thread, block;
 } EmulatedThread;
 
 static void* run_thread(void* arg) {
     EmulatedThread* t = arg;
-    threadIdx.x = t->thread;
-    fused_batch(t->args, t->shared);
+    threadIdx = t->thread;
+    blockIdx = t->block;
+    t->body(t->arg);
     return NULL;
 }
 
-// fused_batch(a) by FUSED_THREADS threads, as one block of the kernel would run it.
-static void run_block(const FusedArgs* a) {
-    float* shared = malloc(fused_shared_bytes(a->H, a->B));
-    EmulatedThread threads[FUSED_THREADS];
-    pthread_t ids[FUSED_THREADS];
+// One block (bx, by) of block.x * block.y threads (whole warps), each running body(arg).
+static void run_block(EmulatedDim3 block, unsigned bx, unsigned by, void (*body)(void*),
+                      void* arg) {
+    unsigned n = block.x * block.y, warps = n / 32;
+    cr_assert(n % 32 == 0 && warps <= MAX_WARPS, "a block of %u threads", n);
+    EmulatedThread* threads = malloc(n * sizeof *threads);
+    pthread_t* ids = malloc(n * sizeof *ids);
     pthread_attr_t attr;
-    cr_assert_not_null(shared);
-    cr_assert_eq(pthread_barrier_init(&block_barrier, NULL, FUSED_THREADS), 0);
-    for (int w = 0; w < FUSED_WARPS; w++)
+    cr_assert(threads != NULL && ids != NULL);
+    cr_assert_eq(pthread_barrier_init(&block_barrier, NULL, n), 0);
+    for (unsigned w = 0; w < warps; w++)
         cr_assert_eq(pthread_barrier_init(&warp_barriers[w], NULL, 32), 0);
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, 256 * 1024);
-    for (unsigned i = 0; i < FUSED_THREADS; i++) {
-        threads[i] = (EmulatedThread){a, shared, i};
+    for (unsigned i = 0; i < n; i++) {
+        threads[i] = (EmulatedThread){body, arg, {i % block.x, i / block.x, 0}, {bx, by, 0}};
         cr_assert_eq(pthread_create(&ids[i], &attr, run_thread, &threads[i]), 0);
     }
-    for (int i = 0; i < FUSED_THREADS; i++)
+    for (unsigned i = 0; i < n; i++)
         pthread_join(ids[i], NULL);
     pthread_attr_destroy(&attr);
     pthread_barrier_destroy(&block_barrier);
-    for (int w = 0; w < FUSED_WARPS; w++)
+    for (unsigned w = 0; w < warps; w++)
         pthread_barrier_destroy(&warp_barriers[w]);
-    free(shared);
+    free(threads);
+    free(ids);
+}
+
+// body<<<grid, block>>>(arg), the blocks one after another.
+static void emulated_launch(EmulatedDim3 grid, EmulatedDim3 block, void (*body)(void*), void* arg) {
+    emulated_block_dim = block;
+    for (unsigned by = 0; by < grid.y; by++)
+        for (unsigned bx = 0; bx < grid.x; bx++)
+            run_block(block, bx, by, body, arg);
 }
 
 // ----------------------------------------------------------------------------
 // the fused batch against the CPU twin's calls
+
+typedef struct {
+    const FusedArgs* args;
+    float* shared; // fused_shared_bytes(H, B): the kernel's extern __shared__
+} FusedRun;
+
+// fused_batch_kernel's body.
+static void fused_body(void* arg) {
+    FusedRun* run = arg;
+    fused_batch(run->args, run->shared);
+}
 
 #define TOLERANCE 1e-5
 #define DATA_SIZE 200
@@ -166,7 +192,10 @@ static void check_batch(int H, int B, FastPass pass, OptimizerKind optimizer) {
     a.optimizer = optimizer, a.beta1 = s.beta1, a.beta2 = s.beta2;
     adam_scalars(s, &a.step_size, &a.eps);
     a.learning_rate = s.learning_rate, a.momentum = 0.9f;
-    run_block(&a);
+    FusedRun run = {&a, malloc(fused_shared_bytes(H, B))};
+    cr_assert_not_null(run.shared);
+    emulated_launch((EmulatedDim3){1, 1, 1}, (EmulatedDim3){FUSED_THREADS, 1, 1}, fused_body, &run);
+    free(run.shared);
 
     MlpBatch batch = {data.x, data.y, indices, first, B, 0.5f};
     if (pass == FAST_LOSS)
@@ -216,4 +245,56 @@ Test(fused_emulated, a_whole_step_with_adam_or_sgd_matches_the_cpu_twin, .timeou
         check_batch(SHAPES[i][0], SHAPES[i][1], FAST_STEP, OPTIMIZER_ADAM);
         check_batch(SHAPES[i][0], SHAPES[i][1], FAST_STEP, OPTIMIZER_SGD);
     }
+}
+
+// ----------------------------------------------------------------------------
+// the linear layer's tiles against the reference loops
+
+typedef struct {
+    float* out;
+    const float *inp, *w, *bias;
+    int B, C, OC;
+} LinearRun;
+
+// linear_forward_kernel's body.
+static void linear_body(void* arg) {
+    LinearRun* r = arg;
+    linear_forward_tile(r->out, r->inp, r->w, r->bias, r->B, r->C, r->OC, threadIdx.x, threadIdx.y,
+                        blockIdx.x, blockIdx.y);
+}
+
+// n whole numbers in [-4, 4]: every product and sum of the layer is exact in float, so any
+// order of the additions gives the same bits.
+static float* whole_numbers(size_t n, unsigned seed) {
+    float* v = malloc((n > 0 ? n : 1) * sizeof(float));
+    cr_assert_not_null(v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = (float)((int)((i * 2654435761u + seed * 40503u) % 9u) - 4);
+    return v;
+}
+
+Test(linear_emulated, the_tiled_forward_pass_equals_the_reference_at_every_tile_edge,
+     .timeout = 120) {
+    const int batches[] = {1, 7, 33}, widths[] = {1, 16, 17, 65};
+    for (int bi = 0; bi < 3; bi++)
+        for (int ci = 0; ci < 4; ci++)
+            for (int oi = 0; oi < 4; oi++) {
+                int B = batches[bi], C = widths[ci], OC = widths[oi];
+                float* inp = whole_numbers((size_t)B * C, 1);
+                float* w = whole_numbers((size_t)OC * C, 2);
+                float* bias = whole_numbers(OC, 3);
+                float* got = whole_numbers((size_t)B * OC, 4); // overwritten
+                float* want = whole_numbers((size_t)B * OC, 5);
+                LinearRun r = {got, inp, w, bias, B, C, OC};
+                EmulatedDim3 grid = {(B + LINEAR_TILE - 1) / LINEAR_TILE,
+                                     (OC + LINEAR_TILE - 1) / LINEAR_TILE, 1};
+                emulated_launch(grid, (EmulatedDim3){LINEAR_TILE, LINEAR_TILE, 1}, linear_body, &r);
+                cr_assert_eq(kernels_cpu_naive.linear_forward(want, inp, w, bias, B, C, OC), 0);
+                for (int i = 0; i < B * OC; i++)
+                    cr_assert_eq(got[i], want[i], "B=%d C=%d OC=%d: out[%d][%d] = %g, not %g", B, C,
+                                 OC, i / OC, i % OC, got[i], want[i]);
+                float* all[] = {inp, w, bias, got, want};
+                for (int i = 0; i < 5; i++)
+                    free(all[i]);
+            }
 }
