@@ -31,11 +31,15 @@ MPICC :=
 endif
 NCCL_LIB := $(dir $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so /usr/lib/x86_64-linux-gnu/libnccl.so /usr/lib/aarch64-linux-gnu/libnccl.so)))
 
+# CC, CFLAGS, CPPFLAGS and LDFLAGS are the user's, from make's command line or the
+# environment (`make CFLAGS='-O2 -g'`, `make CC=clang`): each changes only what it names.
+# What the project needs whatever they hold is in DDP_CPPFLAGS, DDP_CFLAGS and LDLIBS.
 CC ?= cc
 CFLAGS ?= -O3 -march=native
+DDP_CPPFLAGS := -D_DEFAULT_SOURCE -Icommon -MMD -MP
 # Not -ffast-math: no errno from sqrtf, fused multiply-add, and the `omp simd` pragmas (no OpenMP runtime).
-CFLAGS += -fno-math-errno -ffp-contract=fast -fopenmp-simd
-CFLAGS += -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -Icommon -MMD -MP
+DDP_CFLAGS := -std=c11 -fno-math-errno -ffp-contract=fast -fopenmp-simd -Wall -Wextra -Werror
+ALL_CFLAGS = $(DDP_CPPFLAGS) $(CUDA_CPPFLAGS) $(CPPFLAGS) $(DDP_CFLAGS) $(CFLAGS)
 LDLIBS := -Wl,--as-needed -lm -pthread
 # libsodium: lesson 03's rendezvous proves each node's token with it (random challenges,
 # HMAC-SHA256). Lessons 01 and 02 build without it.
@@ -52,12 +56,12 @@ CONFIG := cuda
 # that the driver can compile for a newer GPU.
 CUDA_ARCH ?= $(if $(shell nvidia-smi -L 2>/dev/null),-arch=native,$(foreach a,75 80 86 89 90,-gencode arch=compute_$(a),code=sm_$(a)) -gencode arch=compute_90,code=compute_90)
 NVCCFLAGS := -O3 $(CUDA_ARCH) -Icommon -DHAVE_CUDA -Xcompiler -Wall,-Wextra,-Werror
-CFLAGS += -DHAVE_CUDA -I$(CUDA_HOME)/include
+CUDA_CPPFLAGS := -DHAVE_CUDA -I$(CUDA_HOME)/include
 LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart_static -lstdc++ -ldl -lrt -lpthread
 ifneq ($(NCCL_HEADER),)
 ifneq ($(NCCL_LIB),)
 HAVE_NCCL := yes
-CFLAGS += -DHAVE_NCCL
+CUDA_CPPFLAGS += -DHAVE_NCCL
 # NCCL is a shared library: the rpath lets the programs find it without LD_LIBRARY_PATH.
 LDLIBS += -L$(NCCL_LIB) -Wl,-rpath,$(NCCL_LIB) -lnccl
 endif
@@ -93,7 +97,7 @@ MPI_USERS := $(OBJ)/lessons/03_multi_node/multi_node.o $(OBJ)/tools/allreduce_be
 LINK_MPI := $(or $(MPICC),$(CC))
 ifneq ($(MPICC),)
 $(MPI_USERS) $(MPI_OBJ): CC := $(MPICC)
-$(MPI_USERS): CFLAGS += -DHAVE_MPI
+$(MPI_USERS): DDP_CPPFLAGS += -DHAVE_MPI
 endif
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -105,7 +109,7 @@ GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 # below from forcing a relink when the configuration or the build id changes.
 .PRECIOUS: $(OBJ)/%.o $(OBJ)/%.cu.o $(BUILD)/fuzz/obj/%.o
 
-.PHONY: all lesson-01 lesson-02 lesson-03 lesson-04 run tests test asan memcheck fuzz soak bench bench-quick bench-01 bench-02 bench-04 check-01 check-02 check-03 diff-02 diff-03 diff-04 demo-multinode clean found need-sodium
+.PHONY: all lesson-01 lesson-02 lesson-03 lesson-04 run tests test asan memcheck fuzz soak bench bench-quick bench-01 bench-02 bench-04 check-01 check-02 check-03 diff-02 diff-03 diff-04 demo-multinode clean found need-sodium FORCE
 all: found $(LESSONS) $(TOOLS)
 
 # One line per optional part, so that a build says what it could use.
@@ -132,11 +136,18 @@ run: lesson-01
 $(BUILD)/config-$(CONFIG):
 	@mkdir -p $(BUILD) && rm -f $(BUILD)/config-* && touch $@
 
-$(OBJ)/%.o: %.c
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+# The flags every object was compiled with, rewritten only when they change, so that
+# `make CFLAGS=...` recompiles what it must and an unchanged build recompiles nothing.
+$(OBJ)/flags: export FLAGS_TEXT = $(CC) $(ALL_CFLAGS) | $(NVCC) $(NVCCFLAGS) | $(LDFLAGS)
+$(OBJ)/flags: FORCE
+	@mkdir -p $(@D) && printf '%s\n' "$$FLAGS_TEXT" | cmp -s - $@ || printf '%s\n' "$$FLAGS_TEXT" >$@
+FORCE:
 
-$(OBJ)/%.cu.o: %.cu
+$(OBJ)/%.o: %.c $(OBJ)/flags
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(OBJ)/%.cu.o: %.cu $(OBJ)/flags
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 
@@ -144,38 +155,38 @@ $(COMMON_LIB): $(COMMON_OBJ)
 	rm -f $@ && $(AR) rcs $@ $^
 
 $(BUILD)/hello_gpu: $(OBJ)/lessons/01_hello_gpu/hello_gpu.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
-	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
+	$(CC) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
 $(BUILD)/multi_gpu: $(OBJ)/lessons/02_multi_gpu/multi_gpu.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
-	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
+	$(CC) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
 $(BUILD)/ddp_overlap: $(OBJ)/lessons/04_ddp_overlap/ddp_overlap.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
-	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
+	$(CC) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
 # The build id lets the rendezvous refuse a node that runs other code than the master.
 BUILD_ID := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
-$(OBJ)/lessons/03_multi_node/multi_node.o: CFLAGS += -DBUILD_ID='"$(BUILD_ID)"'
+$(OBJ)/lessons/03_multi_node/multi_node.o: DDP_CPPFLAGS += -DBUILD_ID='"$(BUILD_ID)"'
 $(OBJ)/lessons/03_multi_node/multi_node.o: $(BUILD)/build-id-$(BUILD_ID)
 $(BUILD)/build-id-$(BUILD_ID):
 	@mkdir -p $(BUILD) && rm -f $(BUILD)/build-id-* && touch $@
 
 $(BUILD)/multi_node: $(OBJ)/lessons/03_multi_node/multi_node.o $(MPIRUN_OBJ) $(MPI_OBJ) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
-	$(LINK_MPI) $(CFLAGS) $(filter %.o,$^) $(COMMON_LIB) -o $@ $(LDLIBS)
+	$(LINK_MPI) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) $(COMMON_LIB) -o $@ $(LDLIBS)
 
-$(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(OBJ)/tools/allreduce_sweep.o $(MPI_OBJ) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
-	$(LINK_MPI) $(CFLAGS) $(filter %.o,$^) $(COMMON_LIB) -o $@ $(LDLIBS)
+$(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(OBJ)/tools/allreduce_sweep.o $(OBJ)/tools/ring_show.o $(MPI_OBJ) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+	$(LINK_MPI) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) $(COMMON_LIB) -o $@ $(LDLIBS)
 
 $(BUILD)/hostfile: $(OBJ)/tools/hostfile.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
-	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
+	$(CC) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
 TEST_SUPPORT := $(OBJ)/tests/support/proc.o $(OBJ)/tests/support/losses.o
 $(BUILD)/tests/%: $(OBJ)/tests/%.o $(TEST_SUPPORT) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< $(TEST_SUPPORT) $(COMMON_LIB) -o $@ $(LDLIBS) -lcriterion
+	$(CC) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $< $(TEST_SUPPORT) $(COMMON_LIB) -o $@ $(LDLIBS) -lcriterion
 
 $(BUILD)/tests/gpu/%: $(OBJ)/tests/gpu/%.cu.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS) -lcriterion
+	$(CC) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS) -lcriterion
 
 tests: $(TESTS) $(GPU_TESTS)
 
@@ -215,8 +226,7 @@ memcheck:
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 30
 FUZZ_BUILD := $(BUILD)/fuzz
-FUZZ_CFLAGS := $(SANITIZE_CFLAGS) -fopenmp-simd -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror \
-	-Icommon -MMD -MP
+FUZZ_CFLAGS := $(DDP_CPPFLAGS) $(DDP_CFLAGS) $(SANITIZE_CFLAGS)
 FUZZERS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_COMMON_OBJ := $(COMMON_C:common/%.c=$(FUZZ_BUILD)/obj/common/%.o)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # setup.sh - installs what the course needs on Debian or Ubuntu, and says what it found.
 #
-#   ./setup.sh          as root: installs missing packages (compiler, Criterion, libsodium, gnuplot)
+#   ./setup.sh          as root: installs missing packages (compiler, Criterion, libsodium, gnuplot, python3)
 #                       otherwise: prints the exact apt-get line to run, exits 1
 #   ./setup.sh --bench        also installs PyTorch (python3-torch), the benchmark's reference
 #   ./setup.sh --mpi          also installs Open MPI (mpirun support in lesson 03 and the benchmark)
@@ -11,7 +11,7 @@
 # GPU are optional; it reports whether it found them but never installs them.
 set -euo pipefail
 
-PACKAGES=(build-essential libcriterion-dev libsodium-dev gnuplot-nox)
+PACKAGES=(build-essential libcriterion-dev libsodium-dev gnuplot-nox python3)
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 here=$(cd "$(dirname "$0")" && pwd)
 die() { echo "setup.sh: $*" >&2; exit 2; }

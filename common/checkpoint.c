@@ -4,8 +4,8 @@
 #include "checkpoint.h"
 
 #include <errno.h>
-#include <inttypes.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -17,6 +17,7 @@
 
 #include "check.h"
 #include "file.h"
+#include "trace.h"
 
 // ----------------------------------------------------------------------------
 // a run and its checkpoint
@@ -117,11 +118,9 @@ static void write_failed(const char* why, int err) {
         rank_log("checkpoint: %s", why);
 }
 
-int checkpoint_save_due(const TrainConfig* c, int world_size, const Mlp* m, const Optimizer* opt,
-                        const EpochStats* stats, int epochs_done) {
-    if (c->checkpoint_dir == NULL ||
-        (epochs_done % c->checkpoint_every != 0 && epochs_done != c->epochs))
-        return 0;
+// Writes the checkpoint after epochs_done epochs (see checkpoint_save_due).
+static int save(const TrainConfig* c, int world_size, const Mlp* m, const Optimizer* opt,
+                const EpochStats* stats, int epochs_done) {
     size_t P = (size_t)m->num_params;
     Checkpoint ck = {.hidden = m->hidden,
                      .num_params = m->num_params,
@@ -149,6 +148,15 @@ int checkpoint_save_due(const TrainConfig* c, int world_size, const Mlp* m, cons
     ck.history = NULL; // the caller's
     checkpoint_free(&ck);
     return err ? -1 : 0;
+}
+
+int checkpoint_save_due(const TrainConfig* c, int world_size, const Mlp* m, const Optimizer* opt,
+                        const EpochStats* stats, int epochs_done) {
+    if (c->checkpoint_dir == NULL ||
+        (epochs_done % c->checkpoint_every != 0 && epochs_done != c->epochs))
+        return 0;
+    trace_begin(TRACE_CHECKPOINT);
+    return trace_end(save(c, world_size, m, opt, stats, epochs_done));
 }
 
 int checkpoint_ranks_agree(Communicator* comm, int rank, int world_size, const Checkpoint* found) {

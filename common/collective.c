@@ -34,6 +34,7 @@
 #include "device.h" // device_stream
 #include "net.h"
 #include "timer.h"
+#include "trace.h"
 
 typedef enum { RING_SUM, RING_MEAN, RING_BROADCAST, RING_BARRIER } RingOp;
 
@@ -65,6 +66,8 @@ struct Communicator {
     bool fingerprints_agreed; // NCCL and host collectives: the first call's were compared
     HostCollectives host_ops; // BACKEND_HOST only
     AsyncQueue* async;        // the collectives started and not yet waited for, if any
+    RingStepHook step_hook;   // called after each all-reduce step, if not NULL
+    void* step_hook_ctx;
 #ifdef HAVE_NCCL
     ncclComm_t nccl;
     cudaStream_t stream;  // NCCL's, apart from the compute's (device_stream())
@@ -355,8 +358,14 @@ static int ring_step(Communicator* c, const char* what, int step, float* data, s
     if (c->s.debug)
         rank_log("%s step %d: chunk %d (%zu floats) to rank %d, chunk %d from rank %d", what, step,
                  send_c, send_n, mod(r + 1, N), recv_c, mod(r - 1, N));
-    return ring_transfer(c, what, step, data + send_at, send_n * sizeof(float), into,
-                         recv_n * sizeof(float), add, deadline);
+    RETURN_IF_FAILED(ring_transfer(c, what, step, data + send_at, send_n * sizeof(float), into,
+                                   recv_n * sizeof(float), add, deadline));
+    bool scatter = step < N - 1; // the all-gather's steps are numbered on from there
+    if (c->step_hook != NULL)
+        c->step_hook(c->step_hook_ctx,
+                     &(RingStep){scatter ? "reduce-scatter" : "all-gather",
+                                 scatter ? step : step - (N - 1), send_c, recv_c, data, count});
+    return 0;
 }
 
 // The all-reduce on host memory: data (count) becomes the sum over the ranks.
@@ -377,6 +386,15 @@ static int ring_allreduce_host(Communicator* c, float* data, size_t count) {
                                    recv_c, data + chunk_begin(count, N, recv_c), false, deadline));
     }
     return 0;
+}
+
+size_t comm_ring_chunk_begin(size_t count, int world_size, int c) {
+    return chunk_begin(count, world_size, c);
+}
+
+void comm_set_ring_step_hook(Communicator* c, RingStepHook hook, void* ctx) {
+    c->step_hook = hook;
+    c->step_hook_ctx = ctx;
 }
 
 // The root's buffer travels once around the ring, each rank forwarding it to the next.
@@ -739,6 +757,7 @@ struct AsyncQueue {
     pthread_cond_t changed;         // an op was queued, one finished, or stop was asked
     AsyncOp ops[ASYNC_MAX_PENDING]; // [taken, queued) wait, oldest first (mod the size)
     unsigned queued, taken, done;   // ops started, taken to run, and finished (count up)
+    unsigned waited;                // queued at the last comm_wait_all (the caller's own)
     bool failed;                    // an op failed: the rest are skipped, wait_all says -1
     bool stop;                      // comm_close: the thread ends
     double busy_seconds;            // time spent in the ops so far
@@ -757,7 +776,9 @@ static void async_run_next(Communicator* c, AsyncQueue* q) {
     pthread_mutex_unlock(&q->lock);
     double start = timer_seconds();
     c->current = op.called;
-    int err = skip ? -1 : ring_run(c, (RingOp)op.called.op, op.buf, op.count, 0);
+    trace_begin_call(TRACE_BUCKET, op.called.what, op.count * sizeof(float), op.called.epoch,
+                     op.called.step);
+    int err = trace_end(skip ? -1 : ring_run(c, (RingOp)op.called.op, op.buf, op.count, 0));
     pthread_mutex_lock(&q->lock);
     q->busy_seconds += timer_seconds() - start;
     q->failed = q->failed || err != 0;
@@ -780,6 +801,7 @@ static void async_drain_to(Communicator* c, AsyncQueue* q, unsigned allowed) {
 static void* async_thread(void* arg) {
     Communicator* c = arg;
     AsyncQueue* q = c->async;
+    trace_thread_is_comm();
     pthread_mutex_lock(&q->lock);
     while (!q->stop) {
         if (async_takeable(q))
@@ -839,7 +861,8 @@ int comm_allreduce_mean_start(Communicator* c, float* buf, size_t count, CommCal
     return 0;
 }
 
-int comm_wait_all(Communicator* c) {
+// comm_wait_all, untraced.
+static int wait_all(Communicator* c) {
     AsyncQueue* q = c->async;
     if (q == NULL)
         return 0;
@@ -857,6 +880,14 @@ int comm_wait_all(Communicator* c) {
     bool failed = q->failed;
     pthread_mutex_unlock(&q->lock);
     return failed ? -1 : 0;
+}
+
+int comm_wait_all(Communicator* c) {
+    if (c->async == NULL || c->async->waited == c->async->queued)
+        return wait_all(c); // nothing started since: no span (the failures still count)
+    c->async->waited = c->async->queued;
+    trace_begin_named(TRACE_ALLREDUCE, "wait for buckets");
+    return trace_end(wait_all(c));
 }
 
 double comm_async_seconds(const Communicator* c) {
@@ -903,35 +934,36 @@ int comm_choose_transport(const char* request, Backend backend, bool* shm, char*
     return 0;
 }
 
-int comm_allreduce_sum(Communicator* c, float* buf, size_t count, CommCall call) {
-    RETURN_IF_FAILED(begin_collective(c, RING_SUM, count, call));
+// A collective on buf, after the ones started before it, by the communicator's engine.
+static int run_collective(Communicator* c, RingOp op, float* buf, size_t count, int root,
+                          CommCall call) {
+    RETURN_IF_FAILED(begin_collective(c, op, count, call));
 #ifdef HAVE_NCCL
     if (c->backend == BACKEND_NCCL)
-        return nccl_allreduce(c, buf, count, ncclSum, true);
+        return op == RING_BROADCAST
+                   ? nccl_broadcast(c, buf, count, root)
+                   : nccl_allreduce(c, buf, count, op == RING_SUM ? ncclSum : ncclAvg, true);
 #endif
-    return ring_run(c, RING_SUM, buf, count, 0);
+    return ring_run(c, op, buf, count, root);
+}
+
+int comm_allreduce_sum(Communicator* c, float* buf, size_t count, CommCall call) {
+    trace_begin_call(TRACE_ALLREDUCE, call.what, count * sizeof(float), call.epoch, call.step);
+    return trace_end(run_collective(c, RING_SUM, buf, count, 0, call));
 }
 
 int comm_allreduce_mean(Communicator* c, float* buf, size_t count, CommCall call) {
-    RETURN_IF_FAILED(begin_collective(c, RING_MEAN, count, call));
-#ifdef HAVE_NCCL
-    if (c->backend == BACKEND_NCCL)
-        return nccl_allreduce(c, buf, count, ncclAvg, true);
-#endif
-    return ring_run(c, RING_MEAN, buf, count, 0);
+    trace_begin_call(TRACE_ALLREDUCE, call.what, count * sizeof(float), call.epoch, call.step);
+    return trace_end(run_collective(c, RING_MEAN, buf, count, 0, call));
 }
 
 int comm_broadcast(Communicator* c, float* buf, size_t count, int root, CommCall call) {
-    RETURN_IF_FAILED(begin_collective(c, RING_BROADCAST, count, call));
-#ifdef HAVE_NCCL
-    if (c->backend == BACKEND_NCCL)
-        return nccl_broadcast(c, buf, count, root);
-#endif
-    return ring_run(c, RING_BROADCAST, buf, count, root);
+    trace_begin_call(TRACE_COLLECTIVE, call.what, count * sizeof(float), call.epoch, call.step);
+    return trace_end(run_collective(c, RING_BROADCAST, buf, count, root, call));
 }
 
-int comm_barrier(Communicator* c) {
-    // Nobody leaves an all-reduce before everyone has arrived.
+// Nobody leaves an all-reduce before everyone has arrived.
+static int barrier(Communicator* c) {
     RETURN_IF_FAILED(begin_collective(c, RING_BARRIER, 1, COMM_ONCE("barrier")));
 #ifdef HAVE_NCCL
     if (c->backend == BACKEND_NCCL)
@@ -947,35 +979,53 @@ int comm_barrier(Communicator* c) {
     return ring_allreduce_host(c, &token, 1);
 }
 
+int comm_barrier(Communicator* c) {
+    trace_begin_named(TRACE_COLLECTIVE, "barrier");
+    return trace_end(barrier(c));
+}
+
 // A 64-bit number as four 16-bit pieces: integers below 2^24 are exact in a float, and a
 // sum with zeros leaves them unchanged, so an all-reduce can carry them.
 #define U64_PIECES 4
 
-int comm_allgather_u64(Communicator* c, const char* what, uint64_t mine, uint64_t* all) {
+// comm_allgather_floats, untraced.
+static int allgather_floats(Communicator* c, const char* what, const float* mine, size_t n,
+                            float* all) {
     const Kernels* k = c->s.k;
-    size_t count = (size_t)c->s.world_size * U64_PIECES;
-    float* host = calloc(count, sizeof(float));
+    size_t count = (size_t)c->s.world_size * n;
+    // Step 1) each rank writes its own row; the others stay 0.
+    memset(all, 0, count * sizeof(float));
+    memcpy(all + (size_t)c->s.rank * n, mine, n * sizeof(float));
+    // Step 2) the sum over ranks fills every row on every rank.
     float* device = k->alloc(count * sizeof(float));
-    int err = host == NULL || device == NULL;
-    if (!err) {
-        // Step 1) each rank writes its pieces into its own slots; the rest stay 0.
-        for (int p = 0; p < U64_PIECES; p++)
-            host[c->s.rank * U64_PIECES + p] = (float)((mine >> (16 * p)) & 0xffff);
-        // Step 2) the sum over ranks fills every slot on every rank.
-        err = k->upload(device, host, count * sizeof(float)) ||
+    int err = device == NULL || k->upload(device, all, count * sizeof(float)) ||
               comm_allreduce_sum(c, device, count, COMM_ONCE(what)) ||
-              k->download(host, device, count * sizeof(float));
-    }
+              k->download(all, device, count * sizeof(float));
+    if (device != NULL)
+        k->release(device);
+    if (err)
+        rank_log("all-gather of the %s failed", what);
+    return err ? -1 : 0;
+}
+
+int comm_allgather_floats(Communicator* c, const char* what, const float* mine, size_t n,
+                          float* all) {
+    trace_begin_named(TRACE_COLLECTIVE, what); // its all-reduce is no training step's
+    return trace_end(allgather_floats(c, what, mine, n, all));
+}
+
+int comm_allgather_u64(Communicator* c, const char* what, uint64_t mine, uint64_t* all) {
+    float pieces[U64_PIECES];
+    for (int p = 0; p < U64_PIECES; p++)
+        pieces[p] = (float)((mine >> (16 * p)) & 0xffff);
+    float* rows = malloc((size_t)c->s.world_size * U64_PIECES * sizeof(float));
+    int err = rows == NULL || comm_allgather_floats(c, what, pieces, U64_PIECES, rows) != 0;
     for (int r = 0; !err && r < c->s.world_size; r++) {
         all[r] = 0;
         for (int p = 0; p < U64_PIECES; p++)
-            all[r] |= (uint64_t)host[r * U64_PIECES + p] << (16 * p);
+            all[r] |= (uint64_t)rows[r * U64_PIECES + p] << (16 * p);
     }
-    if (device != NULL)
-        k->release(device);
-    free(host);
-    if (err)
-        rank_log("all-gather of the %s failed", what);
+    free(rows);
     return err ? -1 : 0;
 }
 

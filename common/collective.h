@@ -20,9 +20,10 @@
  * comm_ring_socketpairs, comm_ring_keep_own, comm_ring_shm, comm_ring_connect_tcp, comm_init_ring,
  * comm_init_ring_shm, comm_init_ring_links, comm_init_host, NcclIdTransport, NcclIdRoute,
  * comm_init_nccl, comm_nccl_version, comm_allreduce_sum, comm_allreduce_mean, comm_broadcast,
- *       comm_barrier, comm_allgather_u64, comm_allreduce_mean_start, comm_wait_all,
+ *       comm_barrier, comm_allgather_floats, comm_allgather_u64, comm_allreduce_mean_start, comm_wait_all,
  *       comm_async_seconds, comm_abort, comm_destroy,
- *       comm_backend.
+ *       comm_backend, RingStep, RingStepHook, comm_ring_chunk_begin,
+ *       comm_set_ring_step_hook.
  */
 #ifndef COLLECTIVE_H
 #define COLLECTIVE_H
@@ -168,6 +169,10 @@ int comm_wait_all(Communicator* comm);
 // Seconds the collectives started and waited for have run on the communication thread:
 // what overlapping could hide. -1 for NCCL, whose collectives the host does not see run.
 double comm_async_seconds(const Communicator* comm);
+// all (world_size x n) = every rank's row mine (n), on every rank: one small all-reduce of
+// rows that only their own rank fills. what names it.
+int comm_allgather_floats(Communicator* comm, const char* what, const float* mine, size_t n,
+                          float* all);
 // all (world_size) = every rank's mine, on every rank: a hash, a count. what names it.
 int comm_allgather_u64(Communicator* comm, const char* what, uint64_t mine, uint64_t* all);
 // Ends the communicator at once, even in the middle of a failed call.
@@ -175,6 +180,25 @@ void comm_abort(Communicator* comm);
 void comm_destroy(Communicator* comm);
 
 Backend comm_backend(const Communicator* comm);
+
+// One step of the ring's all-reduce as it ended on this rank, for a program that shows
+// the algorithm at work (allreduce_bench --show).
+typedef struct {
+    const char* phase;  // "reduce-scatter" or "all-gather"
+    int step;           // within the phase, from 0
+    int sent_chunk;     // the chunk this rank sent to the right
+    int received_chunk; // the chunk it received from the left (added, or copied over)
+    const float* data;  // (count) this rank's buffer after the step, in host memory
+    size_t count;
+} RingStep;
+typedef void (*RingStepHook)(void* ctx, const RingStep* step);
+// Where chunk c of the ring's count floats on world_size ranks begins: chunk c is
+// [comm_ring_chunk_begin(c), comm_ring_chunk_begin(c + 1)); the first count % world_size
+// chunks have one float more than the others.
+size_t comm_ring_chunk_begin(size_t count, int world_size, int c);
+// From now on hook(ctx, step) runs after every step of every ring all-reduce of comm
+// (comm_barrier's too); NULL: none, which is the default and costs one test per step.
+void comm_set_ring_step_hook(Communicator* comm, RingStepHook hook, void* ctx);
 
 #ifdef __cplusplus
 }

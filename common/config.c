@@ -28,6 +28,7 @@ void config_defaults(TrainConfig* c) {
         .device = "auto",
         .kernels = MLP_KERNELS_AUTO,
         .out_dir = NULL,
+        .plot = PLOT_PNG,
         .checkpoint_dir = NULL,
         .checkpoint_every = 1,
     };
@@ -152,6 +153,7 @@ static int parse_value(const Flag* f, const char* name, const char* value, char*
 
 _Static_assert(sizeof(OptimizerKind) == sizeof(int), "FLAG_ENUM stores an enum as an int");
 _Static_assert(sizeof(MlpKernels) == sizeof(int), "FLAG_ENUM stores an enum as an int");
+_Static_assert(sizeof(PlotKind) == sizeof(int), "FLAG_ENUM stores an enum as an int");
 
 // ----------------------------------------------------------------------------
 // the command line

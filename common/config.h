@@ -3,8 +3,8 @@
  *
  * Flags follow the original app: --epochs --batch-size --learning-rate
  * --data-size --hidden-size --seed --optimizer --device --out (and --kernels, how a GPU
- * runs a batch), and its "next
- * step", checkpoints: --checkpoint-dir --checkpoint-every --resume. Written as
+ * runs a batch), and its "next step", checkpoints: --checkpoint-dir --checkpoint-every
+ * --resume; and the instruments, --trace FILE and --phases (trace.h). Written as
  * "--flag value" or "--flag=value"; a switch (--resume, --debug) takes no value.
  *
  * Each program describes its flags in one table of Flag entries: name, alias,
@@ -19,7 +19,7 @@
  * APIs: TrainConfig, Flag, FlagKind, FlagParse, CONFIG_TRAINING_FLAGS, EXIT_USAGE,
  *       config_defaults, config_parse_flags, config_print_help, config_parse_or_explain,
  *       config_check,
- *       config_print_banner, config_choose_kernels, config_settings, usage_error.
+ *       config_print_banner, config_choose_kernels, config_settings, usage_error, PlotKind.
  */
 #ifndef CONFIG_H
 #define CONFIG_H
@@ -42,6 +42,10 @@ extern "C" {
 #define CONFIG_MAX_TIMEOUT_S 86400
 #define CONFIG_MAX_RESTARTS 1000
 
+// What --plot draws at the end of a run (see report.h). PLOT_DUMB is PLOT_TERMINAL by
+// gnuplot's name for its text terminal.
+typedef enum { PLOT_PNG, PLOT_TERMINAL, PLOT_DUMB, PLOT_NONE } PlotKind;
+
 typedef struct {
     int epochs;
     int batch_size; // per rank
@@ -53,10 +57,13 @@ typedef struct {
     const char* device;         // "auto", "cpu" or "cuda"
     MlpKernels kernels;         // --kernels: how a GPU runs a batch (mlp.h)
     const char* out_dir;        // NULL: write no files
+    PlotKind plot;              // the pictures of the run
     const char* checkpoint_dir; // NULL: no checkpoints
     int checkpoint_every;       // epochs between two checkpoints
     bool resume;                // --resume: go on from the checkpoint, which must be there
     bool resume_if_present;     // a restart after a failure: from the checkpoint if one exists
+    const char* trace_path;     // --trace FILE: every rank's timeline (trace.h); NULL: none
+    bool phases;                // --phases: where the time goes, printed at the end
 } TrainConfig;
 
 typedef enum {
@@ -121,14 +128,23 @@ typedef struct {
              "replayed) or fused (one kernel) (default auto: fused where the model fits, "      \
              "else graph; the CPU has its own)"},                                              \
     {.name = "--out", .kind = FLAG_DIR, .destination = &(c)->out_dir, .value_name = "DIR",     \
-     .help = "write DIR/losses.csv and DIR/loss.png"},                                         \
+     .help = "write DIR/losses.csv, DIR/fit.csv and DIR/samples.csv (and see --plot)"},        \
+    {.name = "--plot", .kind = FLAG_ENUM, .choices = "png|terminal|dumb|none",                 \
+     .destination = &(c)->plot, .value_name = "KIND",                                         \
+     .help = "png: DIR/loss.png and DIR/fit.png with --out; terminal (or dumb): the loss "     \
+             "curve as text at the end; none (default png)"},                                  \
     {.name = "--checkpoint-dir", .kind = FLAG_DIR, .destination = &(c)->checkpoint_dir,        \
      .value_name = "DIR", .help = "save the model and optimizer to DIR/checkpoint.bin"},       \
     {.name = "--checkpoint-every", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_EPOCHS,       \
      .destination = &(c)->checkpoint_every, .value_name = "N",                                \
      .help = "epochs between two checkpoints (default 1; the last one always)"},               \
     {.name = "--resume", .kind = FLAG_SWITCH, .destination = &(c)->resume,                     \
-     .help = "continue from DIR/checkpoint.bin"}
+     .help = "continue from DIR/checkpoint.bin"},                                              \
+    {.name = "--trace", .kind = FLAG_TEXT, .destination = &(c)->trace_path, .value_name = "FILE",\
+     .help = "write every rank's timeline to FILE (Chrome trace JSON: Perfetto, "              \
+             "chrome://tracing)"},                                                             \
+    {.name = "--phases", .kind = FLAG_SWITCH, .destination = &(c)->phases,                     \
+     .help = "print where the time of a step goes, per phase, at the end"}
 // clang-format on
 
 void config_defaults(TrainConfig* c);

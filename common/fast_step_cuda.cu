@@ -19,6 +19,7 @@
 #include "fast_step.h"
 #include "fused_batch.cuh"
 #include "kernels_cuda.cuh"
+#include "trace.h"
 
 // Graphs kept at once: a training step, the epoch's last (shorter) one, and eval's two.
 #define GRAPH_SLOTS 4
@@ -126,7 +127,12 @@ static int graph_capture(GraphSlot* g, Mlp* m, const GraphKey* key, int* cursor,
     cudaStream_t stream = device_stream();
     // Thread-local: another thread's CUDA calls (lesson 04's, NCCL's) do not spoil it.
     CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    // No spans inside (--trace, --phases): their events would be captured, not recorded
+    // on each replay. A graph's (or the fused kernel's) step is not split into phases.
+    bool tracing = trace_active;
+    trace_active = false;
     int recorded = graph_record(m, key, cursor, step);
+    trace_active = tracing;
     cudaGraph_t graph = NULL;
     cudaError_t err = cudaStreamEndCapture(stream, &graph); // always: the stream must leave capture
     if (err == cudaSuccess && recorded == 0)

@@ -10,6 +10,7 @@
 #include "check.h"
 #include "fast_step.h"
 #include "rng.h"
+#include "trace.h"
 
 #define ADAM_BETA1 0.9f
 #define ADAM_BETA2 0.999f
@@ -124,7 +125,7 @@ int mlp_load_batch(Mlp* m, const float* data_x, const float* data_y, const int* 
     return m->k->gather_batch(m->x, m->y, data_x, data_y, indices, B);
 }
 
-int mlp_forward(Mlp* m, int B) {
+static int forward_pass(Mlp* m, int B) {
     const Kernels* k = m->k;
     int H = m->hidden;
     RETURN_IF_FAILED(k->linear_forward(m->h1, m->x, m->p.w1, m->p.b1, B, 1, H));
@@ -136,8 +137,14 @@ int mlp_forward(Mlp* m, int B) {
     return k->linear_forward(m->out, m->a3, m->p.w3, m->p.b3, B, H, 1);
 }
 
+int mlp_forward(Mlp* m, int B) {
+    trace_begin(TRACE_FORWARD);
+    return trace_end(forward_pass(m, B));
+}
+
 int mlp_loss(Mlp* m, float scale, int B) {
-    return m->k->mse_forward(m->loss, m->out, m->y, scale, B);
+    trace_begin(TRACE_LOSS);
+    return trace_end(m->k->mse_forward(m->loss, m->out, m->y, scale, B));
 }
 
 int mlp_backward(Mlp* m, int B) {
@@ -159,7 +166,7 @@ static int linear_backward_announcing(Mlp* m, float* dinp, float* dw, float* dbi
     return dinp != NULL ? m->k->linear_backward(dinp, NULL, NULL, dout, inp, w, B, C, OC) : 0;
 }
 
-int mlp_backward_announcing(Mlp* m, int B, GradsReady ready, void* ctx) {
+static int backward_pass(Mlp* m, int B, GradsReady ready, void* ctx) {
     // The forward pass in reverse; each step turns the gradient of a layer's
     // output into the gradients of its parameters and of its input. The layers sit in
     // the buffer in order, so the final gradients grow from its end towards its start.
@@ -180,6 +187,11 @@ int mlp_backward_announcing(Mlp* m, int B, GradsReady ready, void* ctx) {
                                       ready, ctx);
 }
 
+int mlp_backward_announcing(Mlp* m, int B, GradsReady ready, void* ctx) {
+    trace_begin(TRACE_BACKWARD);
+    return trace_end(backward_pass(m, B, ready, ctx));
+}
+
 int mlp_update(Mlp* m, Optimizer* opt) {
     return mlp_update_from(m, opt, m->grads);
 }
@@ -189,13 +201,18 @@ static AdamSettings adam_settings(const Optimizer* opt) {
     return (AdamSettings){opt->learning_rate, ADAM_BETA1, ADAM_BETA2, ADAM_EPS, opt->step};
 }
 
-int mlp_update_from(Mlp* m, Optimizer* opt, const float* grads) {
+static int optimizer_step(Mlp* m, Optimizer* opt, const float* grads) {
     opt->step++;
     if (opt->kind == OPTIMIZER_SGD)
         return m->k->sgd_update(m->params, m->opt_m, grads, opt->learning_rate, opt->momentum,
                                 m->num_params);
     return m->k->adam_update(m->params, m->opt_m, m->opt_v, grads, adam_settings(opt),
                              m->num_params);
+}
+
+int mlp_update_from(Mlp* m, Optimizer* opt, const float* grads) {
+    trace_begin(TRACE_OPTIMIZER);
+    return trace_end(optimizer_step(m, opt, grads));
 }
 
 // ----------------------------------------------------------------------------
@@ -322,6 +339,30 @@ int mlp_train_step(Mlp* m, Optimizer* opt, const MlpBatch* b) {
 int mlp_take_loss(Mlp* m, float* host_loss) {
     RETURN_IF_FAILED(m->k->download(host_loss, m->loss, sizeof(float)));
     return m->k->zero(m->loss, sizeof(float));
+}
+
+int mlp_predict(Mlp* m, float* out, const float* x, int n) {
+    const Kernels* k = m->k;
+    float* device_x = k->alloc((size_t)n * sizeof(float));
+    int* device_order = k->alloc((size_t)n * sizeof(int));
+    int* order = malloc_nonzero((size_t)n * sizeof(int));
+    int err = device_x == NULL || device_order == NULL || order == NULL;
+    for (int i = 0; !err && i < n; i++)
+        order[i] = i;
+    err = err || k->upload(device_x, x, (size_t)n * sizeof(float)) ||
+          k->upload(device_order, order, (size_t)n * sizeof(int));
+    // The inputs stand in for the targets too: no loss is taken of these passes.
+    for (int first = 0; !err && first < n; first += m->max_batch) {
+        int B = n - first < m->max_batch ? n - first : m->max_batch;
+        err = mlp_load_batch(m, device_x, device_x, device_order + first, B) || mlp_forward(m, B) ||
+              k->download(out + first, m->out, (size_t)B * sizeof(float));
+    }
+    free(order);
+    if (device_order != NULL)
+        k->release(device_order);
+    if (device_x != NULL)
+        k->release(device_x);
+    return err ? -1 : 0;
 }
 
 int mlp_get_params(const Mlp* m, float* host_params) {

@@ -6,7 +6,6 @@
  * (lesson 02). The model runs on whatever device its Kernels table drives;
  * every buffer below is in that device's memory.
  *
- * Shapes: B batch rows (at most max_batch), H hidden features.
  * A batch goes through the model in one of two ways. Step by step: mlp_load_batch,
  * mlp_forward, mlp_loss, mlp_backward, mlp_update, one kernel after another (lesson 04 needs
  * this, to announce gradients in the middle of the backward pass). Or whole: mlp_batch_loss,
@@ -17,7 +16,7 @@
  * Shapes: B batch rows (at most max_batch), H hidden features.
  * APIs: MLP_TENSORS, mlp_num_params, mlp_tensor_sizes, mlp_create, mlp_init_params, mlp_load_batch,
  *       mlp_forward, mlp_loss, mlp_backward, mlp_backward_announcing, GradsReady, mlp_update,
- *       mlp_update_from, mlp_take_loss,
+ *       mlp_update_from, mlp_take_loss, mlp_predict,
  *       mlp_get_params, mlp_get_state, mlp_set_state, mlp_print_summary, mlp_free,
  *       MlpKernels, MlpBatch, mlp_kernels_name, mlp_kernels_check, mlp_kernels_choose,
  *       mlp_kernels_describe, mlp_gpu_shared_bytes,
@@ -145,6 +144,9 @@ int mlp_update(Mlp* m, Optimizer* opt);
 int mlp_update_from(Mlp* m, Optimizer* opt, const float* grads);
 // Copies the loss sum to the host and resets it to 0.
 int mlp_take_loss(Mlp* m, float* host_loss);
+// out (n) = the model's predictions at x (n), both in host memory, in forward passes of
+// at most max_batch rows (the last pass's activations are overwritten). 0 or -1.
+int mlp_predict(Mlp* m, float* out, const float* x, int n);
 int mlp_get_params(const Mlp* m, float* host_params);
 // What a checkpoint holds, in host memory: params, opt_m and opt_v (num_params each).
 int mlp_get_state(const Mlp* m, float* params, float* opt_m, float* opt_v);

@@ -8,6 +8,7 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -217,10 +218,13 @@ Test(checkpoint, a_run_finds_what_its_resume_mode_asks_for, .init = temp_dir_mak
 #define KILLS 150
 #define KILL_H 96 // 9.7 k parameters: a file of 115 KB, written in a blink but not at once
 
-// The child: writes checkpoints of tags 1 and 2 in turn until it is killed.
-static void write_forever(const char* dir) {
+// The child: says on ready that it starts, then writes checkpoints of tags 1 and 2 in turn
+// until it is killed.
+static void write_forever(const char* dir, int ready) {
     Checkpoint ck[2] = {make_checkpoint(KILL_H, 5, 1), make_checkpoint(KILL_H, 5, 2)};
     char why[512];
+    if (write(ready, "w", 1) != 1)
+        _exit(3);
     for (int i = 0;; i = 1 - i)
         if (checkpoint_write(dir, &ck[i], why, sizeof why) != 0)
             _exit(3);
@@ -239,10 +243,20 @@ Test(checkpoint, a_writer_killed_at_any_moment_leaves_a_whole_checkpoint, .init 
     srand(1);
     for (int k = 0; k < KILLS; k++) {
         unlink(tmp);
+        int ready[2];
+        cr_assert_eq(pipe(ready), 0);
         pid_t pid = fork_child();
         if (pid == 0)
-            write_forever(dir);
-        usleep((useconds_t)(rand() % 3000)); // somewhere in the first few writes
+            write_forever(dir, ready[1]);
+        // From the child's first write on (a fork is slow under a sanitizer and a load),
+        // somewhere in the first few writes.
+        char started;
+        struct pollfd child_starts = {.fd = ready[0], .events = POLLIN};
+        cr_assert(poll(&child_starts, 1, 10000) == 1 && read(ready[0], &started, 1) == 1,
+                  "kill %d: the writer did not start within 10 s", k);
+        close(ready[0]);
+        close(ready[1]);
+        usleep((useconds_t)(rand() % 3000));
         kill(pid, SIGKILL);
         int status = reap_child(pid, 10.0);
         cr_assert(status != -1 && WIFSIGNALED(status),

@@ -145,6 +145,7 @@ Test(config, defaults_follow_the_original_app) {
     cr_assert_str_eq(c.device, "auto");
     cr_assert_eq(c.kernels, MLP_KERNELS_AUTO);
     cr_assert_null(c.out_dir);
+    cr_assert_eq(c.plot, PLOT_PNG);
 }
 
 Test(config, good_values_are_stored) {
@@ -183,6 +184,12 @@ Test(config, good_values_are_stored) {
     }
     expect_accepted(&c, "--out", "some/dir");
     cr_assert_str_eq(c.out_dir, "some/dir");
+    const char* plots[] = {"terminal", "dumb", "none", "png"};
+    const PlotKind kinds[] = {PLOT_TERMINAL, PLOT_DUMB, PLOT_NONE, PLOT_PNG};
+    for (int i = 0; i < 4; i++) {
+        expect_accepted(&c, "--plot", plots[i]);
+        cr_assert_eq(c.plot, kinds[i], "--plot %s", plots[i]);
+    }
 }
 
 Test(config, bad_values_are_refused_with_one_line_naming_the_flag) {
@@ -232,6 +239,10 @@ Test(config, bad_values_are_refused_with_one_line_naming_the_flag) {
         {"--kernels", NULL},
         {"--out", ""},
         {"--out", NULL},
+        {"--plot", "jpg"},
+        {"--plot", "PNG"},
+        {"--plot", ""},
+        {"--plot", NULL},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         expect_rejected(bad[i].flag, bad[i].value);

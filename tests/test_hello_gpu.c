@@ -6,8 +6,8 @@
  * stderr and kills it after PROC_DEADLINE_S seconds so that a hanging program
  * fails the test instead of hanging the suite. Covered: the output against a
  * golden file, the loss it reaches at the defaults, every kind of bad input,
- * --help, --out's files, and checkpoints: a resumed run equals the uninterrupted
- * one bit for bit, and a checkpoint that is missing, damaged or does not fit is
+ * --help, --out's files and pictures, --plot, and checkpoints: a resumed run equals the
+ * uninterrupted one bit for bit, and a checkpoint that is missing, damaged or does not fit is
  * refused with one line.
  */
 #include <criterion/criterion.h>
@@ -21,6 +21,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "data.h"
+#include "report.h"
 #include "support/losses.h"
 #include "support/proc.h"
 
@@ -273,6 +275,7 @@ Test(hello_gpu, bad_flags_exit_2_with_one_line_naming_the_flag) {
         {{"--checkpoint-every", "0"}, "--checkpoint-every"},
         {{"--checkpoint-dir", ""}, "--checkpoint-dir"},
         {{"--resume=yes"}, "--resume takes no value"},
+        {{"--plot", "svg"}, "--plot must be one of png|terminal|dumb|none"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         expect_usage_error(cases[i].args, cases[i].name);
@@ -376,11 +379,13 @@ static int is_png(const char* path) {
     return ok;
 }
 
-Test(hello_gpu, out_writes_losses_csv_and_a_plot, .init = temp_dir_make,
+// The files of --out besides the pictures.
+#define OUT_CSV_FILES 3
+
+Test(hello_gpu, out_writes_the_csvs_and_loss_and_fit_pictures, .init = temp_dir_make,
      .fini = proc_end_leftovers) {
     char dir[128], png[160], names[512];
     snprintf(dir, sizeof dir, "%s/run", temp_dir); // a directory it must create
-    snprintf(png, sizeof png, "%s/loss.png", dir);
     Proc r = proc_run(
         PROGRAM, (const char*[]){"--device", "cpu", "--epochs", "4", "--out", dir, NULL}, NULL);
     cr_assert_eq(r.status, 0, "exit status %d; stderr:\n%s", r.status, r.err.text);
@@ -388,17 +393,136 @@ Test(hello_gpu, out_writes_losses_csv_and_a_plot, .init = temp_dir_make,
     if (have_gnuplot()) {
         cr_assert_str_empty(r.err.text, "stderr is not empty with gnuplot present:\n%s",
                             r.err.text);
-        cr_assert(access(png, F_OK) == 0 && is_png(png), "%s is missing or not a PNG", png);
-        cr_assert_eq(list_dir(dir, names, sizeof names), 2, "%s holds: %s", dir, names);
+        const char* pictures[] = {"loss.png", "fit.png"};
+        for (int i = 0; i < 2; i++) {
+            snprintf(png, sizeof png, "%s/%s", dir, pictures[i]);
+            cr_assert(access(png, F_OK) == 0 && is_png(png), "%s is missing or not a PNG", png);
+        }
+        cr_assert_eq(list_dir(dir, names, sizeof names), OUT_CSV_FILES + 2, "%s holds: %s", dir,
+                     names);
     } else {
         cr_assert_not_null(strstr(r.err.text, "gnuplot"), "no warning about gnuplot: %s",
                            r.err.text);
-        cr_assert_eq(list_dir(dir, names, sizeof names), 1, "%s holds: %s", dir, names);
+        cr_assert_eq(list_dir(dir, names, sizeof names), OUT_CSV_FILES, "%s holds: %s", dir, names);
     }
     proc_free(&r);
 }
 
-Test(hello_gpu, out_without_gnuplot_writes_the_csv_and_warns, .init = temp_dir_make,
+// The root mean square of a column of fit.csv minus sin(x), over the rows.
+static double rms_from_sin(double (*rows)[4], int n, int column) {
+    double sum = 0.0;
+    for (int i = 0; i < n; i++)
+        sum += (rows[i][column] - rows[i][1]) * (rows[i][column] - rows[i][1]);
+    return sqrt(sum / n);
+}
+
+// Reads fit.csv of dir into rows (x, sin_x, first_epoch, trained); asserts its shape.
+static void read_fit_csv(const char* dir, double (*rows)[4]) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/fit.csv", dir);
+    char* csv = read_file(path, NULL);
+    char* lines[MAX_LINES];
+    int n = split_lines(csv, lines, MAX_LINES);
+    cr_assert_eq(n, REPORT_FIT_POINTS + 1, "%s has %d lines, want a header and %d rows", path, n,
+                 REPORT_FIT_POINTS);
+    cr_assert_str_eq(lines[0], "x,sin_x,first_epoch,trained");
+    for (int i = 0; i < REPORT_FIT_POINTS; i++) {
+        int end = -1;
+        double* v = rows[i];
+        int fields = sscanf(lines[i + 1], "%lf,%lf,%lf,%lf%n", &v[0], &v[1], &v[2], &v[3], &end);
+        cr_assert(fields == 4 && end == (int)strlen(lines[i + 1]), "row %d is not 4 numbers: %s",
+                  i + 1, lines[i + 1]);
+        cr_assert_float_eq(v[1], sin(v[0]), 1e-5, "row %d: sin_x is not sin(x): %s", i + 1,
+                           lines[i + 1]);
+        cr_assert(i == 0 || v[0] > rows[i - 1][0], "row %d: x does not grow", i + 1);
+    }
+    cr_assert_float_eq(rows[0][0], -M_PI, 1e-5);
+    cr_assert_float_eq(rows[REPORT_FIT_POINTS - 1][0], M_PI, 1e-5);
+    free(csv);
+}
+
+Test(hello_gpu, fit_csv_holds_predictions_that_come_close_to_sin_x_within_the_noise,
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
+    char dir[128], path[256];
+    snprintf(dir, sizeof dir, "%s/run", temp_dir);
+    Proc r = proc_run(
+        PROGRAM,
+        (const char*[]){"--device", "cpu", "--epochs", "20", "--plot", "none", "--out", dir, NULL},
+        NULL);
+    cr_assert_eq(r.status, 0, "exit status %d; stderr:\n%s", r.status, r.err.text);
+    static double rows[REPORT_FIT_POINTS][4];
+    read_fit_csv(dir, rows);
+    double first = rms_from_sin(rows, REPORT_FIT_POINTS, 2);
+    double trained = rms_from_sin(rows, REPORT_FIT_POINTS, 3);
+    cr_assert_lt(trained, DATA_NOISE_STDDEV,
+                 "after 20 epochs the model is %g from sin(x) (root mean square), more than the "
+                 "noise's %g",
+                 trained, DATA_NOISE_STDDEV);
+    cr_assert_lt(trained, first,
+                 "the trained model (%g from sin(x)) is no better than after "
+                 "epoch 1 (%g)",
+                 trained, first);
+    // samples.csv: the training samples, sin(x) plus noise of 0.1 (none 6 sigma away).
+    snprintf(path, sizeof path, "%s/samples.csv", dir);
+    char* csv = read_file(path, NULL);
+    char* lines[2048];
+    int n = split_lines(csv, lines, 2048);
+    cr_assert_eq(n, 1600 + 1, "%s has %d lines, want a header and the 1600 training samples", path,
+                 n);
+    cr_assert_str_eq(lines[0], "x,y");
+    for (int i = 1; i < n; i++) {
+        double x = 0, y = 0;
+        cr_assert_eq(sscanf(lines[i], "%lf,%lf", &x, &y), 2, "row %d: %s", i, lines[i]);
+        cr_assert(fabs(x) <= M_PI + 1e-6 && fabs(y - sin(x)) < 6 * DATA_NOISE_STDDEV,
+                  "row %d is no sample of sin(x) + noise: %s", i, lines[i]);
+    }
+    free(csv);
+    proc_free(&r);
+}
+
+Test(hello_gpu, plot_terminal_draws_the_loss_curve_as_text_without_out) {
+    if (!have_gnuplot())
+        cr_skip_test("gnuplot is not installed");
+    const char* kinds[] = {"terminal", "dumb"};
+    for (int k = 0; k < 2; k++) {
+        Proc r = proc_run(
+            PROGRAM, (const char*[]){"--device", "cpu", "--epochs", "5", "--plot", kinds[k], NULL},
+            NULL);
+        cr_assert_eq(r.status, 0, "exit status %d; stderr:\n%s", r.status, r.err.text);
+        cr_assert_str_empty(r.err.text, "--plot %s: stderr:\n%s", kinds[k], r.err.text);
+        // After the run's own lines: the title with the settings, a frame, the axis.
+        const char* plot = strstr(r.out.text, "Loss: cpu, 1 rank, batch 32, lr 0.01, adam");
+        const char* done = strstr(r.out.text, "Average time per epoch");
+        cr_assert(plot != NULL && done != NULL && plot > done,
+                  "--plot %s: no plot after the run's lines:\n%s", kinds[k], r.out.text);
+        cr_assert(strstr(plot, "+-----") != NULL && strstr(plot, "train") != NULL &&
+                      strstr(plot, "noise floor") != NULL && strstr(plot, "epoch") != NULL,
+                  "--plot %s: not a text plot:\n%s", kinds[k], plot);
+        cr_assert_geq(count_lines(plot), 20, "--plot %s: a plot of %d lines:\n%s", kinds[k],
+                      count_lines(plot), plot);
+        proc_free(&r);
+    }
+}
+
+Test(hello_gpu, plot_none_and_plot_terminal_with_out_write_the_csvs_and_no_picture,
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
+    const char* kinds[] = {"none", "terminal"};
+    for (int k = 0; k < 2; k++) {
+        char dir[128], names[512];
+        snprintf(dir, sizeof dir, "%s/%s", temp_dir, kinds[k]);
+        Proc r = proc_run(PROGRAM,
+                          (const char*[]){"--device", "cpu", "--epochs", "2", "--plot", kinds[k],
+                                          "--out", dir, NULL},
+                          NULL);
+        cr_assert_eq(r.status, 0, "exit status %d; stderr:\n%s", r.status, r.err.text);
+        cr_assert_eq(list_dir(dir, names, sizeof names), OUT_CSV_FILES, "--plot %s: %s holds: %s",
+                     kinds[k], dir, names);
+        cr_assert(strstr(names, "loss.png") == NULL, "--plot %s drew %s", kinds[k], names);
+        proc_free(&r);
+    }
+}
+
+Test(hello_gpu, out_without_gnuplot_writes_the_csvs_and_warns_in_one_line, .init = temp_dir_make,
      .fini = proc_end_leftovers) {
     // An empty directory as the whole PATH: gnuplot cannot be found.
     char empty[128], path_env[160], dir[128], names[512];
@@ -406,18 +530,24 @@ Test(hello_gpu, out_without_gnuplot_writes_the_csv_and_warns, .init = temp_dir_m
     snprintf(path_env, sizeof path_env, "PATH=%s", empty);
     snprintf(dir, sizeof dir, "%s/run", temp_dir);
     cr_assert_eq(mkdir(empty, 0755), 0);
-    Proc r =
-        proc_run(PROGRAM, (const char*[]){"--device", "cpu", "--epochs", "2", "--out", dir, NULL},
-                 &(ProcOptions){.env = (const char*[]){path_env, NULL}});
-    cr_assert_eq(r.status, 0, "a missing gnuplot is only a warning; exit status %d; stderr:\n%s",
-                 r.status, r.err.text);
-    cr_assert_eq(count_lines(r.err.text), 1, "want one warning line, got:\n%s", r.err.text);
-    cr_assert(strstr(r.err.text, "warning") != NULL && strstr(r.err.text, "gnuplot") != NULL,
-              "the warning does not mention gnuplot: %s", r.err.text);
-    expect_csv_matches_output(dir, r.out.text, 2);
-    cr_assert_eq(list_dir(dir, names, sizeof names), 1, "%s holds more than the CSV: %s", dir,
-                 names);
-    proc_free(&r);
+    const char* kinds[] = {"png", "terminal"};
+    for (int k = 0; k < 2; k++) {
+        Proc r = proc_run(PROGRAM,
+                          (const char*[]){"--device", "cpu", "--epochs", "2", "--out", dir,
+                                          "--plot", kinds[k], NULL},
+                          &(ProcOptions){.env = (const char*[]){path_env, NULL}});
+        cr_assert_eq(r.status, 0,
+                     "a missing gnuplot is only a warning; exit status %d; stderr:\n%s", r.status,
+                     r.err.text);
+        cr_assert_eq(count_lines(r.err.text), 1, "--plot %s: want one warning line, got:\n%s",
+                     kinds[k], r.err.text);
+        cr_assert(strstr(r.err.text, "warning") != NULL && strstr(r.err.text, "gnuplot") != NULL,
+                  "the warning does not mention gnuplot: %s", r.err.text);
+        expect_csv_matches_output(dir, r.out.text, 2);
+        cr_assert_eq(list_dir(dir, names, sizeof names), OUT_CSV_FILES,
+                     "%s holds more than the CSVs: %s", dir, names);
+        proc_free(&r);
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -640,8 +770,9 @@ Test(hello_gpu, a_gnuplot_that_fails_leaves_no_picture_behind, .init = temp_dir_
     cr_assert_eq(r.status, 0, "a failed plot is only a warning; exit status %d:\n%s", r.status,
                  r.err.text);
     cr_assert_not_null(strstr(r.err.text, "warning: gnuplot failed"), "%s", r.err.text);
-    cr_assert_eq(list_dir(dir, names, sizeof names), 1, "%s holds more than the CSV: %s", dir,
-                 names);
+    cr_assert_eq(count_lines(r.err.text), 1, "want one warning line, got:\n%s", r.err.text);
+    cr_assert_eq(list_dir(dir, names, sizeof names), OUT_CSV_FILES,
+                 "%s holds more than the CSVs: %s", dir, names);
     proc_free(&r);
 }
 

@@ -1477,8 +1477,9 @@ Test(rendezvous, a_flood_of_silent_connections_holds_back_no_node,
     collect(&node);
     cr_assert_eq(node.status, CHILD_JOINED, "the node did not join: %s", node.err);
     // 300 silent strangers, 64 served at a time, each with 2 s to answer: served one after
-    // the other they would have held the node back for minutes.
-    cr_assert_lt(took, 4.0, "the node was held back %.1f s by the flood", took);
+    // the other they would have held the node back for minutes; the flood lasts 8 s, and a
+    // loaded machine takes up to about 4 s to let the node through it.
+    cr_assert_lt(took, 6.0, "the node was held back %.1f s by the flood", took);
     cr_assert_geq(count_of(log, "newer connections are waiting"), 1,
                   "the oldest strangers did not make way:\n%.2000s", log);
     cr_assert_not_null(strstr(log, "more connections that did not answer as nodes"),

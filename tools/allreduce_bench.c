@@ -10,6 +10,9 @@
  * socketpairs; auto picks shared memory, since every rank runs on this machine.
  * Under mpirun, --backend mpi prints the same table for MPI_Allreduce:
  *   mpirun -np 2 build/allreduce_bench --backend mpi
+ * --show runs one all-reduce of the ring instead and prints every rank's buffer after
+ * each step (tools/ring_show.h), --slow MS pausing between them, for a class to watch:
+ *   build/allreduce_bench --ranks 3 --count 6 --show --slow 1000
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +30,7 @@
 #endif
 
 #include "allreduce_sweep.h"
+#include "ring_show.h"
 
 // ----------------------------------------------------------------------------
 // flags
@@ -37,12 +41,32 @@ typedef struct {
     int ranks;
     long min_bytes, max_bytes;
     int timeout_s;
+    bool show;   // --show: one all-reduce, step by step, instead of the sweep
+    int count;   // --show's floats per rank; 0: not given
+    int slow_ms; // --show's pause after each step; -1: not given
     int ring_fds[WORKERS_MAX][2];
     ShmRegion* ring_shm; // the ring's channels (shm transport), NULL otherwise
+    RingShow* ring_show; // --show's shared memory, NULL otherwise
 } Bench;
 
 static int parse_bytes(const char* flag, const char* value, void* out, char* why, size_t why_len) {
     return sweep_parse_bytes(flag, value, out, why, why_len);
+}
+
+// --show's flags: the ring on a few ranks; --count and --slow only with it. 0, or -1 with why.
+static int check_show(Bench* b, Backend engine, char* why, size_t why_len) {
+    if (!b->show && (b->count != 0 || b->slow_ms != -1)) {
+        snprintf(why, why_len, "%s needs --show", b->count != 0 ? "--count" : "--slow");
+        return -1;
+    }
+    if (b->show && (engine != BACKEND_RING || b->ranks < 2 || b->ranks > RING_SHOW_MAX_RANKS)) {
+        snprintf(why, why_len, "--show needs --backend ring and --ranks in [2, %d], got %s and %d",
+                 RING_SHOW_MAX_RANKS, b->backend, b->ranks);
+        return -1;
+    }
+    b->count = b->count != 0 ? b->count : 6;
+    b->slow_ms = b->slow_ms != -1 ? b->slow_ms : 0;
+    return 0;
 }
 
 // What no single flag can tell: sizes in order, NCCL where it can run, a transport only
@@ -52,6 +76,7 @@ static int check_bench(Bench* b, char* why, size_t why_len) {
                      : strcmp(b->backend, "mpi") == 0 ? BACKEND_HOST
                                                       : BACKEND_RING;
     bool shm;
+    RETURN_IF_FAILED(check_show(b, engine, why, why_len));
     if (b->min_bytes > b->max_bytes) {
         snprintf(why, why_len, "--min-bytes (%ld) must not exceed --max-bytes (%ld)", b->min_bytes,
                  b->max_bytes);
@@ -72,7 +97,8 @@ static void parse_args(Bench* b, int argc, char** argv) {
                  .ranks = 2,
                  .min_bytes = 8,
                  .max_bytes = 4L << 20,
-                 .timeout_s = 60};
+                 .timeout_s = 60,
+                 .slow_ms = -1};
     // clang-format off
     const Flag flags[] = {
         {.name = "--backend", .kind = FLAG_CHOICE, .choices = "ring|nccl|mpi",
@@ -94,6 +120,14 @@ static void parse_args(Bench* b, int argc, char** argv) {
         {.name = "--timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
          .destination = &b->timeout_s, .value_name = "SECONDS",
          .help = "deadline of every collective (default 60)"},
+        {.name = "--show", .kind = FLAG_SWITCH, .destination = &b->show,
+         .help = "one all-reduce of the ring, printing every rank's buffer after each step"},
+        {.name = "--count", .kind = FLAG_INT, .min = 1, .max = RING_SHOW_MAX_COUNT,
+         .destination = &b->count, .value_name = "N",
+         .help = "--show's floats per rank (default 6)"},
+        {.name = "--slow", .kind = FLAG_INT, .min = 0, .max = 60000,
+         .destination = &b->slow_ms, .value_name = "MS",
+         .help = "--show: every rank pauses MS milliseconds after each step (default 0)"},
     };
     // clang-format on
     int status;
@@ -138,7 +172,8 @@ static int rank_main(int rank, void* arg) {
                                     : comm_init_ring(&comm, s, send_fd, recv_fd);
     const char* name = nccl ? "nccl" : b->ring_shm != NULL ? "ring/shm" : "ring/socket";
     SweepEngine engine = {name, rank, b->ranks, dev.kernels, comm, allreduce_sum, barrier};
-    if (err || sweep_run(&engine, b->min_bytes, b->max_bytes) != 0)
+    if (err || (b->ring_show != NULL ? ring_show_run(b->ring_show, comm, rank)
+                                     : sweep_run(&engine, b->min_bytes, b->max_bytes)) != 0)
         return 1;
     comm_destroy(comm);
     return 0;
@@ -174,10 +209,14 @@ int main(int argc, char** argv) {
     // The ring's sockets and channels are made before the fork, so that every rank inherits them.
     if (comm_ring_socketpairs(b.ring_fds, b.ranks) != 0 ||
         (strcmp(b.transport, "shm") == 0 && (b.ring_shm = comm_ring_shm(b.ranks, 0)) == NULL) ||
+        (b.show &&
+         (b.ring_show = ring_show_create(b.ranks, b.count, b.slow_ms, b.timeout_s)) == NULL) ||
         workers_start(&workers, b.ranks, 0, rank_main, &b) != 0)
         return EXIT_FAILURE;
     for (int i = 0; i < b.ranks; i++) // the parent only supervises
         close(b.ring_fds[i][0]), close(b.ring_fds[i][1]);
     shm_region_unmap(b.ring_shm);
-    return workers_wait(&workers, NULL, NULL);
+    int status = workers_wait(&workers, NULL, NULL);
+    ring_show_free(b.ring_show);
+    return status;
 }

@@ -9,9 +9,11 @@
 # samples/s, speedup T1/TN and efficiency T1/(N*TN) against the same implementation and
 # backend with one rank, and the share of the epoch spent in the gradient all-reduce.
 # Writes results/bench-DATE-COMMIT.csv (with the machine, versions and each command),
-# and with gnuplot: ...-scaling.png (epoch time and speedup against ranks, with the
-# ideal line), ...-loss.png (the loss curves of every configuration) and
-# ...-allreduce.png (bus bandwidth against message size). Prints a Markdown table last.
+# and with gnuplot (tools/bench_plot.sh, which also redraws them from the CSV):
+# ...-scaling.png (epoch time and speedup against ranks, min-max bars, the ideal line),
+# ...-loss.png (the loss curves of every configuration), ...-allreduce.png (bus
+# bandwidth against message size) and ...-allreduce-latency.png (time against size,
+# the model's 17.9 KB marked). Prints a Markdown table last.
 #
 # Presets: default is the original app's workload (2,000 samples, batch 32, hidden 64);
 # large (20,000 samples, batch 256, hidden 512) is wide enough that compute dominates.
@@ -30,7 +32,7 @@ while [ $# -gt 0 ]; do
     --preset) preset=${2:-}; shift 2 ;;
     --max-ranks) max_ranks=${2:-}; shift 2 ;;
     --quick) quick=1; shift ;;
-    -h | --help) sed -n '2,23s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,25s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -111,7 +113,7 @@ bench_config() {
     if [ "$impl" = torch ]; then
         "$@" 2>/dev/null | awk -F'[][/:, ]+' 'BEGIN { print "epoch,train_loss,eval_loss" } /^Epoch \[/ { print $2 "," $7 "," $10 }' >"$curves/$name.csv"
     else
-        "$@" --out "$curves/$name" >/dev/null 2>&1 && mv "$curves/$name/losses.csv" "$curves/$name.csv" && rm -rf "${curves:?}/$name"
+        "$@" --out "$curves/$name" --plot none >/dev/null 2>&1 && mv "$curves/$name/losses.csv" "$curves/$name.csv" && rm -rf "${curves:?}/$name"
     fi
     local n_train=$((data * 8 / 10))
     median_min_max "${times[@]}" | awk -v row="$name,$impl,$device,$backend,$nodes,$ranks,$scaling,$data" \
@@ -194,52 +196,8 @@ fi
 # ----------------------------------------------------------------------------
 # plots
 
-if command -v gnuplot >/dev/null 2>&1; then
-    # one data block per series: ranks, median epoch time, speedup
-    awk -F, '!/^#/ && !/^name,/ && $2 != "" && $4 != "none" && $5 == 1 {
-                 key = $2 "-" $3 "-" $4 "-" $7; rows[key] = rows[key] $6 " " $9 " " $15 "\n" }
-             END { for (k in rows) printf "\"%s\"\n%s\n\n", k, rows[k] }' "$csv" >"$base-scaling.dat"
-    series=$(grep -c '^"' "$base-scaling.dat" || true)
-    gnuplot <<GNUPLOT || echo "bench: gnuplot failed; the CSV has the data" >&2
-set terminal pngcairo size 1100,450 noenhanced
-set output '$base-scaling.png'
-set multiplot layout 1,2 title 'Scaling ($preset preset, median of $repeats runs)'
-set key top left
-set grid
-set xlabel 'ranks'
-set xtics 1
-set ylabel 'seconds per epoch'
-set logscale y
-plot for [i=0:$((series > 0 ? series - 1 : 0))] '$base-scaling.dat' index i using 1:2 with linespoints lw 2 lc (i + 1) title columnheader(1)
-unset logscale y
-set ylabel 'speedup T1/TN'
-plot x with lines dt 2 lc rgb 'gray' title 'ideal', for [i=0:$((series > 0 ? series - 1 : 0))] '$base-scaling.dat' index i using 1:3 with linespoints lw 2 lc (i + 1) title columnheader(1)
-unset multiplot
-set terminal pngcairo size 800,500 noenhanced
-set output '$base-loss.png'
-set title 'Eval loss of every configuration'
-set xtics auto
-set datafile separator ','
-set xlabel 'epoch'
-set ylabel 'MSE loss'
-set logscale y
-set key top right
-plot for [f in system('ls $curves/*.csv')] f using 1:3 skip 1 with lines lw 2 title system('basename '.f.' .csv')
-set datafile separator whitespace
-set output '$base-allreduce.png'
-set title 'All-reduce bus bandwidth, 2 ranks on this machine (mpi-vader: Open MPI over shared memory)'
-set xlabel 'message size (bytes)'
-set ylabel 'bus bandwidth (GB/s)'
-set logscale x 2
-set xtics auto
-set format x '%.0b %BB'
-unset logscale y
-set key top left
-plot for [f in system('ls $base-allreduce-*.txt')] f using 1:5 with linespoints lw 2 title system('basename '.f.' .txt | sed s/.*allreduce-//')
-GNUPLOT
-else
-    echo "bench: gnuplot not found: no plots (the CSV has the data)" >&2
-fi
+# tools/bench_plot.sh draws them from the files above, and redraws them on its own.
+tools/bench_plot.sh "$csv"
 
 # ----------------------------------------------------------------------------
 # the table

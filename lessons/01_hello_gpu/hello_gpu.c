@@ -27,6 +27,7 @@
 #include "mlp.h"
 #include "report.h"
 #include "timer.h"
+#include "trace.h"
 
 // ----------------------------------------------------------------------------
 // flags
@@ -128,14 +129,16 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s,
                  const Checkpoint* resume_from, EpochStats* stats, Report* report) {
     Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
     int first_epoch = resume_from ? checkpoint_restore(resume_from, c, 1, m, &opt, stats, true) : 0;
-    if (first_epoch < 0 || report_open(report, c->out_dir, stats, first_epoch) != 0)
+    if (first_epoch < 0 || report_open(report, c, 1, m, stats, first_epoch) != 0)
         return -1;
     double start = timer_seconds();
     for (int epoch = first_epoch; epoch < c->epochs; epoch++) {
         double epoch_start = timer_seconds();
+        trace_begin_call(TRACE_EPOCH, "epoch", 0, epoch, -1); // ends with the loop's body
         EpochStats* e = &stats[epoch];
         RETURN_IF_FAILED(train_epoch(m, &opt, s, d, epoch, c->batch_size, &e->train_loss));
-        RETURN_IF_FAILED(evaluate(m, d, &e->eval_loss));
+        trace_begin(TRACE_EVAL);
+        RETURN_IF_FAILED(trace_end(evaluate(m, d, &e->eval_loss)));
         e->seconds = timer_seconds() - epoch_start;
         printf("Epoch [%d/%d] - Train Loss: %.6f, Eval Loss: %.6f\n", epoch + 1, c->epochs,
                e->train_loss, e->eval_loss);
@@ -143,12 +146,13 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s,
         // A loss that is no longer a number ends the run here, before a checkpoint of it.
         RETURN_IF_FAILED(report_check_finite(e, epoch + 1, true));
         RETURN_IF_FAILED(checkpoint_save_due(c, 1, m, &opt, stats, epoch + 1));
+        trace_end(0);
     }
     double total = timer_seconds() - start;
     printf("Training completed in %.3f seconds\n", total);
     if (c->epochs > first_epoch)
         printf("Average time per epoch: %.6f seconds\n", total / (c->epochs - first_epoch));
-    return 0;
+    return c->phases ? trace_report_phases(NULL, 1, total, true) : 0;
 }
 
 // ----------------------------------------------------------------------------
@@ -177,7 +181,8 @@ int main(int argc, char** argv) {
     if (device_open(&dev, c.device, 0, why, sizeof why) != 0 ||
         config_choose_kernels(&c, dev.kind == DEVICE_CUDA, &kernels, kernels_text,
                               sizeof kernels_text, why, sizeof why) != 0 ||
-        (c.out_dir != NULL && report_prepare_dir(c.out_dir, why, sizeof why) != 0))
+        (c.out_dir != NULL && report_prepare_dir(c.out_dir, why, sizeof why) != 0) ||
+        (c.trace_path != NULL && trace_probe(c.trace_path, 0, 0, why, sizeof why) != 0))
         return usage_error(why);
     // The run holds its checkpoint directory until it exits: one run per directory.
     if (c.checkpoint_dir != NULL && checkpoint_lock(c.checkpoint_dir, why, sizeof why) < 0)
@@ -194,7 +199,9 @@ int main(int argc, char** argv) {
     Mlp model;
     DeviceData d = {0};
     EpochStats* stats = calloc((size_t)c.epochs, sizeof *stats);
-    if (stats == NULL || dataset_create(&data, c.data_size, c.seed) != 0 ||
+    bool tracing = c.trace_path != NULL || c.phases;
+    if (stats == NULL || (tracing && trace_start(c.trace_path, 0, 0, dev.kind == DEVICE_CUDA)) ||
+        dataset_create(&data, c.data_size, c.seed) != 0 ||
         sampler_create(&sampler, data.n_train, 1, 0, c.seed) != 0 ||
         mlp_create(&model, dev.kernels, c.hidden_size, c.batch_size) != 0 ||
         mlp_use_kernels(&model, kernels) != 0 || mlp_init_params(&model, c.seed) != 0 ||
@@ -204,8 +211,12 @@ int main(int argc, char** argv) {
 
     Report report = {0};
     int trained = train(&model, &c, &d, &sampler, resuming ? &checkpoint : NULL, stats, &report);
-    int status =
-        report_close(&report, trained == 0) == 0 && trained == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    int status = report_close(&report, &data, trained == 0) == 0 && trained == 0 ? EXIT_SUCCESS
+                                                                                 : EXIT_FAILURE;
+    // Even after a failure: what the run did up to it.
+    if (c.trace_path != NULL && trace_merge(c.trace_path, 0, 0) != 0)
+        status = EXIT_FAILURE;
+    trace_stop();
     checkpoint_free(&checkpoint);
     release_data(&d, dev.kernels);
     mlp_free(&model);

@@ -30,6 +30,7 @@
 #include "replicas.h"
 #include "report.h"
 #include "timer.h"
+#include "trace.h"
 #include "workers.h"
 
 // ----------------------------------------------------------------------------
@@ -119,6 +120,8 @@ static void make_plan(Plan* p, const Options* o) {
         mlp_kernels_check(o->train.kernels, p->gpus > 0, why, sizeof why) != 0 ||
         config_check(&o->train, p->world_size, why, sizeof why) != 0 ||
         (o->train.out_dir != NULL && report_prepare_dir(o->train.out_dir, why, sizeof why) != 0) ||
+        (o->train.trace_path != NULL &&
+         trace_probe(o->train.trace_path, 0, p->world_size, why, sizeof why) != 0) ||
         (dir != NULL && (p->checkpoint_lock = checkpoint_lock(dir, why, sizeof why)) < 0) ||
         checkpoint_find(&o->train, &checkpoint, why, sizeof why) < 0)
         exit(usage_error(why));
@@ -238,16 +241,19 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
     Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
     int first_epoch =
         resume_from ? checkpoint_restore(resume_from, c, world_size, m, &opt, stats, verbose) : 0;
-    if (first_epoch < 0 || report_open(report, verbose ? c->out_dir : NULL, stats, first_epoch))
+    if (first_epoch < 0 ||
+        report_open(report, verbose ? c : NULL, world_size, m, stats, first_epoch))
         return -1;
     double comm_seconds = 0.0;
     double start = timer_seconds();
     for (int epoch = first_epoch; epoch < c->epochs; epoch++) {
         double epoch_start = timer_seconds();
+        trace_begin_call(TRACE_EPOCH, "epoch", 0, epoch, -1); // ends with the loop's body
         EpochStats* e = &stats[epoch];
         RETURN_IF_FAILED(
             train_epoch(m, &opt, s, d, epoch, c->batch_size, comm, &comm_seconds, &e->train_loss));
-        RETURN_IF_FAILED(evaluate(m, d, comm, epoch, &e->eval_loss));
+        trace_begin(TRACE_EVAL);
+        RETURN_IF_FAILED(trace_end(evaluate(m, d, comm, epoch, &e->eval_loss)));
         e->seconds = timer_seconds() - epoch_start;
         if (verbose)
             printf("Epoch [%d/%d] - Train Loss: %.6f, Eval Loss: %.6f\n", epoch + 1, c->epochs,
@@ -257,6 +263,7 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
         RETURN_IF_FAILED(report_check_finite(e, epoch + 1, verbose));
         if (verbose)
             RETURN_IF_FAILED(checkpoint_save_due(c, world_size, m, &opt, stats, epoch + 1));
+        trace_end(0);
     }
     double total = timer_seconds() - start;
     int epochs_run = c->epochs - first_epoch;
@@ -266,7 +273,7 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
         printf("Average time per epoch: %.6f seconds\n", total / epochs_run);
         print_comm_time(comm, comm_seconds, epochs_run, total);
     }
-    return 0;
+    return c->phases ? trace_report_phases(comm, world_size, total, verbose) : 0;
 }
 // <<< shared "train"
 
@@ -347,7 +354,7 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
                                         world_size) == 0
                      ? 0
                      : 1;
-    if (report_close(&report, status == 0) != 0)
+    if (report_close(&report, &data, status == 0) != 0)
         status = 1;
     checkpoint_free(&checkpoint);
     release_data(&d, dev->kernels);
@@ -391,6 +398,9 @@ static int worker_main(int rank, void* arg) {
         rank_log("%s", why);
         return 1;
     }
+    bool tracing = c->trace_path != NULL || c->phases;
+    if (tracing && trace_start(c->trace_path, 0, rank, dev.kind == DEVICE_CUDA) != 0)
+        return 1;
     Communicator* comm = NULL;
     if (make_communicator(&comm, p, rank, &dev, send_fd, recv_fd) != 0)
         return 1;
@@ -400,7 +410,8 @@ static int worker_main(int rank, void* arg) {
         comm_destroy(comm);
     else // the others may be stuck in a collective with us: do not wait for them
         comm_abort(comm);
-    return status;
+    // Even after a failure: what this rank did up to it, for the parent to merge.
+    return trace_write_part() == 0 ? status : 1;
 }
 
 // >>> shared "run_workers": the same in every lesson that has it (tests/test_lessons.c)
@@ -460,5 +471,9 @@ int main(int argc, char** argv) {
     printf("  World size: %d\n", p.world_size);
     printf("  Backend: %s\n", p.backend == BACKEND_NCCL ? "nccl" : "ring");
 
-    return run_with_restarts(&p);
+    int status = run_with_restarts(&p);
+    // One file of every worker's part (a failed run's too: what its workers wrote).
+    if (o.train.trace_path != NULL && trace_merge(o.train.trace_path, 0, p.world_size) != 0)
+        status = status != 0 ? status : EXIT_FAILURE;
+    return status;
 }

@@ -38,6 +38,7 @@
 #include "replicas.h"
 #include "report.h"
 #include "timer.h"
+#include "trace.h"
 #include "workers.h"
 
 #include "under_mpirun.h"
@@ -174,7 +175,26 @@ typedef struct {
     RdzvWorld world;
     char stop_reason[RDZV_TEXT_BYTES]; // why the job stops, as the control channel said
     bool stop_for_good;                // an agent was interrupted: no restart
+    char trace_path[RDZV_TEXT_BYTES];  // --trace FILE: node 0's FILE, node k's FILE.nodeK
 } Agent;
+
+// With --trace FILE: this node's own file (the clocks of two machines are not one time
+// axis), written by the agent, which records its rendezvous and fork there too. Returns
+// 0, or -1 with why filled.
+static int plan_trace(Agent* a, char* why, size_t why_len) {
+    const char* path = a->opt.train.trace_path;
+    if (path == NULL)
+        return 0;
+    int node = a->opt.node_rank;
+    if (node == 0)
+        snprintf(a->trace_path, sizeof a->trace_path, "%s", path);
+    else
+        snprintf(a->trace_path, sizeof a->trace_path, "%s.node%d", path, node);
+    a->opt.train.trace_path = a->trace_path;
+    if (trace_probe(a->trace_path, 0, 0, why, why_len) != 0)
+        return -1;
+    return trace_start(a->trace_path, node, -1, false);
+}
 
 // Decides this node's workers and backend before anything is forked. Exits with
 // EXIT_USAGE when the flags ask for what this machine or build cannot do.
@@ -216,7 +236,8 @@ static void make_plan(Agent* a, const Options* o) {
         (o->node_rank == 0 && o->train.out_dir != NULL &&
          report_prepare_dir(o->train.out_dir, why, sizeof why) != 0) ||
         (writer && (a->checkpoint_lock = checkpoint_lock(dir, why, sizeof why)) < 0) ||
-        checkpoint_find(&o->train, &checkpoint, why, sizeof why) < 0)
+        checkpoint_find(&o->train, &checkpoint, why, sizeof why) < 0 ||
+        plan_trace(a, why, sizeof why) != 0)
         exit(usage_error(why));
     checkpoint_free(&checkpoint);
 }
@@ -513,16 +534,19 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
     Optimizer opt = {.kind = c->optimizer, .learning_rate = c->learning_rate, .momentum = 0.9f};
     int first_epoch =
         resume_from ? checkpoint_restore(resume_from, c, world_size, m, &opt, stats, verbose) : 0;
-    if (first_epoch < 0 || report_open(report, verbose ? c->out_dir : NULL, stats, first_epoch))
+    if (first_epoch < 0 ||
+        report_open(report, verbose ? c : NULL, world_size, m, stats, first_epoch))
         return -1;
     double comm_seconds = 0.0;
     double start = timer_seconds();
     for (int epoch = first_epoch; epoch < c->epochs; epoch++) {
         double epoch_start = timer_seconds();
+        trace_begin_call(TRACE_EPOCH, "epoch", 0, epoch, -1); // ends with the loop's body
         EpochStats* e = &stats[epoch];
         RETURN_IF_FAILED(
             train_epoch(m, &opt, s, d, epoch, c->batch_size, comm, &comm_seconds, &e->train_loss));
-        RETURN_IF_FAILED(evaluate(m, d, comm, epoch, &e->eval_loss));
+        trace_begin(TRACE_EVAL);
+        RETURN_IF_FAILED(trace_end(evaluate(m, d, comm, epoch, &e->eval_loss)));
         e->seconds = timer_seconds() - epoch_start;
         if (verbose)
             printf("Epoch [%d/%d] - Train Loss: %.6f, Eval Loss: %.6f\n", epoch + 1, c->epochs,
@@ -532,6 +556,7 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
         RETURN_IF_FAILED(report_check_finite(e, epoch + 1, verbose));
         if (verbose)
             RETURN_IF_FAILED(checkpoint_save_due(c, world_size, m, &opt, stats, epoch + 1));
+        trace_end(0);
     }
     double total = timer_seconds() - start;
     int epochs_run = c->epochs - first_epoch;
@@ -541,7 +566,7 @@ static int train(Mlp* m, const TrainConfig* c, const DeviceData* d, Sampler* s, 
         printf("Average time per epoch: %.6f seconds\n", total / epochs_run);
         print_comm_time(comm, comm_seconds, epochs_run, total);
     }
-    return 0;
+    return c->phases ? trace_report_phases(comm, world_size, total, verbose) : 0;
 }
 // <<< shared "train"
 
@@ -629,7 +654,7 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
                                         world_size) == 0
                      ? 0
                      : 1;
-    if (report_close(&report, status == 0) != 0)
+    if (report_close(&report, &data, status == 0) != 0)
         status = 1;
     checkpoint_free(&checkpoint);
     release_data(&d, dev->kernels);
@@ -661,8 +686,10 @@ static int make_communicator(Communicator** comm, const Agent* a, int rank, int 
                      a->world.ring_addr[rank], a->world.ring_port[rank], interface, next,
                      a->world.ring_addr[next], a->world.ring_port[next]);
         }
-        if (comm_ring_connect_tcp(a->ring_listen_fds[local_rank], rank, N, a->world.ring_addr[next],
-                                  a->world.ring_port[next], s.timeout_s, &send_fd, &recv_fd) != 0)
+        trace_begin_named(TRACE_SETUP, "ring connection");
+        if (trace_end(comm_ring_connect_tcp(a->ring_listen_fds[local_rank], rank, N,
+                                            a->world.ring_addr[next], a->world.ring_port[next],
+                                            s.timeout_s, &send_fd, &recv_fd)) != 0)
             return -1;
         if (a->ring_shm == NULL)
             return comm_init_ring(comm, s, send_fd, recv_fd);
@@ -712,6 +739,9 @@ static int worker_main(int local_rank, void* arg) {
         rank_log("%s", why);
         return 1;
     }
+    bool tracing = c->trace_path != NULL || c->phases;
+    if (tracing && trace_start(c->trace_path, a->opt.node_rank, rank, dev.kind == DEVICE_CUDA) != 0)
+        return 1;
     Communicator* comm = NULL;
     if (make_communicator(&comm, a, rank, local_rank, &dev) != 0)
         return 1;
@@ -721,16 +751,20 @@ static int worker_main(int local_rank, void* arg) {
         comm_destroy(comm);
     else // the others may be stuck in a collective with us: do not wait for them
         comm_abort(comm);
-    return status;
+    // Even after a failure: what this rank did up to it, for the agent to merge.
+    return trace_write_part() == 0 ? status : 1;
 }
 
 // ----------------------------------------------------------------------------
 // under mpirun: no agents, no rendezvous (under_mpirun.c); every process is a worker
 
 static int run_under_mpirun(const Options* o) {
+    if (o->train.trace_path != NULL) // no agent to merge the ranks' parts
+        exit(usage_error("--trace: not under mpirun (--phases is)"));
     MpirunRank r;
     int status = 1;
-    if (mpirun_start(&r, &o->train, o->backend, o->timeout_s, o->debug) == 0) {
+    if (mpirun_start(&r, &o->train, o->backend, o->timeout_s, o->debug) == 0 &&
+        (!o->train.phases || trace_start(NULL, 0, r.rank, r.dev.kind == DEVICE_CUDA) == 0)) {
         print_process_initialized(&r.dev, r.rank, r.local_rank, r.world_size);
         status = train_rank(&o->train, &r.dev, r.comm, r.rank, r.world_size);
     }
@@ -743,16 +777,18 @@ static int run_under_mpirun(const Options* o) {
 // The rendezvous, this node's workers to their end, and the job's end. Returns the
 // node's exit status; a->stop_reason says why when the workers failed.
 static int run_job(Agent* a, const char* token) {
-    if (rendezvous(a, token) != 0)
+    trace_begin_named(TRACE_SETUP, "rendezvous");
+    if (trace_end(rendezvous(a, token)) != 0)
         return EXIT_FAILURE;
     if (a->opt.node_rank == 0)
         print_banner(a);
 
     Workers workers;
     int first_rank = a->world.rank_offset[a->opt.node_rank];
+    trace_begin_named(TRACE_SETUP, "fork");
     if (make_id_channels(a) != 0 ||
         (a->shm && (a->ring_shm = comm_ring_shm(a->nproc, 0)) == NULL) ||
-        workers_start(&workers, a->nproc, first_rank, worker_main, a) != 0)
+        trace_end(workers_start(&workers, a->nproc, first_rank, worker_main, a)) != 0)
         return EXIT_FAILURE;
     shm_region_unmap(a->ring_shm);
     a->ring_shm = NULL;
@@ -772,6 +808,10 @@ static int run_job(Agent* a, const char* token) {
         status = 1;
     } else
         status = workers_wait(&workers, watch_control, a);
+    // This node's file: the agent's spans and each worker's part (a failed job's too).
+    if (a->opt.train.trace_path != NULL &&
+        trace_merge(a->opt.train.trace_path, first_rank, a->nproc) != 0 && status == 0)
+        status = 1;
     return finish(a, &workers, status);
 }
 
