@@ -3,6 +3,8 @@
 #   make               every lesson (with CUDA when nvcc is found)
 #   make NO_CUDA=1     CPU-only binaries with the same flags and output
 #   make NO_MPI=1      no mpirun support, even where mpicc is found
+#   make NCCL_HOME=DIR NCCL from DIR/include and DIR/lib (else the pip wheel, the toolkit's, the system's)
+#   make BUNDLE=DIR    also the headers and libraries of a folder made by tools/gpu_bundle.sh
 #   make lesson-01     build/hello_gpu          make run     build and run lesson 01
 #   make lesson-02     build/multi_gpu          make diff-02 what lesson 02 adds to lesson 01
 #   make lesson-03     build/multi_node         make diff-03 what lesson 03 adds to lesson 02
@@ -24,12 +26,53 @@ NVCC ?= $(shell command -v nvcc 2>/dev/null || ls $(CUDA_HOME)/bin/nvcc 2>/dev/n
 ifdef NO_CUDA
 NVCC :=
 endif
-NCCL_HEADER := $(if $(NVCC),$(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h)))
 MPICC ?= $(shell command -v mpicc 2>/dev/null)
 ifdef NO_MPI
 MPICC :=
 endif
-NCCL_LIB := $(dir $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so /usr/lib/x86_64-linux-gnu/libnccl.so /usr/lib/aarch64-linux-gnu/libnccl.so)))
+BUILD := build
+comma := ,
+
+# NCCL, the first found of: NCCL_HOME=DIR (DIR/include, DIR/lib or lib64); the pip wheel
+# nvidia-nccl-cu13 on python3's path (site-packages/nvidia/nccl, what a bare GPU machine
+# with PyTorch has); the CUDA toolkit's; the system's. NCCL_HEADER is nccl.h, NCCL_SO the
+# library file, NCCL_FROM says which.
+PYTHON ?= python3
+NCCL_WHEEL_FIND := import os, sys; print(next((d for d in (os.path.abspath(os.path.join(p or ".", \
+	"nvidia", "nccl")) for p in sys.path) if os.path.isfile(os.path.join(d, "include", "nccl.h"))), ""))
+# The library of NCCL in DIR/lib or DIR/lib64, with or without the libnccl.so link.
+nccl_so_in = $(firstword $(wildcard $(foreach l,lib lib64,$(foreach f,libnccl.so libnccl.so.2,$(1)/$(l)/$(f)))))
+ifneq ($(NVCC),)
+ifdef NCCL_HOME
+NCCL_FROM := NCCL_HOME
+NCCL_HEADER := $(wildcard $(NCCL_HOME)/include/nccl.h)
+NCCL_SO := $(call nccl_so_in,$(NCCL_HOME))
+else
+NCCL_WHEEL := $(shell $(PYTHON) -c '$(NCCL_WHEEL_FIND)' 2>/dev/null)
+ifneq ($(NCCL_WHEEL),)
+NCCL_FROM := the pip wheel
+NCCL_HEADER := $(NCCL_WHEEL)/include/nccl.h
+NCCL_SO := $(call nccl_so_in,$(NCCL_WHEEL))
+else
+NCCL_HEADER := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
+NCCL_FROM := $(if $(findstring $(CUDA_HOME)/,$(NCCL_HEADER)),the CUDA toolkit,the system)
+NCCL_SO := $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so /usr/lib/x86_64-linux-gnu/libnccl.so \
+	/usr/lib/aarch64-linux-gnu/libnccl.so))
+endif
+endif
+endif
+NCCL_LIB := $(abspath $(dir $(NCCL_SO)))
+# A library that ships only libnccl.so.2 (the wheel does) gets its libnccl.so link, for -lnccl,
+# in the build folder; the programs still load libnccl.so.2 through the rpath.
+NCCL_SO_LINK := $(if $(filter %.so.2,$(NCCL_SO)),$(BUILD)/nccl/libnccl.so)
+
+# BUNDLE=DIR: a folder prepared by tools/gpu_bundle.sh (Criterion and libsodium, headers
+# and libraries) for a machine that lacks them; an rpath lets the programs find its
+# libraries, and DT_RPATH rather than RUNPATH (--disable-new-dtags) so that it also
+# serves the libraries that libcriterion.so pulls in.
+BUNDLE_CPPFLAGS := $(if $(BUNDLE),-I$(abspath $(BUNDLE))/include)
+BUNDLE_LIB := $(abspath $(BUNDLE))/lib
+BUNDLE_LDLIBS := $(if $(BUNDLE),-L$(BUNDLE_LIB) -Wl$(comma)--disable-new-dtags$(comma)-rpath$(comma)$(BUNDLE_LIB))
 
 # CC, CFLAGS, CPPFLAGS and LDFLAGS are the user's, from make's command line or the
 # environment (`make CFLAGS='-O2 -g'`, `make CC=clang`): each changes only what it names.
@@ -39,31 +82,39 @@ CFLAGS ?= -O3 -march=native
 DDP_CPPFLAGS := -D_DEFAULT_SOURCE -Icommon -MMD -MP
 # Not -ffast-math: no errno from sqrtf, fused multiply-add, and the `omp simd` pragmas (no OpenMP runtime).
 DDP_CFLAGS := -std=c11 -fno-math-errno -ffp-contract=fast -fopenmp-simd -Wall -Wextra -Werror
-ALL_CFLAGS = $(DDP_CPPFLAGS) $(CUDA_CPPFLAGS) $(CPPFLAGS) $(DDP_CFLAGS) $(CFLAGS)
-LDLIBS := -Wl,--as-needed -lm -pthread
+ALL_CFLAGS = $(DDP_CPPFLAGS) $(BUNDLE_CPPFLAGS) $(CUDA_CPPFLAGS) $(CPPFLAGS) $(DDP_CFLAGS) $(CFLAGS)
+LDLIBS := -Wl,--as-needed -lm -pthread $(BUNDLE_LDLIBS)
+# Whether a header is there: $(call have_header,sodium.h) is yes or empty.
+have_header = $(shell printf '\043include <$(1)>\n' | $(CC) $(BUNDLE_CPPFLAGS) -E -x c - >/dev/null 2>&1 && echo yes)
 # libsodium: lesson 03's rendezvous proves each node's token with it (random challenges,
-# HMAC-SHA256). Lessons 01 and 02 build without it.
-HAVE_SODIUM := $(shell printf '\043include <sodium.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 && echo yes)
-SODIUM_MISSING := libsodium: not found: lesson 03 needs it (./setup.sh installs libsodium-dev)
+# HMAC-SHA256). Without it, lesson 03 and its tests are left out of the build; the rest is not.
+HAVE_SODIUM := $(call have_header,sodium.h)
+SODIUM_MISSING := libsodium: not found: lesson 03 and its tests left out (./setup.sh installs libsodium-dev, or BUNDLE=DIR)
 ifneq ($(HAVE_SODIUM),)
 LDLIBS += -lsodium
 endif
-
-BUILD := build
+# Criterion: the tests' framework; `make all` does without it.
+HAVE_CRITERION := $(call have_header,criterion/criterion.h)
+CRITERION_MISSING := not found: make tests cannot build the tests (./setup.sh installs libcriterion-dev, or BUNDLE=DIR)
+BUNDLE_USED := : its headers and libraries, with an rpath
+BUNDLE_ODD := : no MANIFEST there, so not a folder made by tools/gpu_bundle.sh
+BUNDLE_FOUND := $(abspath $(BUNDLE))$(if $(wildcard $(BUNDLE)/MANIFEST),$(BUNDLE_USED),$(BUNDLE_ODD))
 ifneq ($(NVCC),)
 CONFIG := cuda
 # Without a GPU to ask, build for every architecture from Turing to Hopper, plus PTX
 # that the driver can compile for a newer GPU.
 CUDA_ARCH ?= $(if $(shell nvidia-smi -L 2>/dev/null),-arch=native,$(foreach a,75 80 86 89 90,-gencode arch=compute_$(a),code=sm_$(a)) -gencode arch=compute_90,code=compute_90)
-NVCCFLAGS := -O3 $(CUDA_ARCH) -Icommon -DHAVE_CUDA -Xcompiler -Wall,-Wextra,-Werror
+# -lineinfo: compute-sanitizer's and ncu's reports name the source line (no effect on the code).
+NVCCFLAGS := -O3 -lineinfo $(CUDA_ARCH) -Icommon $(BUNDLE_CPPFLAGS) -DHAVE_CUDA -Xcompiler -Wall,-Wextra,-Werror
 CUDA_CPPFLAGS := -DHAVE_CUDA -I$(CUDA_HOME)/include
 LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart_static -lstdc++ -ldl -lrt -lpthread
 ifneq ($(NCCL_HEADER),)
-ifneq ($(NCCL_LIB),)
+ifneq ($(NCCL_SO),)
 HAVE_NCCL := yes
-CUDA_CPPFLAGS += -DHAVE_NCCL
+# NCCL's folder first, so that its nccl.h wins over another one in the toolkit's.
+CUDA_CPPFLAGS := -DHAVE_NCCL -I$(dir $(NCCL_HEADER)) $(CUDA_CPPFLAGS)
 # NCCL is a shared library: the rpath lets the programs find it without LD_LIBRARY_PATH.
-LDLIBS += -L$(NCCL_LIB) -Wl,-rpath,$(NCCL_LIB) -lnccl
+LDLIBS += -L$(if $(NCCL_SO_LINK),$(abspath $(dir $(NCCL_SO_LINK))),$(NCCL_LIB)) -Wl,-rpath,$(NCCL_LIB) -lnccl
 endif
 endif
 else
@@ -75,6 +126,9 @@ endif
 OBJ := $(BUILD)/obj-$(CONFIG)
 
 COMMON_C := $(filter-out common/mpi_world.c,$(wildcard common/*.c))
+# What lesson 03 needs libsodium for: its rendezvous, the program, and the tests that run it.
+LESSON03_TESTS := $(BUILD)/tests/test_rendezvous $(BUILD)/tests/test_multi_node \
+	$(BUILD)/tests/test_scripts $(BUILD)/tests/test_mpi
 ifeq ($(HAVE_SODIUM),)
 COMMON_C := $(filter-out common/rendezvous.c,$(COMMON_C))
 NEED_SODIUM := need-sodium
@@ -84,7 +138,7 @@ COMMON_OBJ := $(COMMON_C:common/%.c=$(OBJ)/common/%.o) $(COMMON_CU:common/%.cu=$
 # An archive, so that each program links only the modules it uses.
 COMMON_LIB := $(OBJ)/libcommon.a
 
-LESSONS := $(BUILD)/hello_gpu $(BUILD)/multi_gpu $(BUILD)/multi_node $(BUILD)/ddp_overlap
+LESSONS := $(BUILD)/hello_gpu $(BUILD)/multi_gpu $(if $(HAVE_SODIUM),$(BUILD)/multi_node) $(BUILD)/ddp_overlap
 # hostfile: hosts.txt checked and listed by common/hostfile.c, for the launcher scripts.
 TOOLS := $(BUILD)/allreduce_bench $(BUILD)/hostfile
 
@@ -100,7 +154,7 @@ $(MPI_USERS) $(MPI_OBJ): CC := $(MPICC)
 $(MPI_USERS): DDP_CPPFLAGS += -DHAVE_MPI
 endif
 TEST_SRC := $(wildcard tests/test_*.c)
-TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TESTS := $(filter-out $(if $(HAVE_SODIUM),,$(LESSON03_TESTS)),$(TEST_SRC:tests/%.c=$(BUILD)/tests/%))
 GPU_TEST_SRC := $(if $(NVCC),$(wildcard tests/gpu/test_*.cu))
 GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 
@@ -109,20 +163,25 @@ GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 # below from forcing a relink when the configuration or the build id changes.
 .PRECIOUS: $(OBJ)/%.o $(OBJ)/%.cu.o $(BUILD)/fuzz/obj/%.o
 
-.PHONY: all lesson-01 lesson-02 lesson-03 lesson-04 run tests test asan memcheck fuzz soak bench bench-quick bench-01 bench-02 bench-04 check-01 check-02 check-03 diff-02 diff-03 diff-04 demo-multinode clean found need-sodium FORCE
+.PHONY: all lesson-01 lesson-02 lesson-03 lesson-04 run tests test asan memcheck fuzz soak bench bench-quick bench-01 bench-02 bench-04 check-01 check-02 check-03 diff-02 diff-03 diff-04 demo-multinode clean found need-sodium need-criterion FORCE
 all: found $(LESSONS) $(TOOLS)
 
 # One line per optional part, so that a build says what it could use.
 found:
 	@echo "nvcc: $(if $(NVCC),found ($(NVCC)): building with CUDA,$(if $(NO_CUDA),skipped (NO_CUDA=1),not found): CPU-only binaries)"
 	@echo "MPI: $(if $(MPICC),found ($(MPICC)): lesson 03 and allreduce_bench also run under mpirun,$(if $(NO_MPI),skipped (NO_MPI=1),not found): no mpirun support)"
-	@echo "NCCL: $(if $(HAVE_NCCL),found ($(NCCL_HEADER), $(NCCL_LIB)),$(if $(NVCC),not found (header and library),not used without CUDA)): $(if $(HAVE_NCCL),NCCL and ring backends,ring backend only)"
+	@echo "NCCL: $(if $(HAVE_NCCL),found in $(NCCL_FROM) ($(NCCL_HEADER), $(NCCL_SO)),$(if $(NVCC),not found (header and library$(if $(NCCL_HOME), in NCCL_HOME=$(NCCL_HOME))),not used without CUDA)): $(if $(HAVE_NCCL),NCCL and ring backends,ring backend only)"
 	@echo "$(if $(HAVE_SODIUM),libsodium: found: lesson 03 authenticates its nodes,$(SODIUM_MISSING))"
+	@echo "Criterion: $(if $(HAVE_CRITERION),found: make tests builds the test suite,$(CRITERION_MISSING))"
+	@echo "bundle: $(if $(BUNDLE),$(BUNDLE_FOUND),none (BUNDLE=DIR adds a folder made by tools/gpu_bundle.sh))"
 
 # Where libsodium is missing, what needs it stops here with one line, before compiling.
 need-sodium:
 	@echo "error: $(SODIUM_MISSING)" >&2; exit 1
 $(OBJ)/lessons/03_multi_node/multi_node.o $(OBJ)/tests/test_rendezvous.o: | $(NEED_SODIUM)
+need-criterion:
+	@echo "error: Criterion: $(CRITERION_MISSING)" >&2; exit 1
+$(TESTS) $(GPU_TESTS): | $(if $(HAVE_CRITERION),,need-criterion)
 
 lesson-01: found $(BUILD)/hello_gpu
 lesson-02: found $(BUILD)/multi_gpu
@@ -135,6 +194,10 @@ run: lesson-01
 # A stamp that changes when the configuration does, so switching relinks.
 $(BUILD)/config-$(CONFIG):
 	@mkdir -p $(BUILD) && rm -f $(BUILD)/config-* && touch $@
+LINK_DEPS := $(BUILD)/config-$(CONFIG) $(NCCL_SO_LINK)
+
+$(NCCL_SO_LINK): $(NCCL_SO)
+	@mkdir -p $(@D) && ln -sfn $(abspath $(NCCL_SO)) $@
 
 # The flags every object was compiled with, rewritten only when they change, so that
 # `make CFLAGS=...` recompiles what it must and an unchanged build recompiles nothing.
@@ -154,13 +217,13 @@ $(OBJ)/%.cu.o: %.cu $(OBJ)/flags
 $(COMMON_LIB): $(COMMON_OBJ)
 	rm -f $@ && $(AR) rcs $@ $^
 
-$(BUILD)/hello_gpu: $(OBJ)/lessons/01_hello_gpu/hello_gpu.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+$(BUILD)/hello_gpu: $(OBJ)/lessons/01_hello_gpu/hello_gpu.o $(COMMON_LIB) $(LINK_DEPS)
 	$(CC) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
-$(BUILD)/multi_gpu: $(OBJ)/lessons/02_multi_gpu/multi_gpu.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+$(BUILD)/multi_gpu: $(OBJ)/lessons/02_multi_gpu/multi_gpu.o $(COMMON_LIB) $(LINK_DEPS)
 	$(CC) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
-$(BUILD)/ddp_overlap: $(OBJ)/lessons/04_ddp_overlap/ddp_overlap.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+$(BUILD)/ddp_overlap: $(OBJ)/lessons/04_ddp_overlap/ddp_overlap.o $(COMMON_LIB) $(LINK_DEPS)
 	$(CC) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
 # The build id lets the rendezvous refuse a node that runs other code than the master.
@@ -170,21 +233,21 @@ $(OBJ)/lessons/03_multi_node/multi_node.o: $(BUILD)/build-id-$(BUILD_ID)
 $(BUILD)/build-id-$(BUILD_ID):
 	@mkdir -p $(BUILD) && rm -f $(BUILD)/build-id-* && touch $@
 
-$(BUILD)/multi_node: $(OBJ)/lessons/03_multi_node/multi_node.o $(MPIRUN_OBJ) $(MPI_OBJ) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+$(BUILD)/multi_node: $(OBJ)/lessons/03_multi_node/multi_node.o $(MPIRUN_OBJ) $(MPI_OBJ) $(COMMON_LIB) $(LINK_DEPS)
 	$(LINK_MPI) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) $(COMMON_LIB) -o $@ $(LDLIBS)
 
-$(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(OBJ)/tools/allreduce_sweep.o $(OBJ)/tools/ring_show.o $(MPI_OBJ) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+$(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(OBJ)/tools/allreduce_sweep.o $(OBJ)/tools/ring_show.o $(MPI_OBJ) $(COMMON_LIB) $(LINK_DEPS)
 	$(LINK_MPI) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) $(COMMON_LIB) -o $@ $(LDLIBS)
 
-$(BUILD)/hostfile: $(OBJ)/tools/hostfile.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+$(BUILD)/hostfile: $(OBJ)/tools/hostfile.o $(COMMON_LIB) $(LINK_DEPS)
 	$(CC) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
 TEST_SUPPORT := $(OBJ)/tests/support/proc.o $(OBJ)/tests/support/losses.o
-$(BUILD)/tests/%: $(OBJ)/tests/%.o $(TEST_SUPPORT) $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+$(BUILD)/tests/%: $(OBJ)/tests/%.o $(TEST_SUPPORT) $(COMMON_LIB) $(LINK_DEPS)
 	@mkdir -p $(dir $@)
 	$(CC) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $< $(TEST_SUPPORT) $(COMMON_LIB) -o $@ $(LDLIBS) -lcriterion
 
-$(BUILD)/tests/gpu/%: $(OBJ)/tests/gpu/%.cu.o $(COMMON_LIB) $(BUILD)/config-$(CONFIG)
+$(BUILD)/tests/gpu/%: $(OBJ)/tests/gpu/%.cu.o $(COMMON_LIB) $(LINK_DEPS)
 	@mkdir -p $(dir $@)
 	$(CC) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS) -lcriterion
 

@@ -73,11 +73,10 @@ if [ -n "$nvcc_path" ]; then
 else
     echo "CUDA toolkit: not found (CPU-only build; install it for GPU lessons: https://developer.nvidia.com/cuda-downloads)"
 fi
-if [ -e "$CUDA_HOME/include/nccl.h" ] || [ -e /usr/include/nccl.h ]; then
-    echo "NCCL: found"
-else
+# Where the build finds NCCL (NCCL_HOME, PyTorch's pip wheel, the toolkit, the system):
+# the Makefile says, so that this never disagrees with it.
+make -C "$here" --no-print-directory -s found 2>/dev/null | grep '^NCCL:' ||
     echo "NCCL: not found (lesson 02 and 03 use the CPU ring all-reduce instead)"
-fi
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 if [ "${gpus:-0}" -gt 0 ]; then
     echo "GPU: $gpus found ($(nvidia-smi -L | head -n 1))"

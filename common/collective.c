@@ -19,6 +19,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -444,11 +445,27 @@ static int ring_run(Communicator* c, RingOp op, float* buf, size_t count, int ro
 // NCCL
 
 #ifdef HAVE_NCCL
+// A wait on NCCL spins (sched_yield) this long before its first sleep: an all-reduce of the
+// model's gradients within a node should take microseconds, less than a sleep's timer
+// slack (50 us on Linux).
+#define NCCL_SPIN_S 50e-6
+// Then it sleeps half its length so far, up to this: init and a stuck peer take much longer.
+#define NCCL_PAUSE_MAX_US 1000
+
+// One pause of a wait that has lasted waited_s (timer_backoff_us).
+static void nccl_pause(double waited_s) {
+    unsigned us = timer_backoff_us(waited_s, NCCL_SPIN_S, NCCL_PAUSE_MAX_US);
+    if (us == 0)
+        sched_yield();
+    else
+        usleep(us);
+}
+
 // Waits until the communicator's pending work is done: NCCL's state leaves
 // ncclInProgress and, for a collective, the stream drains. Past the deadline
 // the communicator is aborted, which also frees any rank blocked with us.
 static int nccl_wait(Communicator* c, const char* what, double deadline, bool on_stream) {
-    useconds_t pause_us = 10;
+    double started = timer_seconds();
     for (;;) {
         ncclResult_t state;
         ncclResult_t res = ncclCommGetAsyncError(c->nccl, &state);
@@ -470,14 +487,17 @@ static int nccl_wait(Communicator* c, const char* what, double deadline, bool on
             c->nccl = NULL;
             return -1;
         }
-        usleep(pause_us);
-        pause_us = pause_us < 1000 ? pause_us * 2 : 1000; // quick for collectives, calm for init
+        nccl_pause(timer_seconds() - started);
     }
 }
 
 // Ends the NCCL side of c. A clean end finalizes first, within the deadline: destroying
 // without it would wait, unbounded, for every rank to get there. Any failure aborts.
+// A communicator of another backend has no NCCL side and must not touch CUDA at all: even
+// cudaFree(NULL) would create a GPU context in a CPU-only rank.
 static void nccl_close(Communicator* c, bool abort) {
+    if (c->backend != BACKEND_NCCL)
+        return;
     if (c->nccl != NULL && !abort) {
         ncclResult_t res = ncclCommFinalize(c->nccl);
         abort = (res != ncclSuccess && res != ncclInProgress) ||

@@ -20,10 +20,18 @@
 #include <cuda_runtime_api.h>
 #endif
 
+// Why the last GPU query of this process found none: "cudaGetDeviceCount: REASON" when the
+// runtime failed, else "" (no CUDA in the build, or a driver that reports 0 GPUs).
+static char gpu_query_error[200];
+
 int device_gpu_count(void) {
+    gpu_query_error[0] = '\0';
 #ifdef HAVE_CUDA
     int count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess) {
+        snprintf(gpu_query_error, sizeof gpu_query_error, "cudaGetDeviceCount: %s",
+                 cudaGetErrorString(err));
         cudaGetLastError(); // clear the error so later calls do not report it again
         return 0;
     }
@@ -33,6 +41,12 @@ int device_gpu_count(void) {
 #endif
 }
 
+// What the child of device_gpu_count_forked answers.
+typedef struct {
+    int count;
+    char error[sizeof gpu_query_error];
+} GpuQuery;
+
 int device_gpu_count_forked(void) {
     int fds[2];
     if (pipe(fds) != 0)
@@ -40,21 +54,26 @@ int device_gpu_count_forked(void) {
     fflush(NULL);
     pid_t pid = fork();
     if (pid == 0) {
-        int count = device_gpu_count();
-        _exit(write(fds[1], &count, sizeof count) == sizeof count ? 0 : 1);
+        GpuQuery q = {.count = device_gpu_count()};
+        memcpy(q.error, gpu_query_error, sizeof q.error);
+        _exit(write(fds[1], &q, sizeof q) == sizeof q ? 0 : 1);
     }
     close(fds[1]);
     // A driver that hangs must not hang us: wait a minute at most.
-    int count = 0, ready;
+    int ready;
+    GpuQuery q = {0};
     struct pollfd p = {.fd = fds[0], .events = POLLIN};
     while ((ready = poll(&p, 1, DEVICE_QUERY_TIMEOUT_MS)) < 0 && errno == EINTR)
         ;
-    if (pid < 0 || ready <= 0 || read(fds[0], &count, sizeof count) != sizeof count) {
+    if (pid < 0 || ready <= 0 || read(fds[0], &q, sizeof q) != sizeof q) {
         if (pid > 0 && ready == 0)
             rank_log("warning: the GPU query did not answer within %d s: using no GPU",
                      DEVICE_QUERY_TIMEOUT_MS / 1000);
-        count = 0;
+        q = (GpuQuery){0};
     }
+    q.error[sizeof q.error - 1] = '\0';
+    memcpy(gpu_query_error, q.error, sizeof gpu_query_error);
+    int count = q.count;
     close(fds[0]);
     if (pid > 0 && ready == 0) {
         kill(pid, SIGKILL); // it may stay stuck in the driver: do not wait for it
@@ -107,8 +126,9 @@ static int open_gpu(Device* d, int gpu_index, char* why, size_t why_len) {
 static void device_explain_no_gpu(char* why, size_t why_len) {
 #ifdef HAVE_CUDA
     snprintf(why, why_len,
-             "--device cuda: no usable GPU was found (is the NVIDIA driver loaded? "
-             "try nvidia-smi), use --device cpu or auto");
+             "--device cuda: no usable GPU was found (%s%sis the NVIDIA driver loaded? "
+             "try nvidia-smi), use --device cpu or auto",
+             gpu_query_error, gpu_query_error[0] != '\0' ? "; " : "");
 #else
     snprintf(why, why_len,
              "--device cuda: this build has no CUDA support (built without nvcc, "

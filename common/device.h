@@ -37,6 +37,7 @@ typedef struct {
 } Device;
 
 // How many GPUs this process can use: 0 without a driver, a GPU, or CUDA in the build.
+// Where the CUDA runtime fails, its reason is kept for the error of "--device cuda".
 int device_gpu_count(void);
 // The same, asked in a short-lived child process, so that this process does not
 // touch CUDA before it forks its workers.

@@ -87,7 +87,12 @@ int mpi_broadcast_bytes(void* bytes, size_t len, int root) {
 }
 
 void mpi_world_abort(int status) {
-    MPI_Abort(MPI_COMM_WORLD, status);
+    // A rank can fail before MPI_Init (its device is opened first), where MPI_Abort is not
+    // allowed: then its non-zero exit is what tells mpirun to end the job.
+    int initialized = 0;
+    MPI_Initialized(&initialized);
+    if (initialized)
+        MPI_Abort(MPI_COMM_WORLD, status);
 }
 
 void mpi_world_finalize(void) {

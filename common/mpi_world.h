@@ -34,7 +34,8 @@ int mpi_world_init(int* rank, int* world_size, int* local_rank);
 HostCollectives mpi_collectives(void);
 // Every rank gets root's len bytes (NCCL's unique id). 0 or -1.
 int mpi_broadcast_bytes(void* bytes, size_t len, int root);
-// Ends every rank of the job (the launcher reports it), with status.
+// Ends every rank of the job (the launcher reports it), with status. Before MPI_Init it
+// returns: the caller's exit with status is what ends the job then.
 void mpi_world_abort(int status);
 void mpi_world_finalize(void);
 

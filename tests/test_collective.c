@@ -1003,3 +1003,27 @@ Test(ring_mixed, allreduce_returns_minus_1_at_its_deadline_on_a_ring_of_sockets_
     transport = OVER_MIXED;
     ring_test_allreduce_returns_minus_1_at_its_deadline_when_a_peer_stalls();
 }
+
+// ----------------------------------------------------------------------------
+// the pause of a polling wait (NCCL's waits use it)
+
+Test(backoff, a_wait_yields_through_its_spin_then_sleeps_half_its_length_up_to_the_cap) {
+    const double spin_s = 50e-6;
+    const unsigned cap_us = 1000;
+    for (double waited = 0; waited < spin_s; waited += 5e-6)
+        cr_assert_eq(timer_backoff_us(waited, spin_s, cap_us), 0,
+                     "after %.0f us of a 50 us spin: a sleep of %u us", waited * 1e6,
+                     timer_backoff_us(waited, spin_s, cap_us));
+    unsigned previous = 0;
+    for (double waited = spin_s; waited < 0.01; waited *= 1.5) {
+        unsigned us = timer_backoff_us(waited, spin_s, cap_us);
+        cr_assert(us >= 1 && us <= cap_us, "after %.0f us: %u us, not in [1, %u]", waited * 1e6, us,
+                  cap_us);
+        cr_assert(us >= previous, "after %.0f us: %u us, shorter than the %u us before",
+                  waited * 1e6, us, previous);
+        cr_assert(us == cap_us || us <= waited * 1e6 / 2 + 1,
+                  "after %.0f us: %u us, more than half the wait", waited * 1e6, us);
+        previous = us;
+    }
+    cr_assert_eq(previous, cap_us, "a wait of 10 ms does not reach the %u us cap", cap_us);
+}

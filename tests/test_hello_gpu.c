@@ -295,6 +295,18 @@ Test(hello_gpu, device_cuda_without_a_usable_gpu_exits_2) {
     expect_usage_error((const char*[]){"--device", "cuda", "--epochs", "1", NULL}, "--device");
 }
 
+Test(hello_gpu, device_cuda_without_a_gpu_names_the_runtimes_reason) {
+#ifdef HAVE_CUDA
+    if (gpu_present())
+        cr_skip_test("a GPU is present: --device cuda is expected to work here");
+    // Without a GPU (or its driver) the runtime's device count fails, and says why.
+    expect_usage_error((const char*[]){"--device", "cuda", "--epochs", "1", NULL},
+                       "cudaGetDeviceCount: ");
+#else
+    cr_skip_test("a CPU-only build asks the CUDA runtime nothing");
+#endif
+}
+
 Test(hello_gpu, a_bad_flag_with_out_creates_no_files, .init = temp_dir_make,
      .fini = proc_end_leftovers) {
     char sub[128], names[512];

@@ -103,6 +103,29 @@ Test(mpi, a_rank_killed_under_mpirun_ends_the_job_naming_it, .fini = proc_end_le
     proc_free(&m);
 }
 
+// Whether this machine has an NVIDIA GPU with its driver loaded.
+static int gpu_present(void) {
+    return access("/dev/nvidia0", F_OK) == 0 || access("/proc/driver/nvidia/gpus", F_OK) == 0;
+}
+
+// Each rank opens its GPU (by its local rank) before MPI_Init; one that cannot must end the
+// job with its reason, without an MPI_Abort that MPI forbids before MPI_Init.
+Test(mpi, a_rank_without_its_device_ends_the_job_before_mpi_init, .fini = proc_end_leftovers) {
+    skip_without_mpi();
+    if (gpu_present())
+        cr_skip_test("a GPU is present: --device cuda is expected to work here");
+    ProcOptions options = {.env = MPI_ENV};
+    Proc m = proc_run(mpirun,
+                      (const char*[]){"--oversubscribe", "-np", "2", MULTI_NODE, "--device", "cuda",
+                                      "--backend", "mpi", "--epochs", "1", NULL},
+                      &options);
+    cr_assert_neq(m.status, 0, "mpirun exited 0 without a GPU; stdout:\n%s", m.out.text);
+    cr_assert_not_null(strstr(m.err.text, "--device cuda"), "no reason; stderr:\n%s", m.err.text);
+    cr_assert_null(strstr(m.err.text, "before MPI_INIT"), "MPI_Abort before MPI_Init:\n%s",
+                   m.err.text);
+    proc_free(&m);
+}
+
 Test(mpi, backend_mpi_without_mpirun_is_a_usage_error, .fini = proc_end_leftovers) {
     Proc p = proc_run(MULTI_NODE, (const char*[]){"--backend", "mpi", NULL}, NULL);
     cr_assert_eq(p.status, 2, "exit status %d; stderr:\n%s", p.status, p.err.text);

@@ -425,10 +425,25 @@ Test(multi_gpu, bad_flags_exit_2_with_one_line_naming_the_flag, .fini = proc_end
         expect_usage_error(cases[i].args, cases[i].name);
 }
 
+// How many NVIDIA GPUs the driver lists (/proc/driver/nvidia/gpus has one entry per GPU).
+static int gpus_present(void) {
+    FILE* ls = popen("ls /proc/driver/nvidia/gpus 2>/dev/null | wc -l", "r");
+    int n = 0;
+    if (ls == NULL || fscanf(ls, "%d", &n) != 1)
+        n = 0;
+    if (ls != NULL)
+        pclose(ls);
+    return n;
+}
+
+// One rank more than there are GPUs (at least 2): NCCL cannot give each its own.
 Test(multi_gpu, backend_nccl_without_a_gpu_for_every_rank_exits_2, .fini = proc_end_leftovers) {
-    if (BUILT_WITH_NCCL && gpu_present())
-        cr_skip_test("a GPU and NCCL are present: --backend nccl is expected to work here");
-    expect_usage_error((const char*[]){"--backend", "nccl", "--gpus", "2", NULL}, "--backend");
+    char ranks[16];
+    int gpus = gpus_present();
+    snprintf(ranks, sizeof ranks, "%d", gpus + 1 > 2 ? gpus + 1 : 2);
+    if (gpus + 1 > 64)
+        cr_skip_test("%d GPUs: more ranks than --gpus takes (64)", gpus);
+    expect_usage_error((const char*[]){"--backend", "nccl", "--gpus", ranks, NULL}, "--backend");
     expect_usage_error((const char*[]){"--device", "cpu", "--backend", "nccl", "--gpus", "1", NULL},
                        "--backend");
 }
@@ -436,8 +451,26 @@ Test(multi_gpu, backend_nccl_without_a_gpu_for_every_rank_exits_2, .fini = proc_
 Test(multi_gpu, device_cuda_without_a_usable_gpu_exits_2, .fini = proc_end_leftovers) {
     if (BUILT_WITH_CUDA && gpu_present())
         cr_skip_test("a GPU is present: --device cuda is expected to work here");
-    expect_usage_error((const char*[]){"--device", "cuda", "--epochs", "1", NULL}, "--device");
-    expect_usage_error((const char*[]){"--device", "cuda", "--gpus", "2", NULL}, "--device");
+    // A CUDA build names the runtime's reason, asked in a child before the workers fork.
+    const char* named = BUILT_WITH_CUDA ? "cudaGetDeviceCount: " : "--device";
+    expect_usage_error((const char*[]){"--device", "cuda", "--epochs", "1", NULL}, named);
+    expect_usage_error((const char*[]){"--device", "cuda", "--gpus", "2", NULL}, named);
+}
+
+// A worker on the CPU must not touch CUDA at all, not even at its end (comm_destroy): on a
+// GPU machine the first CUDA call creates a context in every CPU worker. The loader logs
+// (LD_DEBUG=libs) the CUDA runtime's search for the driver, libcuda.so.1, made at that call.
+Test(multi_gpu, cpu_workers_of_a_cuda_build_never_look_for_the_cuda_driver,
+     .fini = proc_end_leftovers) {
+    if (!BUILT_WITH_CUDA)
+        cr_skip_test("a CPU-only build has no CUDA to touch");
+    Proc p = proc_run(MULTI_GPU,
+                      (const char*[]){"--device", "cpu", "--gpus", "2", "--epochs", "1", NULL},
+                      &(ProcOptions){.env = (const char*[]){"LD_DEBUG=libs", NULL}});
+    cr_assert_eq(p.status, 0, "exit status %d; stderr:\n%s", p.status, p.err.text);
+    const char* search = strstr(p.err.text, "find library=libcuda");
+    cr_assert_null(search, "a process of a CPU run looked for the CUDA driver:\n%.300s", search);
+    proc_free(&p);
 }
 
 Test(multi_gpu, help_exits_0_and_names_the_lessons_flags, .fini = proc_end_leftovers) {
@@ -483,8 +516,10 @@ static void expect_gpu_run_matches_cpu(const char* backend, const char* ranks) {
     proc_free(&c);
 }
 
-Test(multi_gpu_on_a_gpu, nccl_with_one_rank_matches_the_cpu, .init = temp_dir_make,
-     .fini = proc_end_leftovers) {
+// With one rank NCCL's all-reduce adds nothing: what this checks is NCCL's init, its stream
+// following the compute, and its finalize (a reduction across GPUs needs two of them).
+Test(multi_gpu_on_a_gpu, nccl_with_one_rank_inits_orders_its_stream_and_finalizes_as_on_the_cpu,
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
     expect_gpu_run_matches_cpu("nccl", "1");
 }
 

@@ -44,10 +44,11 @@
 // ----------------------------------------------------------------------------
 // starting nodes
 
-// Unset for every program: the torchrun variables would change the defaults.
-static const char* const TORCHRUN_VARS[] = {"MASTER_ADDR", "MASTER_PORT", "NNODES",
-                                            "NODE_RANK",   "WORLD_SIZE",  "RANK",
-                                            "LOCAL_RANK",  "DDP_TOKEN",   NULL};
+// Unset for every program: the torchrun variables would change the defaults (and a
+// NCCL_SOCKET_IFNAME of the caller's what the agents give NCCL).
+static const char* const TORCHRUN_VARS[] = {
+    "MASTER_ADDR", "MASTER_PORT", "NNODES",    "NODE_RANK",          "WORLD_SIZE",
+    "RANK",        "LOCAL_RANK",  "DDP_TOKEN", "NCCL_SOCKET_IFNAME", NULL};
 
 // Starts program with args in a clean environment plus env ("KEY=value"..., may be NULL).
 static void start_clean(Proc* p, const char* name, const char* program, const char* const* args,
@@ -691,6 +692,29 @@ static int ring_ports_named(const char* err, const char* after, int* ports, int 
             break;
     }
     return n;
+}
+
+// NCCL would pick an interface of its own; each agent gives it the rendezvous' one, unless
+// the user set NCCL_SOCKET_IFNAME, and --debug says which.
+Test(multi_node, nccl_socket_ifname_is_the_rendezvous_interface_unless_the_user_set_one,
+     .fini = proc_end_leftovers) {
+    int port = port_for_test(34);
+    Proc nodes[2];
+    start_node(&nodes[0], &(Node){.nnodes = 2, .port = port, .extra = {"--debug", NULL}});
+    start_node(&nodes[1], &(Node){.nnodes = 2,
+                                  .node_rank = 1,
+                                  .port = port,
+                                  .extra = {"--debug", NULL},
+                                  .env = {"NCCL_SOCKET_IFNAME=eth9", NULL}});
+    expect_job_completes(nodes, 2);
+    const char* set = "NCCL_SOCKET_IFNAME=lo: the interface of this node's rendezvous address "
+                      "127.0.0.1";
+    cr_assert_not_null(strstr(nodes[0].err.text, set), "the master's stderr:\n%s",
+                       nodes[0].err.text);
+    cr_assert_not_null(strstr(nodes[1].err.text, "NCCL_SOCKET_IFNAME=eth9: yours, left as it is"),
+                       "node 1's stderr:\n%s", nodes[1].err.text);
+    for (int n = 0; n < 2; n++)
+        proc_free(&nodes[n]);
 }
 
 Test(multi_node, ring_ports_keep_every_worker_in_the_range_and_a_full_range_is_named,

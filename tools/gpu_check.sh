@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
 # gpu_check.sh - the one-shot check of the CUDA path, for a machine with a GPU.
 #
-# Builds for the GPU, runs the GPU tests (CUDA kernels against their CPU twins,
-# lesson 02's engines against the CPU), runs lesson 01 under compute-sanitizer,
-# checks that the GPU and the CPU train to the same losses and that a run resumed
-# from its checkpoint trains like an unbroken one, runs lesson 02 with
-# the ring (2 ranks sharing the GPU) and NCCL, the all-reduce benchmark on NCCL,
-# times lessons 01 and 02, and runs the benchmark matrix with --quick. Each step prints a header;
-# a failing step is recorded and the check goes on, then exits non-zero naming
-# every failed step. Meant to take well under 5 minutes; every program run has
-# a time limit, so nothing hangs.
+# Meant for a bare GPU machine in one call of a few minutes: CUDA with nvcc, python3
+# (NCCL as PyTorch's pip wheel nvidia-nccl-cu13, which the Makefile finds), and what
+# tools/gpu_bundle.sh prepared on a Debian machine (Criterion and libsodium) carried
+# in gpu-bundle/ beside the tree. Builds for the GPU, runs the GPU tests (CUDA kernels
+# against their CPU twins; NCCL with one rank; lesson 02 on the GPU against the CPU),
+# lesson 01 under compute-sanitizer, compares the GPU's and the CPU's losses, resumes from a checkpoint,
+# runs lesson 02 with the ring (2 ranks sharing the GPU) and NCCL (1 rank: NCCL's init,
+# stream order and finalize, not a reduction), the all-reduce benchmark on NCCL, times
+# lesson 01 on the CPU and the GPU beside PyTorch on the GPU, and runs the benchmark
+# matrix with --quick.
+#
+# Each step ends "ok", "FAILED" or "skipped: REASON" where this machine cannot run it
+# (no GPU, no Criterion, a compute-sanitizer that refuses this driver, no PyTorch with
+# CUDA): a skip is not a failure of the code. A summary lists every step; the table of
+# seconds per epoch comes last. Exits non-zero only when a step failed. Every program
+# run has a time limit, so nothing hangs.
 #
 # usage: tools/gpu_check.sh          (from anywhere; it works in the repository root)
-# environment: CUDA_ARCH  nvcc's architecture flags (default -arch=sm_90: H100, H200)
+# environment: BUNDLE     the folder of tools/gpu_bundle.sh (default gpu-bundle, if there)
+#              CUDA_ARCH  nvcc's architecture flags (default -arch=sm_90: H100, H200)
+#              FULL       1: also the whole test suite (make test, several minutes)
 #              OUT        if set, the whole log is also written to $OUT/gpu_check.log
-#              RUNS       timed runs per device (default 5)
+#              RUNS       timed runs per row of the table (default 5)
+#              PYTHON     the python with PyTorch (default python3)
 
 # shellcheck disable=SC2317 # the step functions are called through step()
 set -euo pipefail
@@ -22,11 +32,16 @@ cd "$(dirname "$0")/.."
 
 CUDA_ARCH=${CUDA_ARCH:--arch=sm_90}
 RUNS=${RUNS:-5}
+PYTHON=${PYTHON:-python3}
+if [ -z "${BUNDLE:-}" ] && [ -d gpu-bundle ]; then BUNDLE="gpu-bundle"; fi
+BUNDLE=${BUNDLE:-}
 LESSON=build/hello_gpu
+JOBS=$(nproc 2>/dev/null || echo 2)
 # Relative agreement of the per-epoch losses of the two devices; the program prints
 # six decimals, so one unit in the last of them is allowed on top.
 LOSS_TOLERANCE=1e-4
 LOSS_PRINT_UNIT=1e-6
+SKIP=77 # a step's status for "this machine cannot run it"
 
 if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT"
@@ -35,20 +50,33 @@ if [ -n "${OUT:-}" ]; then
 fi
 exec 2>&1
 
-failed=()
+results=() # "ok|name|detail", "skipped|name|reason" or "FAILED|name|detail"
+skip_reason=""
 
-# step NAME COMMAND...: prints a header, runs the command, records a failure.
+# skip REASON: how a step says that this machine cannot run it.
+skip() {
+    skip_reason="$*"
+    return "$SKIP"
+}
+
+# step NAME COMMAND...: prints a header, runs the command, records its outcome.
 step() {
     local name=$1
     shift
     printf '\n==== %s ====\n' "$name"
     local start=$SECONDS status=0
+    skip_reason=""
     "$@" || status=$?
+    local took="$((SECONDS - start)) s"
     if [ "$status" -eq 0 ]; then
-        printf -- '---- ok: %s (%ds)\n' "$name" $((SECONDS - start))
+        printf -- '---- ok: %s (%s)\n' "$name" "$took"
+        results+=("ok|$name|$took")
+    elif [ "$status" -eq "$SKIP" ] && [ -n "$skip_reason" ]; then
+        printf -- '---- skipped: %s: %s\n' "$name" "$skip_reason"
+        results+=("skipped|$name|$skip_reason")
     else
-        printf -- '---- FAILED: %s (exit status %d, %ds)\n' "$name" "$status" $((SECONDS - start))
-        failed+=("$name")
+        printf -- '---- FAILED: %s (exit status %d, %s)\n' "$name" "$status" "$took"
+        results+=("FAILED|$name|exit status $status")
     fi
 }
 
@@ -67,33 +95,89 @@ find_tool() {
 NVCC=$(find_tool nvcc /usr/local/cuda/bin/nvcc)
 SANITIZER=$(find_tool compute-sanitizer /usr/local/cuda/bin/compute-sanitizer \
     /usr/local/cuda/compute-sanitizer/compute-sanitizer)
+MAKE_VARS=(CUDA_ARCH="$CUDA_ARCH" ${BUNDLE:+BUNDLE="$BUNDLE"})
+
+# Why the GPU steps cannot run here, or empty when they can. Without nvidia-smi (some
+# containers), the driver's own list of GPUs.
+no_gpu_reason() {
+    local gpus
+    if ! command -v nvidia-smi >/dev/null 2>&1; then
+        if [ -z "$(ls /proc/driver/nvidia/gpus 2>/dev/null)" ]; then
+            echo "no GPU (nvidia-smi not found, /proc/driver/nvidia/gpus lists none)"
+            return
+        fi
+    elif ! gpus=$(timeout 30 nvidia-smi -L 2>&1) || ! grep -q '^GPU ' <<<"$gpus"; then
+        echo "no GPU (nvidia-smi lists none: $(head -n 1 <<<"$gpus"))"
+        return
+    fi
+    [ -n "$NVCC" ] || echo "no nvcc (PATH, /usr/local/cuda/bin): the build has no CUDA"
+}
+NO_GPU=$(no_gpu_reason)
+
+need_gpu() {
+    [ -z "$NO_GPU" ] || skip "$NO_GPU"
+}
+need_gpu_then() { # need_gpu_then COMMAND...: the command, where there is a GPU
+    need_gpu || return
+    "$@"
+}
+found_line() { # the line of `make found` about $1 (nvcc, NCCL, Criterion, ...)
+    make --no-print-directory "${MAKE_VARS[@]}" found | grep "^$1:" || true
+}
+need_criterion() {
+    found_line Criterion | grep -q '^Criterion: found' ||
+        skip "no Criterion (tools/gpu_bundle.sh prepares it: gpu-bundle/ or BUNDLE=DIR)"
+}
+need_nccl() {
+    found_line NCCL | grep -q '^NCCL: found' || skip "$(found_line NCCL)"
+}
 
 # ----------------------------------------------------------------------------
 # the steps
 
 show_machine() {
-    nvidia-smi -L || return 1
-    if [ -z "$NVCC" ]; then
-        echo "nvcc not found (PATH, /usr/local/cuda/bin)"
-        return 1
+    if [ -n "$NO_GPU" ]; then echo "$NO_GPU"; else nvidia-smi -L 2>/dev/null || ls /proc/driver/nvidia/gpus; fi
+    if [ -n "$NVCC" ]; then "$NVCC" --version | tail -n 2; else echo "nvcc: not found"; fi
+    "$PYTHON" -c 'import sys, torch; print("python", sys.version.split()[0], "torch",
+        torch.__version__, "CUDA available:", torch.cuda.is_available())' 2>/dev/null ||
+        echo "$PYTHON: no PyTorch"
+    command -v gnuplot >/dev/null 2>&1 ||
+        echo "gnuplot: not found: no pictures (the lessons and bench.sh warn; their CSVs have the data)"
+    found_line '[A-Za-z]*'
+}
+
+# The bundle's files are those its MANIFEST lists, unchanged.
+check_bundle() {
+    if [ -z "$BUNDLE" ]; then
+        skip "no bundle (gpu-bundle/ or BUNDLE=DIR, from tools/gpu_bundle.sh):" \
+            "the system's Criterion and libsodium, if it has them"
+        return
     fi
-    "$NVCC" --version
+    [ -f "$BUNDLE/MANIFEST" ] || { echo "$BUNDLE/MANIFEST: not found"; return 1; }
+    head -n 1 "$BUNDLE/MANIFEST"
+    (cd "$BUNDLE" && awk '!/^#/ { print $4 "  " $1 }' MANIFEST | sha256sum --check --quiet) &&
+        echo "$(grep -vc '^#' "$BUNDLE/MANIFEST") files as its MANIFEST lists them"
 }
 
 build() {
-    make clean && make CUDA_ARCH="$CUDA_ARCH" || return 1
-    # every GPU test binary, named after its source
-    local src targets=()
-    for src in tests/gpu/test_*.cu; do
-        [ -e "$src" ] || continue
-        targets+=("build/tests/gpu/$(basename "$src" .cu)")
-    done
-    [ ${#targets[@]} -gt 0 ] || { echo "no tests/gpu/test_*.cu"; return 1; }
-    make CUDA_ARCH="$CUDA_ARCH" "${targets[@]}"
+    make clean && make -j"$JOBS" "${MAKE_VARS[@]}" all || return 1
+    if need_criterion; then
+        make -j"$JOBS" "${MAKE_VARS[@]}" tests
+    else
+        echo "$skip_reason: the test binaries are not built"
+    fi
+}
+
+# One CPU suite, to show that the test binaries run here (with the bundle's libraries).
+cpu_suite() {
+    need_criterion || return
+    ldd build/tests/test_config | grep -E 'criterion|not found' || true
+    timeout 120 build/tests/test_config
 }
 
 # Every GPU test binary; a skipped test counts as a failure here: this machine has a GPU.
 gpu_tests() {
+    need_gpu && need_criterion || return
     local t log status=0 ran=0
     for t in build/tests/gpu/test_*; do
         [ -x "$t" ] || continue
@@ -101,7 +185,7 @@ gpu_tests() {
         log=$(timeout 180 "$t" --jobs 1 --verbose 2>&1) || status=1
         printf '%s\n' "$log"
         if grep -q '\[SKIP\]' <<<"$log"; then
-            echo "error: $t skipped tests on a machine that should have a GPU"
+            echo "error: $t skipped tests on a machine that has a GPU"
             status=1
         fi
     done
@@ -109,20 +193,49 @@ gpu_tests() {
     return "$status"
 }
 
-full_suite() {
-    timeout 240 make CUDA_ARCH="$CUDA_ARCH" test
+# Lesson 02's suite where it runs on the GPU, and where it refuses more NCCL ranks than GPUs.
+lesson_gpu_tests() {
+    need_gpu && need_criterion || return
+    local filter status=0
+    for filter in 'multi_gpu_on_a_gpu/*' 'multi_gpu/backend_nccl*' 'multi_gpu/device_cuda*'; do
+        timeout 180 build/tests/test_multi_gpu --jobs 1 --verbose --filter "$filter" || status=1
+    done
+    return "$status"
 }
 
-sanitize() {
-    if [ -z "$SANITIZER" ]; then
-        echo "compute-sanitizer not found (PATH, /usr/local/cuda/bin," \
-            "/usr/local/cuda/compute-sanitizer)"
-        return 1
+full_suite() {
+    [ "${FULL:-0}" = 1 ] || { skip "FULL=1 runs it (several minutes)"; return; }
+    need_criterion || return
+    timeout 400 make "${MAKE_VARS[@]}" test
+}
+
+# What compute-sanitizer says when it cannot work on this driver, GPU or runtime (rather
+# than about the program): it then prints no ERROR SUMMARY.
+SANITIZER_REFUSED='not supported|unsupported|Internal Sanitizer Error|Unable to find injection|before first instrumented API|driver version'
+
+# compute-sanitizer on one run; a sanitizer that cannot run on this driver or GPU is a skip.
+sanitized_run() {
+    local log status=0
+    log=$(timeout 120 "$SANITIZER" --error-exitcode 1 "$@" 2>&1) || status=$?
+    printf '%s\n' "$log" | tail -n 5
+    if ! grep -q 'ERROR SUMMARY' <<<"$log" && grep -qiE "$SANITIZER_REFUSED" <<<"$log"; then
+        skip "compute-sanitizer refused: $(grep -m 1 -iE "$SANITIZER_REFUSED" <<<"$log")"
+        return
     fi
-    local run=(timeout 180 "$SANITIZER" --error-exitcode 1)
-    "${run[@]}" "$LESSON" --device cuda --epochs 2 &&
-        "${run[@]}" "$LESSON" --device cuda --epochs 1 --optimizer sgd &&
-        "${run[@]}" --tool racecheck "$LESSON" --device cuda --epochs 1
+    return "$status"
+}
+
+# memcheck on every way lesson 01 can run its kernels, then SGD and racecheck, on a small
+# epoch (8 batches): the sanitizers slow every launch down many times.
+sanitize() {
+    need_gpu || return
+    [ -n "$SANITIZER" ] || { skip "compute-sanitizer not found (PATH, /usr/local/cuda/bin)"; return; }
+    local small=(--device cuda --epochs 1 --data-size 320) kernels
+    for kernels in "${KERNEL_CHOICES[@]}"; do
+        sanitized_run "$LESSON" "${small[@]}" ${kernels:+--kernels "$kernels"} || return
+    done
+    sanitized_run "$LESSON" "${small[@]}" --optimizer sgd &&
+        sanitized_run --tool racecheck "$LESSON" "${small[@]}"
 }
 
 # Prints "epoch train eval" for each epoch line of a run's output on stdin.
@@ -131,6 +244,7 @@ epoch_losses() {
 }
 
 losses_agree() {
+    need_gpu || return
     local gpu cpu
     gpu=$(timeout 60 "$LESSON" --device cuda --epochs 3) || return 1
     cpu=$(timeout 60 "$LESSON" --device cpu --epochs 3) || return 1
@@ -158,6 +272,7 @@ losses_agree() {
 # A run of 6 epochs against 3 epochs, a checkpoint, and --resume to 6, on the GPU: the
 # kernels use no atomics, so the losses.csv loss columns must match to the bit.
 resume_matches() {
+    need_gpu || return
     local dir status=0
     dir=$(mktemp -d)
     timeout 60 "$LESSON" --device cuda --epochs 6 --out "$dir/whole" >/dev/null &&
@@ -172,6 +287,7 @@ resume_matches() {
 }
 
 lesson02_gpu() {
+    need_gpu || return
     local run out
     for run in "--backend ring --gpus 2" "--backend nccl --gpus 1"; do
         # shellcheck disable=SC2086 # the flags are meant to split
@@ -182,20 +298,28 @@ lesson02_gpu() {
 }
 
 allreduce_nccl() {
+    need_gpu && need_nccl || return
     timeout 120 build/allreduce_bench --backend nccl --ranks 1 --min-bytes 1K --max-bytes 64M
 }
 
-# time_run LABEL COMMAND...: RUNS runs; prints each time and the median, records
-# "label on device|median|runs" in timing_rows.
+# PyTorch with CUDA, or a skip saying what is missing.
+need_torch_cuda() {
+    "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null ||
+        skip "no PyTorch with CUDA in $PYTHON"
+}
+
+# time_run LABEL COMMAND...: RUNS runs of a program that prints "Average time per epoch: X
+# seconds" (the C programs) or "RESULT ... seconds_per_epoch=X" (tools/torch_reference.py);
+# prints each and the median, and records "label|median|runs" in timing_rows.
 timing_rows=()
 time_run() {
-    local label=$1 i out seconds name times=()
+    local label=$1 i out seconds times=()
     shift
     for ((i = 1; i <= RUNS; i++)); do
-        out=$(timeout 60 "$@") || return 1
-        seconds=$(sed -n 's/^Average time per epoch: \([0-9.e+-]*\) seconds$/\1/p' <<<"$out")
-        [ -n "$seconds" ] || { echo "no 'Average time per epoch' line"; return 1; }
-        name=$(sed -n 's/^\(No GPU found, using \|Using \|.*Process initialized.*\)device: //p' <<<"$out" | head -n 1)
+        out=$(timeout 120 "$@") || return 1
+        seconds=$(sed -n -e 's/^Average time per epoch: \([0-9.e+-]*\) seconds$/\1/p' \
+            -e 's/^RESULT .*seconds_per_epoch=\([0-9.e+-]*\).*/\1/p' <<<"$out")
+        [ -n "$seconds" ] || { echo "no time per epoch in the output"; return 1; }
         echo "run $i of $label: $seconds s per epoch"
         times+=("$seconds")
     done
@@ -203,11 +327,35 @@ time_run() {
     median=$(printf '%s\n' "${times[@]}" | sort -g | awk '{ t[NR] = $1 } END {
         print (NR % 2 ? t[(NR + 1) / 2] : (t[NR / 2] + t[NR / 2 + 1]) / 2) }')
     echo "median of $label: $median s per epoch"
-    timing_rows+=("$label on $name|$median|$RUNS")
+    timing_rows+=("$label|$median|$RUNS")
+}
+
+# timed LABEL GUARD COMMAND...: time_run unless GUARD (a need_* function, or true) skips;
+# a skipped row stays in the table with its reason.
+timed() {
+    local label=$1 guard=$2
+    shift 2
+    if ! "$guard"; then
+        timing_rows+=("$label|skipped: $skip_reason|-")
+        return "$SKIP"
+    fi
+    time_run "$label" "$@"
+}
+
+print_summary() {
+    local row outcome name detail
+    for row in "${results[@]}"; do
+        IFS='|' read -r outcome name detail <<<"$row"
+        if [ "$outcome" = skipped ]; then
+            printf '%-8s %s: %s\n' "$outcome" "$name" "$detail"
+        else
+            printf '%-8s %s (%s)\n' "$outcome" "$name" "$detail"
+        fi
+    done
 }
 
 print_table() {
-    echo "| program on device | median seconds per epoch | runs |"
+    echo "| lesson 01 at defaults | seconds per epoch (median) | runs |"
     echo "| --- | --- | --- |"
     local row name median runs
     for row in "${timing_rows[@]+"${timing_rows[@]}"}"; do
@@ -220,33 +368,53 @@ print_table() {
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 echo "gpu_check: $(date -u '+%Y-%m-%d %H:%M:%S UTC') on ${HOSTNAME:-unknown host}, commit $commit"
-step "GPU and CUDA toolkit" show_machine
-step "build (make CUDA_ARCH=$CUDA_ARCH)" build
-step "GPU tests: CUDA kernels against their CPU twins" gpu_tests
+step "machine: GPU, CUDA toolkit, PyTorch, what make found" show_machine
+step "bundle (${BUNDLE:-none}): its files as its MANIFEST lists them" check_bundle
+step "build (make CUDA_ARCH=$CUDA_ARCH${BUNDLE:+ BUNDLE=$BUNDLE} all tests)" build
+# Each way lesson 01 can run a step's kernels on a GPU, where it has --kernels; else its one.
+KERNEL_CHOICES=("")
+if timeout 30 "$LESSON" --help 2>/dev/null | grep -q -- '--kernels'; then
+    KERNEL_CHOICES=(unfused graph fused)
+fi
+step "a CPU test suite runs here (build/tests/test_config)" cpu_suite
+step "GPU tests: CUDA kernels against their CPU twins; NCCL with 1 rank: init, stream order,\
+ finalize and abort, not a reduction (tests/gpu)" gpu_tests
+step "lesson 02's GPU tests: against the CPU; NCCL with 1 rank (init, stream order, finalize,\
+ not a reduction); more NCCL ranks than GPUs exits 2" lesson_gpu_tests
 step "full test suite (make test)" full_suite
 step "lesson 01 under compute-sanitizer (memcheck, racecheck)" sanitize
 step "lesson 01: GPU and CPU losses agree for 3 epochs" losses_agree
 step "lesson 01 on the GPU: resumed from a checkpoint, the same losses as unbroken" resume_matches
-step "lesson 02 on the GPU: the ring with 2 ranks sharing it, NCCL with 1 rank" lesson02_gpu
-step "all-reduce benchmark on NCCL" allreduce_nccl
-step "timing lesson 01 at defaults on the GPU ($RUNS runs)" time_run "lesson 01" "$LESSON" --device cuda
-step "timing lesson 01 at defaults on the CPU ($RUNS runs)" time_run "lesson 01" "$LESSON" --device cpu
-step "timing lesson 02 (NCCL, 1 rank) at defaults ($RUNS runs)" time_run "lesson 02 nccl x1" build/multi_gpu --device cuda --backend nccl --gpus 1
-step "timing lesson 02 (ring, 2 ranks on the GPU) at defaults ($RUNS runs)" time_run "lesson 02 ring x2" build/multi_gpu --device cuda --backend ring --gpus 2
-step "the benchmark matrix, quick (tools/bench.sh --quick)" timeout 240 tools/bench.sh --quick
+step "lesson 02 on the GPU: the ring with 2 ranks sharing it; NCCL with 1 rank (init, stream\
+ order, finalize: not a reduction)" lesson02_gpu
+step "all-reduce benchmark on NCCL, 1 rank (NCCL's launch and stream cost: not a reduction)" \
+    allreduce_nccl
+step "timing lesson 01 on the CPU (runs: $RUNS)" timed "lesson 01 (C), cpu" true "$LESSON" --device cpu
+for kernels in "${KERNEL_CHOICES[@]}"; do
+    step "timing lesson 01 on the GPU (${kernels:+--kernels $kernels, }runs: $RUNS)" timed \
+        "lesson 01 (C), cuda${kernels:+, --kernels $kernels}" need_gpu "$LESSON" --device cuda \
+        ${kernels:+--kernels "$kernels"}
+done
+step "timing PyTorch on the GPU (runs: $RUNS)" timed "PyTorch (tools/torch_reference.py), cuda" \
+    need_torch_cuda "$PYTHON" tools/torch_reference.py --device cuda
+step "timing lesson 02 (NCCL, 1 rank) (runs: $RUNS)" timed "lesson 02 (C), nccl x1, cuda" need_gpu \
+    build/multi_gpu --device cuda --backend nccl --gpus 1
+step "timing lesson 02 (ring, 2 ranks sharing the GPU) (runs: $RUNS)" timed \
+    "lesson 02 (C), ring x2, cuda" need_gpu build/multi_gpu --device cuda --backend ring --gpus 2
+step "the benchmark matrix, quick (tools/bench.sh --quick --max-ranks 4)" need_gpu_then \
+    timeout 180 tools/bench.sh --quick --max-ranks 4
 
 printf '\n==== summary ====\n'
-print_table
+print_summary
 status=0
-if [ ${#failed[@]} -gt 0 ]; then
-    echo
-    echo "failed steps:"
-    printf '  %s\n' "${failed[@]}"
+if grep -q '^FAILED|' < <(printf '%s\n' "${results[@]}"); then
     status=1
+    echo "some steps FAILED"
 else
-    echo
-    echo "every step passed"
+    echo "no step failed"
 fi
+echo
+print_table
 if [ -n "${tee_pid:-}" ]; then
     exec >&- 2>&-
     wait "$tee_pid" || true

@@ -66,6 +66,7 @@ typedef struct {
     bool insecure;          // --insecure: several nodes without a token
     int max_restarts;       // --max-restarts: new attempts after a worker fails
     int ring_ports[2];      // --ring-ports LO-HI: the ring's listening ports ({0, 0}: any)
+    bool nccl_ifname_given; // NCCL_SOCKET_IFNAME was in the environment at the start
 } Options;
 
 // --ring-ports LO-HI: two ports, LO <= HI, into int[2].
@@ -92,7 +93,8 @@ static void parse_args(Options* o, int argc, char** argv) {
                    .nnodes = 1,
                    .master_addr = "127.0.0.1",
                    .master_port = 29500,
-                   .rdzv_timeout_s = 300};
+                   .rdzv_timeout_s = 300,
+                   .nccl_ifname_given = getenv("NCCL_SOCKET_IFNAME") != NULL};
     config_defaults(&o->train);
     // clang-format off
     const Flag flags[] = {
@@ -304,6 +306,25 @@ static int bind_ring_listeners(Agent* a, const char* addr, RdzvHello* own) {
     return 0;
 }
 
+// NCCL picks an interface of its own for its sockets, and on a machine with several it may
+// take one that the other nodes cannot reach; the rendezvous' interface reaches them. So
+// the workers get NCCL_SOCKET_IFNAME of the interface with addr, unless the user gave one.
+static void use_rendezvous_interface(const Agent* a, const char* addr) {
+    char interface[64];
+    net_interface_of(addr, interface, sizeof interface);
+    if (a->opt.nccl_ifname_given) {
+        if (a->opt.debug)
+            rank_log("NCCL_SOCKET_IFNAME=%s: yours, left as it is (the rendezvous uses %s, %s)",
+                     getenv("NCCL_SOCKET_IFNAME"), interface, addr);
+    } else if (strcmp(interface, "?") == 0) {
+        if (a->opt.debug)
+            rank_log("NCCL_SOCKET_IFNAME: no interface has %s: NCCL picks its own", addr);
+    } else if (setenv("NCCL_SOCKET_IFNAME", interface, 1) == 0 && a->opt.debug)
+        rank_log("NCCL_SOCKET_IFNAME=%s: the interface of this node's rendezvous address %s "
+                 "(set NCCL_SOCKET_IFNAME to choose another)",
+                 interface, addr);
+}
+
 // Steps 1-4 of the rendezvous (see common/rendezvous.h): a->world is then known.
 static int rendezvous(Agent* a, const char* token) {
     const Options* o = &a->opt;
@@ -330,6 +351,7 @@ static int rendezvous(Agent* a, const char* token) {
             rank_log("warning: the master listens on %s, a loopback address: nodes on "
                      "other machines cannot join (give --master-addr this node's address)",
                      addr);
+        use_rendezvous_interface(a, addr);
         RETURN_IF_FAILED(bind_ring_listeners(a, addr, &own));
         RETURN_IF_FAILED(rdzv_master_gather(&a->rdzv, &own));
         rdzv_make_world(&a->rdzv, &a->world);
@@ -337,6 +359,7 @@ static int rendezvous(Agent* a, const char* token) {
     }
     RETURN_IF_FAILED(rdzv_connect(&a->rdzv));
     net_local_addr(a->rdzv.control_fd[0], addr, sizeof addr);
+    use_rendezvous_interface(a, addr);
     RETURN_IF_FAILED(bind_ring_listeners(a, addr, &own));
     return rdzv_join(&a->rdzv, &own, &a->world);
 }

@@ -91,6 +91,7 @@ int mpirun_end(MpirunRank* r, int status) {
     if (status != 0) {
         rank_log("failed: ending the MPI job");
         mpi_world_abort(status);
+        return status; // (failed before MPI_Init: there is nothing to finalize)
     }
     comm_destroy(r->comm);
     mpi_world_finalize();
