@@ -32,6 +32,7 @@
 #endif
 
 #include "check.h"
+#include "device.h" // device_stream
 #include "net.h"
 #include "timer.h"
 #include "trace.h"
@@ -70,7 +71,7 @@ struct Communicator {
     void* step_hook_ctx;
 #ifdef HAVE_NCCL
     ncclComm_t nccl;
-    cudaStream_t stream;  // NCCL's, apart from the compute's (which is the legacy default one)
+    cudaStream_t stream;  // NCCL's, apart from the compute's (device_stream())
     cudaEvent_t computed; // where the compute stream stood when a collective was queued
     float* one_float;     // (1) device memory for the barrier
 #endif
@@ -559,7 +560,7 @@ const char* comm_nccl_version(void) {
 // Has NCCL's stream wait for the work queued so far on the compute stream (the producer of
 // the collective's buffer).
 static int nccl_follow_compute(Communicator* c, const char* what) {
-    if (cudaEventRecord(c->computed, cudaStreamLegacy) != cudaSuccess ||
+    if (cudaEventRecord(c->computed, device_stream()) != cudaSuccess ||
         cudaStreamWaitEvent(c->stream, c->computed, 0) != cudaSuccess) {
         rank_log("%s: %s", what, cudaGetErrorString(cudaGetLastError()));
         return -1;

@@ -11,9 +11,9 @@
  * Buffers are in the memory of the device that the Kernels table drives.
  * Every call has a deadline (timeout_s from its start); a peer that fails or
  * goes away makes the call return -1 with a message naming that peer, never hang.
- * NCCL runs on a stream of its own that synchronises with the default stream
- * (created with cudaStreamCreate), so it is ordered after the model's kernels,
- * which run on the default stream; the build keeps nvcc's legacy default stream.
+ * NCCL runs on a stream of its own (non-blocking), ordered after the model's
+ * kernels, which run on device_stream() (device.h), by an event recorded there
+ * before each collective.
  *
  * APIs: Backend, CommSettings, HostCollectives, Communicator, CommCall, COMM_CALL, COMM_ONCE,
  *       comm_choose_backend, comm_choose_transport,

@@ -26,6 +26,7 @@ void config_defaults(TrainConfig* c) {
         .seed = 42,
         .optimizer = OPTIMIZER_ADAM,
         .device = "auto",
+        .kernels = MLP_KERNELS_AUTO,
         .out_dir = NULL,
         .plot = PLOT_PNG,
         .checkpoint_dir = NULL,
@@ -151,6 +152,7 @@ static int parse_value(const Flag* f, const char* name, const char* value, char*
 }
 
 _Static_assert(sizeof(OptimizerKind) == sizeof(int), "FLAG_ENUM stores an enum as an int");
+_Static_assert(sizeof(MlpKernels) == sizeof(int), "FLAG_ENUM stores an enum as an int");
 _Static_assert(sizeof(PlotKind) == sizeof(int), "FLAG_ENUM stores an enum as an int");
 
 // ----------------------------------------------------------------------------
@@ -308,6 +310,15 @@ void config_print_banner(const TrainConfig* c) {
     printf("  Hidden size: %d\n", c->hidden_size);
     printf("  Seed: %" PRIu64 "\n", c->seed);
     printf("  Optimizer: %s\n", c->optimizer == OPTIMIZER_SGD ? "sgd (momentum 0.9)" : "adam");
+}
+
+int config_choose_kernels(const TrainConfig* c, bool on_gpu, MlpKernels* chosen, char* description,
+                          size_t description_len, char* why, size_t why_len) {
+    size_t shared = on_gpu ? mlp_gpu_shared_bytes() : 0;
+    RETURN_IF_FAILED(mlp_kernels_choose(c->kernels, on_gpu, shared, c->hidden_size, c->batch_size,
+                                        chosen, why, why_len));
+    mlp_kernels_describe(c->kernels, *chosen, on_gpu, description, description_len);
+    return 0;
 }
 
 void config_settings(const TrainConfig* c, char* out, size_t out_len) {

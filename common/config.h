@@ -2,10 +2,10 @@
  * config.h - the flags of every program, from one table each, and the training flags they share.
  *
  * Flags follow the original app: --epochs --batch-size --learning-rate
- * --data-size --hidden-size --seed --optimizer --device --out, and its "next
- * step", checkpoints: --checkpoint-dir --checkpoint-every --resume; and the instruments,
- * --trace FILE and --phases (trace.h). Written as "--flag value" or "--flag=value"; a
- * switch (--resume, --debug) takes no value.
+ * --data-size --hidden-size --seed --optimizer --device --out (and --kernels, how a GPU
+ * runs a batch), and its "next step", checkpoints: --checkpoint-dir --checkpoint-every
+ * --resume; and the instruments, --trace FILE and --phases (trace.h). Written as
+ * "--flag value" or "--flag=value"; a switch (--resume, --debug) takes no value.
  *
  * Each program describes its flags in one table of Flag entries: name, alias,
  * kind, limits, where the value goes, the environment variable that may give
@@ -19,7 +19,7 @@
  * APIs: TrainConfig, Flag, FlagKind, FlagParse, CONFIG_TRAINING_FLAGS, EXIT_USAGE,
  *       config_defaults, config_parse_flags, config_print_help, config_parse_or_explain,
  *       config_check,
- *       config_print_banner, config_settings, usage_error, PlotKind.
+ *       config_print_banner, config_choose_kernels, config_settings, usage_error, PlotKind.
  */
 #ifndef CONFIG_H
 #define CONFIG_H
@@ -55,6 +55,7 @@ typedef struct {
     uint64_t seed;
     OptimizerKind optimizer;
     const char* device;         // "auto", "cpu" or "cuda"
+    MlpKernels kernels;         // --kernels: how a GPU runs a batch (mlp.h)
     const char* out_dir;        // NULL: write no files
     PlotKind plot;              // the pictures of the run
     const char* checkpoint_dir; // NULL: no checkpoints
@@ -121,6 +122,11 @@ typedef struct {
     {.name = "--device", .kind = FLAG_CHOICE, .choices = "auto|cpu|cuda",                      \
      .destination = &(c)->device, .value_name = "NAME",                                       \
      .help = "auto, cpu or cuda (default auto: a GPU if there is one)"},                       \
+    {.name = "--kernels", .kind = FLAG_ENUM, .choices = "auto|unfused|graph|fused",            \
+     .destination = &(c)->kernels, .value_name = "NAME",                                      \
+     .help = "how a GPU runs a batch: unfused (a launch per kernel), graph (a CUDA graph "      \
+             "replayed) or fused (one kernel) (default auto: fused where the model fits, "      \
+             "else graph; the CPU has its own)"},                                              \
     {.name = "--out", .kind = FLAG_DIR, .destination = &(c)->out_dir, .value_name = "DIR",     \
      .help = "write DIR/losses.csv, DIR/fit.csv and DIR/samples.csv (and see --plot)"},        \
     {.name = "--plot", .kind = FLAG_ENUM, .choices = "png|terminal|dumb|none",                 \
@@ -169,6 +175,12 @@ bool config_parse_or_explain(const char* program, const char* description, const
 int config_check(const TrainConfig* c, int world_size, char* why, size_t why_len);
 
 void config_print_banner(const TrainConfig* c);
+
+// The kernels that c->kernels asks for, on a GPU (on_gpu: the current one) or the CPU
+// (mlp_kernels_choose), and in description what a banner says of them. Returns 0, or -1
+// with why filled.
+int config_choose_kernels(const TrainConfig* c, bool on_gpu, MlpKernels* chosen, char* description,
+                          size_t description_len, char* why, size_t why_len);
 
 // The settings that decide a training's path besides the seed and the model's shape, as
 // "key=value ..." (the same text on every machine): what a checkpoint must have been

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -172,3 +173,24 @@ void device_describe(const Device* d, char* out, size_t out_len) {
     else
         snprintf(out, out_len, "cpu (%s)", d->name);
 }
+
+#ifdef HAVE_CUDA
+static cudaStream_t model_stream;
+static pthread_once_t model_stream_once = PTHREAD_ONCE_INIT;
+
+// Creates model_stream, or reports why it cannot and leaves the legacy default stream.
+static void create_model_stream(void) {
+    cudaError_t err = cudaStreamCreate(&model_stream);
+    if (err != cudaSuccess) {
+        check_report(__FILE__, __LINE__, "cudaStreamCreate(&model_stream)",
+                     cudaGetErrorString(err));
+        model_stream = cudaStreamLegacy;
+    }
+}
+
+cudaStream_t device_stream(void) {
+    // Once, even if the compute thread and lesson 04's communication thread ask together.
+    pthread_once(&model_stream_once, create_model_stream);
+    return model_stream;
+}
+#endif

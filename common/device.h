@@ -7,7 +7,7 @@
  * CUDA (no nvcc, or make NO_CUDA=1) knows no GPU at all.
  *
  * APIs: Device, device_gpu_count, device_gpu_count_forked, device_gpus_for_workers, device_open,
- *       device_describe.
+ *       device_describe, device_stream (builds with CUDA).
  */
 #ifndef DEVICE_H
 #define DEVICE_H
@@ -15,6 +15,10 @@
 #include <stddef.h>
 
 #include "kernels.h"
+
+#ifdef HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -50,6 +54,16 @@ int device_open(Device* d, const char* request, int gpu_index, char* why, size_t
 
 // "cuda:0 (NVIDIA H100 80GB HBM3, 79.1 GiB, compute capability 9.0)" or "cpu (AMD EPYC)".
 void device_describe(const Device* d, char* out, size_t out_len);
+
+#ifdef HAVE_CUDA
+// The one stream that the model's work runs on, in order: every kernel, copy and graph of
+// kernels_cuda and the GPU step (common/fast_step.h); collectives wait for it with an event
+// (collective.c). Created at the first call, on the device current then (one per process:
+// each worker uses one GPU). A blocking stream, so that work on the legacy default stream
+// (a cudaMemset elsewhere) still waits for it. Should it fail to be created, the reason is
+// reported once and the legacy default stream, which orders work just as well, is used.
+cudaStream_t device_stream(void);
+#endif
 
 #ifdef __cplusplus
 }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 
 #include "check.h"
+#include "fast_step.h"
 #include "rng.h"
 #include "trace.h"
 
@@ -54,7 +55,7 @@ static int device_alloc(const Kernels* k, float** ptr, size_t count) {
 }
 
 int mlp_create(Mlp* m, const Kernels* k, int hidden, int max_batch) {
-    *m = (Mlp){.k = k, .hidden = hidden, .max_batch = max_batch};
+    *m = (Mlp){.k = k, .hidden = hidden, .max_batch = max_batch, .kernels = MLP_KERNELS_UNFUSED};
     m->num_params = mlp_num_params(hidden);
     size_t P = (size_t)m->num_params, BH = (size_t)max_batch * hidden, B = (size_t)max_batch;
     float** per_param[] = {&m->params, &m->grads, &m->opt_m, &m->opt_v};
@@ -74,6 +75,10 @@ int mlp_create(Mlp* m, const Kernels* k, int hidden, int max_batch) {
 }
 
 void mlp_free(Mlp* m) {
+#ifdef HAVE_CUDA
+    if (m->fast != NULL)
+        fast_step_free(m->fast);
+#endif
     float* buffers[] = {m->params, m->grads, m->opt_m, m->opt_v,   m->x,       m->y,    m->h1,
                         m->a1,     m->h2,    m->ln,    m->ln_mean, m->ln_rstd, m->a3,   m->out,
                         m->d_out,  m->d_a3,  m->d_ln,  m->d_h2,    m->d_a1,    m->d_h1, m->loss};
@@ -191,18 +196,141 @@ int mlp_update(Mlp* m, Optimizer* opt) {
     return mlp_update_from(m, opt, m->grads);
 }
 
+// Adam's settings for opt's current step.
+static AdamSettings adam_settings(const Optimizer* opt) {
+    return (AdamSettings){opt->learning_rate, ADAM_BETA1, ADAM_BETA2, ADAM_EPS, opt->step};
+}
+
 static int optimizer_step(Mlp* m, Optimizer* opt, const float* grads) {
     opt->step++;
     if (opt->kind == OPTIMIZER_SGD)
         return m->k->sgd_update(m->params, m->opt_m, grads, opt->learning_rate, opt->momentum,
                                 m->num_params);
-    AdamSettings s = {opt->learning_rate, ADAM_BETA1, ADAM_BETA2, ADAM_EPS, opt->step};
-    return m->k->adam_update(m->params, m->opt_m, m->opt_v, grads, s, m->num_params);
+    return m->k->adam_update(m->params, m->opt_m, m->opt_v, grads, adam_settings(opt),
+                             m->num_params);
 }
 
 int mlp_update_from(Mlp* m, Optimizer* opt, const float* grads) {
     trace_begin(TRACE_OPTIMIZER);
     return trace_end(optimizer_step(m, opt, grads));
+}
+
+// ----------------------------------------------------------------------------
+// whole batches, as --kernels says
+
+const char* mlp_kernels_name(MlpKernels kernels) {
+    const char* names[] = {"auto", "unfused", "graph", "fused"};
+    return names[kernels];
+}
+
+int mlp_kernels_check(MlpKernels request, bool on_gpu, char* why, size_t why_len) {
+    if (!on_gpu && (request == MLP_KERNELS_GRAPH || request == MLP_KERNELS_FUSED)) {
+        snprintf(why, why_len,
+                 "--kernels %s needs a GPU, and this run is on the CPU (use --kernels auto, "
+                 "or --device cuda on a machine with a GPU)",
+                 mlp_kernels_name(request));
+        return -1;
+    }
+    return 0;
+}
+
+int mlp_kernels_choose(MlpKernels request, bool on_gpu, size_t shared_bytes, int hidden,
+                       int max_batch, MlpKernels* chosen, char* why, size_t why_len) {
+    RETURN_IF_FAILED(mlp_kernels_check(request, on_gpu, why, why_len));
+    size_t needed = fused_shared_bytes(hidden, max_batch);
+    bool fits = on_gpu && needed <= shared_bytes;
+    if (request == MLP_KERNELS_FUSED && !fits) {
+        snprintf(why, why_len,
+                 "--kernels fused: hidden size %d and batch size %d need %zu KiB of shared "
+                 "memory, and this GPU has %zu KiB per block (use --kernels graph or auto)",
+                 hidden, max_batch, (needed + 1023) / 1024, shared_bytes / 1024);
+        return -1;
+    }
+    if (request != MLP_KERNELS_AUTO)
+        *chosen = request;
+    else
+        *chosen = !on_gpu ? MLP_KERNELS_UNFUSED : fits ? MLP_KERNELS_FUSED : MLP_KERNELS_GRAPH;
+    return 0;
+}
+
+void mlp_kernels_describe(MlpKernels request, MlpKernels chosen, bool on_gpu, char* out,
+                          size_t out_len) {
+    if (!on_gpu)
+        snprintf(out, out_len, "cpu");
+    else if (request != MLP_KERNELS_AUTO)
+        snprintf(out, out_len, "%s", mlp_kernels_name(chosen));
+    else
+        snprintf(out, out_len, "%s (auto: the model %s one block's shared memory)",
+                 mlp_kernels_name(chosen), chosen == MLP_KERNELS_FUSED ? "fits" : "does not fit");
+}
+
+size_t mlp_gpu_shared_bytes(void) {
+#ifdef HAVE_CUDA
+    return fast_step_shared_limit();
+#else
+    return 0;
+#endif
+}
+
+int mlp_use_kernels(Mlp* m, MlpKernels kernels) {
+    if (m->fast != NULL) { // a model that chose graph or fused keeps it
+        rank_log("error: --kernels %s: the model already runs %s", mlp_kernels_name(kernels),
+                 mlp_kernels_name(m->kernels));
+        return -1;
+    }
+    if (kernels == MLP_KERNELS_UNFUSED)
+        return 0;
+#ifdef HAVE_CUDA
+    if (m->k == &kernels_cuda && kernels != MLP_KERNELS_AUTO) {
+        RETURN_IF_FAILED(fast_step_create(&m->fast, m, kernels));
+        m->kernels = kernels;
+        return 0;
+    }
+#endif
+    rank_log("error: --kernels %s needs the model on a GPU", mlp_kernels_name(kernels));
+    return -1;
+}
+
+// Runs pass over b the graph's or the fused kernel's way, if mlp_use_kernels chose one:
+// returns 1 when it did not (the caller goes step by step), else 0 or -1.
+static int fast_pass(Mlp* m, const MlpBatch* b, FastPass pass, Optimizer* opt) {
+#ifdef HAVE_CUDA
+    if (m->fast == NULL)
+        return 1;
+    if (pass != FAST_STEP)
+        return fast_step_run(m->fast, m, b, pass, NULL);
+    opt->step++;
+    FastUpdate update = {opt->kind, adam_settings(opt), opt->momentum};
+    return fast_step_run(m->fast, m, b, FAST_STEP, &update);
+#else
+    (void)m, (void)b, (void)pass, (void)opt;
+    return 1;
+#endif
+}
+
+int mlp_batch_loss(Mlp* m, const MlpBatch* b) {
+    int fast = fast_pass(m, b, FAST_LOSS, NULL);
+    if (fast != 1)
+        return fast;
+    RETURN_IF_FAILED(mlp_load_batch(m, b->data_x, b->data_y, b->indices + b->first, b->B));
+    RETURN_IF_FAILED(mlp_forward(m, b->B));
+    return mlp_loss(m, b->loss_scale, b->B);
+}
+
+int mlp_batch_gradients(Mlp* m, const MlpBatch* b) {
+    int fast = fast_pass(m, b, FAST_GRADIENTS, NULL);
+    if (fast != 1)
+        return fast;
+    RETURN_IF_FAILED(mlp_batch_loss(m, b));
+    return mlp_backward(m, b->B);
+}
+
+int mlp_train_step(Mlp* m, Optimizer* opt, const MlpBatch* b) {
+    int fast = fast_pass(m, b, FAST_STEP, opt);
+    if (fast != 1)
+        return fast;
+    RETURN_IF_FAILED(mlp_batch_gradients(m, b));
+    return mlp_update(m, opt);
 }
 
 // ----------------------------------------------------------------------------

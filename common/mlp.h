@@ -6,15 +6,27 @@
  * (lesson 02). The model runs on whatever device its Kernels table drives;
  * every buffer below is in that device's memory.
  *
+ * A batch goes through the model in one of two ways. Step by step: mlp_load_batch,
+ * mlp_forward, mlp_loss, mlp_backward, mlp_update, one kernel after another (lesson 04 needs
+ * this, to announce gradients in the middle of the backward pass). Or whole: mlp_batch_loss,
+ * mlp_batch_gradients, mlp_train_step, which on a GPU run as mlp_use_kernels chose: the same
+ * kernels one by one (unfused), replayed as a CUDA graph, or as one fused kernel
+ * (common/fast_step.h). On the CPU, and unfused, they are the step-by-step calls.
+ *
  * Shapes: B batch rows (at most max_batch), H hidden features.
  * APIs: MLP_TENSORS, mlp_num_params, mlp_tensor_sizes, mlp_create, mlp_init_params, mlp_load_batch,
  *       mlp_forward, mlp_loss, mlp_backward, mlp_backward_announcing, GradsReady, mlp_update,
  *       mlp_update_from, mlp_take_loss, mlp_predict,
- *       mlp_get_params, mlp_get_state, mlp_set_state, mlp_print_summary, mlp_free.
+ *       mlp_get_params, mlp_get_state, mlp_set_state, mlp_print_summary, mlp_free,
+ *       MlpKernels, MlpBatch, mlp_kernels_name, mlp_kernels_check, mlp_kernels_choose,
+ *       mlp_kernels_describe, mlp_gpu_shared_bytes,
+ *       mlp_use_kernels, mlp_batch_loss, mlp_batch_gradients, mlp_train_step.
  */
 #ifndef MLP_H
 #define MLP_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kernels.h"
@@ -42,6 +54,26 @@ typedef struct {
     float momentum; // SGD only
     int step;       // updates done so far
 } Optimizer;
+
+// How a GPU runs a whole batch (--kernels; lesson 01's README says what each costs).
+typedef enum {
+    MLP_KERNELS_AUTO,    // the fastest that fits: fused where the model fits, else graph
+    MLP_KERNELS_UNFUSED, // one launch per kernel (and on the CPU, the CPU's functions)
+    MLP_KERNELS_GRAPH,   // the kernels of a batch captured once as a CUDA graph, replayed
+    MLP_KERNELS_FUSED,   // one kernel per batch, weights and activations in shared memory
+} MlpKernels;
+
+// One batch of a pass over data: its samples are indices[first, first + B).
+typedef struct {
+    const float* data_x; // every sample's input, in the model's device memory
+    const float* data_y; // and target
+    const int* indices;  // the pass's order of the samples, in device memory
+    int first;
+    int B;
+    float loss_scale; // the loss sum grows by loss_scale * the batch's squared errors
+} MlpBatch;
+
+struct FastStep;
 
 typedef struct {
     const Kernels* k; // the device
@@ -74,6 +106,9 @@ typedef struct {
     float* d_a1;  // (B, H)
     float* d_h1;  // (B, H)
     float* loss;  // (1) running sum that mlp_loss adds to
+
+    MlpKernels kernels;    // how the batch functions run: unfused, graph or fused
+    struct FastStep* fast; // the graph's or fused kernel's state (fast_step.h); NULL when unfused
 } Mlp;
 
 // The model's tensors, in the order they lie in the parameter (and gradient) buffer:
@@ -118,6 +153,37 @@ int mlp_get_state(const Mlp* m, float* params, float* opt_m, float* opt_v);
 int mlp_set_state(Mlp* m, const float* params, const float* opt_m, const float* opt_v);
 // Prints the layers and "Total parameters: N", as the original app does.
 void mlp_print_summary(const Mlp* m);
+
+// "auto", "unfused", "graph" or "fused".
+const char* mlp_kernels_name(MlpKernels kernels);
+// Refuses (-1, with why) what the CPU cannot do: --kernels graph or fused when not on_gpu.
+int mlp_kernels_check(MlpKernels request, bool on_gpu, char* why, size_t why_len);
+// The kernels to run a model of hidden, max_batch with, as asked for by request: on a GPU
+// (on_gpu) with shared_bytes of shared memory per block, auto is fused where the model fits
+// (fast_step.h's fused_shared_bytes) and graph elsewhere; on the CPU, auto and unfused are
+// the CPU's functions (*chosen = unfused), graph and fused are refused. Refuses fused where
+// the model does not fit. Returns 0, or -1 with a one-line reason in why.
+int mlp_kernels_choose(MlpKernels request, bool on_gpu, size_t shared_bytes, int hidden,
+                       int max_batch, MlpKernels* chosen, char* why, size_t why_len);
+// What a banner says of them: "cpu" off a GPU, else chosen's name, and with request auto why:
+// "fused (auto: the model fits one block's shared memory)".
+void mlp_kernels_describe(MlpKernels request, MlpKernels chosen, bool on_gpu, char* out,
+                          size_t out_len);
+// The shared memory one block may have on the current GPU; 0 in a build without CUDA.
+size_t mlp_gpu_shared_bytes(void);
+// Makes the batch functions below run as kernels says (not auto: mlp_kernels_choose first),
+// once, after mlp_create (which starts unfused). Graph and fused need the model on a GPU.
+// Returns 0, or -1 after reporting why not.
+int mlp_use_kernels(Mlp* m, MlpKernels kernels);
+
+// The batch's forward pass and loss (mlp_load_batch, mlp_forward, mlp_loss).
+int mlp_batch_loss(Mlp* m, const MlpBatch* b);
+// ... and its backward pass: the gradients in m->grads (mlp_backward).
+int mlp_batch_gradients(Mlp* m, const MlpBatch* b);
+// ... and the optimizer's step (mlp_update). As a graph or fused, all of it is one launch.
+// After a graph or a fused batch, the activation buffers (h1 ... d_h1) hold nothing
+// useful: the fused kernel keeps them in shared memory.
+int mlp_train_step(Mlp* m, Optimizer* opt, const MlpBatch* b);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,7 @@
  */
 #include <cuda_runtime.h>
 
+#include "device.h" // device_stream
 #include "timer.h"
 #include "trace_gpu.h"
 
@@ -19,7 +20,8 @@ int trace_gpu_start(void) {
         if (cudaEventCreate(&marks[marks_made]) != cudaSuccess)
             return -1;
     // The GPU idles here: the reference's GPU time is the host's once it is reached.
-    if (cudaDeviceSynchronize() != cudaSuccess || cudaEventRecord(reference, 0) != cudaSuccess ||
+    if (cudaDeviceSynchronize() != cudaSuccess ||
+        cudaEventRecord(reference, device_stream()) != cudaSuccess ||
         cudaEventSynchronize(reference) != cudaSuccess)
         return -1;
     reference_host = timer_seconds();
@@ -35,7 +37,7 @@ int trace_gpu_mark_on(void* stream) {
 }
 
 int trace_gpu_mark(void) {
-    return trace_gpu_mark_on(0);
+    return trace_gpu_mark_on(device_stream());
 }
 
 int trace_gpu_wait(int slot) {

@@ -2,7 +2,7 @@
  * trace_gpu.h - CUDA events that time trace.c's spans on the GPU (common/trace_gpu.cu).
  *
  * A pool of events made once: each span records one at its start and one at its end on
- * the compute stream (the legacy default one), and once the GPU got past them their
+ * the compute stream (device_stream(), device.h), and once the GPU got past them their
  * times are read against a reference event whose host time is known, so that the GPU's
  * times lie on the host clock's axis. A build without CUDA has no GPU to time: these
  * are then never called, and answer that they cannot.

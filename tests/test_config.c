@@ -143,6 +143,7 @@ Test(config, defaults_follow_the_original_app) {
     cr_assert_eq(c.seed, 42);
     cr_assert_eq(c.optimizer, OPTIMIZER_ADAM);
     cr_assert_str_eq(c.device, "auto");
+    cr_assert_eq(c.kernels, MLP_KERNELS_AUTO);
     cr_assert_null(c.out_dir);
     cr_assert_eq(c.plot, PLOT_PNG);
 }
@@ -174,6 +175,12 @@ Test(config, good_values_are_stored) {
     for (int i = 0; i < 3; i++) {
         expect_accepted(&c, "--device", devices[i]);
         cr_assert_str_eq(c.device, devices[i]);
+    }
+    MlpKernels kernels[] = {MLP_KERNELS_UNFUSED, MLP_KERNELS_GRAPH, MLP_KERNELS_FUSED,
+                            MLP_KERNELS_AUTO};
+    for (int i = 0; i < 4; i++) {
+        expect_accepted(&c, "--kernels", mlp_kernels_name(kernels[i]));
+        cr_assert_eq(c.kernels, kernels[i], "--kernels %s", mlp_kernels_name(kernels[i]));
     }
     expect_accepted(&c, "--out", "some/dir");
     cr_assert_str_eq(c.out_dir, "some/dir");
@@ -226,6 +233,10 @@ Test(config, bad_values_are_refused_with_one_line_naming_the_flag) {
         {"--device", "cpu2"},
         {"--device", ""},
         {"--device", NULL},
+        {"--kernels", "turbo"},
+        {"--kernels", "Fused"},
+        {"--kernels", ""},
+        {"--kernels", NULL},
         {"--out", ""},
         {"--out", NULL},
         {"--plot", "jpg"},

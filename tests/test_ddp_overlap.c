@@ -253,6 +253,9 @@ Test(ddp_overlap, bad_lesson_04_flags_exit_2_with_one_line_naming_the_flag,
         {"--accumulate", "0", "--accumulate"},
         {"--accumulate", "", "--accumulate"},
         {"--no-overlap", "yes", "yes"},
+        // buckets are announced between the backward pass's kernels: no graph, no fusion
+        {"--kernels", "graph", "--kernels graph: lesson 04 announces gradient buckets"},
+        {"--kernels", "fused", "--kernels fused: lesson 04 announces gradient buckets"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         Proc p = proc_run(DDP_OVERLAP, (const char*[]){cases[i][0], cases[i][1], NULL}, NULL);

@@ -261,6 +261,10 @@ Test(hello_gpu, bad_flags_exit_2_with_one_line_naming_the_flag) {
         {{"--hidden-size", "99999"}, "--hidden-size"},
         {{"--optimizer", "rmsprop"}, "--optimizer"},
         {{"--device", "tpu"}, "--device"},
+        {{"--kernels", "turbo"}, "--kernels"},
+        // the CPU has its own functions: asking it for a GPU's is a mistake, said at once
+        {{"--device", "cpu", "--kernels", "graph"}, "--kernels graph needs a GPU"},
+        {{"--device", "cpu", "--kernels", "fused"}, "--kernels fused needs a GPU"},
         {{"--bogus"}, "--bogus"},
         {{"--bogus", "1"}, "--bogus"},
         {{"--device", "cpu", "--epochs"}, "--epochs"}, // the value is missing
@@ -782,4 +786,43 @@ Test(hello_gpu, a_gnuplot_that_fails_leaves_no_picture_behind, .init = temp_dir_
     cr_assert_eq(list_dir(dir, names, sizeof names), OUT_CSV_FILES,
                  "%s holds more than the CSVs: %s", dir, names);
     proc_free(&r);
+}
+
+// ----------------------------------------------------------------------------
+// f) on a GPU (skipped without one): every --kernels choice against the CPU
+
+#define GPU_CPU_RTOL 1e-5
+
+Test(hello_gpu_on_a_gpu, every_kernels_choice_trains_as_the_cpu_and_the_banner_names_it,
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
+#ifdef HAVE_CUDA
+    if (!gpu_present())
+        cr_skip_test("no GPU: this test runs lesson 01 on a GPU");
+#else
+    cr_skip_test("a build without CUDA: this test runs lesson 01 on a GPU");
+#endif
+    const char* choices[][2] = {
+        {"unfused", "  Kernels: unfused\n"},
+        {"graph", "  Kernels: graph\n"},
+        {"fused", "  Kernels: fused\n"},
+        {"auto", "  Kernels: fused (auto: the model fits one block's shared memory)\n"},
+    };
+    char cpu_dir[128], dir[128], what[128];
+    snprintf(cpu_dir, sizeof cpu_dir, "%s/cpu", temp_dir);
+    Proc c = run_ok((const char*[]){"--epochs", "3", "--out", cpu_dir, NULL});
+    for (size_t i = 0; i < sizeof choices / sizeof *choices; i++) {
+        snprintf(dir, sizeof dir, "%s/%s", temp_dir, choices[i][0]);
+        Proc g = proc_run(PROGRAM,
+                          (const char*[]){"--device", "cuda", "--kernels", choices[i][0],
+                                          "--epochs", "3", "--out", dir, NULL},
+                          NULL);
+        cr_assert_eq(g.status, 0, "--kernels %s: exit status %d; stderr:\n%s", choices[i][0],
+                     g.status, g.err.text);
+        cr_expect_not_null(strstr(g.out.text, choices[i][1]), "--kernels %s: no '%s' line:\n%s",
+                           choices[i][0], choices[i][1], g.out.text);
+        snprintf(what, sizeof what, "--kernels %s on the GPU against the CPU", choices[i][0]);
+        expect_same_losses(what, dir, cpu_dir, 3, GPU_CPU_RTOL);
+        proc_free(&g);
+    }
+    proc_free(&c);
 }

@@ -417,6 +417,8 @@ Test(multi_gpu, bad_flags_exit_2_with_one_line_naming_the_flag, .fini = proc_end
         {{"--device", "cpu", "--gpus", "4", "--batch-size", "401"}, "--batch-size"},
         {{"--device", "cpu", "--gpus", "2", "--data-size", "100", "--batch-size", "41"},
          "--batch-size"},
+        {{"--device", "cpu", "--kernels", "fused"}, "--kernels fused needs a GPU"},
+        {{"--kernels", "turbo"}, "--kernels"},
         {{"--bogus"}, "--bogus"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)

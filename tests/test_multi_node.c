@@ -948,6 +948,9 @@ Test(multi_node, bad_flags_exit_2_with_one_line_naming_the_flag, .fini = proc_en
           "--master-port", bad_flags_port},
          {NULL},
          "--ring-ports 41000-41000 has 1 port for this node's 2 workers"},
+        {{"--device", "cpu", "--kernels", "graph", "--master-port", bad_flags_port},
+         {NULL},
+         "--kernels graph needs a GPU"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         expect_usage_error(cases[i].args, cases[i].env, cases[i].name);

@@ -132,6 +132,10 @@ median_min_max() {
 
 bench_config "c-1-cpu" c cpu none 1 1 strong "$data_size" build/hello_gpu --device cpu "${workload[@]}"
 [ "$gpus" -eq 0 ] || bench_config "c-1-cuda" c cuda none 1 1 strong "$data_size" build/hello_gpu --device cuda "${workload[@]}"
+# each way a GPU runs a batch (--kernels; lesson 01's README); c-1-cuda is auto's choice
+for kernels in unfused graph fused; do
+    [ "$gpus" -eq 0 ] || bench_config "c-1-cuda-$kernels" c cuda none 1 1 strong "$data_size" build/hello_gpu --device cuda --kernels "$kernels" "${workload[@]}"
+done
 for ((n = 1; n <= max_ranks; n++)); do
     bench_config "c-ring-$n-cpu" c cpu ring 1 "$n" strong "$data_size" build/multi_gpu --device cpu --backend ring --gpus "$n" "${workload[@]}"
     weak=(--data-size $((data_size * n)) "${workload[@]:2}")

@@ -9,7 +9,9 @@
  *
  * New in this lesson: device detection (common/device.h), device memory
  * (alloc / upload / download), the training loop (load a batch, forward, loss,
- * backward, update), evaluation, timing, --out files (common/report.h), and
+ * backward, update: mlp_train_step), evaluation, timing, how a GPU runs a batch
+ * (--kernels: a launch per kernel, a CUDA graph, or one fused kernel; common/fast_step.h),
+ * --out files (common/report.h), and
  * checkpoints: --checkpoint-dir saves the training every few epochs, --resume
  * goes on from there (common/checkpoint.h); and the instruments: --trace FILE
  * records a timeline of the run's spans, --phases prints where a step's time goes
@@ -105,12 +107,10 @@ static int train_epoch(Mlp* m, Optimizer* opt, Sampler* s, const DeviceData* d, 
     for (int step = 0; step < steps; step++) {
         int first = step * batch_size;
         int B = s->num_samples - first < batch_size ? s->num_samples - first : batch_size;
-        RETURN_IF_FAILED(mlp_load_batch(m, d->x, d->y, d->train_indices + first, B));
-        RETURN_IF_FAILED(mlp_forward(m, B));
         // the batch's mean squared error, divided by steps: the loss sum becomes the mean
-        RETURN_IF_FAILED(mlp_loss(m, 1.0f / ((float)B * steps), B));
-        RETURN_IF_FAILED(mlp_backward(m, B));
-        RETURN_IF_FAILED(mlp_update(m, opt));
+        MlpBatch batch = {d->x, d->y, d->train_indices, first, B, 1.0f / ((float)B * steps)};
+        // load the batch, forward, loss, backward, update (mlp.c), as --kernels says
+        RETURN_IF_FAILED(mlp_train_step(m, opt, &batch));
     }
     return mlp_take_loss(m, train_loss);
 }
@@ -119,9 +119,8 @@ static int train_epoch(Mlp* m, Optimizer* opt, Sampler* s, const DeviceData* d, 
 static int evaluate(Mlp* m, const DeviceData* d, float* eval_loss) {
     for (int first = 0; first < d->n_eval; first += m->max_batch) {
         int B = d->n_eval - first < m->max_batch ? d->n_eval - first : m->max_batch;
-        RETURN_IF_FAILED(mlp_load_batch(m, d->x, d->y, d->eval_indices + first, B));
-        RETURN_IF_FAILED(mlp_forward(m, B));
-        RETURN_IF_FAILED(mlp_loss(m, 1.0f / d->n_eval_total, B));
+        MlpBatch batch = {d->x, d->y, d->eval_indices, first, B, 1.0f / d->n_eval_total};
+        RETURN_IF_FAILED(mlp_batch_loss(m, &batch)); // load, forward, loss
     }
     return mlp_take_loss(m, eval_loss);
 }
@@ -179,8 +178,11 @@ int main(int argc, char** argv) {
 
     Device dev;
     Checkpoint checkpoint;
-    char why[ERROR_TEXT_BYTES];
+    MlpKernels kernels;
+    char why[ERROR_TEXT_BYTES], kernels_text[128];
     if (device_open(&dev, c.device, 0, why, sizeof why) != 0 ||
+        config_choose_kernels(&c, dev.kind == DEVICE_CUDA, &kernels, kernels_text,
+                              sizeof kernels_text, why, sizeof why) != 0 ||
         (c.out_dir != NULL && report_prepare_dir(c.out_dir, why, sizeof why) != 0) ||
         (c.trace_path != NULL && trace_probe(c.trace_path, 0, 0, why, sizeof why) != 0))
         return usage_error(why);
@@ -192,6 +194,7 @@ int main(int argc, char** argv) {
         return usage_error(why);
     print_device(&dev, c.device);
     config_print_banner(&c);
+    printf("  Kernels: %s\n", kernels_text);
 
     Dataset data;
     Sampler sampler;
@@ -204,7 +207,8 @@ int main(int argc, char** argv) {
         dataset_create(&data, c.data_size, c.seed) != 0 ||
         sampler_create(&sampler, data.n_train, 1, 0, c.seed) != 0 ||
         mlp_create(&model, dev.kernels, c.hidden_size, c.batch_size) != 0 ||
-        mlp_init_params(&model, c.seed) != 0 || upload_data(&d, dev.kernels, &data, &sampler) != 0)
+        mlp_use_kernels(&model, kernels) != 0 || mlp_init_params(&model, c.seed) != 0 ||
+        upload_data(&d, dev.kernels, &data, &sampler) != 0)
         return EXIT_FAILURE;
     mlp_print_summary(&model);
 

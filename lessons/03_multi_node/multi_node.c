@@ -233,6 +233,7 @@ static void make_plan(Agent* a, const Options* o) {
     if (a->gpus < 0 || o->nnodes * a->nproc > RDZV_MAX_RANKS || few_ports ||
         comm_choose_backend(o->backend, a->gpus, a->nproc, &a->backend, why, sizeof why) != 0 ||
         comm_choose_transport(o->transport, a->backend, &a->shm, why, sizeof why) != 0 ||
+        mlp_kernels_check(o->train.kernels, a->gpus > 0, why, sizeof why) != 0 ||
         config_check(&o->train, o->nnodes * a->nproc, why, sizeof why) != 0 ||
         (o->node_rank == 0 && o->train.out_dir != NULL &&
          report_prepare_dir(o->train.out_dir, why, sizeof why) != 0) ||
@@ -505,11 +506,10 @@ static int train_epoch(Mlp* m, Optimizer* opt, Sampler* s, const DeviceData* d, 
     for (int step = 0; step < steps; step++) {
         int first = step * batch_size;
         int B = s->num_samples - first < batch_size ? s->num_samples - first : batch_size;
-        RETURN_IF_FAILED(mlp_load_batch(m, d->x, d->y, d->train_indices + first, B));
-        RETURN_IF_FAILED(mlp_forward(m, B));
         // the batch's mean squared error, divided by steps: the loss sum becomes the mean
-        RETURN_IF_FAILED(mlp_loss(m, 1.0f / ((float)B * steps), B));
-        RETURN_IF_FAILED(mlp_backward(m, B));
+        MlpBatch batch = {d->x, d->y, d->train_indices, first, B, 1.0f / ((float)B * steps)};
+        // load the batch, forward, loss, backward (mlp.c), as --kernels says
+        RETURN_IF_FAILED(mlp_batch_gradients(m, &batch));
         // Data parallelism in one line: every rank's gradients become their mean over
         // the ranks, so every rank takes the same step. (The wait for the backward
         // pass is kept out of the all-reduce's time.)
@@ -531,9 +531,8 @@ static int train_epoch(Mlp* m, Optimizer* opt, Sampler* s, const DeviceData* d, 
 static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, int epoch, float* eval_loss) {
     for (int first = 0; first < d->n_eval; first += m->max_batch) {
         int B = d->n_eval - first < m->max_batch ? d->n_eval - first : m->max_batch;
-        RETURN_IF_FAILED(mlp_load_batch(m, d->x, d->y, d->eval_indices + first, B));
-        RETURN_IF_FAILED(mlp_forward(m, B));
-        RETURN_IF_FAILED(mlp_loss(m, 1.0f / d->n_eval_total, B));
+        MlpBatch batch = {d->x, d->y, d->eval_indices, first, B, 1.0f / d->n_eval_total};
+        RETURN_IF_FAILED(mlp_batch_loss(m, &batch)); // load, forward, loss
     }
     RETURN_IF_FAILED(comm_allreduce_sum(comm, m->loss, 1, COMM_CALL("eval loss", epoch, -1)));
     return mlp_take_loss(m, eval_loss);
@@ -621,6 +620,23 @@ static void print_process_initialized(const Device* dev, int rank, int local_ran
 // ----------------------------------------------------------------------------
 // a rank: lesson 01's program, with a communicator
 
+// >>> shared "kernels": the same in every lesson that has it (tests/test_lessons.c)
+// The model's batches run as --kernels asks, on this rank's device (mlp_kernels_choose);
+// verbose: rank 0 says what a GPU runs. A model too large for --kernels fused fails for good.
+static int use_kernels(Mlp* m, const TrainConfig* c, const Device* dev, bool verbose) {
+    MlpKernels kernels;
+    char why[ERROR_TEXT_BYTES], text[128];
+    bool on_gpu = dev->kind == DEVICE_CUDA;
+    if (config_choose_kernels(c, on_gpu, &kernels, text, sizeof text, why, sizeof why) != 0) {
+        rank_log_for_good("error: %s", why);
+        return -1;
+    }
+    if (verbose && on_gpu)
+        printf("Kernels: %s\n", text);
+    return mlp_use_kernels(m, kernels);
+}
+// <<< shared "kernels"
+
 // >>> shared "train_rank": the same in every lesson that has it (tests/test_lessons.c)
 // Trains one rank's replica to the end and checks it against the others. Returns
 // the rank's exit status.
@@ -636,7 +652,7 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
     if (stats == NULL || dataset_create(&data, c->data_size, c->seed) != 0 ||
         sampler_create(&sampler, data.n_train, world_size, rank, c->seed) != 0 ||
         mlp_create(&model, dev->kernels, c->hidden_size, c->batch_size) != 0 ||
-        mlp_init_params(&model, c->seed) != 0 ||
+        use_kernels(&model, c, dev, rank == 0) != 0 || mlp_init_params(&model, c->seed) != 0 ||
         upload_data(&d, dev->kernels, &data, &sampler) != 0)
         return 1;
     // Every rank made the same weights from the seed; DDP broadcasts rank 0's anyway,

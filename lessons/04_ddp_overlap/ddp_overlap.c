@@ -57,6 +57,21 @@ typedef struct {
     int accumulate;    // --accumulate N: micro-batches per optimizer step
 } Options;
 
+// A bucket is announced between two kernels of the backward pass: a graph replays them all
+// at once and the fused kernel is one, so this lesson launches them one by one (auto means
+// unfused here). Exits with EXIT_USAGE after --kernels graph or fused.
+static void keep_kernels_unfused(TrainConfig* c) {
+    if (c->kernels == MLP_KERNELS_GRAPH || c->kernels == MLP_KERNELS_FUSED) {
+        char why[ERROR_TEXT_BYTES];
+        snprintf(why, sizeof why,
+                 "--kernels %s: lesson 04 announces gradient buckets in the middle of the "
+                 "backward pass, so it runs its kernels unfused (use --kernels auto or unfused)",
+                 mlp_kernels_name(c->kernels));
+        exit(usage_error(why));
+    }
+    c->kernels = MLP_KERNELS_UNFUSED;
+}
+
 // Fills o from argv. Exits with status 0 after --help and EXIT_USAGE after a bad flag.
 static void parse_args(Options* o, int argc, char** argv) {
     *o = (Options){.backend = "auto",
@@ -110,6 +125,7 @@ static void parse_args(Options* o, int argc, char** argv) {
                                  "all-reduced while the backward pass goes on.",
                                  flags, sizeof flags / sizeof *flags, argc, argv, &status))
         exit(status);
+    keep_kernels_unfused(&o->train);
 }
 
 // ----------------------------------------------------------------------------
@@ -142,6 +158,7 @@ static void make_plan(Plan* p, const Options* o) {
         comm_choose_backend(o->backend, p->gpus, p->world_size, &p->backend, why, sizeof why) !=
             0 ||
         comm_choose_transport(o->transport, p->backend, &p->shm, why, sizeof why) != 0 ||
+        mlp_kernels_check(o->train.kernels, p->gpus > 0, why, sizeof why) != 0 ||
         config_check(&o->train, p->world_size, why, sizeof why) != 0 ||
         (o->train.out_dir != NULL && report_prepare_dir(o->train.out_dir, why, sizeof why) != 0) ||
         (o->train.trace_path != NULL &&
@@ -334,9 +351,8 @@ static int train_epoch(Mlp* m, Optimizer* opt, Sampler* s, const DeviceData* d, 
 static int evaluate(Mlp* m, const DeviceData* d, Communicator* comm, int epoch, float* eval_loss) {
     for (int first = 0; first < d->n_eval; first += m->max_batch) {
         int B = d->n_eval - first < m->max_batch ? d->n_eval - first : m->max_batch;
-        RETURN_IF_FAILED(mlp_load_batch(m, d->x, d->y, d->eval_indices + first, B));
-        RETURN_IF_FAILED(mlp_forward(m, B));
-        RETURN_IF_FAILED(mlp_loss(m, 1.0f / d->n_eval_total, B));
+        MlpBatch batch = {d->x, d->y, d->eval_indices, first, B, 1.0f / d->n_eval_total};
+        RETURN_IF_FAILED(mlp_batch_loss(m, &batch)); // load, forward, loss
     }
     RETURN_IF_FAILED(comm_allreduce_sum(comm, m->loss, 1, COMM_CALL("eval loss", epoch, -1)));
     return mlp_take_loss(m, eval_loss);
@@ -429,6 +445,23 @@ static void print_process_initialized(const Device* dev, int rank, int local_ran
 // ----------------------------------------------------------------------------
 // a rank: lesson 01's program, with a communicator
 
+// >>> shared "kernels": the same in every lesson that has it (tests/test_lessons.c)
+// The model's batches run as --kernels asks, on this rank's device (mlp_kernels_choose);
+// verbose: rank 0 says what a GPU runs. A model too large for --kernels fused fails for good.
+static int use_kernels(Mlp* m, const TrainConfig* c, const Device* dev, bool verbose) {
+    MlpKernels kernels;
+    char why[ERROR_TEXT_BYTES], text[128];
+    bool on_gpu = dev->kind == DEVICE_CUDA;
+    if (config_choose_kernels(c, on_gpu, &kernels, text, sizeof text, why, sizeof why) != 0) {
+        rank_log_for_good("error: %s", why);
+        return -1;
+    }
+    if (verbose && on_gpu)
+        printf("Kernels: %s\n", text);
+    return mlp_use_kernels(m, kernels);
+}
+// <<< shared "kernels"
+
 // >>> shared "train_rank": the same in every lesson that has it (tests/test_lessons.c)
 // Trains one rank's replica to the end and checks it against the others. Returns
 // the rank's exit status.
@@ -444,7 +477,7 @@ static int train_rank(const TrainConfig* c, const Device* dev, Communicator* com
     if (stats == NULL || dataset_create(&data, c->data_size, c->seed) != 0 ||
         sampler_create(&sampler, data.n_train, world_size, rank, c->seed) != 0 ||
         mlp_create(&model, dev->kernels, c->hidden_size, c->batch_size) != 0 ||
-        mlp_init_params(&model, c->seed) != 0 ||
+        use_kernels(&model, c, dev, rank == 0) != 0 || mlp_init_params(&model, c->seed) != 0 ||
         upload_data(&d, dev->kernels, &data, &sampler) != 0)
         return 1;
     // Every rank made the same weights from the seed; DDP broadcasts rank 0's anyway,
