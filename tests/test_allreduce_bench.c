@@ -76,19 +76,6 @@ static int chunk_size(int count, int N, int c) {
 // ----------------------------------------------------------------------------
 // reading the table
 
-static int split_lines(char* text, char** lines, int max) {
-    int n = 0;
-    for (char* p = text; *p != '\0' && n < max;) {
-        lines[n++] = p;
-        char* nl = strchr(p, '\n');
-        if (nl == NULL)
-            break;
-        *nl = '\0';
-        p = nl + 1;
-    }
-    return n;
-}
-
 // Checks the line of rank r against e: its chunks, their values and the bracket.
 static void expect_rank_line(const char* line, const Expected* e, int r, const char* row) {
     char want[32];

@@ -33,20 +33,6 @@
 // ----------------------------------------------------------------------------
 // reading the output
 
-// Splits text into at most max lines (modifies text); returns how many.
-static int split_lines(char* text, char** lines, int max) {
-    int n = 0;
-    for (char* p = text; *p != '\0' && n < max;) {
-        lines[n++] = p;
-        char* nl = strchr(p, '\n');
-        if (nl == NULL)
-            break;
-        *nl = '\0';
-        p = nl + 1;
-    }
-    return n;
-}
-
 static int count_lines(const char* text) {
     int lines = 0;
     for (const char* p = text; *p; p++)

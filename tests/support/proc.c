@@ -596,3 +596,16 @@ int port_for_test(int offset) {
     cr_assert_fail("no free port at DDP_PORT_BASE %ld + %d (+ n x %d)", base, offset, PORT_STRIDE);
     return -1;
 }
+
+int split_lines(char* text, char** lines, int max) {
+    int n = 0;
+    for (char* p = text; *p != '\0' && n < max;) {
+        lines[n++] = p;
+        char* nl = strchr(p, '\n');
+        if (nl == NULL)
+            break;
+        *nl = '\0';
+        p = nl + 1;
+    }
+    return n;
+}

@@ -18,7 +18,7 @@
  *       proc_expect_ended, proc_end_leftovers, fork_child, reap_child,
  *       read_pid_file, pids_where, pid_runs, proc_wait_for_children, expect_pids_gone,
  *       proc_expect_group_gone,
- *       temp_dir, temp_dir_make, remove_tree, read_file, write_file,
+ *       temp_dir, temp_dir_make, remove_tree, read_file, write_file, split_lines,
  *       port_for_test, build_program.
  */
 #ifndef TESTS_SUPPORT_PROC_H
@@ -132,6 +132,8 @@ void remove_tree(const char* path);
 char* read_file(const char* path, size_t* len);
 // Writes text as the whole file at path, created with mode.
 void write_file(const char* path, const char* text, mode_t mode);
+// Splits text into at most max lines (modifies text: each newline becomes a NUL); returns how many.
+int split_lines(char* text, char** lines, int max);
 
 // ----------------------------------------------------------------------------
 // ports
