@@ -15,7 +15,8 @@
 #   make memcheck      one epoch of lesson 01 under valgrind; any error or leak fails
 #   make fuzz          every libFuzzer target of tests/fuzz for FUZZ_SECONDS (30) each
 #   make soak          16 ranks, 3 nodes x 4 ranks, 50 jobs back to back on one port
-#   make bench-01      median time per epoch of lesson 01 at defaults (bench-02: lesson 02, 1 and 2 ranks)
+#   make bench-01      median time per epoch of lesson 01 at defaults
+#   make bench-02      the same of lesson 02 with 1 and 2 ranks, and of two 1-rank runs at once
 #   make bench-04      lesson 04 overlapped and not (--no-overlap), 1, 2 and 4 ranks, both presets
 #   make bench         every lesson beside PyTorch, with plots, into results/
 #   make check-01      a lesson's self-check on the CPU, PASS or FAIL line by line (check-02, check-03)
