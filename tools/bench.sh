@@ -3,9 +3,10 @@
 #
 #   tools/bench.sh [--repeats R] [--preset default|large] [--max-ranks N] [--quick]
 #
-# Runs each configuration once to warm up, then R times (default 5), and reports the
-# median, min and max of the epoch time that the programs measure themselves (the
-# training loop only: not process start, CUDA context or NCCL set-up). Derived:
+# Runs each configuration once to warm up, then R times (default 5), in rounds that take
+# every configuration in turn, and reports the median, min and max of the epoch time
+# that the programs measure themselves (the training loop only: not process start, CUDA
+# context or NCCL set-up). Derived:
 # samples/s, speedup T1/TN and efficiency T1/(N*TN) against the same implementation and
 # backend with one rank, and the share of the epoch spent in the gradient all-reduce.
 # Writes results/bench-DATE-COMMIT.csv (with the machine, versions and each command),
@@ -32,7 +33,7 @@ while [ $# -gt 0 ]; do
     --preset) preset=${2:-}; shift 2 ;;
     --max-ranks) max_ranks=${2:-}; shift 2 ;;
     --quick) quick=1; shift ;;
-    -h | --help) sed -n '2,25s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,22s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -93,31 +94,59 @@ parse_run() {
          END { if (t == "") exit 1; print t, (a == "" ? 0 : a), l }'
 }
 
-# Runs CMD... (repeats + 1 times) and appends its row. NAME IMPL DEVICE BACKEND NODES RANKS SCALING DATA CMD...
+# The matrix is run in rounds: a warm-up round, then `repeats` rounds, each running every
+# configuration once in turn, so that a noisy minute of a shared machine falls on all of
+# them alike instead of on whichever happened to be running. A configuration's runs go
+# to $runs/NAME, one "epoch_s allreduce_s final_eval_loss" line each.
+runs=$(mktemp -d)
+trap 'rm -rf "$runs"' EXIT
+configs=()
+
+# Adds a configuration to the matrix. NAME IMPL DEVICE BACKEND NODES RANKS SCALING DATA CMD...
 bench_config() {
-    local name=$1 impl=$2 device=$3 backend=$4 nodes=$5 ranks=$6 scaling=$7 data=$8
-    shift 8
-    local times=() all=() loss='' out
-    echo "bench: $name: $*" >&2
-    for ((r = 0; r <= repeats; r++)); do
-        if ! out=$("$@" 2>&1 | parse_run); then
-            echo "bench: $name failed: $*" >&2
-            return 0
-        fi
-        [ "$r" -gt 0 ] || continue # the warm-up run
-        read -r t a loss <<<"$out"
-        times+=("$t")
-        all+=("$a")
-    done
-    # one more run for the loss curve (C programs write it with --out; torch's is parsed)
-    if [ "$impl" = torch ]; then
-        "$@" 2>/dev/null | awk -F'[][/:, ]+' 'BEGIN { print "epoch,train_loss,eval_loss" } /^Epoch \[/ { print $2 "," $7 "," $10 }' >"$curves/$name.csv"
-    else
-        "$@" --out "$curves/$name" --plot none >/dev/null 2>&1 && mv "$curves/$name/losses.csv" "$curves/$name.csv" && rm -rf "${curves:?}/$name"
+    local name=$1 command
+    printf -v command '%q ' "${@:9}"
+    configs+=("$name")
+    printf '%s\n' "${@:2:7}" >"$runs/$name.meta"
+    printf '%s\n' "$command" >"$runs/$name.command"
+    : >"$runs/$name.runs"
+}
+
+# Runs configuration NAME once, appending to its runs (the warm-up round keeps nothing).
+# A configuration that fails is named once and left out of the later rounds.
+run_config() {
+    local name=$1 round=$2 out
+    [ ! -e "$runs/$name.failed" ] || return 0
+    local command
+    command=$(cat "$runs/$name.command")
+    [ "$round" -gt 0 ] || echo "bench: $name: $command" >&2
+    if ! out=$(eval "$command" 2>&1 | parse_run); then
+        echo "bench: $name failed: $command" >&2
+        touch "$runs/$name.failed"
+        return 0
     fi
-    local n_train=$((data * 8 / 10))
-    median_min_max "${times[@]}" | awk -v row="$name,$impl,$device,$backend,$nodes,$ranks,$scaling,$data" \
-        -v comm="$(median_min_max "${all[@]}" | cut -d' ' -f1)" -v loss="$loss" -v n_train="$n_train" -v cmd="$*" \
+    [ "$round" -eq 0 ] || echo "$out" >>"$runs/$name.runs"
+}
+
+# Appends NAME's row to the CSV, after one more run for its loss curve (the C programs
+# write it with --out; torch's is parsed from its output).
+config_row() {
+    local name=$1 impl device backend nodes ranks scaling data command
+    [ ! -e "$runs/$name.failed" ] || return 0
+    { read -r impl; read -r device; read -r backend; read -r nodes; read -r ranks; read -r scaling; read -r data; } <"$runs/$name.meta"
+    command=$(cat "$runs/$name.command")
+    if [ "$impl" = torch ]; then
+        eval "$command" 2>/dev/null | awk -F'[][/:, ]+' 'BEGIN { print "epoch,train_loss,eval_loss" } /^Epoch \[/ { print $2 "," $7 "," $10 }' >"$curves/$name.csv"
+    else
+        eval "$command --out \"\$curves/\$name\" --plot none" >/dev/null 2>&1 && mv "$curves/$name/losses.csv" "$curves/$name.csv" && rm -rf "${curves:?}/$name"
+    fi
+    local n_train=$((data * 8 / 10)) times all loss
+    times=$(cut -d' ' -f1 "$runs/$name.runs")
+    all=$(cut -d' ' -f2 "$runs/$name.runs")
+    loss=$(tail -n 1 "$runs/$name.runs" | cut -d' ' -f3)
+    # shellcheck disable=SC2086 # one value per line, no spaces
+    median_min_max $times | awk -v row="$name,$impl,$device,$backend,$nodes,$ranks,$scaling,$data" \
+        -v comm="$(median_min_max $all | cut -d' ' -f1)" -v loss="$loss" -v n_train="$n_train" -v cmd="${command% }" \
         '{ printf "%s,%.6f,%.6f,%.6f,%.6f,%s,%.0f,,,\"%s\"\n", row, $1, $2, $3, comm, loss, n_train / $1, cmd }' >>"$csv"
 }
 
@@ -156,6 +185,12 @@ if [ -n "$torch_python" ]; then
 else
     echo "bench: PyTorch not found (apt-get install python3-torch): no reference rows" >&2
 fi
+
+for ((round = 0; round <= repeats; round++)); do
+    [ "$round" -eq 0 ] || echo "bench: round $round of $repeats" >&2
+    for name in "${configs[@]}"; do run_config "$name" "$round"; done
+done
+for name in "${configs[@]}"; do config_row "$name"; done
 
 # ----------------------------------------------------------------------------
 # speedup and efficiency against the same implementation with one rank
