@@ -77,7 +77,7 @@ struct Communicator {
 #endif
 };
 
-#define NO_LINK ((ShmLink){.channel = NULL, .fd = -1})
+#define NO_LINK ((ShmLink){NULL, -1})
 
 static int mod(int a, int n) {
     return ((a % n) + n) % n;
@@ -126,10 +126,9 @@ int comm_init_ring_links(Communicator** comm, CommSettings s, ShmLink send, ShmL
     if (s.world_size == 1)
         return 0;
     if (s.debug)
-        rank_log("ring: to rank %d over %s, from rank %d over %s%s", mod(s.rank + 1, s.world_size),
+        rank_log("ring: to rank %d over %s, from rank %d over %s", mod(s.rank + 1, s.world_size),
                  send.channel != NULL ? "shared memory" : "a socket", mod(s.rank - 1, s.world_size),
-                 recv.channel != NULL ? "shared memory" : "a socket",
-                 send.spin || recv.spin ? " (waits spin: a core per rank)" : "");
+                 recv.channel != NULL ? "shared memory" : "a socket");
     // Socket buffers of a megabyte let a whole chunk of a large all-reduce sit in the
     // kernel while the neighbour is still busy (best effort: the system may cap them).
     int buffer_bytes = 1 << 20;
@@ -145,7 +144,7 @@ int comm_init_ring_links(Communicator** comm, CommSettings s, ShmLink send, ShmL
 }
 
 int comm_init_ring(Communicator** comm, CommSettings s, int send_fd, int recv_fd) {
-    return comm_init_ring_links(comm, s, (ShmLink){.fd = send_fd}, (ShmLink){.fd = recv_fd});
+    return comm_init_ring_links(comm, s, (ShmLink){NULL, send_fd}, (ShmLink){NULL, recv_fd});
 }
 
 int comm_init_ring_shm(Communicator** comm, CommSettings s, ShmRegion* shm, int send_fd,
@@ -156,9 +155,8 @@ int comm_init_ring_shm(Communicator** comm, CommSettings s, ShmRegion* shm, int 
                  s.world_size);
         return -1;
     }
-    bool spin = shm_cores_for(s.world_size);
-    ShmLink send = {shm_region_channel(shm, s.rank), send_fd, spin};
-    ShmLink recv = {shm_region_channel(shm, mod(s.rank - 1, s.world_size)), recv_fd, spin};
+    ShmLink send = {shm_region_channel(shm, s.rank), send_fd};
+    ShmLink recv = {shm_region_channel(shm, mod(s.rank - 1, s.world_size)), recv_fd};
     int err = comm_init_ring_links(comm, s, send, recv);
     if (*comm != NULL)
         (*comm)->shm = shm;
@@ -853,9 +851,6 @@ static int async_ready(Communicator* c) {
     pthread_cond_init(&c->async->changed, NULL);
     if (c->backend != BACKEND_RING)
         return 0;
-    // The thread shares the rank's core with its compute: a wait that spun would take
-    // the core from the backward pass that it is meant to overlap.
-    c->send.spin = c->recv.spin = false;
     int err = pthread_create(&c->async->thread, NULL, async_thread, c);
     if (err != 0) {
         rank_log("comm: cannot start the communication thread: %s", strerror(err));

@@ -14,7 +14,6 @@
  * side about to sleep raises its "sleeps" flag first, and the other side issues
  * FUTEX_WAKE only when it sees the flag, so a busy pair makes no system calls at all.
  */
-#define _GNU_SOURCE // sched_getaffinity, CPU_COUNT
 #include "shm.h"
 
 #include <errno.h>
@@ -38,13 +37,9 @@
 // Waiting: spin for a few looks (a peer that is running answers within a microsecond or
 // two), then yield the core, then nap on the futex, each nap bounded so that the
 // deadline and the peers' sockets are looked at every few milliseconds. The spin stays
-// short unless the link may spin: with more ranks than cores the peer we wait for may be
-// waiting for our core, and at 4 ranks on 2 cores a 20 us spin made a 17.9 KB all-reduce
-// six times slower. With a core each, a spin of SHM_SPIN_SECONDS made it three times
-// faster (2 ranks on 2 cores: 9 us to 3 us), as a yield is a system call that the
-// moment the peer's bytes arrive has to return from first.
+// short: with more ranks than cores the peer we wait for may be waiting for our core,
+// and at 4 ranks on 2 cores a 20 us spin made a 17.9 KB all-reduce six times slower.
 #define SHM_SPIN_LOOKS 16
-#define SHM_SPIN_SECONDS 50e-6
 #define SHM_YIELD_SECONDS 100e-6
 #define SHM_NAP_SECONDS 2e-3
 // A nap in poll() when sockets take part: a channel's peer cannot wake it.
@@ -127,13 +122,6 @@ void shm_region_unmap(ShmRegion* r) {
 
 size_t shm_channel_capacity(const ShmChannel* ch) {
     return ch->capacity;
-}
-
-bool shm_cores_for(int threads) {
-    cpu_set_t cpus;
-    if (sched_getaffinity(0, sizeof cpus, &cpus) != 0)
-        return false;
-    return threads <= CPU_COUNT(&cpus);
 }
 
 static unsigned char* ring_of(const ShmChannel* ch) {
@@ -435,9 +423,8 @@ typedef struct {
     unsigned looks;
 } Idle;
 
-// Step 2) neither direction moved: spins for a few looks (on links that may spin, until
-// SHM_SPIN_SECONDS have passed idle), then yields the core until SHM_YIELD_SECONDS have
-// passed idle, then naps. NET_OK: look again.
+// Step 2) neither direction moved: spins for a few looks, then yields the core until
+// SHM_YIELD_SECONDS have passed idle, then naps. NET_OK: look again.
 static NetStatus idle(Idle* w, Stream* out, Stream* in, double deadline) {
     if (w->looks++ < SHM_SPIN_LOOKS) {
         cpu_relax();
@@ -448,11 +435,6 @@ static NetStatus idle(Idle* w, Stream* out, Stream* in, double deadline) {
         w->since = now;
     if (now >= deadline)
         return NET_TIMEOUT;
-    bool spin = (!pending(out) || out->link.spin) && (!pending(in) || in->link.spin);
-    if (spin && now - w->since < SHM_SPIN_SECONDS) {
-        cpu_relax();
-        return NET_OK;
-    }
     if (now - w->since < SHM_YIELD_SECONDS) {
         sched_yield();
         return NET_OK;
@@ -524,14 +506,12 @@ NetStatus shm_exchange(ShmLink to, const struct iovec* send, int send_count, Shm
     return NET_OK;
 }
 
-#define NO_LINK ((ShmLink){.channel = NULL, .fd = -1})
-
 NetStatus shm_send_all(ShmLink to, const void* buf, size_t len, double deadline) {
     struct iovec piece = {(void*)buf, len};
-    return shm_exchange(to, &piece, 1, NO_LINK, NULL, 0, 0, deadline);
+    return shm_exchange(to, &piece, 1, (ShmLink){NULL, -1}, NULL, 0, 0, deadline);
 }
 
 NetStatus shm_recv_all(ShmLink from, void* buf, size_t len, double deadline) {
     struct iovec piece = {buf, len};
-    return shm_exchange(NO_LINK, NULL, 0, from, &piece, 1, 0, deadline);
+    return shm_exchange((ShmLink){NULL, -1}, NULL, 0, from, &piece, 1, 0, deadline);
 }

@@ -13,20 +13,17 @@
  * a waiting process learns of the death (shared memory itself says nothing).
  *
  * As in net.h, every call has a deadline (a timer_seconds() value) and answers with a
- * NetStatus. Waiting spins for a few looks (for up to 50 us on a link that may spin:
- * when every waiting process has a core of its own), yields the core for up to 100 us,
- * then sleeps on a futex in naps of at most 2 ms, checking the peers' sockets and the
+ * NetStatus. Waiting spins for a few looks, yields the core for up to 100 us, then
+ * sleeps on a futex in naps of at most 2 ms, checking the peers' sockets and the
  * deadline between naps: more processes than cores never burn the machine.
  *
  * APIs: ShmRegion, ShmChannel, ShmLink, SHM_MIN_CHANNEL_BYTES, SHM_MAX_CHANNEL_BYTES,
  *       SHM_DEFAULT_CHANNEL_BYTES, shm_region_create, shm_region_channel, shm_region_count,
- *       shm_region_unmap, shm_channel_capacity, shm_cores_for, shm_exchange, shm_send_all,
- *       shm_recv_all.
+ *       shm_region_unmap, shm_channel_capacity, shm_exchange, shm_send_all, shm_recv_all.
  */
 #ifndef SHM_H
 #define SHM_H
 
-#include <stdbool.h>
 #include <stddef.h>
 #include <sys/uio.h>
 
@@ -62,13 +59,7 @@ size_t shm_channel_capacity(const ShmChannel* channel);
 typedef struct {
     ShmChannel* channel; // NULL: the bytes travel over fd itself, a non-blocking socket
     int fd;              // the socket to the peer; beside a channel only its hang-up counts
-    bool spin;           // a wait on the channel spins before it yields (see shm_cores_for)
 } ShmLink;
-
-// Whether threads busy threads of this process and its peers get a core each (the CPUs
-// this process may run on, sched_getaffinity; a cgroup's CPU quota is not seen): then a
-// waiting rank spins, as its peer answers within microseconds and nobody wants the core.
-bool shm_cores_for(int threads);
 
 // Sends the pieces send[0..send_count) on link to while receiving recv[0..recv_count)
 // from link from, both at once (see net_exchange: one at a time deadlocks a ring once

@@ -119,10 +119,8 @@ static int make_communicator(Communicator** comm, CommSettings s, ShmRegion* shm
     if (transport == OVER_SHM)
         return comm_init_ring_shm(comm, s, shm, send_fd, recv_fd);
     int left = (s.rank + s.world_size - 1) % s.world_size;
-    // As lesson 03 makes them: the channels' waits spin, a socket's do not.
-    ShmLink send = {s.rank % 2 == 1 ? NULL : shm_region_channel(shm, s.rank), send_fd,
-                    s.rank % 2 == 0};
-    ShmLink recv = {left % 2 == 1 ? NULL : shm_region_channel(shm, left), recv_fd, left % 2 == 0};
+    ShmLink send = {s.rank % 2 == 1 ? NULL : shm_region_channel(shm, s.rank), send_fd};
+    ShmLink recv = {left % 2 == 1 ? NULL : shm_region_channel(shm, left), recv_fd};
     return comm_init_ring_links(comm, s, send, recv);
 }
 

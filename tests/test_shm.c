@@ -11,10 +11,8 @@
  * Data are byte patterns that depend on the position in the stream and on the sender,
  * or small integers where floats are added, so that every result is exact.
  */
-#define _GNU_SOURCE // sched_setaffinity, sched_getcpu
 #include <criterion/criterion.h>
 #include <errno.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -32,7 +30,6 @@
 #include "timer.h"
 
 #define MAX_RANKS 16
-#define NO_LINK ((ShmLink){.channel = NULL, .fd = -1})
 #define RANKS_DEADLINE_S 30.0 // a rank still alive then is killed and the test fails
 #define CALL_TIMEOUT_S 20.0   // deadline of calls that should succeed
 #define NOTE_MAX 256
@@ -68,7 +65,6 @@ typedef struct {
     int world;
     size_t capacity;
     Links links;
-    bool spin; // every link's waits spin first (ShmLink.spin)
     int victim;
     RankBody body;
     Shared* sh; // what the ranks reported
@@ -98,9 +94,8 @@ static void rank_process(Ring* g, ShmRegion* region, int (*fds)[2], int rank) {
     Rank r = {.sh = g->sh, .rank = rank, .world = g->world};
     int send_fd, recv_fd;
     comm_ring_keep_own(fds, g->world, rank, &send_fd, &recv_fd);
-    r.to = (ShmLink){shm_region_channel(region, rank), send_fd, g->spin};
-    r.from =
-        (ShmLink){shm_region_channel(region, (rank + g->world - 1) % g->world), recv_fd, g->spin};
+    r.to = (ShmLink){shm_region_channel(region, rank), send_fd};
+    r.from = (ShmLink){shm_region_channel(region, (rank + g->world - 1) % g->world), recv_fd};
     if (g->links == LINK_1_TO_0_IS_A_SOCKET && rank == 1)
         r.to.channel = NULL;
     if (g->links == LINK_1_TO_0_IS_A_SOCKET && rank == 0)
@@ -289,8 +284,8 @@ static void pieces_body(Rank* r) {
             fill(bytes, sizeof bytes, 0, round, 0);
         NetStatus st =
             r->rank == 0
-                ? shm_exchange(r->to, pieces, 4, NO_LINK, NULL, 0, 0, deadline)
-                : shm_exchange(NO_LINK, NULL, 0, r->from, pieces, 4, 0, deadline);
+                ? shm_exchange(r->to, pieces, 4, (ShmLink){NULL, -1}, NULL, 0, 0, deadline)
+                : shm_exchange((ShmLink){NULL, -1}, NULL, 0, r->from, pieces, 4, 0, deadline);
         expect_status(r, st, NET_OK, "shm_exchange");
         if (st != NET_OK || (r->rank == 1 && !expect_pattern(r, bytes, sizeof bytes, 0, round, 0)))
             return;
@@ -377,8 +372,8 @@ static void adding_body(Rank* r) {
         double deadline = timer_seconds() + CALL_TIMEOUT_S;
         NetStatus st =
             r->rank == 0
-                ? shm_exchange(r->to, pieces, 2, NO_LINK, NULL, 0, 0, deadline)
-                : shm_exchange(NO_LINK, NULL, 0, r->from, pieces, 2, 1u << 1, deadline);
+                ? shm_exchange(r->to, pieces, 2, (ShmLink){NULL, -1}, NULL, 0, 0, deadline)
+                : shm_exchange((ShmLink){NULL, -1}, NULL, 0, r->from, pieces, 2, 1u << 1, deadline);
         expect_status(r, st, NET_OK, "shm_exchange");
         if (st != NET_OK || r->rank == 0)
             continue;
@@ -439,7 +434,7 @@ static void silent_peer_body(Rank* r) {
         return;
     }
     uint8_t buf[8192] = {0};
-    ShmLink none = NO_LINK;
+    ShmLink none = {NULL, -1};
     expect_timeout(r, "a receive from a silent peer", none, NULL, 0, r->from, buf, 100);
     // 4096 bytes fill the channel; the rest waits for room that never comes.
     expect_timeout(r, "a send to a silent peer", r->to, buf, sizeof buf, none, NULL, 0);
@@ -448,13 +443,10 @@ static void silent_peer_body(Rank* r) {
 }
 
 Test(shm, calls_return_timeout_at_their_deadline_when_the_peer_is_silent) {
-    for (int spin = 0; spin < 2; spin++) {
-        Ring g = {.world = 2, .capacity = 4096, .spin = spin, .victim = -1,
-                  .body = silent_peer_body};
-        ring_run(&g);
-        expect_ranks_fine(&g, spin ? "a silent peer, links that spin" : "a silent peer");
-        ring_free(&g);
-    }
+    Ring g = {.world = 2, .capacity = 4096, .victim = -1, .body = silent_peer_body};
+    ring_run(&g);
+    expect_ranks_fine(&g, "a silent peer");
+    ring_free(&g);
 }
 
 #define DIES_AFTER_BYTES (64u << 10)
@@ -484,15 +476,11 @@ static void dies_mid_transfer_body(Rank* r) {
 }
 
 Test(shm, a_peer_that_dies_mid_transfer_is_seen_long_before_the_deadline) {
-    for (int run = 0; run < 4; run++) {
-        int victim = run % 2;
-        bool spin = run >= 2;
-        Ring g = {.world = 2, .capacity = 4096, .spin = spin, .victim = victim,
-                  .body = dies_mid_transfer_body};
+    for (int victim = 0; victim < 2; victim++) {
+        Ring g = {.world = 2, .capacity = 4096, .victim = victim, .body = dies_mid_transfer_body};
         ring_run(&g);
         char what[64];
-        snprintf(what, sizeof what, "the %s died%s", victim == 0 ? "sender" : "receiver",
-                 spin ? " (links that spin)" : "");
+        snprintf(what, sizeof what, "the %s died", victim == 0 ? "sender" : "receiver");
         expect_ranks_fine(&g, what);
         cr_assert(WIFSIGNALED(g.wstatus[victim]) && WTERMSIG(g.wstatus[victim]) == SIGKILL,
                   "%s: the victim did not die as planned: %s", what, g.sh->result[victim].note);
@@ -508,18 +496,16 @@ static void stops_body(Rank* r) {
         return;
     }
     uint8_t buf[100];
-    expect_timeout(r, "a receive from a stopped peer", NO_LINK, NULL, 0, r->from, buf,
+    expect_timeout(r, "a receive from a stopped peer", (ShmLink){NULL, -1}, NULL, 0, r->from, buf,
                    sizeof buf);
     kill(r->sh->pids[r->sh->victim], SIGKILL);
 }
 
 Test(shm, a_stopped_peer_trips_the_deadline) {
-    for (int spin = 0; spin < 2; spin++) {
-        Ring g = {.world = 2, .capacity = 4096, .spin = spin, .victim = 0, .body = stops_body};
-        ring_run(&g);
-        expect_ranks_fine(&g, spin ? "a stopped peer, links that spin" : "a stopped peer");
-        ring_free(&g);
-    }
+    Ring g = {.world = 2, .capacity = 4096, .victim = 0, .body = stops_body};
+    ring_run(&g);
+    expect_ranks_fine(&g, "a stopped peer");
+    ring_free(&g);
 }
 
 // ----------------------------------------------------------------------------
@@ -551,56 +537,20 @@ static void late_rank_body(Rank* r) {
         expect_status(r, shm_send_all(r->to, buf, sizeof buf, deadline), NET_OK, "shm_send_all");
 }
 
-// Ranks that waited for the late one and the CPU time they spent in the wait.
-static void expect_slept_through(const Ring* g) {
-    for (int r = 1; r < g->world; r++) {
-        const RankResult* res = &g->sh->result[r];
-        cr_assert_gt(res->took, 0.5 * LATE_S, "%d ranks: rank %d did not wait for rank 0: %.3f s",
-                     g->world, r, res->took);
-        cr_assert_lt(res->cpu, 0.05 * res->took,
-                     "%d ranks%s: rank %d used %.3f s of CPU time in a wait of %.3f s", g->world,
-                     g->spin ? " (links that spin)" : "", r, res->cpu, res->took);
-    }
-}
-
 Test(shm, ranks_that_wait_for_a_late_peer_sleep_instead_of_spinning) {
     // Eight ranks on this machine's few cores: ranks that spun while they waited would
     // share the cores and use a quarter of the wait each, and more on a quiet machine.
     Ring g = {.world = 8, .capacity = 4096, .victim = -1, .body = late_rank_body};
     ring_run(&g);
     expect_ranks_fine(&g, "a late rank 0");
-    expect_slept_through(&g);
-    ring_free(&g);
-}
-
-Test(shm, links_that_spin_stop_spinning_soon_when_the_peer_is_late) {
-    // Their spin is tens of microseconds: a wait of a second is still a sleep.
-    Ring g = {.world = 2, .capacity = 4096, .spin = true, .victim = -1, .body = late_rank_body};
-    ring_run(&g);
-    expect_ranks_fine(&g, "a late rank 0, links that spin");
-    expect_slept_through(&g);
-    ring_free(&g);
-}
-
-Test(shm, cores_for_counts_the_cpus_this_process_may_run_on) {
-    // In a child pinned to one CPU: one busy thread has a core, two do not.
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        CPU_SET(sched_getcpu() >= 0 ? sched_getcpu() : 0, &one);
-        bool pinned = sched_setaffinity(0, sizeof one, &one) == 0;
-        _exit(!pinned ? 1 : !shm_cores_for(1) ? 2 : shm_cores_for(2) ? 3 : 0);
+    for (int r = 1; r < g.world; r++) {
+        const RankResult* res = &g.sh->result[r];
+        cr_assert_gt(res->took, 0.5 * LATE_S, "rank %d did not wait for rank 0: %.3f s", r,
+                     res->took);
+        cr_assert_lt(res->cpu, 0.05 * res->took,
+                     "rank %d used %.3f s of CPU time in a wait of %.3f s", r, res->cpu, res->took);
     }
-    int wstatus;
-    cr_assert_eq(waitpid(pid, &wstatus, 0), pid);
-    cr_assert(WIFEXITED(wstatus), "the pinned child did not exit");
-    int code = WEXITSTATUS(wstatus);
-    cr_assert_eq(code, 0, "%s",
-                 code == 1   ? "sched_setaffinity failed"
-                 : code == 2 ? "1 thread on 1 CPU: no core for it, says shm_cores_for"
-                             : "2 threads on 1 CPU: a core each, says shm_cores_for");
+    ring_free(&g);
 }
 
 // Rounds of exchanges that outgrow the channels around a ring of 16.
@@ -653,8 +603,7 @@ static void expect_refused(NetStatus st, const char* what) {
 Test(shm, an_exchange_refuses_adding_pieces_it_cannot_add_and_too_many_pieces) {
     ShmRegion* region = shm_region_create(1, 4096);
     cr_assert_not_null(region);
-    ShmLink channel = {shm_region_channel(region, 0), -1, false}, socket = {NULL, 0, false},
-            none = NO_LINK;
+    ShmLink channel = {shm_region_channel(region, 0), -1}, socket = {NULL, 0}, none = {NULL, -1};
     float f[4];
     struct iovec odd = {f, 7}, floats = {f, sizeof f}, five[5];
     for (int i = 0; i < 5; i++)

@@ -720,16 +720,16 @@ static int make_communicator(Communicator** comm, const Agent* a, int rank, int 
             return comm_init_ring(comm, s, send_fd, recv_fd);
         // Within the node the bytes take the channels (the TCP sockets then only tell
         // whether the neighbour lives); the links to other nodes stay TCP. A node's ranks
-        // are consecutive, so both ends of every link agree on which it is. Waits on a
-        // channel spin first where the node's ranks have a core each.
+        // are consecutive, so both ends of every link agree on which it is.
         int nproc = a->nproc;
-        bool one_node = a->opt.nnodes == 1, spin = shm_cores_for(nproc);
-        bool send_here = local_rank + 1 < nproc || one_node, recv_here = local_rank > 0 || one_node;
-        ShmLink send = {send_here ? shm_region_channel(a->ring_shm, local_rank) : NULL, send_fd,
-                        send_here && spin};
-        ShmLink recv = {
-            recv_here ? shm_region_channel(a->ring_shm, (local_rank + nproc - 1) % nproc) : NULL,
-            recv_fd, recv_here && spin};
+        bool one_node = a->opt.nnodes == 1;
+        ShmLink send = {
+            local_rank + 1 < nproc || one_node ? shm_region_channel(a->ring_shm, local_rank) : NULL,
+            send_fd};
+        ShmLink recv = {local_rank > 0 || one_node
+                            ? shm_region_channel(a->ring_shm, (local_rank + nproc - 1) % nproc)
+                            : NULL,
+                        recv_fd};
         return comm_init_ring_links(comm, s, send, recv);
     }
     // The agent relays NCCL's id: from global rank 0 up to the master's agent, into WORLD,
