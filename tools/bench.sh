@@ -6,9 +6,11 @@
 # Runs each configuration once to warm up, then R times (default 5), in rounds that take
 # every configuration in turn, and reports the median, min and max of the epoch time
 # that the programs measure themselves (the training loop only: not process start, CUDA
-# context or NCCL set-up). Derived:
-# samples/s, speedup T1/TN and efficiency T1/(N*TN) against the same implementation and
-# backend with one rank, and the share of the epoch spent in the gradient all-reduce.
+# context or NCCL set-up). Derived: samples/s, speedup T1/TN and efficiency T1/(N*TN)
+# against the same implementation and backend with one rank, and the share of the epoch
+# spent in the gradient all-reduce. The all-reduce's sweeps of message sizes (the ring,
+# NCCL on a GPU machine, Open MPI where installed) run R rounds the same way, and their
+# tables hold the median time per size.
 # Writes results/bench-DATE-COMMIT.csv (with the machine, versions and each command),
 # and with gnuplot (tools/bench_plot.sh, which also redraws them from the CSV):
 # ...-scaling.png (epoch time and speedup against ranks, min-max bars, the ideal line),
@@ -33,7 +35,7 @@ while [ $# -gt 0 ]; do
     --preset) preset=${2:-}; shift 2 ;;
     --max-ranks) max_ranks=${2:-}; shift 2 ;;
     --quick) quick=1; shift ;;
-    -h | --help) sed -n '2,22s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,24s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -216,21 +218,54 @@ awk -F, -v OFS=, '
 # ----------------------------------------------------------------------------
 # the all-reduce's bus bandwidth, as nccl-tests measures it
 
+# Each engine's sweep of sizes runs once per round, the engines in turn, as the matrix
+# does; its table, $base-allreduce-ENGINE.txt, holds per size the median time of the
+# rounds (algbw and busbw recomputed from it, #wrong the most any round counted).
 max_bytes=4M
 [ "$quick" -eq 0 ] || max_bytes=64K
-build/allreduce_bench --backend ring --ranks 2 --min-bytes 1K --max-bytes "$max_bytes" >"$base-allreduce-ring.txt"
-[ "$gpus" -lt 1 ] || build/allreduce_bench --backend nccl --ranks "$gpus" --min-bytes 1K --max-bytes "$max_bytes" >"$base-allreduce-nccl.txt" || true
+sweeps=(ring)
+[ "$gpus" -lt 1 ] || sweeps+=(nccl)
 # Open MPI beside it, where it is installed: shared memory, and TCP as the ring uses sockets.
-if command -v mpirun >/dev/null 2>&1; then
-    for btl in vader tcp; do
-        OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe \
-            --mca btl "self,$btl" -np 2 build/allreduce_bench --backend mpi --min-bytes 1K \
-            --max-bytes "$max_bytes" >"$base-allreduce-mpi-$btl.txt" 2>/dev/null || {
-            rm -f "$base-allreduce-mpi-$btl.txt"
-            echo "bench: mpirun with btl $btl failed (a build without MPI?); no MPI curve for it" >&2
+! command -v mpirun >/dev/null 2>&1 || sweeps+=(mpi-vader mpi-tcp)
+
+# Runs engine NAME's sweep once, printing its table.
+run_sweep() {
+    case "$1" in
+    ring | nccl) build/allreduce_bench --backend "$1" --ranks "$([ "$1" = nccl ] && echo "$gpus" || echo 2)" --min-bytes 1K --max-bytes "$max_bytes" ;;
+    mpi-*) OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe \
+        --mca btl "self,${1#mpi-}" -np 2 build/allreduce_bench --backend mpi --min-bytes 1K \
+        --max-bytes "$max_bytes" 2>/dev/null ;;
+    esac
+}
+
+for ((round = 1; round <= repeats; round++)); do
+    for sweep in "${sweeps[@]}"; do
+        [ ! -e "$runs/sweep-$sweep.failed" ] || continue
+        run_sweep "$sweep" >"$runs/sweep-$sweep.$round" || {
+            touch "$runs/sweep-$sweep.failed"
+            echo "bench: the $sweep all-reduce sweep failed (MPI: a build without mpicc?); no curve for it" >&2
         }
     done
-fi
+done
+for sweep in "${sweeps[@]}"; do
+    [ ! -e "$runs/sweep-$sweep.failed" ] || continue
+    awk -v rounds="$repeats" '
+        FNR <= 2 { if (NR == FNR) print; if (FNR == 1 && match($0, /[0-9]+ ranks;/)) n = substr($0, RSTART) + 0; next }
+        /^#/ { next }
+        { if (!($1 in count)) order[++sizes] = $1
+          t[$1, ++count[$1]] = $3; floats[$1] = $2; if ($6 > wrong[$1]) wrong[$1] = $6 }
+        END {
+            for (i = 1; i <= sizes; i++) {
+                b = order[i]; m = count[b]
+                for (j = 1; j <= m; j++) v[j] = t[b, j]
+                for (j = 2; j <= m; j++) for (k = j; k > 1 && v[k - 1] > v[k]; k--) { x = v[k]; v[k] = v[k - 1]; v[k - 1] = x }
+                med = (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+                algbw = b / med / 1e3
+                printf "%12d %10d %10.2f %12.3f %12.3f %8d\n", b, floats[b], med, algbw, algbw * 2 * (n - 1) / n, wrong[b] + 0
+            }
+            printf "# time: the median of %s, one per round\n", rounds == 1 ? "one sweep" : rounds " sweeps"
+        }' "$runs/sweep-$sweep".* >"$base-allreduce-$sweep.txt"
+done
 
 # ----------------------------------------------------------------------------
 # plots
