@@ -177,7 +177,7 @@ set title 'All-reduce bus bandwidth on this machine'
 set ylabel 'bus bandwidth (GB/s)'
 plot $(allreduce_clauses 5)
 set output '$base-allreduce-latency.png'
-set title 'All-reduce time on this machine (the slowest rank, mean of many calls)'
+set title 'All-reduce time on this machine (the slowest rank, mean of many calls; median of the rounds)'
 set ylabel 'time (us)'
 set logscale y
 set format y '%g'
