@@ -15,18 +15,19 @@ repeats=${REPEATS:-5} copies=${COPIES:-1}
 [[ "$copies" =~ ^[1-9][0-9]?$ ]] || { echo "$0: COPIES must be an integer in [1, 99]" >&2; exit 2; }
 [ $# -ge 1 ] && [ -x "$1" ] || { echo "usage: $0 PROGRAM [FLAGS...]" >&2; exit 2; }
 
-# One run: the program's output, each copy's after the other's.
+# One run: the program's output, each copy's after the other's; fails if any copy does.
 run_copies() {
     [ "$copies" -gt 1 ] || { "$@"; return; }
-    local dir pids=() c
+    local dir pids=() c failed=0
     dir=$(mktemp -d)
     for ((c = 1; c <= copies; c++)); do
         "$@" >"$dir/$c" &
         pids+=($!)
     done
-    for c in "${pids[@]}"; do wait "$c" || { rm -rf "$dir"; return 1; }; done
-    cat "$dir"/*
+    for c in "${pids[@]}"; do wait "$c" || failed=1; done
+    [ "$failed" -eq 1 ] || cat "$dir"/*
     rm -rf "$dir"
+    return "$failed"
 }
 
 epochs=() allreduces=()
