@@ -1,9 +1,11 @@
 /*
  * workers.c - forking and supervising the rank processes (see workers.h).
  */
+#define _GNU_SOURCE // sched_getaffinity, sched_setaffinity, CPU_COUNT
 #include "workers.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -179,4 +181,26 @@ int workers_wait(Workers* w, WorkersPoll poll, void* poll_arg) {
     }
     forget_last_lines(w);
     return 0;
+}
+
+int workers_cpu_count(void) {
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0)
+        return -1;
+    return CPU_COUNT(&allowed);
+}
+
+int workers_bind_cpu(int local_rank) {
+    cpu_set_t allowed, one;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0)
+        return -1;
+    for (int cpu = 0, seen = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, &allowed) || seen++ != local_rank)
+            continue;
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        return sched_setaffinity(0, sizeof one, &one) == 0 ? cpu : -1;
+    }
+    errno = ERANGE;
+    return -1;
 }

@@ -10,7 +10,12 @@
  * dies is killed by the kernel. A worker starts with the default signal
  * dispositions, whatever the parent had set (a restart's parent catches SIGTERM).
  *
- * APIs: WorkerMain, Workers, WorkersPoll, workers_start, workers_wait, workers_stop.
+ * A worker may also pin itself to a CPU of its own (workers_bind_cpu), as Open MPI binds
+ * its ranks by default: two ranks left to the scheduler can end up taking turns on one
+ * core while another idles.
+ *
+ * APIs: WorkerMain, Workers, WorkersPoll, workers_start, workers_wait, workers_stop,
+ *       workers_cpu_count, workers_bind_cpu.
  */
 #ifndef WORKERS_H
 #define WORKERS_H
@@ -58,6 +63,14 @@ int workers_wait(Workers* w, WorkersPoll poll, void* poll_arg);
 
 // Ends every worker still running: SIGTERM, and SIGKILL after the grace period.
 void workers_stop(Workers* w);
+
+// The CPUs this process may run on (its affinity mask, which taskset or a batch system may
+// have narrowed), or -1 with errno.
+int workers_cpu_count(void);
+// Pins the calling process to the local_rank-th of those CPUs (in their numbering's
+// order), so that workers 0 .. N-1 get N different CPUs when N <= workers_cpu_count().
+// Returns the CPU's number, or -1 with errno (ERANGE: not that many CPUs).
+int workers_bind_cpu(int local_rank);
 
 #ifdef __cplusplus
 }

@@ -8,9 +8,13 @@
  * all-gather step s it receives chunk r - s and copies it over its own, and sends the
  * chunk its right neighbour receives. So every printed value, every bracket (the chunk
  * just received) and every "a->b chunk c" of a title is known before the program runs.
- * Bad values of --count, --slow and --ranks are refused with one line.
+ * Bad values of --count, --slow and --ranks are refused with one line. With --bind every
+ * rank names the CPU it is pinned to, a different one each, and more ranks than the CPUs
+ * this process may use are refused.
  */
+#define _GNU_SOURCE // sched_getaffinity, CPU_COUNT
 #include <criterion/criterion.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -214,6 +218,51 @@ Test(allreduce_bench, bad_show_count_slow_or_ranks_exit_2_with_one_line_naming_t
                   "want one line on stderr, got:\n%s", p.err.text);
         cr_assert_not_null(strstr(p.err.text, cases[i].name), "stderr does not say '%s': %s",
                            cases[i].name, p.err.text);
+        proc_free(&p);
+    }
+}
+
+// The CPUs this test may run on, as allreduce_bench counts them.
+static int cpus_here(void) {
+    cpu_set_t allowed;
+    cr_assert_eq(sched_getaffinity(0, sizeof allowed, &allowed), 0);
+    return CPU_COUNT(&allowed);
+}
+
+Test(allreduce_bench, bind_pins_every_rank_to_a_cpu_of_its_own, .fini = proc_end_leftovers) {
+    if (cpus_here() < 2)
+        cr_skip_test("one CPU here: two ranks cannot have one each");
+    Proc p = proc_run(
+        PROGRAM, (const char*[]){"--bind", "--min-bytes", "1K", "--max-bytes", "1K", NULL}, NULL);
+    cr_assert_eq(p.status, 0, "exit status %d:\n%s", p.status, p.err.text);
+    int cpu[2] = {-1, -1};
+    for (int r = 0; r < 2; r++) {
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "[Rank %d] --bind: CPU ", r);
+        const char* at = strstr(p.err.text, prefix);
+        cr_assert_not_null(at, "rank %d named no CPU:\n%s", r, p.err.text);
+        cpu[r] = atoi(at + strlen(prefix));
+    }
+    cr_assert_neq(cpu[0], cpu[1], "both ranks on CPU %d", cpu[0]);
+    cr_assert_not_null(strstr(p.out.text, "        1024        256 "), "no 1 KiB row:\n%s",
+                       p.out.text);
+    cr_assert(strstr(p.out.text, "        0\n") != NULL, "the sum is wrong:\n%s", p.out.text);
+    proc_free(&p);
+}
+
+Test(allreduce_bench, bind_refuses_more_ranks_than_cpus_and_mpirun_in_one_line,
+     .fini = proc_end_leftovers) {
+    char ranks[16];
+    snprintf(ranks, sizeof ranks, "%d", cpus_here() + 1);
+    const char* const* cases[] = {(const char*[]){"--bind", "--ranks", ranks, NULL},
+                                  (const char*[]){"--bind", "--backend", "mpi", NULL}};
+    const char* said[] = {"ranks need a CPU each", "mpirun binds the ranks"};
+    for (int i = 0; i < 2; i++) {
+        Proc p = proc_run(PROGRAM, cases[i], NULL);
+        cr_assert_eq(p.status, 2, "case %d: exit status %d:\n%s", i, p.status, p.err.text);
+        cr_assert(strstr(p.err.text, said[i]) != NULL &&
+                      strchr(p.err.text, '\n') == p.err.text + strlen(p.err.text) - 1,
+                  "case %d: want one line saying '%s', got:\n%s", i, said[i], p.err.text);
         proc_free(&p);
     }
 }

@@ -5,10 +5,13 @@
  * and waits for them with workers_wait, whose report on stderr is captured (fd
  * 2 points at a temporary file during the wait). Workers that should be ended
  * sleep for far longer than any test may take, so a test only passes if the
- * supervisor really ends them; the .fini kills whatever a failed test left.
+ * supervisor really ends them; the .fini kills whatever a failed test left. Binding a
+ * worker to a CPU is tested in a child whose mask the test narrows first.
  */
+#define _GNU_SOURCE // sched_getaffinity, sched_setaffinity, CPU_COUNT
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -245,4 +248,45 @@ Test(workers, sigterm_to_the_parent_ends_every_worker_and_returns_128_plus_15, .
     cr_assert_not_null(strstr(err_text, "signal 15"), "stderr does not name the signal:\n%s",
                        err_text);
     expect_all_reaped(&w);
+}
+
+// In a child allowed only the last CPU this test may use: 1 CPU counted, local rank 0
+// pinned to it, local rank 1 refused with ERANGE. Exits 0, or the number of the check
+// that failed.
+static int bind_in_one_cpu(void) {
+    cpu_set_t allowed, one;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0)
+        return 1;
+    int last = -1;
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+        if (CPU_ISSET(cpu, &allowed))
+            last = cpu;
+    CPU_ZERO(&one);
+    CPU_SET(last, &one);
+    if (sched_setaffinity(0, sizeof one, &one) != 0)
+        return 1;
+    if (workers_cpu_count() != 1)
+        return 2;
+    errno = 0;
+    if (workers_bind_cpu(1) != -1 || errno != ERANGE)
+        return 3;
+    if (workers_bind_cpu(0) != last || sched_getaffinity(0, sizeof allowed, &allowed) != 0 ||
+        CPU_COUNT(&allowed) != 1 || !CPU_ISSET(last, &allowed))
+        return 4;
+    return 0;
+}
+
+Test(workers, bind_cpu_pins_the_local_rank_th_allowed_cpu_and_refuses_past_the_last) {
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+    if (pid == 0)
+        _exit(bind_in_one_cpu());
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    static const char* const check[] = {"", "the test could not narrow its mask",
+                                        "workers_cpu_count is not 1 under a 1-CPU mask",
+                                        "local rank 1 of 1 CPU was not refused with ERANGE",
+                                        "local rank 0 was not pinned to the one CPU"};
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    cr_assert_eq(code, 0, "%s", code > 0 && code <= 4 ? check[code] : "the child died");
 }

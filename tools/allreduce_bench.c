@@ -10,10 +10,13 @@
  * socketpairs; auto picks shared memory, since every rank runs on this machine.
  * Under mpirun, --backend mpi prints the same table for MPI_Allreduce:
  *   mpirun -np 2 build/allreduce_bench --backend mpi
+ * --bind pins rank i to the i-th CPU this process may run on, as Open MPI binds its ranks
+ * (compare them bound alike: `mpirun --bind-to core`, its default for 2 ranks).
  * --show runs one all-reduce of the ring instead and prints every rank's buffer after
  * each step (tools/ring_show.h), --slow MS pausing between them, for a class to watch:
  *   build/allreduce_bench --ranks 3 --count 6 --show --slow 1000
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +47,7 @@ typedef struct {
     bool show;   // --show: one all-reduce, step by step, instead of the sweep
     int count;   // --show's floats per rank; 0: not given
     int slow_ms; // --show's pause after each step; -1: not given
+    bool bind;   // --bind: every rank on a CPU of its own
     int ring_fds[WORKERS_MAX][2];
     ShmRegion* ring_shm; // the ring's channels (shm transport), NULL otherwise
     RingShow* ring_show; // --show's shared memory, NULL otherwise
@@ -80,6 +84,17 @@ static int check_bench(Bench* b, char* why, size_t why_len) {
     if (b->min_bytes > b->max_bytes) {
         snprintf(why, why_len, "--min-bytes (%ld) must not exceed --max-bytes (%ld)", b->min_bytes,
                  b->max_bytes);
+        return -1;
+    }
+    int cpus = b->bind ? workers_cpu_count() : 0;
+    if (b->bind && (engine == BACKEND_HOST || cpus < b->ranks)) {
+        if (engine == BACKEND_HOST)
+            snprintf(why, why_len, "--bind: under mpirun, mpirun binds the ranks (--bind-to)");
+        else
+            snprintf(why, why_len,
+                     "--bind: %d ranks need a CPU each, and this process may run "
+                     "on %d",
+                     b->ranks, cpus);
         return -1;
     }
     if (comm_choose_transport(b->transport, engine, &shm, why, why_len) != 0 ||
@@ -120,6 +135,9 @@ static void parse_args(Bench* b, int argc, char** argv) {
         {.name = "--timeout", .kind = FLAG_INT, .min = 1, .max = CONFIG_MAX_TIMEOUT_S,
          .destination = &b->timeout_s, .value_name = "SECONDS",
          .help = "deadline of every collective (default 60)"},
+        {.name = "--bind", .kind = FLAG_SWITCH, .destination = &b->bind,
+         .help = "pin each rank to a CPU of its own, as Open MPI does (default: the "
+                 "scheduler places them)"},
         {.name = "--show", .kind = FLAG_SWITCH, .destination = &b->show,
          .help = "one all-reduce of the ring, printing every rank's buffer after each step"},
         {.name = "--count", .kind = FLAG_INT, .min = 1, .max = RING_SHOW_MAX_COUNT,
@@ -157,6 +175,13 @@ static int rank_main(int rank, void* arg) {
     int send_fd, recv_fd;
     comm_ring_keep_own(b->ring_fds, b->ranks, rank, &send_fd, &recv_fd);
     bool nccl = strcmp(b->backend, "nccl") == 0;
+    int cpu = b->bind ? workers_bind_cpu(rank) : 0;
+    if (cpu < 0) {
+        rank_log("--bind: %s", strerror(errno));
+        return 1;
+    }
+    if (b->bind)
+        rank_log("--bind: CPU %d", cpu);
     Device dev;
     char why[ERROR_TEXT_BYTES];
     if (device_open(&dev, nccl ? "cuda" : "cpu", rank, why, sizeof why) != 0) {
