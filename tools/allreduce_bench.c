@@ -86,15 +86,14 @@ static int check_bench(Bench* b, char* why, size_t why_len) {
                  b->max_bytes);
         return -1;
     }
-    int cpus = b->bind ? workers_cpu_count() : 0;
-    if (b->bind && (engine == BACKEND_HOST || cpus < b->ranks)) {
-        if (engine == BACKEND_HOST)
-            snprintf(why, why_len, "--bind: under mpirun, mpirun binds the ranks (--bind-to)");
-        else
-            snprintf(why, why_len,
-                     "--bind: %d ranks need a CPU each, and this process may run "
-                     "on %d",
-                     b->ranks, cpus);
+    if (b->bind && engine == BACKEND_HOST) {
+        snprintf(why, why_len, "--bind: under mpirun, mpirun binds the ranks (--bind-to)");
+        return -1;
+    }
+    int cpus = b->bind ? workers_cpu_count() : b->ranks;
+    if (cpus < b->ranks) {
+        snprintf(why, why_len, "--bind: %d ranks need a CPU each; this process may run on %d",
+                 b->ranks, cpus < 0 ? 0 : cpus);
         return -1;
     }
     if (comm_choose_transport(b->transport, engine, &shm, why, why_len) != 0 ||
