@@ -12,14 +12,13 @@
  * rank names the CPU it is pinned to, a different one each, and more ranks than the CPUs
  * this process may use are refused.
  */
-#define _GNU_SOURCE // sched_getaffinity, CPU_COUNT
 #include <criterion/criterion.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "support/proc.h"
+#include "workers.h" // workers_cpu_count: the CPUs allreduce_bench counts
 
 #define PROGRAM build_program("allreduce_bench")
 #define MAX_RANKS 7
@@ -222,15 +221,8 @@ Test(allreduce_bench, bad_show_count_slow_or_ranks_exit_2_with_one_line_naming_t
     }
 }
 
-// The CPUs this test may run on, as allreduce_bench counts them.
-static int cpus_here(void) {
-    cpu_set_t allowed;
-    cr_assert_eq(sched_getaffinity(0, sizeof allowed, &allowed), 0);
-    return CPU_COUNT(&allowed);
-}
-
 Test(allreduce_bench, bind_pins_every_rank_to_a_cpu_of_its_own, .fini = proc_end_leftovers) {
-    if (cpus_here() < 2)
+    if (workers_cpu_count() < 2)
         cr_skip_test("one CPU here: two ranks cannot have one each");
     Proc p = proc_run(
         PROGRAM, (const char*[]){"--bind", "--min-bytes", "1K", "--max-bytes", "1K", NULL}, NULL);
@@ -253,7 +245,7 @@ Test(allreduce_bench, bind_pins_every_rank_to_a_cpu_of_its_own, .fini = proc_end
 Test(allreduce_bench, bind_refuses_more_ranks_than_cpus_and_mpirun_in_one_line,
      .fini = proc_end_leftovers) {
     char ranks[16];
-    snprintf(ranks, sizeof ranks, "%d", cpus_here() + 1);
+    snprintf(ranks, sizeof ranks, "%d", workers_cpu_count() + 1);
     const char* const* cases[] = {(const char*[]){"--bind", "--ranks", ranks, NULL},
                                   (const char*[]){"--bind", "--backend", "mpi", NULL}};
     const char* said[] = {"ranks need a CPU each", "mpirun binds the ranks"};

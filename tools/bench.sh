@@ -231,7 +231,8 @@ sweeps=(ring)
 # Runs engine NAME's sweep once, printing its table.
 run_sweep() {
     case "$1" in
-    ring | nccl) build/allreduce_bench --backend "$1" --ranks "$([ "$1" = nccl ] && echo "$gpus" || echo 2)" --min-bytes 1K --max-bytes "$max_bytes" ;;
+    ring) build/allreduce_bench --backend ring --ranks 2 --min-bytes 1K --max-bytes "$max_bytes" ;;
+    nccl) build/allreduce_bench --backend nccl --ranks "$gpus" --min-bytes 1K --max-bytes "$max_bytes" ;;
     mpi-*) OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe \
         --mca btl "self,${1#mpi-}" -np 2 build/allreduce_bench --backend mpi --min-bytes 1K \
         --max-bytes "$max_bytes" 2>/dev/null ;;
@@ -247,24 +248,27 @@ for ((round = 1; round <= repeats; round++)); do
         }
     done
 done
+
+# One engine's table from its rounds' tables: the first's header, then per size the median
+# time (median_min_max), algbw and busbw from it, and the most #wrong any round counted.
+merge_sweeps() {
+    local sweep=$1 first size floats time wrong ranks
+    first=$runs/sweep-$sweep.1
+    head -n 2 "$first"
+    ranks=$(sed -n '1s/.*, \([0-9]*\) ranks;.*/\1/p' "$first")
+    while read -r size floats; do
+        # shellcheck disable=SC2046 # one time per round, no spaces
+        time=$(median_min_max $(awk -v b="$size" '$1 == b { print $3 }' "$runs/sweep-$sweep".[0-9]*) | cut -d' ' -f1)
+        wrong=$(awk -v b="$size" '$1 == b && $6 > w { w = $6 } END { print w + 0 }' "$runs/sweep-$sweep".[0-9]*)
+        awk -v b="$size" -v f="$floats" -v t="$time" -v w="$wrong" -v n="$ranks" 'BEGIN {
+            algbw = b / t / 1e3
+            printf "%12d %10d %10.2f %12.3f %12.3f %8d\n", b, f, t, algbw, algbw * 2 * (n - 1) / n, w }'
+    done < <(awk '!/^#/ && NF == 6 && $1 ~ /^[0-9]+$/ { print $1, $2 }' "$first")
+    if [ "$repeats" -eq 1 ]; then echo "# time: one sweep"; else echo "# time: the median of $repeats sweeps, one per round"; fi
+}
+
 for sweep in "${sweeps[@]}"; do
-    [ ! -e "$runs/sweep-$sweep.failed" ] || continue
-    awk -v rounds="$repeats" '
-        FNR <= 2 { if (NR == FNR) print; if (FNR == 1 && match($0, /[0-9]+ ranks;/)) n = substr($0, RSTART) + 0; next }
-        /^#/ { next }
-        { if (!($1 in count)) order[++sizes] = $1
-          t[$1, ++count[$1]] = $3; floats[$1] = $2; if ($6 > wrong[$1]) wrong[$1] = $6 }
-        END {
-            for (i = 1; i <= sizes; i++) {
-                b = order[i]; m = count[b]
-                for (j = 1; j <= m; j++) v[j] = t[b, j]
-                for (j = 2; j <= m; j++) for (k = j; k > 1 && v[k - 1] > v[k]; k--) { x = v[k]; v[k] = v[k - 1]; v[k - 1] = x }
-                med = (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
-                algbw = b / med / 1e3
-                printf "%12d %10d %10.2f %12.3f %12.3f %8d\n", b, floats[b], med, algbw, algbw * 2 * (n - 1) / n, wrong[b] + 0
-            }
-            printf "# time: the median of %s, one per round\n", rounds == 1 ? "one sweep" : rounds " sweeps"
-        }' "$runs/sweep-$sweep".* >"$base-allreduce-$sweep.txt"
+    [ -e "$runs/sweep-$sweep.failed" ] || merge_sweeps "$sweep" >"$base-allreduce-$sweep.txt"
 done
 
 # ----------------------------------------------------------------------------
