@@ -118,11 +118,11 @@ Test(trace, lesson_04_puts_the_buckets_on_the_communication_thread, .init = temp
      .fini = proc_end_leftovers) {
     char path[128];
     trace_path(path, sizeof path);
-    // Wide layers: many buckets and a long backward pass, so that the communication
-    // thread gets some buckets however loaded the machine (the training thread runs those
-    // still queued when it comes to wait).
-    run_lesson("ddp_overlap",
-               (const char*[]){"--gpus", "2", "--hidden-size", "256", "--trace", path, NULL});
+    // Wide layers: many buckets and a long backward pass, and 100 steps a rank, so that the
+    // communication thread gets some buckets however loaded the machine (the training
+    // thread runs those still queued when it comes to wait; 10 steps were once too few).
+    run_lesson("ddp_overlap", (const char*[]){"--gpus", "2", "--hidden-size", "256", "--data-size",
+                                              "4000", "--trace", path, NULL});
     expect_good_trace(2, STEP_SPANS ",bucket 0,wait for buckets", "--comm-track",
                       (const char*[]){path, NULL});
 }
