@@ -243,7 +243,8 @@ $(BUILD)/allreduce_bench: $(OBJ)/tools/allreduce_bench.o $(OBJ)/tools/allreduce_
 $(BUILD)/hostfile: $(OBJ)/tools/hostfile.o $(COMMON_LIB) $(LINK_DEPS)
 	$(CC) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $< $(COMMON_LIB) -o $@ $(LDLIBS)
 
-TEST_SUPPORT := $(OBJ)/tests/support/proc.o $(OBJ)/tests/support/losses.o
+TEST_SUPPORT := $(OBJ)/tests/support/proc.o $(OBJ)/tests/support/losses.o \
+	$(OBJ)/tests/support/bound.o
 $(BUILD)/tests/%: $(OBJ)/tests/%.o $(TEST_SUPPORT) $(COMMON_LIB) $(LINK_DEPS)
 	@mkdir -p $(dir $@)
 	$(CC) $(DDP_CFLAGS) $(CFLAGS) $(LDFLAGS) $< $(TEST_SUPPORT) $(COMMON_LIB) -o $@ $(LDLIBS) -lcriterion

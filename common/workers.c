@@ -38,7 +38,18 @@ static void worker_begins(Workers* w, int i) {
         rank_log_keep_last_line(w->last_line[i], WORKERS_LAST_LINE_BYTES);
 }
 
-int workers_start(Workers* w, int count, int first_rank, WorkerMain main, void* arg) {
+// --bind, in worker i: on the i-th CPU this process may run on, which it says.
+static int bind_worker(int i) {
+    int cpu = workers_bind_cpu(i);
+    if (cpu < 0) {
+        rank_log("--bind: %s", strerror(errno));
+        return -1;
+    }
+    rank_log("--bind: CPU %d", cpu);
+    return 0;
+}
+
+int workers_start(Workers* w, int count, int first_rank, bool bind, WorkerMain main, void* arg) {
     memset(w, 0, sizeof *w);
     w->first_rank = first_rank;
     // Shared with the workers; without it (no memory) a failure is named without its words.
@@ -64,7 +75,7 @@ int workers_start(Workers* w, int count, int first_rank, WorkerMain main, void* 
                 _exit(1);
             rank_log_set_rank(first_rank + i);
             worker_begins(w, i);
-            int status = main(i, arg);
+            int status = bind && bind_worker(i) != 0 ? 1 : main(i, arg);
             fflush(NULL);
             _exit(status != 0 && rank_failed_for_good() ? WORKERS_EXIT_FOR_GOOD : status);
         }
@@ -181,6 +192,18 @@ int workers_wait(Workers* w, WorkersPoll poll, void* poll_arg) {
     }
     forget_last_lines(w);
     return 0;
+}
+
+int workers_check_bind(int count, bool on_gpus, char* why, size_t why_len) {
+    int cpus = workers_cpu_count();
+    if (on_gpus)
+        snprintf(why, why_len,
+                 "--bind: the workers compute on GPUs, whose nearby CPUs this program does not "
+                 "know; bind them with numactl or the batch system instead");
+    else if (cpus < count)
+        snprintf(why, why_len, "--bind: %d workers need a CPU each; this process may run on %d",
+                 count, cpus < 0 ? 0 : cpus);
+    return on_gpus || cpus < count ? -1 : 0;
 }
 
 int workers_cpu_count(void) {

@@ -10,17 +10,19 @@
  * dies is killed by the kernel. A worker starts with the default signal
  * dispositions, whatever the parent had set (a restart's parent catches SIGTERM).
  *
- * A worker may also pin itself to a CPU of its own (workers_bind_cpu), as Open MPI binds
- * its ranks by default: two ranks left to the scheduler can end up taking turns on one
- * core while another idles.
+ * Workers may also be bound, each to a CPU of its own (--bind), as Open MPI binds its
+ * ranks by default: two ranks left to the scheduler can end up taking turns on one core
+ * while another idles. It is a choice, not the default: two jobs on one shared machine
+ * would both bind to its first CPUs.
  *
  * APIs: WorkerMain, Workers, WorkersPoll, workers_start, workers_wait, workers_stop,
- *       workers_cpu_count, workers_bind_cpu.
+ *       workers_check_bind, workers_cpu_count, workers_bind_cpu.
  */
 #ifndef WORKERS_H
 #define WORKERS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <sys/types.h>
 
 #ifdef __cplusplus
@@ -49,9 +51,10 @@ typedef struct {
     char (*last_line)[WORKERS_LAST_LINE_BYTES];
 } Workers;
 
-// Forks count workers, each running main(local_rank, arg). Returns 0, or -1
+// Forks count workers, each running main(local_rank, arg); with bind, each first pins
+// itself to a CPU of its own (workers_bind_cpu) and logs "--bind: CPU n". Returns 0, or -1
 // (after ending those already started) if a fork fails.
-int workers_start(Workers* w, int count, int first_rank, WorkerMain main, void* arg);
+int workers_start(Workers* w, int count, int first_rank, bool bind, WorkerMain main, void* arg);
 
 // Called about every 10 ms while waiting; a non-zero return ends every worker.
 typedef int (*WorkersPoll)(void* arg);
@@ -64,6 +67,10 @@ int workers_wait(Workers* w, WorkersPoll poll, void* poll_arg);
 // Ends every worker still running: SIGTERM, and SIGKILL after the grace period.
 void workers_stop(Workers* w);
 
+// --bind's checks, before the fork: count workers need a CPU each, and workers that compute
+// on GPUs are not bound in rank order (the CPUs near each GPU are the machine's to tell:
+// numactl, the batch system). Returns 0, or -1 with why filled.
+int workers_check_bind(int count, bool on_gpus, char* why, size_t why_len);
 // The CPUs this process may run on (its affinity mask, which taskset or a batch system may
 // have narrowed), or -1 with errno.
 int workers_cpu_count(void);

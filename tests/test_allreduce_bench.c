@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "support/bound.h"
 #include "support/proc.h"
 #include "workers.h" // workers_cpu_count: the CPUs allreduce_bench counts
 
@@ -227,15 +228,7 @@ Test(allreduce_bench, bind_pins_every_rank_to_a_cpu_of_its_own, .fini = proc_end
     Proc p = proc_run(
         PROGRAM, (const char*[]){"--bind", "--min-bytes", "1K", "--max-bytes", "1K", NULL}, NULL);
     cr_assert_eq(p.status, 0, "exit status %d:\n%s", p.status, p.err.text);
-    int cpu[2] = {-1, -1};
-    for (int r = 0; r < 2; r++) {
-        char prefix[32];
-        snprintf(prefix, sizeof prefix, "[Rank %d] --bind: CPU ", r);
-        const char* at = strstr(p.err.text, prefix);
-        cr_assert_not_null(at, "rank %d named no CPU:\n%s", r, p.err.text);
-        cpu[r] = atoi(at + strlen(prefix));
-    }
-    cr_assert_neq(cpu[0], cpu[1], "both ranks on CPU %d", cpu[0]);
+    expect_bound_to_distinct_cpus("allreduce_bench --bind", p.err.text, 0, 2);
     cr_assert_not_null(strstr(p.out.text, "        1024        256 "), "no 1 KiB row:\n%s",
                        p.out.text);
     cr_assert(strstr(p.out.text, "        0\n") != NULL, "the sum is wrong:\n%s", p.out.text);
@@ -248,7 +241,7 @@ Test(allreduce_bench, bind_refuses_more_ranks_than_cpus_and_mpirun_in_one_line,
     snprintf(ranks, sizeof ranks, "%d", workers_cpu_count() + 1);
     const char* const* cases[] = {(const char*[]){"--bind", "--ranks", ranks, NULL},
                                   (const char*[]){"--bind", "--backend", "mpi", NULL}};
-    const char* said[] = {"ranks need a CPU each", "mpirun binds the ranks"};
+    const char* said[] = {"workers need a CPU each", "mpirun binds the ranks"};
     for (int i = 0; i < 2; i++) {
         Proc p = proc_run(PROGRAM, cases[i], NULL);
         cr_assert_eq(p.status, 2, "case %d: exit status %d:\n%s", i, p.status, p.err.text);

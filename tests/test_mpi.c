@@ -132,3 +132,18 @@ Test(mpi, backend_mpi_without_mpirun_is_a_usage_error, .fini = proc_end_leftover
     cr_assert_not_null(strstr(p.err.text, "mpirun"), "stderr:\n%s", p.err.text);
     proc_free(&p);
 }
+
+// mpirun binds its ranks itself (--bind-to): lesson 03's --bind under it is refused.
+Test(mpi, bind_under_mpirun_is_refused_naming_mpiruns_own, .fini = proc_end_leftovers) {
+    skip_without_mpi();
+    ProcOptions options = {.env = MPI_ENV};
+    Proc m = proc_run(mpirun,
+                      (const char*[]){"--oversubscribe", "-np", "2", MULTI_NODE, "--device", "cpu",
+                                      "--backend", "mpi", "--bind", "--epochs", "1", NULL},
+                      &options);
+    cr_assert_neq(m.status, 0, "mpirun exited 0; stdout:\n%s", m.out.text);
+    cr_assert_not_null(strstr(m.err.text, "--bind: under mpirun, mpirun binds the ranks"),
+                       "stderr:\n%s", m.err.text);
+    cr_assert_null(strstr(m.out.text, "Epoch ["), "it trained:\n%s", m.out.text);
+    proc_free(&m);
+}

@@ -11,7 +11,8 @@
  * N ranks x batch B == 1 rank x batch N*B, epoch by epoch; a worker killed from
  * outside and SIGTERM to the parent (principle 4: everything ends, fast, and the
  * parent says who failed); restarts (--max-restarts) that resume from the last
- * checkpoint and end like the uninterrupted run; and every bad flag.
+ * checkpoint and end like the uninterrupted run; --bind (a CPU for each worker, the same
+ * losses) and its refusals; and every bad flag.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -24,8 +25,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "support/bound.h"
 #include "support/losses.h"
 #include "support/proc.h"
+#include "workers.h" // workers_cpu_count: the CPUs --bind counts
 
 #define MULTI_GPU build_program("multi_gpu")
 #define HELLO_GPU build_program("hello_gpu")
@@ -131,6 +134,31 @@ Test(multi_gpu, a_batch_of_exactly_each_ranks_share_is_accepted, .fini = proc_en
     cr_assert_eq(p.status, 0, "exit status %d; stderr:\n%s", p.status, p.err.text);
     cr_assert_not_null(strstr(p.out.text, "Replicas agree: yes (4 ranks"), "%s", p.out.text);
     proc_free(&p);
+}
+
+// --bind moves processes, not numbers: each worker on a CPU of its own, the same losses.
+Test(multi_gpu, bind_puts_every_worker_on_a_cpu_of_its_own_and_changes_no_loss,
+     .init = temp_dir_make, .fini = proc_end_leftovers) {
+    if (workers_cpu_count() < 2)
+        cr_skip_test("one CPU here: two workers cannot have one each");
+    char dir_bound[128], dir_free[128];
+    snprintf(dir_bound, sizeof dir_bound, "%s/bound", temp_dir);
+    snprintf(dir_free, sizeof dir_free, "%s/free", temp_dir);
+    const char* dirs[] = {dir_bound, dir_free};
+    for (int bound = 1; bound >= 0; bound--) {
+        Proc p = proc_run(MULTI_GPU,
+                          (const char*[]){"--device", "cpu", "--gpus", "2", "--epochs", "3",
+                                          "--out", dirs[1 - bound], bound ? "--bind" : NULL, NULL},
+                          NULL);
+        cr_assert_eq(p.status, 0, "exit status %d; stderr:\n%s", p.status, p.err.text);
+        cr_assert_not_null(strstr(p.out.text, "Replicas agree: yes (2 ranks"), "%s", p.out.text);
+        if (bound)
+            expect_bound_to_distinct_cpus("multi_gpu --bind", p.err.text, 0, 2);
+        else
+            cr_assert_null(strstr(p.err.text, "--bind"), "unbound, yet:\n%s", p.err.text);
+        proc_free(&p);
+    }
+    expect_same_losses("--bind against no --bind", dir_bound, dir_free, 3, 0.0);
 }
 
 // ----------------------------------------------------------------------------
@@ -446,6 +474,19 @@ Test(multi_gpu, backend_nccl_without_a_gpu_for_every_rank_exits_2, .fini = proc_
     expect_usage_error((const char*[]){"--backend", "nccl", "--gpus", ranks, NULL}, "--backend");
     expect_usage_error((const char*[]){"--device", "cpu", "--backend", "nccl", "--gpus", "1", NULL},
                        "--backend");
+}
+
+Test(multi_gpu, bind_refuses_more_workers_than_cpus_and_workers_on_gpus,
+     .fini = proc_end_leftovers) {
+    char workers[16];
+    snprintf(workers, sizeof workers, "%d", workers_cpu_count() + 1);
+    if (workers_cpu_count() + 1 > WORKERS_MAX)
+        cr_skip_test("%d CPUs: more workers than --gpus takes", workers_cpu_count());
+    expect_usage_error((const char*[]){"--device", "cpu", "--bind", "--gpus", workers, NULL},
+                       "need a CPU each");
+    if (BUILT_WITH_CUDA && gpu_present())
+        expect_usage_error((const char*[]){"--device", "cuda", "--bind", "--gpus", "1", NULL},
+                           "compute on GPUs");
 }
 
 Test(multi_gpu, device_cuda_without_a_usable_gpu_exits_2, .fini = proc_end_leftovers) {

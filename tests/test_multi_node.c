@@ -30,8 +30,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "support/bound.h"
 #include "support/losses.h"
 #include "support/proc.h"
+#include "workers.h" // workers_cpu_count: the CPUs --bind counts
 
 #define MULTI_NODE build_program("multi_node")
 #define MULTI_GPU build_program("multi_gpu")
@@ -308,6 +310,30 @@ Test(multi_node, three_nodes_of_one_worker_train_exactly_like_multi_gpu_with_thr
 Test(multi_node, three_nodes_of_two_workers_train_exactly_like_multi_gpu_with_six_ranks,
      .init = temp_dir_make, .fini = proc_end_leftovers) {
     expect_a_job_like_multi_gpu(3, 2, port_for_test(3), 0, 0.0);
+}
+
+// --bind counts the CPUs of each node: two nodes of two workers, each node's two on CPUs of
+// their own (on one machine both nodes take its first two), and the job's numbers unchanged.
+Test(multi_node, bind_puts_each_nodes_workers_on_cpus_of_their_own, .init = temp_dir_make,
+     .fini = proc_end_leftovers) {
+    if (workers_cpu_count() < 2)
+        cr_skip_test("one CPU here: two workers cannot have one each");
+    char out_dir[128];
+    snprintf(out_dir, sizeof out_dir, "%s/multi_node", temp_dir);
+    Proc nodes[2];
+    for (int n = 0; n < 2; n++)
+        start_node(&nodes[n], &(Node){.nnodes = 2,
+                                      .node_rank = n,
+                                      .port = port_for_test(35),
+                                      .nproc = 2,
+                                      .out = n == 0 ? out_dir : NULL,
+                                      .extra = {"--bind"}});
+    expect_job_completes(nodes, 2);
+    expect_bound_to_distinct_cpus("node 0", nodes[0].err.text, 0, 2);
+    expect_bound_to_distinct_cpus("node 1", nodes[1].err.text, 2, 2);
+    expect_losses_of_multi_gpu(out_dir, 4);
+    for (int n = 0; n < 2; n++)
+        proc_free(&nodes[n]);
 }
 
 Test(multi_node, a_worker_node_started_a_second_before_the_master_waits_for_it,
@@ -954,4 +980,10 @@ Test(multi_node, bad_flags_exit_2_with_one_line_naming_the_flag, .fini = proc_en
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         expect_usage_error(cases[i].args, cases[i].env, cases[i].name);
+    char workers[16]; // --bind: one more worker than this machine has CPUs
+    snprintf(workers, sizeof workers, "%d", workers_cpu_count() + 1);
+    if (workers_cpu_count() < WORKERS_MAX)
+        expect_usage_error((const char*[]){"--device", "cpu", "--bind", "--nproc-per-node", workers,
+                                           "--master-port", bad_flags_port, NULL},
+                           NULL, "need a CPU each");
 }

@@ -6,13 +6,15 @@
  * 2 points at a temporary file during the wait). Workers that should be ended
  * sleep for far longer than any test may take, so a test only passes if the
  * supervisor really ends them; the .fini kills whatever a failed test left. Binding a
- * worker to a CPU is tested in a child whose mask the test narrows first.
+ * worker to a CPU is tested in a child whose mask the test narrows first, and through
+ * workers_start, whose bound workers check their own masks.
  */
 #define _GNU_SOURCE // sched_getaffinity, sched_setaffinity, CPU_COUNT
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "support/bound.h"
 #include "timer.h"
 #include "workers.h"
 
@@ -60,15 +63,15 @@ static void end_leftovers(void) {
 
 // Starts count workers and waits for them, stderr captured in err_text; returns what
 // workers_wait returned and, in *seconds, how long it took.
-static int start_and_wait(Workers* w, int count, int first_rank, WorkerMain main, WorkersPoll poll,
-                          double* seconds) {
+static int start_and_wait(Workers* w, int count, int first_rank, bool bind, WorkerMain main,
+                          WorkersPoll poll, double* seconds) {
     FILE* capture = tmpfile();
     cr_assert_not_null(capture, "tmpfile: %s", strerror(errno));
     fflush(stderr);
     int saved = dup(STDERR_FILENO);
     dup2(fileno(capture), STDERR_FILENO);
     double start = timer_seconds();
-    int rc = workers_start(w, count, first_rank, main, NULL);
+    int rc = workers_start(w, count, first_rank, bind, main, NULL);
     started = w;
     if (rc == 0)
         rc = workers_wait(w, poll, NULL);
@@ -165,7 +168,7 @@ Test(workers, wait_returns_0_when_every_worker_exits_0, .init = make_shared,
      .fini = end_leftovers) {
     Workers w;
     double seconds;
-    int rc = start_and_wait(&w, 4, 0, exits_0, NULL, &seconds);
+    int rc = start_and_wait(&w, 4, 0, false, exits_0, NULL, &seconds);
     cr_assert_eq(rc, 0, "workers_wait returned %d; stderr:\n%s", rc, err_text);
     cr_assert_str_empty(err_text, "stderr is not empty:\n%s", err_text);
     cr_assert_eq(w.count, 4);
@@ -176,7 +179,7 @@ Test(workers, each_worker_runs_with_its_own_local_rank_in_its_own_process, .init
      .fini = end_leftovers) {
     Workers w;
     double seconds;
-    int rc = start_and_wait(&w, 5, 10, exits_0, NULL, &seconds);
+    int rc = start_and_wait(&w, 5, 10, false, exits_0, NULL, &seconds);
     cr_assert_eq(rc, 0, "workers_wait returned %d; stderr:\n%s", rc, err_text);
     cr_assert_eq(w.first_rank, 10);
     for (int i = 0; i < 5; i++) {
@@ -193,7 +196,7 @@ Test(workers, a_worker_that_fails_is_named_and_the_others_are_ended, .init = mak
      .fini = end_leftovers) {
     Workers w;
     double seconds;
-    int rc = start_and_wait(&w, 4, 8, rank_2_exits_3, NULL, &seconds);
+    int rc = start_and_wait(&w, 4, 8, false, rank_2_exits_3, NULL, &seconds);
     cr_assert_eq(rc, 1, "workers_wait returned %d, want 1; stderr:\n%s", rc, err_text);
     cr_assert_lt(seconds, ENDED_WITHIN_S, "the others were ended only after %.2f s", seconds);
     // global rank = first_rank + local rank
@@ -207,7 +210,7 @@ Test(workers, a_killed_worker_is_named_with_its_signal, .init = make_shared,
      .fini = end_leftovers) {
     Workers w;
     double seconds;
-    int rc = start_and_wait(&w, 3, 0, rank_1_is_killed, NULL, &seconds);
+    int rc = start_and_wait(&w, 3, 0, false, rank_1_is_killed, NULL, &seconds);
     cr_assert_eq(rc, 1, "workers_wait returned %d, want 1; stderr:\n%s", rc, err_text);
     cr_assert_lt(seconds, ENDED_WITHIN_S, "the others were ended only after %.2f s", seconds);
     cr_assert_not_null(strstr(err_text, "[Rank 1] killed by signal 9"),
@@ -219,7 +222,7 @@ Test(workers, a_worker_that_ignores_sigterm_is_killed_after_the_grace_period, .i
      .fini = end_leftovers) {
     Workers w;
     double seconds;
-    int rc = start_and_wait(&w, 2, 0, rank_1_ignores_sigterm, NULL, &seconds);
+    int rc = start_and_wait(&w, 2, 0, false, rank_1_ignores_sigterm, NULL, &seconds);
     cr_assert_eq(rc, 1, "workers_wait returned %d, want 1; stderr:\n%s", rc, err_text);
     cr_assert(seconds >= WORKERS_GRACE_SECONDS && seconds < WORKERS_GRACE_SECONDS + 3.0,
               "took %.2f s; want the grace period (%.1f s) and then an end", seconds,
@@ -231,7 +234,7 @@ Test(workers, poll_asking_to_stop_ends_every_worker, .init = make_shared, .fini 
     Workers w;
     double seconds;
     seen->stop_at_call = 5;
-    int rc = start_and_wait(&w, 3, 0, sleeps_long_main, poll_stops, &seconds);
+    int rc = start_and_wait(&w, 3, 0, false, sleeps_long_main, poll_stops, &seconds);
     cr_assert_eq(rc, 1, "workers_wait returned %d, want 1; stderr:\n%s", rc, err_text);
     cr_assert_lt(seconds, ENDED_WITHIN_S, "the workers were ended only after %.2f s", seconds);
     expect_all_reaped(&w);
@@ -242,7 +245,7 @@ Test(workers, sigterm_to_the_parent_ends_every_worker_and_returns_128_plus_15, .
     Workers w;
     double seconds;
     seen->stop_at_call = 5;
-    int rc = start_and_wait(&w, 3, 0, sleeps_long_main, poll_raises_sigterm, &seconds);
+    int rc = start_and_wait(&w, 3, 0, false, sleeps_long_main, poll_raises_sigterm, &seconds);
     cr_assert_eq(rc, 128 + SIGTERM, "workers_wait returned %d; stderr:\n%s", rc, err_text);
     cr_assert_lt(seconds, ENDED_WITHIN_S, "the workers were ended only after %.2f s", seconds);
     cr_assert_not_null(strstr(err_text, "signal 15"), "stderr does not name the signal:\n%s",
@@ -289,4 +292,38 @@ Test(workers, bind_cpu_pins_the_local_rank_th_allowed_cpu_and_refuses_past_the_l
                                         "local rank 0 was not pinned to the one CPU"};
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     cr_assert_eq(code, 0, "%s", code > 0 && code <= 4 ? check[code] : "the child died");
+}
+
+// A bound worker: exits 0 when it may run on exactly one CPU, the one it is running on.
+static int runs_on_one_cpu(int local_rank, void* arg) {
+    (void)arg;
+    seen->pid[local_rank] = getpid();
+    cpu_set_t allowed;
+    return sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) == 1 &&
+                   CPU_ISSET(sched_getcpu(), &allowed)
+               ? 0
+               : 1;
+}
+
+Test(workers, start_with_bind_puts_every_worker_on_a_cpu_of_its_own, .fini = end_leftovers) {
+    int count = workers_cpu_count() < 4 ? workers_cpu_count() : 4;
+    if (count < 2)
+        cr_skip_test("one CPU here: two workers cannot have one each");
+    make_shared();
+    Workers w;
+    double seconds;
+    int rc = start_and_wait(&w, count, 0, true, runs_on_one_cpu, NULL, &seconds);
+    cr_assert_eq(rc, 0, "a bound worker could run on more than its one CPU:\n%s", err_text);
+    expect_bound_to_distinct_cpus("workers_start", err_text, 0, count);
+    expect_all_reaped(&w);
+}
+
+Test(workers, check_bind_refuses_more_workers_than_cpus_and_workers_on_gpus) {
+    char why[256] = "";
+    int cpus = workers_cpu_count();
+    cr_assert_eq(workers_check_bind(cpus, false, why, sizeof why), 0, "%s", why);
+    cr_assert_eq(workers_check_bind(cpus + 1, false, why, sizeof why), -1);
+    cr_assert(strstr(why, "workers need a CPU each") != NULL, "%s", why);
+    cr_assert_eq(workers_check_bind(1, true, why, sizeof why), -1);
+    cr_assert(strstr(why, "GPUs") != NULL, "%s", why);
 }

@@ -90,12 +90,8 @@ static int check_bench(Bench* b, char* why, size_t why_len) {
         snprintf(why, why_len, "--bind: under mpirun, mpirun binds the ranks (--bind-to)");
         return -1;
     }
-    int cpus = b->bind ? workers_cpu_count() : b->ranks;
-    if (cpus < b->ranks) {
-        snprintf(why, why_len, "--bind: %d ranks need a CPU each; this process may run on %d",
-                 b->ranks, cpus < 0 ? 0 : cpus);
+    if (b->bind && workers_check_bind(b->ranks, engine == BACKEND_NCCL, why, why_len) != 0)
         return -1;
-    }
     if (comm_choose_transport(b->transport, engine, &shm, why, why_len) != 0 ||
         (engine == BACKEND_NCCL && comm_choose_backend("nccl", device_gpu_count_forked(), b->ranks,
                                                        &engine, why, why_len) != 0))
@@ -174,13 +170,6 @@ static int rank_main(int rank, void* arg) {
     int send_fd, recv_fd;
     comm_ring_keep_own(b->ring_fds, b->ranks, rank, &send_fd, &recv_fd);
     bool nccl = strcmp(b->backend, "nccl") == 0;
-    int cpu = b->bind ? workers_bind_cpu(rank) : 0;
-    if (cpu < 0) {
-        rank_log("--bind: %s", strerror(errno));
-        return 1;
-    }
-    if (b->bind)
-        rank_log("--bind: CPU %d", cpu);
     Device dev;
     char why[ERROR_TEXT_BYTES];
     if (device_open(&dev, nccl ? "cuda" : "cpu", rank, why, sizeof why) != 0) {
@@ -235,7 +224,7 @@ int main(int argc, char** argv) {
         (strcmp(b.transport, "shm") == 0 && (b.ring_shm = comm_ring_shm(b.ranks, 0)) == NULL) ||
         (b.show &&
          (b.ring_show = ring_show_create(b.ranks, b.count, b.slow_ms, b.timeout_s)) == NULL) ||
-        workers_start(&workers, b.ranks, 0, rank_main, &b) != 0)
+        workers_start(&workers, b.ranks, 0, b.bind, rank_main, &b) != 0)
         return EXIT_FAILURE;
     for (int i = 0; i < b.ranks; i++) // the parent only supervises
         close(b.ring_fds[i][0]), close(b.ring_fds[i][1]);

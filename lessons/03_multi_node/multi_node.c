@@ -66,6 +66,7 @@ typedef struct {
     bool insecure;          // --insecure: several nodes without a token
     int max_restarts;       // --max-restarts: new attempts after a worker fails
     int ring_ports[2];      // --ring-ports LO-HI: the ring's listening ports ({0, 0}: any)
+    bool bind;              // --bind: every worker of this node on a CPU of its own
     bool nccl_ifname_given; // NCCL_SOCKET_IFNAME was in the environment at the start
 } Options;
 
@@ -145,6 +146,9 @@ static void parse_args(Options* o, int argc, char** argv) {
          .help = "when a worker fails anywhere, every node stops its workers, the nodes meet "
                  "again and go on from the last checkpoint, up to N times (default 0; the same on "
                  "every node)"},
+        {.name = "--bind", .kind = FLAG_SWITCH, .destination = &o->bind,
+         .help = "pin this node's worker i to the i-th CPU this process may run on, as mpirun "
+                 "does (workers on the CPU only; default: the scheduler places them)"},
         {.name = "--debug", .kind = FLAG_SWITCH, .destination = &o->debug,
          .help = "print every rendezvous and collective step on stderr"},
     };
@@ -233,6 +237,7 @@ static void make_plan(Agent* a, const Options* o) {
     if (a->gpus < 0 || o->nnodes * a->nproc > RDZV_MAX_RANKS || few_ports ||
         comm_choose_backend(o->backend, a->gpus, a->nproc, &a->backend, why, sizeof why) != 0 ||
         comm_choose_transport(o->transport, a->backend, &a->shm, why, sizeof why) != 0 ||
+        (o->bind && workers_check_bind(a->nproc, a->gpus > 0, why, sizeof why) != 0) ||
         mlp_kernels_check(o->train.kernels, a->gpus > 0, why, sizeof why) != 0 ||
         config_check(&o->train, o->nnodes * a->nproc, why, sizeof why) != 0 ||
         (o->node_rank == 0 && o->train.out_dir != NULL &&
@@ -787,6 +792,8 @@ static int worker_main(int local_rank, void* arg) {
 static int run_under_mpirun(const Options* o) {
     if (o->train.trace_path != NULL) // no agent to merge the ranks' parts
         exit(usage_error("--trace: not under mpirun (--phases is)"));
+    if (o->bind)
+        exit(usage_error("--bind: under mpirun, mpirun binds the ranks (--bind-to)"));
     MpirunRank r;
     int status = 1;
     if (mpirun_start(&r, &o->train, o->backend, o->timeout_s, o->debug) == 0 &&
@@ -815,7 +822,7 @@ static int run_job(Agent* a, const char* token) {
     trace_begin_named(TRACE_SETUP, "fork");
     if (make_id_channels(a) != 0 ||
         (a->shm && (a->ring_shm = comm_ring_shm(a->nproc, 0)) == NULL) ||
-        trace_end(workers_start(&workers, a->nproc, first_rank, worker_main, a)) != 0)
+        trace_end(workers_start(&workers, a->nproc, first_rank, a->opt.bind, worker_main, a)) != 0)
         return EXIT_FAILURE;
     shm_region_unmap(a->ring_shm);
     a->ring_shm = NULL;

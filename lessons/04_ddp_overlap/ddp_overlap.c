@@ -51,6 +51,7 @@ typedef struct {
     int timeout_s;         // --timeout: deadline of every collective
     bool debug;            // --debug: print every collective step
     int max_restarts;      // --max-restarts: new attempts after a worker fails
+    bool bind;             // --bind: every worker on a CPU of its own
     // <<< shared "options"
     int bucket_cap_kb; // --bucket-cap-kb: DDP's bucket_cap_mb, in KiB
     bool no_overlap;   // --no-overlap: every bucket starts after the backward pass
@@ -102,6 +103,9 @@ static void parse_args(Options* o, int argc, char** argv) {
          .destination = &o->max_restarts, .value_name = "N",
          .help = "when a worker fails, start every worker again, from the last checkpoint if "
                  "there is one, up to N times (default 0)"},
+        {.name = "--bind", .kind = FLAG_SWITCH, .destination = &o->bind,
+         .help = "pin worker i to the i-th CPU this process may run on, as mpirun does (workers "
+                 "on the CPU only; default: the scheduler places them)"},
         {.name = "--debug", .kind = FLAG_SWITCH, .destination = &o->debug,
          .help = "print every collective step on stderr"},
         // <<< shared "flags"
@@ -158,6 +162,7 @@ static void make_plan(Plan* p, const Options* o) {
         comm_choose_backend(o->backend, p->gpus, p->world_size, &p->backend, why, sizeof why) !=
             0 ||
         comm_choose_transport(o->transport, p->backend, &p->shm, why, sizeof why) != 0 ||
+        (o->bind && workers_check_bind(p->world_size, p->gpus > 0, why, sizeof why) != 0) ||
         mlp_kernels_check(o->train.kernels, p->gpus > 0, why, sizeof why) != 0 ||
         config_check(&o->train, p->world_size, why, sizeof why) != 0 ||
         (o->train.out_dir != NULL && report_prepare_dir(o->train.out_dir, why, sizeof why) != 0) ||
@@ -572,7 +577,7 @@ static int run_workers(Workers* w, Plan* p) {
     // that every worker inherits them.
     if (comm_ring_socketpairs(p->ring_fds, p->world_size) != 0 ||
         (p->shm && (p->ring_shm = comm_ring_shm(p->world_size, 0)) == NULL) ||
-        workers_start(w, p->world_size, 0, worker_main, p) != 0)
+        workers_start(w, p->world_size, 0, p->opt.bind, worker_main, p) != 0)
         return EXIT_FAILURE;
     for (int i = 0; i < p->world_size; i++) // the parent only supervises
         close(p->ring_fds[i][0]), close(p->ring_fds[i][1]);
