@@ -16,7 +16,8 @@
 #   make fuzz          every libFuzzer target of tests/fuzz for FUZZ_SECONDS (30) each
 #   make soak          16 ranks, 3 nodes x 4 ranks, 50 jobs back to back on one port
 #   make bench-01      median time per epoch of lesson 01 at defaults
-#   make bench-02      the same of lesson 02 with 1 and 2 ranks, and of two 1-rank runs at once
+#   make bench-02      the same of lesson 02 with 1 and 2 ranks (free and --bind), and of two
+#                      1-rank runs at once
 #   make bench-04      lesson 04 overlapped and not (--no-overlap), 1, 2 and 4 ranks, both presets
 #   make bench         every lesson beside PyTorch, with plots, into results/
 #   make check-01      a lesson's self-check on the CPU, PASS or FAIL line by line (check-02, check-03)
@@ -312,11 +313,13 @@ soak: lesson-02 lesson-03
 bench-01: lesson-01
 	@tools/bench_epoch.sh $(BUILD)/hello_gpu
 
-# Median epoch time of lesson 02 on the CPU with 1 and 2 ranks, at defaults, and of two
-# 1-rank runs at once: half of that is the best 2 ranks can do on this machine.
+# Median epoch time of lesson 02 on the CPU with 1 and 2 ranks, at defaults (2 ranks left
+# to the scheduler, then bound to a CPU each), and of two 1-rank runs at once: half of
+# that is the best 2 ranks can do on this machine.
 bench-02: lesson-02
 	@tools/bench_epoch.sh $(BUILD)/multi_gpu --device cpu --gpus 1
 	@tools/bench_epoch.sh $(BUILD)/multi_gpu --device cpu --gpus 2
+	@tools/bench_epoch.sh $(BUILD)/multi_gpu --device cpu --gpus 2 --bind
 	@COPIES=2 tools/bench_epoch.sh $(BUILD)/multi_gpu --device cpu --gpus 1
 
 # Lesson 04 with its buckets overlapped and not, 1, 2 and 4 ranks, both presets (medians).

@@ -17,7 +17,8 @@
 #define SCRIPT "tools/bench_epoch.sh"
 
 // A program for the script: copy k of a run (its slot) takes 0.00k seconds per epoch, and
-// prints a gradient all-reduce line too; with FAIL_SLOT=k copy k fails instead.
+// prints a gradient all-reduce line too, and a note on stderr; with FAIL_SLOT=k copy k
+// fails instead, saying so.
 static const char* const PROGRAM =
     "#!/bin/bash\n"
     "dir=$(dirname \"$0\")/slots-$RUN_ID\n"
@@ -28,7 +29,8 @@ static const char* const PROGRAM =
     "    sleep 0.1\n"
     "done\n"
     "[ $(ls \"$dir\" | wc -l) -ge \"$WANT\" ] || { echo 'no other copies' >&2; exit 1; }\n"
-    "[ \"$k\" != \"${FAIL_SLOT:-}\" ] || exit 1\n"
+    "echo \"copy $k: a note on stderr\" >&2\n"
+    "[ \"$k\" != \"${FAIL_SLOT:-}\" ] || { echo \"copy $k fails\" >&2; exit 1; }\n"
     "echo \"Average time per epoch: 0.00$k seconds\"\n"
     "echo \"Gradient all-reduce: 0.000$k seconds per epoch (10.0% of the time)\"\n";
 
@@ -55,6 +57,8 @@ Test(bench_epoch, copies_run_at_once_and_every_copy_counts_in_the_median, .init 
     cr_assert_not_null(strstr(p.out.text, "median: 2.000 ms per epoch  (min: 1.000 ms  max: "
                                           "3.000 ms)  all-reduce: median 0.200 ms per epoch"),
                        "%s", p.out.text);
+    cr_assert_null(strstr(p.err.text, "a note on stderr"), "a good run's stderr was shown:\n%s",
+                   p.err.text);
     proc_free(&p);
 }
 
@@ -65,7 +69,8 @@ Test(bench_epoch, one_copy_that_fails_fails_the_run, .init = temp_dir_make,
     Proc p = run(program, (const char*[]){"COPIES=2", "REPEATS=1", "WANT=2", "RUN_ID=b",
                                           "FAIL_SLOT=2", NULL});
     cr_assert_eq(p.status, 1, "exit status %d; stdout:\n%s", p.status, p.out.text);
-    cr_assert_not_null(strstr(p.err.text, "run 1 failed"), "%s", p.err.text);
+    cr_assert(strstr(p.err.text, "copy 2 fails") != NULL && strstr(p.err.text, "run 1 failed"),
+              "want the failed copy's stderr and the run named:\n%s", p.err.text);
     proc_free(&p);
 }
 

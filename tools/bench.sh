@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench.sh - the timing harness: every lesson on every device it can use, beside PyTorch.
 #
-#   tools/bench.sh [--repeats R] [--preset default|large] [--max-ranks N] [--quick]
+#   tools/bench.sh [--repeats R] [--preset default|large] [--max-ranks N] [--bind] [--quick]
 #
 # Runs each configuration once to warm up, then R times (default 5), in rounds that take
 # every configuration in turn, and reports the median, min and max of the epoch time
@@ -21,26 +21,35 @@
 # Presets: default is the original app's workload (2,000 samples, batch 32, hidden 64);
 # large (20,000 samples, batch 256, hidden 512) is wide enough that compute dominates.
 # Strong scaling keeps the data fixed as ranks are added; weak scaling gives every rank
-# the same amount. --quick: one short run each, for a smoke test (under a minute).
+# the same amount. --bind: lessons 02 and 04 and the ring's sweep bind each rank to a CPU
+# of its own (their --bind; not lesson 03's two nodes, which would share the first CPU,
+# nor PyTorch). --quick: one short run each, for a smoke test (under a minute).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 . tools/port_lib.sh
 
 invocation="tools/bench.sh $*"
-repeats=5 preset=default quick=0 max_ranks=$(nproc)
+repeats=5 preset=default quick=0 max_ranks=$(nproc) bind=()
 while [ $# -gt 0 ]; do
     case "$1" in
-    --repeats) repeats=${2:-}; shift 2 ;;
-    --preset) preset=${2:-}; shift 2 ;;
-    --max-ranks) max_ranks=${2:-}; shift 2 ;;
+    --repeats | --preset | --max-ranks)
+        [ $# -ge 2 ] || { echo "bench.sh: $1 needs a value (see --help)" >&2; exit 2; } ;;
+    esac
+    case "$1" in
+    --repeats) repeats=$2; shift 2 ;;
+    --preset) preset=$2; shift 2 ;;
+    --max-ranks) max_ranks=$2; shift 2 ;;
+    --bind) bind=(--bind); shift ;;
     --quick) quick=1; shift ;;
-    -h | --help) sed -n '2,24s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,26s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
 [[ "$repeats" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --repeats must be a positive integer" >&2; exit 2; }
 [[ "$max_ranks" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --max-ranks must be a positive integer" >&2; exit 2; }
+[ ${#bind[@]} -eq 0 ] || [ "$max_ranks" -le "$(nproc)" ] ||
+    { echo "bench.sh: --bind: --max-ranks $max_ranks is more than the $(nproc) CPUs this may run on" >&2; exit 2; }
 case "$preset" in
 default) workload=(--data-size 2000 --batch-size 32 --hidden-size 64 --epochs 50) ;;
 large) workload=(--data-size 20000 --batch-size 256 --hidden-size 512 --epochs 3) ;;
@@ -168,10 +177,10 @@ for kernels in unfused graph fused; do
     [ "$gpus" -eq 0 ] || bench_config "c-1-cuda-$kernels" c cuda none 1 1 strong "$data_size" build/hello_gpu --device cuda --kernels "$kernels" "${workload[@]}"
 done
 for ((n = 1; n <= max_ranks; n++)); do
-    bench_config "c-ring-$n-cpu" c cpu ring 1 "$n" strong "$data_size" build/multi_gpu --device cpu --backend ring --gpus "$n" "${workload[@]}"
+    bench_config "c-ring-$n-cpu" c cpu ring 1 "$n" strong "$data_size" build/multi_gpu --device cpu --backend ring --gpus "$n" "${bind[@]}" "${workload[@]}"
     weak=(--data-size $((data_size * n)) "${workload[@]:2}")
-    [ "$n" -eq 1 ] || bench_config "c-ring-$n-cpu-weak" c cpu ring 1 "$n" weak $((data_size * n)) build/multi_gpu --device cpu --backend ring --gpus "$n" "${weak[@]}"
-    bench_config "c-buckets-$n-cpu" c cpu buckets 1 "$n" strong "$data_size" build/ddp_overlap --device cpu --backend ring --gpus "$n" "${workload[@]}"
+    [ "$n" -eq 1 ] || bench_config "c-ring-$n-cpu-weak" c cpu ring 1 "$n" weak $((data_size * n)) build/multi_gpu --device cpu --backend ring --gpus "$n" "${bind[@]}" "${weak[@]}"
+    bench_config "c-buckets-$n-cpu" c cpu buckets 1 "$n" strong "$data_size" build/ddp_overlap --device cpu --backend ring --gpus "$n" "${bind[@]}" "${workload[@]}"
 done
 for ((n = 1; n <= gpus; n++)); do
     bench_config "c-nccl-$n-cuda" c cuda nccl 1 "$n" strong "$data_size" build/multi_gpu --device cuda --backend nccl --gpus "$n" "${workload[@]}"
@@ -231,7 +240,7 @@ sweeps=(ring)
 # Runs engine NAME's sweep once, printing its table.
 run_sweep() {
     case "$1" in
-    ring) build/allreduce_bench --backend ring --ranks 2 --min-bytes 1K --max-bytes "$max_bytes" ;;
+    ring) build/allreduce_bench --backend ring --ranks 2 "${bind[@]}" --min-bytes 1K --max-bytes "$max_bytes" ;;
     nccl) build/allreduce_bench --backend nccl --ranks "$gpus" --min-bytes 1K --max-bytes "$max_bytes" ;;
     mpi-*) OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe \
         --mca btl "self,${1#mpi-}" -np 2 build/allreduce_bench --backend mpi --min-bytes 1K \

@@ -9,6 +9,7 @@
 # 04's exposed part), its median is reported too. With COPIES=N every run starts N
 # copies of the program at once, and each copy's epoch time counts: what N processes
 # that never wait for each other get from this machine's cores, memory and neighbours.
+# What a run writes on stderr (--bind's lines, say) is shown only if the run fails.
 set -euo pipefail
 repeats=${REPEATS:-5} copies=${COPIES:-1}
 [[ "$repeats" =~ ^[1-9][0-9]*$ ]] || { echo "$0: REPEATS must be a positive integer" >&2; exit 2; }
@@ -31,8 +32,10 @@ run_copies() {
 }
 
 epochs=() allreduces=()
+errors=$(mktemp)
+trap 'rm -f "$errors"' EXIT
 for ((r = 1; r <= repeats; r++)); do
-    out=$(run_copies "$@") || { echo "$0: run $r failed: $*" >&2; exit 1; }
+    out=$(run_copies "$@" 2>"$errors") || { cat "$errors" >&2; echo "$0: run $r failed: $*" >&2; exit 1; }
     mapfile -t t < <(sed -n 's/^Average time per epoch: \([0-9.]*\) seconds$/\1/p' <<<"$out")
     [ ${#t[@]} -eq "$copies" ] || { echo "$0: run $r printed ${#t[@]} 'Average time per epoch' lines, not $copies" >&2; exit 1; }
     epochs+=("${t[@]}")

@@ -16,9 +16,13 @@ cd "$here"
 presets=both ranks="1 2 4" repeats=5
 while [ $# -gt 0 ]; do
     case "$1" in
-    --preset) presets=${2:-}; shift 2 ;;
-    --ranks) ranks=${2:-}; shift 2 ;;
-    --repeats) repeats=${2:-}; shift 2 ;;
+    --preset | --ranks | --repeats)
+        [ $# -ge 2 ] || { echo "bench_overlap.sh: $1 needs a value (see --help)" >&2; exit 2; } ;;
+    esac
+    case "$1" in
+    --preset) presets=$2; shift 2 ;;
+    --ranks) ranks=$2; shift 2 ;;
+    --repeats) repeats=$2; shift 2 ;;
     -h | --help) sed -n '2,11s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "bench_overlap.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
