@@ -518,9 +518,10 @@ Test(multi_gpu, help_exits_0_and_names_the_lessons_flags, .fini = proc_end_lefto
     Proc p = proc_run(MULTI_GPU, (const char*[]){"--help", NULL}, NULL);
     cr_assert_eq(p.status, 0, "exit status %d", p.status);
     cr_assert_str_empty(p.err.text, "stderr is not empty:\n%s", p.err.text);
-    const char* flags[] = {"--gpus",  "--nproc-per-node", "--backend",        "--timeout",
-                           "--debug", "--epochs",         "--batch-size",     "--device",
-                           "--out",   "--max-restarts",   "--checkpoint-dir", "--resume"};
+    const char* flags[] = {
+        "--gpus",   "--nproc-per-node", "--backend",       "--timeout", "--debug",
+        "--epochs", "--bind",           "--batch-size",    "--device",  "--out",
+        "--resume", "--max-restarts",   "--checkpoint-dir"};
     for (size_t i = 0; i < sizeof flags / sizeof *flags; i++)
         cr_assert_not_null(strstr(p.out.text, flags[i]), "the usage does not mention %s", flags[i]);
     proc_free(&p);
