@@ -16,7 +16,6 @@
  * each step (tools/ring_show.h), --slow MS pausing between them, for a class to watch:
  *   build/allreduce_bench --ranks 3 --count 6 --show --slow 1000
  */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
