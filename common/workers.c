@@ -195,15 +195,19 @@ int workers_wait(Workers* w, WorkersPoll poll, void* poll_arg) {
 }
 
 int workers_check_bind(int count, bool on_gpus, char* why, size_t why_len) {
-    int cpus = workers_cpu_count();
-    if (on_gpus)
+    if (on_gpus) {
         snprintf(why, why_len,
                  "--bind: the workers compute on GPUs, whose nearby CPUs this program does not "
                  "know; bind them with numactl or the batch system instead");
-    else if (cpus < count)
+        return -1;
+    }
+    int cpus = workers_cpu_count();
+    if (cpus < count) {
         snprintf(why, why_len, "--bind: %d workers need a CPU each; this process may run on %d",
                  count, cpus < 0 ? 0 : cpus);
-    return on_gpus || cpus < count ? -1 : 0;
+        return -1;
+    }
+    return 0;
 }
 
 int workers_cpu_count(void) {

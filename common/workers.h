@@ -71,6 +71,8 @@ void workers_stop(Workers* w);
 // on GPUs are not bound in rank order (the CPUs near each GPU are the machine's to tell:
 // numactl, the batch system). Returns 0, or -1 with why filled.
 int workers_check_bind(int count, bool on_gpus, char* why, size_t why_len);
+// What a program started by mpirun says to --bind: mpirun binds its ranks itself.
+#define WORKERS_BIND_UNDER_MPIRUN "--bind: under mpirun, mpirun binds the ranks (--bind-to)"
 // The CPUs this process may run on (its affinity mask, which taskset or a batch system may
 // have narrowed), or -1 with errno.
 int workers_cpu_count(void);

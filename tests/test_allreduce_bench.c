@@ -235,14 +235,15 @@ Test(allreduce_bench, bind_pins_every_rank_to_a_cpu_of_its_own, .fini = proc_end
     proc_free(&p);
 }
 
-Test(allreduce_bench, bind_refuses_more_ranks_than_cpus_and_mpirun_in_one_line,
+Test(allreduce_bench, bind_refuses_more_ranks_than_cpus_mpirun_and_nccl_in_one_line,
      .fini = proc_end_leftovers) {
     char ranks[16];
     snprintf(ranks, sizeof ranks, "%d", workers_cpu_count() + 1);
     const char* const* cases[] = {(const char*[]){"--bind", "--ranks", ranks, NULL},
-                                  (const char*[]){"--bind", "--backend", "mpi", NULL}};
-    const char* said[] = {"workers need a CPU each", "mpirun binds the ranks"};
-    for (int i = 0; i < 2; i++) {
+                                  (const char*[]){"--bind", "--backend", "mpi", NULL},
+                                  (const char*[]){"--bind", "--backend", "nccl", NULL}};
+    const char* said[] = {"workers need a CPU each", "mpirun binds the ranks", "compute on GPUs"};
+    for (int i = 0; i < 3; i++) {
         Proc p = proc_run(PROGRAM, cases[i], NULL);
         cr_assert_eq(p.status, 2, "case %d: exit status %d:\n%s", i, p.status, p.err.text);
         cr_assert(strstr(p.err.text, said[i]) != NULL &&

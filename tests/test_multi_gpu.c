@@ -141,14 +141,12 @@ Test(multi_gpu, bind_puts_every_worker_on_a_cpu_of_its_own_and_changes_no_loss,
      .init = temp_dir_make, .fini = proc_end_leftovers) {
     if (workers_cpu_count() < 2)
         cr_skip_test("one CPU here: two workers cannot have one each");
-    char dir_bound[128], dir_free[128];
-    snprintf(dir_bound, sizeof dir_bound, "%s/bound", temp_dir);
-    snprintf(dir_free, sizeof dir_free, "%s/free", temp_dir);
-    const char* dirs[] = {dir_bound, dir_free};
-    for (int bound = 1; bound >= 0; bound--) {
+    char dirs[2][128]; // [0] without --bind, [1] with it
+    for (int bound = 0; bound < 2; bound++) {
+        snprintf(dirs[bound], sizeof dirs[bound], "%s/%s", temp_dir, bound ? "bound" : "free");
         Proc p = proc_run(MULTI_GPU,
                           (const char*[]){"--device", "cpu", "--gpus", "2", "--epochs", "3",
-                                          "--out", dirs[1 - bound], bound ? "--bind" : NULL, NULL},
+                                          "--out", dirs[bound], bound ? "--bind" : NULL, NULL},
                           NULL);
         cr_assert_eq(p.status, 0, "exit status %d; stderr:\n%s", p.status, p.err.text);
         cr_assert_not_null(strstr(p.out.text, "Replicas agree: yes (2 ranks"), "%s", p.out.text);
@@ -158,7 +156,7 @@ Test(multi_gpu, bind_puts_every_worker_on_a_cpu_of_its_own_and_changes_no_loss,
             cr_assert_null(strstr(p.err.text, "--bind"), "unbound, yet:\n%s", p.err.text);
         proc_free(&p);
     }
-    expect_same_losses("--bind against no --bind", dir_bound, dir_free, 3, 0.0);
+    expect_same_losses("--bind against no --bind", dirs[1], dirs[0], 3, 0.0);
 }
 
 // ----------------------------------------------------------------------------

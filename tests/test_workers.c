@@ -305,11 +305,11 @@ static int runs_on_one_cpu(int local_rank, void* arg) {
                : 1;
 }
 
-Test(workers, start_with_bind_puts_every_worker_on_a_cpu_of_its_own, .fini = end_leftovers) {
+Test(workers, start_with_bind_puts_every_worker_on_a_cpu_of_its_own, .init = make_shared,
+     .fini = end_leftovers) {
     int count = workers_cpu_count() < 4 ? workers_cpu_count() : 4;
     if (count < 2)
         cr_skip_test("one CPU here: two workers cannot have one each");
-    make_shared();
     Workers w;
     double seconds;
     int rc = start_and_wait(&w, count, 0, true, runs_on_one_cpu, NULL, &seconds);

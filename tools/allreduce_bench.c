@@ -86,7 +86,7 @@ static int check_bench(Bench* b, char* why, size_t why_len) {
         return -1;
     }
     if (b->bind && engine == BACKEND_HOST) {
-        snprintf(why, why_len, "--bind: under mpirun, mpirun binds the ranks (--bind-to)");
+        snprintf(why, why_len, "%s", WORKERS_BIND_UNDER_MPIRUN);
         return -1;
     }
     if (b->bind && workers_check_bind(b->ranks, engine == BACKEND_NCCL, why, why_len) != 0)
@@ -130,8 +130,8 @@ static void parse_args(Bench* b, int argc, char** argv) {
          .destination = &b->timeout_s, .value_name = "SECONDS",
          .help = "deadline of every collective (default 60)"},
         {.name = "--bind", .kind = FLAG_SWITCH, .destination = &b->bind,
-         .help = "pin each rank to a CPU of its own, as Open MPI does (default: the "
-                 "scheduler places them)"},
+         .help = "pin each rank to a CPU of its own, as Open MPI does (the ring's ranks only; "
+                 "default: the scheduler places them)"},
         {.name = "--show", .kind = FLAG_SWITCH, .destination = &b->show,
          .help = "one all-reduce of the ring, printing every rank's buffer after each step"},
         {.name = "--count", .kind = FLAG_INT, .min = 1, .max = RING_SHOW_MAX_COUNT,

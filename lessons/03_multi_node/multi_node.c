@@ -793,7 +793,7 @@ static int run_under_mpirun(const Options* o) {
     if (o->train.trace_path != NULL) // no agent to merge the ranks' parts
         exit(usage_error("--trace: not under mpirun (--phases is)"));
     if (o->bind)
-        exit(usage_error("--bind: under mpirun, mpirun binds the ranks (--bind-to)"));
+        exit(usage_error(WORKERS_BIND_UNDER_MPIRUN));
     MpirunRank r;
     int status = 1;
     if (mpirun_start(&r, &o->train, o->backend, o->timeout_s, o->debug) == 0 &&
