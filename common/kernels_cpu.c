@@ -241,6 +241,16 @@ static void linear_tile(float* restrict out, size_t out_stride, const float* res
 static void matmul_cpu(float* restrict out, const float* restrict bias, const float* restrict a,
                        size_t a_row, size_t a_k, const float* restrict b, int rows, int K,
                        int cols) {
+    // One term per output (the first layer's forward pass, the last layer's dinp): an outer
+    // product, a row at a time. A tile would spend its time filling and storing (10x slower).
+    if (K == 1) {
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < cols; j++) {
+                float term = a[r * a_row] * b[j];
+                out[(size_t)r * cols + j] = bias != NULL ? bias[j] + term : term;
+            }
+        return;
+    }
     int c = 0;
     // Column tiles outside, row tiles inside: the K x TILE_COLS piece of b that a column
     // tile reads stays in the L1 cache for all of its row tiles. A single row (the last
@@ -266,16 +276,30 @@ static void matmul_cpu(float* restrict out, const float* restrict bias, const fl
     }
 }
 
+// part[0] + ... + part[SIMD_FLOATS - 1] as a tree: the upper half of the lanes is added to
+// the lower half until one lane is left (for a vector, a shuffle and an add per level).
+static inline float sum_lanes(float part[SIMD_FLOATS]) {
+    for (int half = SIMD_FLOATS / 2; half > 0; half /= 2)
+        for (int l = 0; l < half; l++)
+            part[l] += part[l + half];
+    return part[0];
+}
+
 // sum over i < n of a[i] * b[i]
 static inline float dot_cpu(const float* restrict a, const float* restrict b, int n) {
-    float sum = 0.0f;
-    // The compiler may not reorder one running sum on its own (only -ffast-math lets it,
-    // everywhere); this pragma allows it here alone, so the loop keeps one partial sum per
-    // vector lane (built with -fopenmp-simd).
-#pragma omp simd reduction(+ : sum)
-    for (int i = 0; i < n; i++)
-        sum += a[i] * b[i];
-    return sum;
+    // One running sum cannot use the vector lanes: each addition waits for the one before,
+    // and the compiler may not reorder them. Here lane l adds the terms l, l + SIMD_FLOATS,
+    // ... in order (the last, shorter stretch goes into the first lanes), and sum_lanes adds
+    // the lanes up: an order written down, not left to the compiler. (`omp simd reduction`
+    // lets GCC choose, and it added the 16 lanes one by one through memory: 6x slower.)
+    float part[SIMD_FLOATS] = {0};
+    int i = 0;
+    for (; i + SIMD_FLOATS <= n; i += SIMD_FLOATS)
+        for (int l = 0; l < SIMD_FLOATS; l++)
+            part[l] += a[i + l] * b[i + l];
+    for (int l = 0; i + l < n; l++)
+        part[l] += a[i + l] * b[i + l];
+    return sum_lanes(part);
 }
 
 // panel (2, kc, SIMD_FLOATS) = the first kc columns of w's TILE_COLS rows (row stride C),
@@ -376,21 +400,27 @@ static int layernorm_forward_cpu(float* restrict out, float* restrict mean, floa
     // CPU works on several rows at once in each pass (one row at a time took 40% longer).
     for (int b = 0; b < B; b++) {
         const float* x = inp + (size_t)b * C;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum) // partial sums, as in dot_cpu
-        for (int i = 0; i < C; i++)
-            sum += x[i];
-        mean[b] = sum / C;
+        float part[SIMD_FLOATS] = {0}; // partial sums, as in dot_cpu
+        int i = 0;
+        for (; i + SIMD_FLOATS <= C; i += SIMD_FLOATS)
+            for (int l = 0; l < SIMD_FLOATS; l++)
+                part[l] += x[i + l];
+        for (int l = 0; i + l < C; l++)
+            part[l] += x[i + l];
+        mean[b] = sum_lanes(part) / C;
     }
     for (int b = 0; b < B; b++) {
         const float* x = inp + (size_t)b * C;
         float m = mean[b];
         // the variance from the centred values: (x - m)^2, not x^2 - m^2, which cancels
-        float sum_sq = 0.0f;
-#pragma omp simd reduction(+ : sum_sq)
-        for (int i = 0; i < C; i++)
-            sum_sq += (x[i] - m) * (x[i] - m);
-        rstd[b] = 1.0f / sqrtf(sum_sq / C + LAYERNORM_EPS);
+        float part[SIMD_FLOATS] = {0};
+        int i = 0;
+        for (; i + SIMD_FLOATS <= C; i += SIMD_FLOATS)
+            for (int l = 0; l < SIMD_FLOATS; l++)
+                part[l] += (x[i + l] - m) * (x[i + l] - m);
+        for (int l = 0; i + l < C; l++)
+            part[l] += (x[i + l] - m) * (x[i + l] - m);
+        rstd[b] = 1.0f / sqrtf(sum_lanes(part) / C + LAYERNORM_EPS);
     }
     for (int b = 0; b < B; b++) {
         const float* x = inp + (size_t)b * C;
@@ -399,6 +429,32 @@ static int layernorm_forward_cpu(float* restrict out, float* restrict mean, floa
             out[(size_t)b * C + i] = (x[i] - m) * s * gamma[i] + beta[i];
     }
     return 0;
+}
+
+// Adds feature i's terms of layernorm_backward's two row sums to lane l of each.
+static inline void add_dnorm_terms(float* restrict part_dnorm, float* restrict part_dnorm_norm,
+                                   int l, int i, const float* restrict x, const float* restrict d,
+                                   const float* restrict gamma, float mean, float rstd) {
+    float norm = (x[i] - mean) * rstd;
+    float dnorm = d[i] * gamma[i];
+    part_dnorm[l] += dnorm;
+    part_dnorm_norm[l] += dnorm * norm;
+}
+
+// layernorm_backward's two sums over a row's C features, in partial sums as in dot_cpu: of
+// dnorm = dout * gamma, and of dnorm * norm.
+static void dnorm_row_sums(const float* restrict x, const float* restrict d,
+                           const float* restrict gamma, float mean, float rstd, int C,
+                           float* sum_dnorm, float* sum_dnorm_norm) {
+    float part_dnorm[SIMD_FLOATS] = {0}, part_dnorm_norm[SIMD_FLOATS] = {0};
+    int i = 0;
+    for (; i + SIMD_FLOATS <= C; i += SIMD_FLOATS)
+        for (int l = 0; l < SIMD_FLOATS; l++)
+            add_dnorm_terms(part_dnorm, part_dnorm_norm, l, i + l, x, d, gamma, mean, rstd);
+    for (int l = 0; i + l < C; l++)
+        add_dnorm_terms(part_dnorm, part_dnorm_norm, l, i + l, x, d, gamma, mean, rstd);
+    *sum_dnorm = sum_lanes(part_dnorm);
+    *sum_dnorm_norm = sum_lanes(part_dnorm_norm);
 }
 
 static int layernorm_backward_cpu(float* restrict dinp, float* restrict dgamma,
@@ -411,15 +467,8 @@ static int layernorm_backward_cpu(float* restrict dinp, float* restrict dgamma,
     for (int b = 0; b < B; b++) {
         const float* x = inp + (size_t)b * C;
         const float* d = dout + (size_t)b * C;
-        // Two row sums: of dnorm = dout * gamma, and of dnorm * norm.
-        float sum_dnorm = 0.0f, sum_dnorm_norm = 0.0f;
-#pragma omp simd reduction(+ : sum_dnorm, sum_dnorm_norm)
-        for (int i = 0; i < C; i++) {
-            float norm = (x[i] - mean[b]) * rstd[b];
-            float dnorm = d[i] * gamma[i];
-            sum_dnorm += dnorm;
-            sum_dnorm_norm += dnorm * norm;
-        }
+        float sum_dnorm, sum_dnorm_norm;
+        dnorm_row_sums(x, d, gamma, mean[b], rstd[b], C, &sum_dnorm, &sum_dnorm_norm);
         float mean_dnorm = sum_dnorm / C, mean_dnorm_norm = sum_dnorm_norm / C;
         for (int i = 0; i < C; i++) {
             float norm = (x[i] - mean[b]) * rstd[b];
