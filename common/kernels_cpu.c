@@ -213,10 +213,15 @@ static void linear_tile(float* restrict out, size_t out_stride, const float* res
     float acc[TILE_ROWS][TILE_COLS];
     for (int r = 0; r < TILE_ROWS; r++) {
         const float* start = out + min_int(r, rows - 1) * out_stride;
+        float a_r0 = a_r[r][0];
+        // The pragma, as in the loop over k: without it GCC vectorised this loop across the
+        // rows instead, gathering a_r[r][0] and shuffling the products into place, a third
+        // of the time of dw's tiles (K = B = 32).
+#pragma omp simd
         for (int c = 0; c < SIMD_FLOATS; c++) {
-            acc[r][c] = (accumulate ? start[c] : 0.0f) + a_r[r][0] * b[c];
+            acc[r][c] = (accumulate ? start[c] : 0.0f) + a_r0 * b[c];
             acc[r][SIMD_FLOATS + c] =
-                (accumulate ? start[SIMD_FLOATS + c] : 0.0f) + a_r[r][0] * b[b_half + c];
+                (accumulate ? start[SIMD_FLOATS + c] : 0.0f) + a_r0 * b[b_half + c];
         }
     }
     for (int k = 1; k < K; k++) {
