@@ -198,6 +198,9 @@ typedef void (*RingStepHook)(void* ctx, const RingStep* step);
 size_t comm_ring_chunk_begin(size_t count, int world_size, int c);
 // From now on hook(ctx, step) runs after every step of every ring all-reduce of comm
 // (comm_barrier's too); NULL: none, which is the default and costs one test per step.
+// With a hook, two ranks run the ring's steps for every size, where they would otherwise
+// exchange a small message whole (the same sums): set it on both, or their frames differ
+// and the collective fails.
 void comm_set_ring_step_hook(Communicator* comm, RingStepHook hook, void* ctx);
 
 #ifdef __cplusplus

@@ -476,6 +476,29 @@ RING_TEST(allreduce_is_bitwise_identical_on_every_rank_when_sums_round) {
     }
 }
 
+RING_TEST(two_ranks_hold_the_float_sum_of_their_two_values_bit_for_bit) {
+    // Two ranks round each sum once, a + b, wherever it is made: at one rank of the ring
+    // and copied, or at both in the pairwise exchange that two ranks over channels take up
+    // to 32 KiB (8192 floats), where a + b == b + a. Sizes on both sides of that limit.
+    const size_t counts[] = {1, 4481, 8192, 8193, 100000};
+    for (size_t c = 0; c < sizeof counts / sizeof *counts; c++) {
+        Ring g = {.world_size = 2,
+                  .count = counts[c],
+                  .timeout_s = 10,
+                  .victim = -1,
+                  .body = allreduce_rounding_body};
+        ring_run(&g);
+        expect_every_rank_succeeded(&g);
+        float* want = calloc(counts[c], sizeof(float));
+        cr_assert_not_null(want);
+        for (size_t i = 0; i < counts[c]; i++)
+            want[i] = rounding_value(0, i) + rounding_value(1, i);
+        expect_every_rank_holds(&g, want, counts[c]);
+        free(want);
+        ring_free(&g);
+    }
+}
+
 RING_TEST(allreduce_mean_is_exact_when_values_are_multiples_of_the_world_size) {
     for (int world = 1; world <= MAX_WORLD; world++) {
         Ring g = {.world_size = world,
