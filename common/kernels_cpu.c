@@ -247,7 +247,7 @@ static void matmul_cpu(float* restrict out, const float* restrict bias, const fl
                        size_t a_row, size_t a_k, const float* restrict b, int rows, int K,
                        int cols) {
     // One term per output (the first layer's forward pass, the last layer's dinp): an outer
-    // product, a row at a time. A tile would spend its time filling and storing (10x slower).
+    // product, a row at a time. A tile would spend its time filling and storing (12x slower).
     if (K == 1) {
         for (int r = 0; r < rows; r++)
             for (int j = 0; j < cols; j++) {
