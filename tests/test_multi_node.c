@@ -341,6 +341,20 @@ Test(multi_node, a_worker_node_started_a_second_before_the_master_waits_for_it,
     expect_a_job_like_multi_gpu(2, 1, port_for_test(4), 1, 1.0);
 }
 
+// Waits for node 0 to print text (an epoch line). A job that never gets there fails with
+// what every node said: the node that did not join may be any of them.
+static void expect_node_0_prints(Proc* nodes, int count, const char* text) {
+    if (proc_wait_for(&nodes[0], PROC_STDOUT, text, 1, now_seconds() + PROC_DEADLINE_S))
+        return;
+    char said[16384] = "";
+    for (int n = 0; n < count; n++) {
+        size_t at = strlen(said);
+        snprintf(said + at, sizeof said - at, "\n%s's stderr:\n%s", nodes[n].name,
+                 nodes[n].err.text);
+    }
+    cr_assert_fail("no '%s' from node 0; its stdout:\n%s%s", text, nodes[0].out.text, said);
+}
+
 // ----------------------------------------------------------------------------
 // 2a) a worker killed on node 1
 
@@ -354,9 +368,7 @@ Test(multi_node, a_worker_killed_on_node_1_stops_every_node_and_each_names_it,
                                       .port = port_for_test(5),
                                       .epochs = 100000,
                                       .data_size = 200});
-    cr_assert(proc_wait_for(&nodes[0], PROC_STDOUT, "Epoch [", 1, now_seconds() + PROC_DEADLINE_S),
-              "no epoch line came; node 0's stdout:\n%s\nstderr:\n%s", nodes[0].out.text,
-              nodes[0].err.text);
+    expect_node_0_prints(nodes, NNODES, "Epoch [");
     pid_t workers[NNODES];
     for (int n = 0; n < NNODES; n++)
         proc_wait_for_children(&nodes[n], &workers[n], 1);
@@ -418,9 +430,7 @@ Test(multi_node, with_max_restarts_1_a_killed_worker_restarts_every_node_and_cha
                                       .out = n == 0 ? restarted : NULL,
                                       .extra = {"--checkpoint-dir", ck, "--max-restarts", "1"}});
     }
-    cr_assert(
-        proc_wait_for(&nodes[0], PROC_STDOUT, "Epoch [10/", 1, now_seconds() + PROC_DEADLINE_S),
-        "no tenth epoch; node 0's stdout:\n%s\nstderr:\n%s", nodes[0].out.text, nodes[0].err.text);
+    expect_node_0_prints(nodes, NNODES, "Epoch [10/");
     pid_t worker;
     proc_wait_for_children(&nodes[1], &worker, 1);
     cr_assert_eq(kill(worker, SIGKILL), 0, "kill node 1's worker: %s", strerror(errno));
@@ -480,8 +490,7 @@ Test(multi_node, with_max_restarts_an_interrupted_agent_ends_the_job_on_every_no
                                       .epochs = 100000,
                                       .data_size = 200,
                                       .extra = {"--max-restarts", "3"}});
-    cr_assert(proc_wait_for(&nodes[0], PROC_STDOUT, "Epoch [", 1, now_seconds() + PROC_DEADLINE_S),
-              "no epoch line came; node 0's stderr:\n%s", nodes[0].err.text);
+    expect_node_0_prints(nodes, NNODES, "Epoch [");
     double stopped_at = now_seconds();
     cr_assert_eq(kill(nodes[1].pid, SIGTERM), 0, "SIGTERM to node 1: %s", strerror(errno));
     for (int n = 0; n < NNODES; n++) {
