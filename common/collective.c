@@ -380,12 +380,11 @@ static int ring_step(Communicator* c, const char* what, int step, float* data, s
 // must answer alike, so only what they share counts: the two channels, the count. A step
 // hook asks to watch the ring, which then runs as on more ranks.
 static bool pair_exchange_fits(const Communicator* c, size_t count) {
-    if (c->s.world_size != 2 || c->send.channel == NULL || c->recv.channel == NULL ||
-        c->step_hook != NULL || count * sizeof(float) > PAIR_MAX_BYTES)
-        return false;
-    size_t bytes = sizeof(RingFrame) + count * sizeof(float);
-    return bytes <= shm_channel_capacity(c->send.channel) &&
-           bytes <= shm_channel_capacity(c->recv.channel);
+    size_t bytes = count * sizeof(float), message = sizeof(RingFrame) + bytes;
+    return c->s.world_size == 2 && c->send.channel != NULL && c->recv.channel != NULL &&
+           c->step_hook == NULL && bytes <= PAIR_MAX_BYTES &&
+           message <= shm_channel_capacity(c->send.channel) &&
+           message <= shm_channel_capacity(c->recv.channel);
 }
 
 // The all-reduce of two ranks in one exchange: each sends its whole buffer, then adds the
@@ -398,8 +397,7 @@ static bool pair_exchange_fits(const Communicator* c, size_t count) {
 static int pair_allreduce_host(Communicator* c, float* data, size_t count, double deadline) {
     size_t bytes = count * sizeof(float);
     if (c->s.debug)
-        rank_log("ring pairwise exchange: %zu floats to rank %d, and its %zu added", count,
-                 1 - c->s.rank, count);
+        rank_log("ring pairwise exchange: %zu floats each way with rank %d", count, 1 - c->s.rank);
     RETURN_IF_FAILED(
         ring_transfer(c, "ring pairwise exchange", 0, data, bytes, NULL, 0, false, deadline));
     return ring_transfer(c, "ring pairwise exchange", 0, NULL, 0, data, bytes, true, deadline);

@@ -416,22 +416,16 @@ static int layernorm_forward_cpu(float* restrict out, float* restrict mean, floa
     }
     for (int b = 0; b < B; b++) {
         const float* x = inp + (size_t)b * C;
-        float m = mean[b];
+        float* centred = out + (size_t)b * C; // x - m, scaled in place by the last pass
+        for (int i = 0; i < C; i++)
+            centred[i] = x[i] - mean[b];
         // the variance from the centred values: (x - m)^2, not x^2 - m^2, which cancels
-        float part[SIMD_FLOATS] = {0};
-        int i = 0;
-        for (; i + SIMD_FLOATS <= C; i += SIMD_FLOATS)
-            for (int l = 0; l < SIMD_FLOATS; l++)
-                part[l] += (x[i + l] - m) * (x[i + l] - m);
-        for (int l = 0; i + l < C; l++)
-            part[l] += (x[i + l] - m) * (x[i + l] - m);
-        rstd[b] = 1.0f / sqrtf(sum_lanes(part) / C + LAYERNORM_EPS);
+        rstd[b] = 1.0f / sqrtf(dot_cpu(centred, centred, C) / C + LAYERNORM_EPS);
     }
     for (int b = 0; b < B; b++) {
-        const float* x = inp + (size_t)b * C;
-        float m = mean[b], s = rstd[b];
+        float* row = out + (size_t)b * C;
         for (int i = 0; i < C; i++)
-            out[(size_t)b * C + i] = (x[i] - m) * s * gamma[i] + beta[i];
+            row[i] = row[i] * rstd[b] * gamma[i] + beta[i];
     }
     return 0;
 }
