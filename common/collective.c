@@ -635,10 +635,13 @@ static int nccl_allreduce(Communicator* c, float* buf, size_t count, ncclRedOp_t
     if (!wait) // started: it runs on NCCL's stream while the host goes on (a bucket)
         trace_stream_begin(c->stream);
     ncclResult_t queued = ncclAllReduce(buf, buf, count, ncclFloat, op, c->nccl, c->stream);
+    int err = nccl_finish(c, "ncclAllReduce", queued, wait);
+    // The span's end goes on the stream after NCCL has queued its work there: a non-blocking
+    // communicator may still be queueing when ncclAllReduce returns (ncclInProgress).
     if (!wait)
         trace_stream_end(TRACE_BUCKET, c->current.what, count * sizeof(float), c->current.epoch,
                          c->current.step, c->stream);
-    return nccl_finish(c, "ncclAllReduce", queued, wait);
+    return err;
 }
 
 static int nccl_broadcast(Communicator* c, float* buf, size_t count, int root) {

@@ -292,16 +292,21 @@ int mlp_use_kernels(Mlp* m, MlpKernels kernels) {
 }
 
 // Runs pass over b the graph's or the fused kernel's way, if mlp_use_kernels chose one:
-// returns 1 when it did not (the caller goes step by step), else 0 or -1.
+// returns 1 when it did not (the caller goes step by step), else 0 or -1. Its one launch is
+// one span: forward (and loss) for FAST_LOSS, as the step-by-step way names them.
 static int fast_pass(Mlp* m, const MlpBatch* b, FastPass pass, Optimizer* opt) {
 #ifdef HAVE_CUDA
+    static const TraceKind spans[] = {[FAST_LOSS] = TRACE_FORWARD,
+                                      [FAST_GRADIENTS] = TRACE_FAST_GRADIENTS,
+                                      [FAST_STEP] = TRACE_FAST_STEP};
     if (m->fast == NULL)
         return 1;
+    trace_begin(spans[pass]);
     if (pass != FAST_STEP)
-        return fast_step_run(m->fast, m, b, pass, NULL);
+        return trace_end(fast_step_run(m->fast, m, b, pass, NULL));
     opt->step++;
     FastUpdate update = {opt->kind, adam_settings(opt), opt->momentum};
-    return fast_step_run(m->fast, m, b, FAST_STEP, &update);
+    return trace_end(fast_step_run(m->fast, m, b, FAST_STEP, &update));
 #else
     (void)m, (void)b, (void)pass, (void)opt;
     return 1;

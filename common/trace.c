@@ -100,11 +100,23 @@ static struct {
 static _Thread_local TraceThread self;
 
 static const char* const kind_names[TRACE_KINDS] = {
-    "forward", "loss",       "backward",   "all-reduce", "optimizer",        "eval",
-    "epoch",   "checkpoint", "collective", "setup",      "bucket all-reduce"};
+    [TRACE_FORWARD] = "forward",
+    [TRACE_LOSS] = "loss",
+    [TRACE_BACKWARD] = "backward",
+    [TRACE_ALLREDUCE] = "all-reduce",
+    [TRACE_OPTIMIZER] = "optimizer",
+    [TRACE_EVAL] = "eval",
+    [TRACE_EPOCH] = "epoch",
+    [TRACE_CHECKPOINT] = "checkpoint",
+    [TRACE_COLLECTIVE] = "collective",
+    [TRACE_SETUP] = "setup",
+    [TRACE_BUCKET] = "bucket all-reduce",
+    [TRACE_FAST_GRADIENTS] = "graph/fused gradients",
+    [TRACE_FAST_STEP] = "graph/fused step",
+};
 
-static const char* const phase_names[TRACE_PHASES] = {"forward",   "backward", "all-reduce",
-                                                      "optimizer", "eval",     "other"};
+static const char* const phase_names[TRACE_PHASES] = {
+    "forward", "backward", "all-reduce", "optimizer", "graph/fused", "eval", "other"};
 
 TracePhase trace_kind_phase(TraceKind kind) {
     switch (kind) {
@@ -117,6 +129,9 @@ TracePhase trace_kind_phase(TraceKind kind) {
         return PHASE_ALLREDUCE;
     case TRACE_OPTIMIZER:
         return PHASE_OPTIMIZER;
+    case TRACE_FAST_GRADIENTS:
+    case TRACE_FAST_STEP:
+        return PHASE_FAST;
     case TRACE_EVAL:
         return PHASE_EVAL;
     default:
@@ -247,7 +262,7 @@ static void count_phase(TraceKind kind, double ticks) {
     if (phase == TRACE_PHASES)
         return;
     trace.phase_ticks[phase] += ticks;
-    trace.steps += kind == TRACE_OPTIMIZER;
+    trace.steps += kind == TRACE_OPTIMIZER || kind == TRACE_FAST_STEP;
 }
 
 // The spans timed on the GPU since the last call get their GPU times (the host waits
@@ -698,7 +713,8 @@ void trace_phase_row(float row[TRACE_PHASE_ROW], double training_seconds) {
 }
 
 // One line of the table: phase p's time per step, mean, min and max over the ranks, and
-// its share of the mean training time.
+// its share of the mean training time; none for a phase that no rank spent time in (lesson
+// 01's all-reduce, graph/fused on the CPU).
 static void print_phase(const float* rows, int world_size, int p, double mean_total) {
     double sum = 0.0, sum_per_step = 0.0, low = 0.0, high = 0.0;
     for (int r = 0; r < world_size; r++) {
@@ -709,6 +725,8 @@ static void print_phase(const float* rows, int world_size, int p, double mean_to
         low = r == 0 || per_step < low ? per_step : low;
         high = r == 0 || per_step > high ? per_step : high;
     }
+    if (sum == 0.0)
+        return;
     double share = mean_total > 0.0 ? 100.0 * sum / world_size / mean_total : 0.0;
     printf("  %-11s %10.1f %10.1f %10.1f %7.1f%%\n", phase_names[p],
            1e6 * sum_per_step / world_size, 1e6 * low, 1e6 * high, share);

@@ -25,10 +25,12 @@
  *
  * The phases: every span of the rank's own thread that nothing but an epoch encloses
  * adds its time to its phase (forward and loss to forward; a forward pass inside eval to
- * eval). On a GPU those spans are timed by CUDA events recorded on the compute stream,
- * resolved once per epoch, since host clocks would time only the kernels' launches (the
- * spans inside them keep the host's times: an event costs about a kernel's launch). At
- * the end rank 0 prints, per phase, the mean time per optimizer step and its share of
+ * eval; the one launch of a step with --kernels graph or fused to graph/fused: forward to
+ * update in lesson 01, forward to backward where an all-reduce follows). On a GPU those
+ * spans are timed by CUDA events recorded on the compute stream, resolved once per epoch,
+ * since host clocks would time only the kernels' launches (the spans inside them keep the
+ * host's times: an event costs about a kernel's launch). At the end rank 0 prints, per
+ * phase that took time on some rank, the mean time per optimizer step and its share of
  * the training time, over all ranks, with the fastest and the slowest rank's
  * (trace_report_phases).
  *
@@ -57,9 +59,11 @@ typedef enum {
     TRACE_EVAL,
     TRACE_EPOCH,
     TRACE_CHECKPOINT,
-    TRACE_COLLECTIVE, // broadcast, barrier, all-gather: before and after training
-    TRACE_SETUP,      // lesson 03's rendezvous, fork, ring connection
-    TRACE_BUCKET,     // an all-reduce run on the communication thread
+    TRACE_COLLECTIVE,     // broadcast, barrier, all-gather: before and after training
+    TRACE_SETUP,          // lesson 03's rendezvous, fork, ring connection
+    TRACE_BUCKET,         // an all-reduce run on the communication thread
+    TRACE_FAST_GRADIENTS, // --kernels graph or fused: forward, loss and backward, one launch
+    TRACE_FAST_STEP,      // the same and the optimizer's update: a training step, one launch
     TRACE_KINDS
 } TraceKind;
 
@@ -68,6 +72,7 @@ typedef enum {
     PHASE_BACKWARD,
     PHASE_ALLREDUCE,
     PHASE_OPTIMIZER,
+    PHASE_FAST, // TRACE_FAST_GRADIENTS and TRACE_FAST_STEP
     PHASE_EVAL,
     PHASE_OTHER, // the training time no phase span covers
     TRACE_PHASES

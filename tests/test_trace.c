@@ -19,6 +19,7 @@
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -243,6 +244,13 @@ Test(trace, a_file_that_cannot_be_written_is_refused_at_the_start, .init = temp_
     }
 }
 
+// Whether the phase table has a row for phase.
+static bool has_row(const char* table, const char* phase) {
+    char row[32];
+    snprintf(row, sizeof row, "\n  %s ", phase);
+    return strstr(table, row) != NULL;
+}
+
 Test(trace, phases_prints_every_phase_of_both_ranks, .fini = proc_end_leftovers) {
     Proc p = proc_run(build_program("multi_gpu"),
                       (const char*[]){"--device", "cpu", "--epochs", "2", "--data-size", "400",
@@ -253,11 +261,27 @@ Test(trace, phases_prints_every_phase_of_both_ranks, .fini = proc_end_leftovers)
     cr_assert_not_null(table, "no table:\n%s", p.out.text);
     cr_assert(strstr(table, "over 2 ranks") != NULL, "%s", table);
     const char* phases[] = {"forward", "backward", "all-reduce", "optimizer", "eval", "other"};
-    for (size_t i = 0; i < sizeof phases / sizeof *phases; i++) {
-        char row[32];
-        snprintf(row, sizeof row, "\n  %s ", phases[i]);
-        cr_assert(strstr(table, row) != NULL, "no row for %s:\n%s", phases[i], table);
-    }
+    for (size_t i = 0; i < sizeof phases / sizeof *phases; i++)
+        cr_assert(has_row(table, phases[i]), "no row for %s:\n%s", phases[i], table);
+    proc_free(&p);
+}
+
+Test(trace, phases_leave_out_a_phase_that_took_no_time, .fini = proc_end_leftovers) {
+    Proc p = proc_run(
+        build_program("hello_gpu"),
+        (const char*[]){"--device", "cpu", "--epochs", "2", "--data-size", "400", "--phases", NULL},
+        NULL);
+    cr_assert_eq(p.status, 0, "%s", p.err.text);
+    const char* table = strstr(p.out.text, "Where the time goes");
+    cr_assert_not_null(table, "no table:\n%s", p.out.text);
+    const char* phases[] = {"forward", "backward", "optimizer", "eval", "other"};
+    for (size_t i = 0; i < sizeof phases / sizeof *phases; i++)
+        cr_assert(has_row(table, phases[i]), "no row for %s:\n%s", phases[i], table);
+    // One rank has no all-reduce, and the CPU runs a step kernel by kernel.
+    const char* empty[] = {"all-reduce", "graph/fused"};
+    for (size_t i = 0; i < sizeof empty / sizeof *empty; i++)
+        cr_assert(!has_row(table, empty[i]), "a row for %s, which took no time:\n%s", empty[i],
+                  table);
     proc_free(&p);
 }
 
@@ -322,5 +346,28 @@ Test(trace, a_phase_counts_a_span_only_when_nothing_but_an_epoch_encloses_it) {
         sum += row[p];
     }
     cr_assert_float_eq(sum, 10.0f, 1e-3f, "the phases add up to %g of 10 seconds", sum);
+    trace_stop();
+}
+
+// A step that one launch does whole (--kernels graph or fused in lesson 01) is a step and
+// graph/fused's; the gradients' launch (an all-reduce and the update follow) only the latter.
+Test(trace, a_step_of_one_launch_counts_as_a_step_and_its_time_as_graph_fused) {
+    cr_assert_eq(trace_start(NULL, TRACE_ALONE, 0, 0, false), 0);
+    const TraceKind kinds[] = {TRACE_FAST_STEP, TRACE_FAST_STEP, TRACE_FAST_GRADIENTS,
+                               TRACE_OPTIMIZER};
+    for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++) {
+        trace_begin(kinds[i]);
+        usleep(2000);
+        trace_end(0);
+    }
+    float row[TRACE_PHASE_ROW];
+    trace_phase_row(row, 1.0);
+    cr_assert_eq(row[TRACE_PHASES], 3.0f, "%g steps counted, not 3", row[TRACE_PHASES]);
+    cr_assert_geq(row[PHASE_FAST], 6e-3f, "graph/fused holds %g s of three 2 ms spans",
+                  row[PHASE_FAST]);
+    cr_assert_geq(row[PHASE_OPTIMIZER], 2e-3f, "optimizer holds %g s", row[PHASE_OPTIMIZER]);
+    cr_assert(row[PHASE_FORWARD] == 0.0f && row[PHASE_BACKWARD] == 0.0f,
+              "forward %g s, backward %g s: a launch's time went to them", row[PHASE_FORWARD],
+              row[PHASE_BACKWARD]);
     trace_stop();
 }

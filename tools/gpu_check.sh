@@ -299,17 +299,26 @@ lesson02_gpu() {
 }
 
 # --trace and --phases on the GPU: the phases timed by CUDA events (the track "rank 0
-# gpu"), the files checked by tests/check_trace.py; lesson 02 on NCCL with 1 rank.
+# gpu"), the files checked by tests/check_trace.py; lesson 01 each way it runs its
+# kernels (a graph's or the fused kernel's step is one span, graph/fused step), lesson 02
+# on NCCL with 1 rank.
 traces_gpu() {
     need_gpu || return
-    local dir status=0
+    local dir status=0 kernels expect
     dir=$(mktemp -d)
-    timeout 60 "$LESSON" --device cuda --epochs 3 --phases --trace "$dir/01.json" |
-        sed -n '/^Where the time goes/,$p' &&
-        tests/check_trace.py --ranks 1 --expect forward,backward,optimizer,eval "$dir/01.json" &&
-        grep -q '"rank 0 gpu"' "$dir/01.json" &&
-        timeout 120 build/multi_gpu --device cuda --backend nccl --gpus 1 --epochs 3 --phases \
-            --trace "$dir/02.json" | sed -n '/^Where the time goes/,$p' &&
+    for kernels in "${KERNEL_CHOICES[@]}"; do
+        case "$kernels" in
+        graph | fused) expect="graph/fused step,eval" ;;
+        *) expect=forward,backward,optimizer,eval ;;
+        esac
+        echo "lesson 01${kernels:+ --kernels $kernels}:"
+        timeout 60 "$LESSON" --device cuda --epochs 3 ${kernels:+--kernels "$kernels"} --phases \
+            --trace "$dir/01.json" | sed -n '/^Where the time goes/,$p' &&
+            tests/check_trace.py --ranks 1 --expect "$expect" "$dir/01.json" &&
+            grep -q '"rank 0 gpu"' "$dir/01.json" || status=1
+    done
+    timeout 120 build/multi_gpu --device cuda --backend nccl --gpus 1 --epochs 3 --phases \
+        --trace "$dir/02.json" | sed -n '/^Where the time goes/,$p' &&
         tests/check_trace.py --ranks 1 --expect gradients "$dir/02.json" || status=1
     rm -rf "$dir"
     return "$status"
@@ -391,7 +400,10 @@ step "bundle (${BUNDLE:-none}): its files as its MANIFEST lists them" check_bund
 step "build (make CUDA_ARCH=$CUDA_ARCH${BUNDLE:+ BUNDLE=$BUNDLE} all tests)" build
 # Each way lesson 01 can run a step's kernels on a GPU, where it has --kernels; else its one.
 KERNEL_CHOICES=("")
-if timeout 30 "$LESSON" --help 2>/dev/null | grep -q -- '--kernels'; then
+# (The help text is read whole first: grep -q, done at its first match, would end the lesson's
+# writing with SIGPIPE, and pipefail would take that for "no --kernels".)
+lesson_help=$(timeout 30 "$LESSON" --help 2>/dev/null) || true
+if grep -q -- '--kernels' <<<"$lesson_help"; then
     KERNEL_CHOICES=(unfused graph fused)
 fi
 step "a CPU test suite runs here (build/tests/test_config)" cpu_suite

@@ -16,7 +16,11 @@ COLOURS = {
     "forward": "#4e79a7", "loss": "#a0cbe8", "backward": "#f28e2b", "all-reduce": "#e15759",
     "bucket all-reduce": "#b07aa1", "optimizer": "#59a14f", "eval": "#edc948",
     "checkpoint": "#9c755f", "collective": "#bab0ac", "setup": "#79706e",
+    "graph/fused gradients": "#76b7b2", "graph/fused step": "#ff9da7",
 }
+# The spans that end an optimizer step: the update, or a step that one launch does whole
+# (--kernels graph or fused in lesson 01).
+STEP_KINDS = ("optimizer", "graph/fused step")
 
 
 def load(path):
@@ -34,7 +38,7 @@ def window(spans, steps):
     lowest = min(e["args"]["rank"] for e in spans if e["args"]["rank"] >= 0)
     mine = sorted((e for e in spans if e["args"]["rank"] == lowest), key=lambda e: e["ts"])
     epochs = [e for e in mine if e["cat"] == "epoch"]
-    updates = [e for e in mine if e["cat"] == "optimizer"]
+    updates = [e for e in mine if e["cat"] in STEP_KINDS]
     if epochs:
         middle = epochs[len(epochs) // 2]
         inside = [e for e in updates if middle["ts"] <= e["ts"] <= middle["ts"] + middle["dur"]]
