@@ -128,7 +128,7 @@ static int graph_capture(GraphSlot* g, Mlp* m, const GraphKey* key, int* cursor,
     // Thread-local: another thread's CUDA calls (lesson 04's, NCCL's) do not spoil it.
     CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     // No spans inside (--trace, --phases): their events would be captured, not recorded
-    // on each replay. A graph's (or the fused kernel's) step is not split into phases.
+    // on each replay. A graph's (or the fused kernel's) step is one span, around it (mlp.c).
     bool tracing = trace_active;
     trace_active = false;
     int recorded = graph_record(m, key, cursor, step);
