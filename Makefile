@@ -11,6 +11,8 @@
 #   make lesson-04     build/ddp_overlap        make diff-04 what lesson 04 adds to lesson 02
 #   make demo-multinode  a two-node job on this machine
 #   make test          build and run the test suite (make tests: only build it)
+#   make cuda-on-cpu   lesson 01 and the GPU suites on CUDA on the CPU, a stand-in that runs
+#                      CUDA code without a GPU (tests/cuda_on_cpu), in build/cuda-on-cpu
 #   make asan          the CPU suite on a build with AddressSanitizer and UBSan (build/asan)
 #   make memcheck      one epoch of lesson 01 under valgrind; any error or leak fails
 #   make fuzz          every libFuzzer target of tests/fuzz for FUZZ_SECONDS (30) each
@@ -28,6 +30,11 @@ NVCC ?= $(shell command -v nvcc 2>/dev/null || ls $(CUDA_HOME)/bin/nvcc 2>/dev/n
 ifdef NO_CUDA
 NVCC :=
 endif
+# CUDA_ON_CPU=1: the CUDA sources built for CUDA on the CPU (tests/cuda_on_cpu), a stand-in
+# runtime that runs them without a GPU or CUDA; `make cuda-on-cpu` builds into build/cuda-on-cpu.
+ifdef CUDA_ON_CPU
+NVCC := tests/cuda_on_cpu/nvcc
+endif
 MPICC ?= $(shell command -v mpicc 2>/dev/null)
 ifdef NO_MPI
 MPICC :=
@@ -38,13 +45,13 @@ comma := ,
 # NCCL, the first found of: NCCL_HOME=DIR (DIR/include, DIR/lib or lib64); the pip wheel
 # nvidia-nccl-cu13 on python3's path (site-packages/nvidia/nccl, what a bare GPU machine
 # with PyTorch has); the CUDA toolkit's; the system's. NCCL_HEADER is nccl.h, NCCL_SO the
-# library file, NCCL_FROM says which.
+# library file, NCCL_FROM says which (none for CUDA on the CPU).
 PYTHON ?= python3
 NCCL_WHEEL_FIND := import os, sys; print(next((d for d in (os.path.abspath(os.path.join(p or ".", \
 	"nvidia", "nccl")) for p in sys.path) if os.path.isfile(os.path.join(d, "include", "nccl.h"))), ""))
 # The library of NCCL in DIR/lib or DIR/lib64, with or without the libnccl.so link.
 nccl_so_in = $(firstword $(wildcard $(foreach l,lib lib64,$(foreach f,libnccl.so libnccl.so.2,$(1)/$(l)/$(f)))))
-ifneq ($(NVCC),)
+ifneq ($(if $(CUDA_ON_CPU),,$(NVCC)),)
 ifdef NCCL_HOME
 NCCL_FROM := NCCL_HOME
 NCCL_HEADER := $(wildcard $(NCCL_HOME)/include/nccl.h)
@@ -101,7 +108,12 @@ CRITERION_MISSING := not found: make tests cannot build the tests (./setup.sh in
 BUNDLE_USED := : its headers and libraries, with an rpath
 BUNDLE_ODD := : no MANIFEST there, so not a folder made by tools/gpu_bundle.sh
 BUNDLE_FOUND := $(abspath $(BUNDLE))$(if $(wildcard $(BUNDLE)/MANIFEST),$(BUNDLE_USED),$(BUNDLE_ODD))
-ifneq ($(NVCC),)
+ifneq ($(CUDA_ON_CPU),)
+CONFIG := cuda-on-cpu
+NVCCFLAGS := -O2 -Icommon $(BUNDLE_CPPFLAGS) -DHAVE_CUDA -Xcompiler -Wall,-Wextra,-Werror
+CUDA_CPPFLAGS := -DHAVE_CUDA -Itests/cuda_on_cpu
+LDLIBS += -lstdc++
+else ifneq ($(NVCC),)
 CONFIG := cuda
 # Without a GPU to ask, build for every architecture from Turing to Hopper, plus PTX
 # that the driver can compile for a newer GPU.
@@ -136,7 +148,8 @@ COMMON_C := $(filter-out common/rendezvous.c,$(COMMON_C))
 NEED_SODIUM := need-sodium
 endif
 COMMON_CU := $(if $(NVCC),$(wildcard common/*.cu))
-COMMON_OBJ := $(COMMON_C:common/%.c=$(OBJ)/common/%.o) $(COMMON_CU:common/%.cu=$(OBJ)/common/%.cu.o)
+COMMON_OBJ := $(COMMON_C:common/%.c=$(OBJ)/common/%.o) $(COMMON_CU:common/%.cu=$(OBJ)/common/%.cu.o) \
+	$(if $(CUDA_ON_CPU),$(OBJ)/tests/cuda_on_cpu/cuda_on_cpu.o)
 # An archive, so that each program links only the modules it uses.
 COMMON_LIB := $(OBJ)/libcommon.a
 
@@ -157,7 +170,8 @@ $(MPI_USERS): DDP_CPPFLAGS += -DHAVE_MPI
 endif
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(filter-out $(if $(HAVE_SODIUM),,$(LESSON03_TESTS)),$(TEST_SRC:tests/%.c=$(BUILD)/tests/%))
-GPU_TEST_SRC := $(if $(NVCC),$(wildcard tests/gpu/test_*.cu))
+# (for CUDA on the CPU, without the NCCL suite: that build has no NCCL)
+GPU_TEST_SRC := $(if $(NVCC),$(filter-out $(if $(CUDA_ON_CPU),tests/gpu/test_nccl.cu),$(wildcard tests/gpu/test_*.cu)))
 GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 
 # Keep the objects of tests and tools between builds (make would delete them as
@@ -165,7 +179,7 @@ GPU_TESTS := $(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
 # below from forcing a relink when the configuration or the build id changes.
 .PRECIOUS: $(OBJ)/%.o $(OBJ)/%.cu.o $(BUILD)/fuzz/obj/%.o
 
-.PHONY: all lesson-01 lesson-02 lesson-03 lesson-04 run tests test asan memcheck fuzz soak bench bench-quick bench-01 bench-02 bench-04 check-01 check-02 check-03 diff-02 diff-03 diff-04 demo-multinode clean found need-sodium need-criterion FORCE
+.PHONY: all cuda-on-cpu lesson-01 lesson-02 lesson-03 lesson-04 run tests test asan memcheck fuzz soak bench bench-quick bench-01 bench-02 bench-04 check-01 check-02 check-03 diff-02 diff-03 diff-04 demo-multinode clean found need-sodium need-criterion FORCE
 all: found $(LESSONS) $(TOOLS)
 
 # One line per optional part, so that a build says what it could use.
@@ -216,6 +230,11 @@ $(OBJ)/%.cu.o: %.cu $(OBJ)/flags
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 
+# The runtime of CUDA on the CPU, C++.
+$(OBJ)/%.o: %.cpp $(OBJ)/flags
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++17 -MMD -MP -Wall -Wextra -Werror -O2 $(CXXFLAGS) -c $< -o $@
+
 $(COMMON_LIB): $(COMMON_OBJ)
 	rm -f $@ && $(AR) rcs $@ $^
 
@@ -256,10 +275,21 @@ $(BUILD)/tests/gpu/%: $(OBJ)/tests/gpu/%.cu.o $(COMMON_LIB) $(LINK_DEPS)
 
 tests: $(TESTS) $(GPU_TESTS)
 
+# CUDA on the CPU: lesson 01 and the GPU suites built against a stand-in runtime that runs
+# CUDA code without a GPU (tests/cuda_on_cpu/cuda_runtime.h), with the host's C++ compiler,
+# into a folder of their own; make test runs those suites too, so every machine checks the
+# CUDA kernels against the CPU twin.
+CUDA_ON_CPU_BUILD := $(BUILD)/cuda-on-cpu
+CUDA_ON_CPU_TESTS := $(patsubst tests/gpu/%.cu,$(CUDA_ON_CPU_BUILD)/tests/gpu/%,\
+	$(filter-out tests/gpu/test_nccl.cu,$(wildcard tests/gpu/test_*.cu)))
+cuda-on-cpu: $(if $(HAVE_CRITERION),,need-criterion)
+	@$(MAKE) --no-print-directory CUDA_ON_CPU=1 NO_MPI=1 BUILD=$(CUDA_ON_CPU_BUILD) \
+		$(CUDA_ON_CPU_BUILD)/hello_gpu $(CUDA_ON_CPU_TESTS)
+
 # Criterion runs each suite's tests in parallel; GPU suites share one device, so --jobs 1.
 # The tests run the programs of DDP_BUILD.
-test: all tests
-	@DDP_BUILD=$(BUILD) tests/run_tests.sh $(TESTS) -- $(GPU_TESTS)
+test: all tests cuda-on-cpu
+	@DDP_BUILD=$(BUILD) tests/run_tests.sh $(TESTS) -- $(GPU_TESTS) $(CUDA_ON_CPU_TESTS)
 
 # The CPU code, lessons and tests built with AddressSanitizer and UBSan (undefined behaviour
 # fails) into a directory of their own, then the CPU suite on those programs; a report of

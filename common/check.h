@@ -79,7 +79,7 @@ static inline void* malloc_nonzero(size_t bytes) {
             return -1;                                                                             \
     } while (0)
 
-#ifdef __CUDACC__
+#if defined(__CUDACC__) || defined(CUDA_ON_CPU)
 #define CUDA_CHECK(expr)                                                                           \
     do {                                                                                           \
         cudaError_t check_err_ = (expr);                                                           \

@@ -1,10 +1,9 @@
 /*
  * fused_batch.cuh - the fused kernel's work (fast_step.h): a whole batch in one block.
  *
- * fast_step_cuda.cu wraps fused_batch in a kernel. The code is plain C over a few CUDA names
- * (threadIdx, __syncthreads, the warp's shuffle: kernels_cuda.cuh), so that it also runs on
- * the CPU, one POSIX thread per CUDA thread, where tests/test_cuda_emulated.c checks its
- * indexing and its barriers against the CPU twin without a GPU.
+ * fast_step_cuda.cu wraps fused_batch in a kernel. Without a GPU, CUDA on the CPU
+ * (tests/cuda_on_cpu) runs it, a fiber per CUDA thread, and tests/gpu checks its indexing and
+ * its barriers against the CPU twin.
  *
  * Each phase is a loop of the block's threads over one layer's outputs (one output per
  * thread at a time, its terms added one after another as the CPU reference reads); the

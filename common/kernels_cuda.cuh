@@ -1,13 +1,10 @@
 /*
  * kernels_cuda.cuh - what the CUDA kernels (kernels_cuda.cu) and the fused step
- * (fast_step_cuda.cu) compute alike, and what a test runs on the CPU (emulated): launch
- * sizes, the linear layer's tile, the warp's fixed-order sum, a LayerNorm row by one warp,
+ * (fast_step_cuda.cu) compute alike: launch sizes, the linear layer's tile, the warp's fixed-order sum, a LayerNorm row by one warp,
  * and one optimizer update of one parameter.
  *
  * Each of these is the body of a loop of a CPU twin in kernels_cpu.c, and keeps its comments;
  * both files use the same ones, so that the fused kernel computes what the separate kernels do.
- * Plain C apart from CUDA's names, so that a test can compile it for the CPU, with those
- * names emulated (CUDA_EMULATED: tests/test_cuda_emulated.c).
  *
  * Shapes: C features of a row, N elements.
  * APIs: BLOCK_SIZE, WARP_SIZE, LINEAR_TILE, blocks_for, thread_index, linear_forward_tile,
@@ -18,11 +15,7 @@
 #ifndef KERNELS_CUDA_CUH
 #define KERNELS_CUDA_CUH
 
-#ifdef __CUDACC__
 #include <cuda_runtime.h>
-#elif !defined(CUDA_EMULATED)
-#error "kernels_cuda.cuh: nvcc, or an emulation of threadIdx, __syncthreads and the warp's shuffle"
-#endif
 #include <math.h>
 
 #include "kernels.h"
