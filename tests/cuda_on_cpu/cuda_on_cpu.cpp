@@ -79,17 +79,28 @@ cudaError_t cudaGetLastError(void) {
 
 const char* cudaGetErrorString(cudaError_t err) {
     switch (err) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
-    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
-    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
-    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
-    case cudaErrorNotReady: return "device not ready";
-    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
-    case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaSuccess:
+        return "no error";
+    case cudaErrorInvalidValue:
+        return "invalid argument";
+    case cudaErrorMemoryAllocation:
+        return "out of memory";
+    case cudaErrorInvalidConfiguration:
+        return "invalid configuration argument";
+    case cudaErrorInvalidDevice:
+        return "invalid device ordinal";
+    case cudaErrorNoDevice:
+        return "no CUDA-capable device is detected";
+    case cudaErrorInvalidResourceHandle:
+        return "invalid resource handle";
+    case cudaErrorIllegalState:
+        return "the operation cannot be performed in the present state";
+    case cudaErrorNotReady:
+        return "device not ready";
+    case cudaErrorIllegalAddress:
+        return "an illegal memory access was encountered";
+    case cudaErrorLaunchFailure:
+        return "unspecified launch failure";
     case cudaErrorStreamCaptureUnsupported:
         return "operation not permitted when stream is capturing";
     case cudaErrorStreamCaptureInvalidated:
@@ -171,8 +182,7 @@ static bool refused_while_capturing(const char* call) {
 // Runs op on stream s now, or records it into the graph that s is capturing.
 static cudaError_t enqueue(cudaStream_t s, const char* what, std::function<void()> op) {
     if (is_legacy(s) && captured_here != nullptr) {
-        fprintf(stderr, "cuda-on-cpu: %s on the legacy stream while a stream is captured\n",
-                what);
+        fprintf(stderr, "cuda-on-cpu: %s on the legacy stream while a stream is captured\n", what);
         captured_here->capture_broken = true;
         return fail(cudaErrorStreamCaptureImplicit);
     }
@@ -247,12 +257,14 @@ cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
     return cudaSuccess;
 }
 
-cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags) {
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph,
+                                 unsigned long long flags) {
     (void)flags;
     BEGIN_CALL();
     if (graph == nullptr)
         return fail(cudaErrorInvalidValue);
-    *exec = new CudaOnCpuGraph(*graph); // the nodes as captured: later edits of graph do not reach it
+    *exec =
+        new CudaOnCpuGraph(*graph); // the nodes as captured: later edits of graph do not reach it
     return cudaSuccess;
 }
 
@@ -450,7 +462,8 @@ asm(".text\n"
     ".globl cuda_on_cpu_switch\n"
     ".type cuda_on_cpu_switch, @function\n"
     "cuda_on_cpu_switch:\n"
-    "    pushq %rbp\n    pushq %rbx\n    pushq %r12\n    pushq %r13\n    pushq %r14\n    pushq %r15\n"
+    "    pushq %rbp\n    pushq %rbx\n    pushq %r12\n    pushq %r13\n    pushq %r14\n    pushq "
+    "%r15\n"
     "    movq %rsp, (%rdi)\n"
     "    movq (%rsi), %rsp\n"
     "    popq %r15\n    popq %r14\n    popq %r13\n    popq %r12\n    popq %rbx\n    popq %rbp\n"
@@ -576,14 +589,15 @@ static bool release_barriers(unsigned n, char* why, size_t why_len) {
             if ((mask >> l & 1u) == 0)
                 continue;
             if (l >= count) {
-                snprintf(why, why_len, "warp %u: a shuffle's mask 0x%08x names lane %u of %u",
-                         w, mask, l, count);
+                snprintf(why, why_len, "warp %u: a shuffle's mask 0x%08x names lane %u of %u", w,
+                         mask, l, count);
                 return false;
             }
             if (lanes[l].state != AT_SHUFFLE) {
                 all_there = false;
                 if (lanes[l].state == FINISHED) {
-                    snprintf(why, why_len, "warp %u: lane %u has returned, its shuffle waits", w, l);
+                    snprintf(why, why_len, "warp %u: lane %u has returned, its shuffle waits", w,
+                             l);
                     return false;
                 }
             } else if (lanes[l].mask != mask || lanes[l].lane_mask != lanes[lead].lane_mask) {
@@ -611,8 +625,10 @@ static bool release_barriers(unsigned n, char* why, size_t why_len) {
         released = true;
     }
     if (!released)
-        snprintf(why, why_len, "%u threads wait at __syncthreads, %u at a shuffle, %u returned: "
-                 "none can go on", at_sync, at_shuffle, finished);
+        snprintf(why, why_len,
+                 "%u threads wait at __syncthreads, %u at a shuffle, %u returned: "
+                 "none can go on",
+                 at_sync, at_shuffle, finished);
     return released;
 }
 
@@ -698,17 +714,21 @@ static bool launch_fits(const void* kernel, const char* name, dim3 grid, dim3 bl
     unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
     if (threads == 0 || threads > MAX_BLOCK_THREADS || block.z > 64 || grid.x == 0 ||
         grid.x > 2147483647u || grid.y == 0 || grid.y > 65535 || grid.z == 0 || grid.z > 65535) {
-        fprintf(stderr, "cuda-on-cpu: kernel %s: grid (%u, %u, %u) of blocks (%u, %u, %u): "
-                "beyond CUDA's limits\n", name, grid.x, grid.y, grid.z, block.x, block.y, block.z);
+        fprintf(stderr,
+                "cuda-on-cpu: kernel %s: grid (%u, %u, %u) of blocks (%u, %u, %u): "
+                "beyond CUDA's limits\n",
+                name, grid.x, grid.y, grid.z, block.x, block.y, block.z);
         fail(cudaErrorInvalidConfiguration);
         return false;
     }
     auto limit = dynamic_shared_limits.find(kernel);
-    size_t allowed = limit != dynamic_shared_limits.end() ? (size_t)limit->second
-                                                          : SHARED_DEFAULT_LIMIT;
+    size_t allowed =
+        limit != dynamic_shared_limits.end() ? (size_t)limit->second : SHARED_DEFAULT_LIMIT;
     if (shared > allowed) {
-        fprintf(stderr, "cuda-on-cpu: kernel %s: %zu bytes of dynamic shared memory, %zu "
-                "allowed (cudaFuncSetAttribute raises it)\n", name, shared, allowed);
+        fprintf(stderr,
+                "cuda-on-cpu: kernel %s: %zu bytes of dynamic shared memory, %zu "
+                "allowed (cudaFuncSetAttribute raises it)\n",
+                name, shared, allowed);
         fail(cudaErrorInvalidValue);
         return false;
     }
