@@ -197,3 +197,19 @@ Test(gpu_check, builds_from_the_bundle_and_the_wheel_and_skips_the_gpu_steps_say
     expect_line(p.out.text, "| lesson 01 (C), cuda", "| skipped: no GPU");
     proc_free(&p);
 }
+
+// BUDGET_S: once it is spent, every step left is skipped, and the summary and the table still
+// come back (the call's limit would otherwise cut them off).
+Test(gpu_check, past_its_time_budget_every_step_left_is_skipped_and_the_summary_still_comes) {
+    Proc p = run_bash("BUDGET_S=0 tools/gpu_check.sh", NULL, 60);
+    cr_assert_eq(p.status, 0, "gpu_check.sh: exit status %d\nstdout:\n%s\nstderr:\n%s", p.status,
+                 p.out.text, p.err.text);
+    expect_line(p.out.text, "---- skipped: build", "past the time budget (BUDGET_S=0 s)");
+    expect_line(p.out.text, "---- skipped: timing PyTorch on the GPU", "past the time budget");
+    expect_line(p.out.text, "---- skipped: the benchmark matrix", "past the time budget");
+    cr_expect_null(strstr(p.out.text, "---- ok:"), "a step ran past the budget:\n%s", p.out.text);
+    expect_line(p.out.text, "==== summary ====", NULL);
+    expect_line(p.out.text, "no step failed", NULL);
+    expect_line(p.out.text, "| lesson 01 at defaults |", NULL);
+    proc_free(&p);
+}

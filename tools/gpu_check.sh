@@ -25,6 +25,8 @@
 #              FULL       1: also the whole test suite (make test, several minutes)
 #              OUT        if set, the whole log is also written to $OUT/gpu_check.log
 #              RUNS       timed runs per row of the table (default 5)
+#              BUDGET_S   seconds after which the steps left are skipped (default 270), so
+#                         that the summary and the table come back within the call's limit
 #              PYTHON     the python with PyTorch (default python3)
 
 # shellcheck disable=SC2317 # the step functions are called through step()
@@ -43,6 +45,7 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 LOSS_TOLERANCE=1e-4
 LOSS_PRINT_UNIT=1e-6
 SKIP=77 # a step's status for "this machine cannot run it"
+BUDGET_S=${BUDGET_S:-270}
 
 if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT"
@@ -65,6 +68,11 @@ step() {
     local name=$1
     shift
     printf '\n==== %s ====\n' "$name"
+    if [ "$SECONDS" -ge "$BUDGET_S" ]; then
+        printf -- '---- skipped: %s: past the time budget (BUDGET_S=%s s)\n' "$name" "$BUDGET_S"
+        results+=("skipped|$name|past the time budget (BUDGET_S=$BUDGET_S s)")
+        return 0
+    fi
     local start=$SECONDS status=0
     skip_reason=""
     "$@" || status=$?
@@ -211,16 +219,25 @@ full_suite() {
 }
 
 # What compute-sanitizer says when it cannot work on this driver, GPU or runtime (rather
-# than about the program): it then prints no ERROR SUMMARY.
+# than about the program), on a line of its own ("========= Error: ..."), or in a log that
+# has no ERROR SUMMARY: it may still print a summary after such a line.
 SANITIZER_REFUSED='not supported|unsupported|Internal Sanitizer Error|Unable to find injection|before first instrumented API|driver version'
 
 # compute-sanitizer on one run; a sanitizer that cannot run on this driver or GPU is a skip.
 sanitized_run() {
     local log status=0
     log=$(timeout 120 "$SANITIZER" --error-exitcode 1 "$@" 2>&1) || status=$?
-    printf '%s\n' "$log" | tail -n 5
-    if ! grep -q 'ERROR SUMMARY' <<<"$log" && grep -qiE "$SANITIZER_REFUSED" <<<"$log"; then
-        skip "compute-sanitizer refused: $(grep -m 1 -iE "$SANITIZER_REFUSED" <<<"$log")"
+    # the sanitizer's own lines, each report naming its kernel and source line (capped), and
+    # the end of the program's
+    grep -E '^=========' <<<"$log" | head -n 200 || true
+    grep -vE '^=========' <<<"$log" | tail -n 3 || true
+    local refusal
+    refusal=$(grep -E '^=========' <<<"$log" | grep -m 1 -iE "$SANITIZER_REFUSED" || true)
+    if [ -z "$refusal" ] && ! grep -q 'ERROR SUMMARY' <<<"$log"; then
+        refusal=$(grep -m 1 -iE "$SANITIZER_REFUSED" <<<"$log" || true)
+    fi
+    if [ -n "$refusal" ]; then
+        skip "compute-sanitizer refused: $refusal"
         return
     fi
     return "$status"
@@ -435,8 +452,10 @@ step "timing lesson 02 (NCCL, 1 rank) (runs: $RUNS)" timed "lesson 02 (C), nccl 
     build/multi_gpu --device cuda --backend nccl --gpus 1
 step "timing lesson 02 (ring, 2 ranks sharing the GPU) (runs: $RUNS)" timed \
     "lesson 02 (C), ring x2, cuda" need_gpu build/multi_gpu --device cuda --backend ring --gpus 2
+# (its limit: what is left of the budget, at most 180 s)
+bench_limit=$((BUDGET_S - SECONDS < 180 ? BUDGET_S - SECONDS : 180))
 step "the benchmark matrix, quick (tools/bench.sh --quick --max-ranks 4)" need_gpu_then \
-    timeout 180 tools/bench.sh --quick --max-ranks 4
+    timeout "$((bench_limit > 1 ? bench_limit : 1))" tools/bench.sh --quick --max-ranks 4
 
 printf '\n==== summary ====\n'
 print_summary
