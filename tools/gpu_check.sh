@@ -28,6 +28,7 @@
 #              BUDGET_S   seconds after which the steps left are skipped (default 270), so
 #                         that the summary and the table come back within the call's limit
 #              PYTHON     the python with PyTorch (default python3)
+#              COMMIT     the commit the log names, where the tree came without .git
 
 # shellcheck disable=SC2317 # the step functions are called through step()
 set -euo pipefail
@@ -184,19 +185,26 @@ cpu_suite() {
     timeout 120 build/tests/test_config
 }
 
-# Every GPU test binary; a skipped test counts as a failure here: this machine has a GPU.
+# gpu_suite TEST [ARG...]: a Criterion binary on the GPU, its output printed as it comes (a
+# run cut off keeps what it said); a skipped test counts as a failure: this machine has a GPU.
+gpu_suite() {
+    local log="${TMPDIR:-/tmp}/gpu_check_suite.log" status=0
+    timeout 180 "$@" --jobs 1 --verbose 2>&1 | tee "$log" || status=1
+    if grep -q '\[SKIP\]' "$log"; then
+        echo "error: $1 skipped tests on a machine that has a GPU"
+        status=1
+    fi
+    return "$status"
+}
+
+# Every GPU test binary.
 gpu_tests() {
     need_gpu && need_criterion || return
-    local t log status=0 ran=0
+    local t status=0 ran=0
     for t in build/tests/gpu/test_*; do
         [ -x "$t" ] || continue
         ran=1
-        log=$(timeout 180 "$t" --jobs 1 --verbose 2>&1) || status=1
-        printf '%s\n' "$log"
-        if grep -q '\[SKIP\]' <<<"$log"; then
-            echo "error: $t skipped tests on a machine that has a GPU"
-            status=1
-        fi
+        gpu_suite "$t" || status=1
     done
     [ "$ran" -eq 1 ] || { echo "no GPU test binaries in build/tests/gpu"; return 1; }
     return "$status"
@@ -206,8 +214,8 @@ gpu_tests() {
 lesson_gpu_tests() {
     need_gpu && need_criterion || return
     local filter status=0
-    for filter in 'multi_gpu_on_a_gpu/*' 'multi_gpu/backend_nccl*' 'multi_gpu/device_cuda*'; do
-        timeout 180 build/tests/test_multi_gpu --jobs 1 --verbose --filter "$filter" || status=1
+    for filter in 'multi_gpu_on_a_gpu/*' 'multi_gpu/backend_nccl*'; do
+        gpu_suite build/tests/test_multi_gpu --filter "$filter" || status=1
     done
     return "$status"
 }
@@ -410,7 +418,8 @@ print_table() {
 
 # ----------------------------------------------------------------------------
 
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# (a tree copied without .git says which commit it is through COMMIT)
+commit=${COMMIT:-$(git describe --always --dirty 2>/dev/null || echo "unknown (set COMMIT)")}
 echo "gpu_check: $(date -u '+%Y-%m-%d %H:%M:%S UTC') on ${HOSTNAME:-unknown host}, commit $commit"
 step "machine: GPU, CUDA toolkit, PyTorch, what make found" show_machine
 step "bundle (${BUNDLE:-none}): its files as its MANIFEST lists them" check_bundle

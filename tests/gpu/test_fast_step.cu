@@ -218,6 +218,95 @@ static void check_variant(MlpKernels kernels, OptimizerKind optimizer, int hidde
 }
 
 // ----------------------------------------------------------------------------
+// gradients alone: lessons 02-04 all-reduce them between the backward pass and the update
+
+// Batches of five sizes (a graph each, one more than a FastStep keeps: the oldest ones are
+// captured again), graphs replayed at starts that do not follow from their replay before (the
+// cursor is set) and, for the last two, at starts that do (it advances).
+#define GRADIENT_BATCHES 12
+static const int GRADIENT_B[GRADIENT_BATCHES] = {32, 7, 32, 7, 31, 5, 3, 32, 7, 32, 32, 32};
+
+typedef struct {
+    Mlp m;
+    RunData d;
+    float* grads; // (num_params) on the host
+} GradientRun;
+
+static void gradient_run_create(GradientRun* g, const Kernels* k, MlpKernels kernels, int hidden,
+                                const Dataset* data, Sampler* s) {
+    run_data_create(&g->d, k, data, s);
+    cr_assert_eq(k->upload(g->d.train_indices, s->indices, s->num_samples * sizeof(int)), 0);
+    cr_assert_eq(mlp_create(&g->m, k, hidden, 32), 0);
+    cr_assert_eq(mlp_use_kernels(&g->m, kernels), 0, "--kernels %s", mlp_kernels_name(kernels));
+    cr_assert_eq(mlp_init_params(&g->m, SEED), 0);
+    g->grads = (float*)malloc((size_t)g->m.num_params * sizeof(float));
+    cr_assert_not_null(g->grads);
+}
+
+// Where batch i starts: apart from the batch before, but for the last two.
+static int gradient_first(int i) {
+    return i < GRADIENT_BATCHES - 2 ? i * 97 % 1000 : gradient_first(i - 1) + GRADIENT_B[i - 1];
+}
+
+// Batch i's gradients (into g->grads) and its loss.
+static float gradient_run_batch(GradientRun* g, int i) {
+    int first = gradient_first(i);
+    MlpBatch b = {g->d.x, g->d.y, g->d.train_indices, first, GRADIENT_B[i], 1.0f / GRADIENT_B[i]};
+    float loss = 0.0f;
+    cr_assert_eq(mlp_batch_gradients(&g->m, &b), 0, "batch %d", i);
+    cr_assert_eq(mlp_take_loss(&g->m, &loss), 0, "batch %d: loss", i);
+    cr_assert_eq(g->m.k->download(g->grads, g->m.grads, (size_t)g->m.num_params * sizeof(float)),
+                 0);
+    return loss;
+}
+
+static void gradient_run_free(GradientRun* g) {
+    const Kernels* k = g->m.k;
+    free(g->grads);
+    mlp_free(&g->m);
+    run_data_free(&g->d, k);
+}
+
+static void check_gradients(MlpKernels kernels, int hidden) {
+    SKIP_WITHOUT_GPU();
+    Dataset data;
+    Sampler s;
+    cr_assert_eq(dataset_create(&data, DATA_SIZE, SEED), 0);
+    cr_assert_eq(sampler_create(&s, data.n_train, 1, 0, SEED), 0);
+    sampler_set_epoch(&s, 0);
+    GradientRun cpu, gpu;
+    gradient_run_create(&cpu, &kernels_cpu, MLP_KERNELS_UNFUSED, hidden, &data, &s);
+    gradient_run_create(&gpu, &kernels_cuda, kernels, hidden, &data, &s);
+    for (int i = 0; i < GRADIENT_BATCHES; i++) {
+        float c = gradient_run_batch(&cpu, i), g = gradient_run_batch(&gpu, i);
+        cr_expect(fabs((double)g - c) <= LOSS_TOLERANCE * fabs((double)c),
+                  "--kernels %s, H=%d, batch %d (B=%d): loss gpu %.9g, cpu %.9g",
+                  mlp_kernels_name(kernels), hidden, i, GRADIENT_B[i], g, c);
+        double max_diff = 0.0, max_cpu = 0.0;
+        for (int p = 0; p < cpu.m.num_params; p++) {
+            double diff = fabs((double)gpu.grads[p] - cpu.grads[p]);
+            max_diff = isnan(diff) ? INFINITY : fmax(max_diff, diff);
+            max_cpu = fmax(max_cpu, fabs((double)cpu.grads[p]));
+        }
+        cr_expect(max_diff <= PARAMS_TOLERANCE * max_cpu,
+                  "--kernels %s, H=%d, batch %d (B=%d): max |gpu - cpu| gradient %.3g, "
+                  "max |cpu| %.3g",
+                  mlp_kernels_name(kernels), hidden, i, GRADIENT_B[i], max_diff, max_cpu);
+    }
+    gradient_run_free(&cpu);
+    gradient_run_free(&gpu);
+    sampler_free(&s);
+    dataset_free(&data);
+}
+
+Test(fast_step, every_variant_computes_the_cpu_gradients_alone_through_five_graphs) {
+    check_gradients(MLP_KERNELS_UNFUSED, 64);
+    check_gradients(MLP_KERNELS_GRAPH, 64);
+    check_gradients(MLP_KERNELS_FUSED, 64);
+    check_gradients(MLP_KERNELS_GRAPH, 65);
+}
+
+// ----------------------------------------------------------------------------
 // the variants
 
 Test(fast_step, unfused_kernels_train_as_the_cpu_run_to_run_and_resumed) {
