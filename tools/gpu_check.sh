@@ -407,7 +407,7 @@ print_summary() {
 }
 
 print_table() {
-    echo "| lesson 01 at defaults | seconds per epoch (median) | runs |"
+    echo "| lesson 01 at defaults | seconds per epoch (median of the runs' means, epoch 1 included) | runs |"
     echo "| --- | --- | --- |"
     local row name median runs
     for row in "${timing_rows[@]+"${timing_rows[@]}"}"; do
@@ -455,7 +455,8 @@ for kernels in "${KERNEL_CHOICES[@]}"; do
 done
 step "timing lesson 01 on the GPU with --trace (runs: $RUNS)" timed "lesson 01 (C), cuda, --trace" \
     need_gpu "$LESSON" --device cuda --trace "${TMPDIR:-/tmp}/gpu_check_trace.json"
-step "timing PyTorch on the GPU (runs: $RUNS)" timed "PyTorch (tools/torch_reference.py), cuda" \
+step "timing PyTorch on the GPU (runs: $RUNS)" timed \
+    "PyTorch (tools/torch_reference.py: the app's loop, a DataLoader, a copy and a loss read per batch), cuda" \
     need_torch_cuda "$PYTHON" tools/torch_reference.py --device cuda
 step "timing lesson 02 (NCCL, 1 rank) (runs: $RUNS)" timed "lesson 02 (C), nccl x1, cuda" need_gpu \
     build/multi_gpu --device cuda --backend nccl --gpus 1
