@@ -13,6 +13,7 @@
 #   make test          build and run the test suite (make tests: only build it)
 #   make cuda-on-cpu   lesson 01 and the GPU suites on CUDA on the CPU, a stand-in that runs
 #                      CUDA code without a GPU (tests/cuda_on_cpu), in build/cuda-on-cpu
+#                      (ASAN=1: with AddressSanitizer, in build/cuda-on-cpu-asan)
 #   make asan          the CPU suite on a build with AddressSanitizer and UBSan (build/asan)
 #   make memcheck      one epoch of lesson 01 under valgrind; any error or leak fails
 #   make fuzz          every libFuzzer target of tests/fuzz for FUZZ_SECONDS (30) each
@@ -279,12 +280,15 @@ tests: $(TESTS) $(GPU_TESTS)
 # CUDA code without a GPU (tests/cuda_on_cpu/cuda_runtime.h), with the host's C++ compiler,
 # into a folder of their own; make test runs those suites too, so every machine checks the
 # CUDA kernels against the CPU twin.
-CUDA_ON_CPU_BUILD := $(BUILD)/cuda-on-cpu
+# ASAN=1: with AddressSanitizer (device, shared and host memory), in build/cuda-on-cpu-asan.
+CUDA_ON_CPU_BUILD := $(BUILD)/cuda-on-cpu$(if $(ASAN),-asan)
+CUDA_ON_CPU_ASAN := -fsanitize=address -fno-omit-frame-pointer -g
 CUDA_ON_CPU_TESTS := $(patsubst tests/gpu/%.cu,$(CUDA_ON_CPU_BUILD)/tests/gpu/%,\
 	$(filter-out tests/gpu/test_nccl.cu,$(wildcard tests/gpu/test_*.cu)))
 cuda-on-cpu: $(if $(HAVE_CRITERION),,need-criterion)
 	@$(MAKE) --no-print-directory CUDA_ON_CPU=1 NO_MPI=1 BUILD=$(CUDA_ON_CPU_BUILD) \
-		$(CUDA_ON_CPU_BUILD)/hello_gpu $(CUDA_ON_CPU_TESTS)
+		$(if $(ASAN),CXXFLAGS="$(CUDA_ON_CPU_ASAN)" CFLAGS="-O1 $(CUDA_ON_CPU_ASAN)" \
+		LDFLAGS=-fsanitize=address) $(CUDA_ON_CPU_BUILD)/hello_gpu $(CUDA_ON_CPU_TESTS)
 
 # Criterion runs each suite's tests in parallel; GPU suites share one device, so --jobs 1.
 # The tests run the programs of DDP_BUILD.

@@ -24,6 +24,7 @@
 #include <vector>
 
 #ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -377,8 +378,8 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
         return last_error;
     if (bytes == 0 || bytes > DEVICE_MEMORY - allocated_bytes)
         return fail(cudaErrorMemoryAllocation);
-    void* p = aligned_alloc(256, (bytes + 255) / 256 * 256);
-    if (p == nullptr)
+    void* p = nullptr; // aligned as cudaMalloc's, and exactly bytes long (for AddressSanitizer)
+    if (posix_memalign(&p, 256, bytes) != 0)
         return fail(cudaErrorMemoryAllocation);
     memset(p, 0xff, bytes); // a NaN in every float: what was never written shows
     allocations[(uintptr_t)p] = bytes;

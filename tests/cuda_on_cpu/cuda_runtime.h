@@ -16,7 +16,8 @@
  *     whose direction does not match their pointers, and graph capture's rules (a synchronous
  *     call, or the legacy stream, while a stream is captured invalidates the capture; what a
  *     graph replays is what was captured, arguments and all);
- *   - with make cuda-on-cpu ASAN=1, every out-of-bounds access to device or shared memory.
+ *   - with make cuda-on-cpu ASAN=1 (then run build/cuda-on-cpu-asan/tests/gpu/test_* --jobs 1),
+ *     every out-of-bounds access to device memory or to dynamic shared memory.
  * What it does not check: timing (never quote it as a GPU figure), the GPU's memory model
  * (work runs when it is queued, so a missing stream synchronization goes unseen), the
  * compiler's fused multiply-adds and other last-bit differences (the tests' tolerances),
