@@ -351,16 +351,6 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
 static std::map<uintptr_t, size_t> allocations; // device memory: start -> bytes
 static size_t allocated_bytes;
 
-bool cuda_on_cpu_is_device_pointer(const void* ptr) {
-    std::lock_guard<std::recursive_mutex> guard(runtime_lock);
-    uintptr_t p = (uintptr_t)ptr;
-    auto it = allocations.upper_bound(p);
-    if (it == allocations.begin())
-        return false;
-    --it;
-    return p < it->first + it->second;
-}
-
 // Whether [ptr, ptr + bytes) lies within one allocation of device memory.
 static bool device_range(const void* ptr, size_t bytes) {
     uintptr_t p = (uintptr_t)ptr;
@@ -369,6 +359,11 @@ static bool device_range(const void* ptr, size_t bytes) {
         return false;
     --it;
     return p >= it->first && bytes <= it->second && p - it->first <= it->second - bytes;
+}
+
+bool cuda_on_cpu_is_device_pointer(const void* ptr) {
+    std::lock_guard<std::recursive_mutex> guard(runtime_lock);
+    return device_range(ptr, 1);
 }
 
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {

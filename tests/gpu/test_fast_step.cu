@@ -158,6 +158,20 @@ static const char* spec_name(const RunSpec* spec, char* out, size_t len) {
     return out;
 }
 
+// max |gpu - cpu| / max |cpu| over n values (infinite where gpu has a NaN), and where the
+// largest difference is, in *worst.
+static double normwise_difference(const float* gpu, const float* cpu, int n, int* worst) {
+    double max_diff = 0.0, max_cpu = 0.0;
+    *worst = 0;
+    for (int i = 0; i < n; i++) {
+        double diff = fabs((double)gpu[i] - cpu[i]);
+        if (isnan(diff) || diff > max_diff)
+            max_diff = isnan(diff) ? INFINITY : diff, *worst = i;
+        max_cpu = fmax(max_cpu, fabs((double)cpu[i]));
+    }
+    return max_diff / max_cpu;
+}
+
 // Every epoch's losses within LOSS_TOLERANCE, the parameters within PARAMS_TOLERANCE.
 static void expect_close_runs(const RunResult* gpu, const RunResult* cpu, const char* what) {
     for (int e = 0; e < EPOCHS; e++)
@@ -168,18 +182,11 @@ static void expect_close_runs(const RunResult* gpu, const RunResult* cpu, const 
                       "%s: epoch %d %s loss: gpu %.9g, cpu %.9g, relative %.3g > %.0e", what, e + 1,
                       j == 0 ? "train" : "eval", g, c, relative, LOSS_TOLERANCE);
         }
-    size_t worst = 0;
-    double max_diff = 0.0, max_cpu = 0.0;
-    for (int i = 0; i < cpu->num_params; i++) {
-        double diff = fabs((double)gpu->params[i] - cpu->params[i]);
-        if (isnan(diff) || diff > max_diff)
-            max_diff = isnan(diff) ? INFINITY : diff, worst = (size_t)i;
-        max_cpu = fmax(max_cpu, fabs((double)cpu->params[i]));
-    }
-    cr_expect(max_diff / max_cpu <= PARAMS_TOLERANCE,
-              "%s: parameter %zu: gpu %.9g, cpu %.9g; max |gpu - cpu| / max |cpu| = %.3g > %.0e",
-              what, worst, gpu->params[worst], cpu->params[worst], max_diff / max_cpu,
-              PARAMS_TOLERANCE);
+    int worst;
+    double difference = normwise_difference(gpu->params, cpu->params, cpu->num_params, &worst);
+    cr_expect(difference <= PARAMS_TOLERANCE,
+              "%s: parameter %d: gpu %.9g, cpu %.9g; max |gpu - cpu| / max |cpu| = %.3g > %.0e",
+              what, worst, gpu->params[worst], cpu->params[worst], difference, PARAMS_TOLERANCE);
 }
 
 // The same bits: every loss and every parameter.
@@ -282,16 +289,13 @@ static void check_gradients(MlpKernels kernels, int hidden) {
         cr_expect(fabs((double)g - c) <= LOSS_TOLERANCE * fabs((double)c),
                   "--kernels %s, H=%d, batch %d (B=%d): loss gpu %.9g, cpu %.9g",
                   mlp_kernels_name(kernels), hidden, i, GRADIENT_B[i], g, c);
-        double max_diff = 0.0, max_cpu = 0.0;
-        for (int p = 0; p < cpu.m.num_params; p++) {
-            double diff = fabs((double)gpu.grads[p] - cpu.grads[p]);
-            max_diff = isnan(diff) ? INFINITY : fmax(max_diff, diff);
-            max_cpu = fmax(max_cpu, fabs((double)cpu.grads[p]));
-        }
-        cr_expect(max_diff <= PARAMS_TOLERANCE * max_cpu,
-                  "--kernels %s, H=%d, batch %d (B=%d): max |gpu - cpu| gradient %.3g, "
-                  "max |cpu| %.3g",
-                  mlp_kernels_name(kernels), hidden, i, GRADIENT_B[i], max_diff, max_cpu);
+        int worst;
+        double difference = normwise_difference(gpu.grads, cpu.grads, cpu.m.num_params, &worst);
+        cr_expect(difference <= PARAMS_TOLERANCE,
+                  "--kernels %s, H=%d, batch %d (B=%d): gradient %d: gpu %.9g, cpu %.9g; "
+                  "max |gpu - cpu| / max |cpu| = %.3g > %.0e",
+                  mlp_kernels_name(kernels), hidden, i, GRADIENT_B[i], worst, gpu.grads[worst],
+                  cpu.grads[worst], difference, PARAMS_TOLERANCE);
     }
     gradient_run_free(&cpu);
     gradient_run_free(&gpu);
